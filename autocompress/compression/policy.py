@@ -1,0 +1,207 @@
+"""What a compression policy *is*: one frozen ``LayerAction`` per decision point, JSON-serialisable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+from autocompress.errors import UserInputError
+
+#: Bit-widths a policy may ask for (32 means "leave in float").
+ALLOWED_BITS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class LayerAction:
+    """The decision taken at one decision point.
+
+    Args:
+        prune: fraction of the group's output channels removed, ``0 <= prune < 1``.
+        w_bits: weight bit-width, one of ``ALLOWED_BITS`` (32 = float, untouched).
+        a_bits: bit-width of the layer's input activations, one of ``ALLOWED_BITS``.
+        rank: fraction of the full rank kept by low-rank factorisation, ``0 < rank <= 1``
+            (1.0 = not factorised).
+
+    Only the range checks that hold for every layer live here; the per-layer limits
+    (``max_prune``, which knobs a layer supports) are checked by ``CompressionSpace.validate``.
+    """
+
+    prune: float = 0.0
+    w_bits: int = 32
+    a_bits: int = 32
+    rank: float = 1.0
+
+    def __post_init__(self) -> None:
+        # Normalise numeric types so that 8 == 8.0 policies hash and serialise identically.
+        for name in ("prune", "rank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UserInputError(f"LayerAction.{name}={value!r} is not a number")
+            object.__setattr__(self, name, float(value))
+        for name in ("w_bits", "a_bits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+                raise UserInputError(
+                    f"LayerAction.{name}={value!r} is not an integer bit-width; allowed: {ALLOWED_BITS}"
+                )
+            object.__setattr__(self, name, int(value))
+        if not (math.isfinite(self.prune) and 0.0 <= self.prune < 1.0):
+            raise UserInputError(f"LayerAction.prune={self.prune!r} is out of range; allowed: 0 <= prune < 1")
+        if not (math.isfinite(self.rank) and 0.0 < self.rank <= 1.0):
+            raise UserInputError(f"LayerAction.rank={self.rank!r} is out of range; allowed: 0 < rank <= 1")
+        for name in ("w_bits", "a_bits"):
+            if getattr(self, name) not in ALLOWED_BITS:
+                raise UserInputError(
+                    f"LayerAction.{name}={getattr(self, name)!r} is not supported; allowed: {ALLOWED_BITS}"
+                )
+
+    @property
+    def is_identity(self) -> bool:
+        """True when this action leaves the layer untouched."""
+        return self.prune == 0.0 and self.w_bits == 32 and self.a_bits == 32 and self.rank == 1.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Plain dict of the four knobs."""
+        return {"prune": self.prune, "w_bits": self.w_bits, "a_bits": self.a_bits, "rank": self.rank}
+
+    def replace(self, **changes: float | int) -> LayerAction:
+        """A copy with some knobs changed (validated again)."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class CompressionPolicy:
+    """A frozen mapping ``decision-point name (module FQN) -> LayerAction``.
+
+    Keyed by module names, never by ``nn.Module`` objects, so a policy serialises and
+    round-trips through JSON without a model present. A point missing from ``layers``
+    means the identity action there.
+
+    Example:
+        >>> p = CompressionPolicy({"layer1.0.conv1": LayerAction(prune=0.5, w_bits=8)})
+        >>> CompressionPolicy.from_json(p.to_json()) == p
+        True
+    """
+
+    layers: Mapping[str, LayerAction] = field(default_factory=dict)
+    schema_version: ClassVar[int] = 1
+    _TYPE: ClassVar[str] = "autocompress.CompressionPolicy"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layers, Mapping):
+            raise UserInputError(
+                f"CompressionPolicy.layers must be a mapping name -> LayerAction, got {type(self.layers).__name__}"
+            )
+        items: dict[str, LayerAction] = {}
+        for name in sorted(self.layers):
+            action = self.layers[name]
+            if not isinstance(name, str):
+                raise UserInputError(f"CompressionPolicy layer name {name!r} is not a string")
+            if isinstance(action, Mapping):
+                action = LayerAction(**action)
+            if not isinstance(action, LayerAction):
+                raise UserInputError(
+                    f"CompressionPolicy layer {name!r}: {action!r} is not a LayerAction"
+                )
+            items[name] = action
+        object.__setattr__(self, "layers", MappingProxyType(items))
+
+    # -- mapping-like helpers -------------------------------------------------------------
+    def __getitem__(self, name: str) -> LayerAction:
+        return self.layers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CompressionPolicy):
+            return NotImplemented
+        return dict(self.layers) == dict(other.layers)
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    def get(self, name: str) -> LayerAction:
+        """The action at ``name``; the identity action when the policy does not mention it."""
+        return self.layers.get(name, _IDENTITY)
+
+    def with_layer(self, name: str, action: LayerAction) -> CompressionPolicy:
+        """A copy with one point's action replaced."""
+        return CompressionPolicy({**self.layers, name: action})
+
+    # -- serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """``{"_type", "_version", "_data"}`` with ``_data = {name: {knob: value}}``."""
+        return {
+            "_type": self._TYPE,
+            "_version": self.schema_version,
+            "_data": {"layers": {n: a.to_dict() for n, a in self.layers.items()}},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CompressionPolicy:
+        """Inverse of ``to_dict``; rejects an unknown ``_type`` or ``_version``."""
+        if not isinstance(d, Mapping) or "_type" not in d or "_data" not in d:
+            raise UserInputError(
+                "not a serialised CompressionPolicy: expected a dict with keys '_type', '_version', '_data'"
+            )
+        if d["_type"] != cls._TYPE:
+            raise UserInputError(f"serialised object has _type {d['_type']!r}; expected {cls._TYPE!r}")
+        if d.get("_version") != cls.schema_version:
+            raise UserInputError(
+                f"CompressionPolicy schema _version {d.get('_version')!r} is not supported; "
+                f"this autocompress reads version {cls.schema_version}"
+            )
+        data = d["_data"]
+        layers = data.get("layers") if isinstance(data, Mapping) else None
+        if not isinstance(layers, Mapping):
+            raise UserInputError("serialised CompressionPolicy has no '_data.layers' mapping")
+        out: dict[str, LayerAction] = {}
+        for name, knobs in layers.items():
+            if not isinstance(knobs, Mapping):
+                raise UserInputError(f"layer {name!r}: expected a dict of knobs, got {knobs!r}")
+            unknown = set(knobs) - {"prune", "w_bits", "a_bits", "rank"}
+            if unknown:
+                raise UserInputError(
+                    f"layer {name!r}: unknown knob(s) {sorted(unknown)}; allowed: prune, w_bits, a_bits, rank"
+                )
+            out[name] = LayerAction(**knobs)
+        return cls(out)
+
+    def to_json(self, indent: int | None = None) -> str:
+        """Canonical JSON (sorted keys)."""
+        return json.dumps(self.to_dict(), sort_keys=True, indent=indent)
+
+    @classmethod
+    def from_json(cls, s: str) -> CompressionPolicy:
+        """Parse ``to_json`` output."""
+        try:
+            d = json.loads(s)
+        except json.JSONDecodeError as exc:
+            raise UserInputError(f"CompressionPolicy JSON does not parse: {exc}") from None
+        return cls.from_dict(d)
+
+    def key(self) -> str:
+        """Stable hash: sha256 of the canonical JSON, ignoring identity actions.
+
+        Identity entries are dropped first, so a policy that spells out ``LayerAction()``
+        at a point and one that omits it (same compressed model) share a key.
+        """
+        canon = {n: a.to_dict() for n, a in self.layers.items() if not a.is_identity}
+        blob = json.dumps({"v": self.schema_version, "layers": canon}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n!r}: {a}" for n, a in self.layers.items() if not a.is_identity)
+        return f"CompressionPolicy({{{inner}}})"
+
+
+_IDENTITY = LayerAction()
