@@ -1,0 +1,8 @@
+"""Data registry: the bundled ``digits`` default and local torchvision-format data sets."""
+
+from __future__ import annotations
+
+from autocompress.data import digits, torchvision_sets  # noqa: F401
+from autocompress.data._registry import DataSplits, dataset_entry, list_datasets, load_data, register_dataset, split_indices
+
+__all__ = ["DataSplits", "dataset_entry", "list_datasets", "load_data", "register_dataset", "split_indices"]
