@@ -1,0 +1,49 @@
+"""``autocompress train``: build, train and save a base model with a progress bar and a metrics file."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autocompress.data import load_data
+from autocompress.errors import UserInputError
+from autocompress.models import create_model, default_input_shape
+from autocompress.training import TrainConfig, save_checkpoint, train_model
+
+
+def run_train(*, model: str, data: str, data_root: str | None = None, epochs: int = 10, lr: float = 0.05,
+              batch_size: int = 64, seed: int = 0, out: str | None = None, force: bool = False,
+              show_progress: bool = True) -> dict[str, Any]:
+    """Train ``model`` on ``data`` and write ``out`` plus ``out.json``; returns the metrics record."""
+    out_path = Path(out or f"runs/base-{model.replace(':', '_').replace('/', '_')}-{data.replace(':', '_').replace('/', '_')}-{seed}.pt")
+    if out_path.exists() and not force:
+        raise UserInputError(f"--out {str(out_path)!r} already exists; pass --force to overwrite it or choose another path")
+    probe = create_model(model, num_classes=10)
+    shape = default_input_shape(model, probe)
+    splits = load_data(data, root=data_root, input_shape=shape, seed=seed)  # type: ignore[arg-type]
+    torch.manual_seed(seed)
+    net = create_model(model, num_classes=splits.num_classes)
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]train[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
+                  TimeElapsedColumn(), console=Console(stderr=True), disable=not show_progress) as bar:
+        task = bar.add_task(model, total=epochs)
+
+        def on_epoch(epoch: int, loss: float, val: float) -> None:
+            bar.update(task, completed=epoch, description=f"{model} loss {loss:.3f} val acc {val:.4f}")
+
+        result = train_model(net, splits, config, on_epoch=on_epoch)
+    meta = {
+        "model": model, "data": data, "data_root": data_root, "num_classes": splits.num_classes,
+        "input_shape": list(shape), "seed": seed, "train": config.__dict__, "val_acc": result.val_acc,
+        "history": result.history, "seconds": round(result.seconds, 2), "torch": torch.__version__,
+        "machine": platform.machine(), "checkpoint": str(out_path),
+    }
+    save_checkpoint(net, out_path, meta)
+    return {k: meta[k] for k in ("model", "data", "seed", "val_acc", "seconds", "checkpoint")}
