@@ -1,0 +1,164 @@
+"""Terminal tables of a run: the Pareto front, one point's per-layer policy, and metric formatting."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+
+from autocompress.compression import CompressionPolicy
+
+if TYPE_CHECKING:
+    from autocompress.report.run import Candidate, RunRecord
+
+#: Column headers with units, so no number is shown without saying what it counts.
+METRIC_LABELS: dict[str, str] = {
+    "acc": "top-1",
+    "acc_top5": "top-5",
+    "macs": "MACs",
+    "flops": "FLOPs",
+    "params": "params",
+    "size_bytes": "size",
+    "bops": "BOPs",
+    "latency_ms": "latency",
+}
+#: Order of metric columns in every table.
+METRIC_ORDER: tuple[str, ...] = tuple(METRIC_LABELS)
+
+
+def _si(value: float, suffix: str = "") -> str:
+    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f}{unit}{suffix}"
+    return f"{value:.0f}{suffix}"
+
+
+def format_metric(name: str, value: float | None) -> str:
+    """A metric value with its unit: ``98.61%``, ``12.30M``, ``1.23 ms``, ``45.2 KB``."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if name in ("acc", "acc_top5"):
+        return f"{100.0 * value:.2f}%"
+    if name == "latency_ms":
+        return f"{value:.3f} ms"
+    if name == "size_bytes":
+        for scale, unit in ((1024.0**3, "GiB"), (1024.0**2, "MiB"), (1024.0, "KiB")):
+            if value >= scale:
+                return f"{value / scale:.1f} {unit}"
+        return f"{value:.0f} B"
+    return _si(value)
+
+
+def metric_names(candidates: Sequence[Candidate], base: Mapping[str, float] | None = None) -> list[str]:
+    """Metric names present in any candidate, in the fixed table order, unknown ones last."""
+    seen: set[str] = set(base or {})
+    for c in candidates:
+        seen.update(c.metrics)
+    known = [m for m in METRIC_ORDER if m in seen]
+    return known + sorted(seen - set(known))
+
+
+def _natural_key(name: str) -> list[object]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def policy_summary(policy: CompressionPolicy) -> str:
+    """One short line: mean prune ratio and the bit-widths / ranks used."""
+    acts = list(policy.layers.values())
+    if not acts:
+        return "identity"
+    parts = [f"prune {sum(a.prune for a in acts) / len(acts):.2f} avg"]
+    wb = sorted({a.w_bits for a in acts if a.w_bits < 32})
+    ab = sorted({a.a_bits for a in acts if a.a_bits < 32})
+    if wb:
+        parts.append("w" + "/".join(map(str, wb)))
+    if ab:
+        parts.append("a" + "/".join(map(str, ab)))
+    ranks = [a.rank for a in acts if a.rank < 1.0]
+    if ranks:
+        parts.append(f"rank {min(ranks):.2f}-{max(ranks):.2f} on {len(ranks)}")
+    return ", ".join(parts)
+
+
+def front_table(run: RunRecord) -> Table:
+    """The Pareto front as a rich table, sorted by the cost objective, with the base model first.
+
+    The knee point is starred; ``QoM`` (quality of model) is shown where the run records it.
+    """
+    cost = run.cost_metric
+    names = metric_names(run.front, run.base_metrics)
+    hv = run.pareto.get("hypervolume")
+    caption = f"{len(run.front)} Pareto points of {len(run.trials)} candidates"
+    if isinstance(hv, int | float):
+        caption += f"; hypervolume {hv:.4f}"
+    if run.knee_id is not None:
+        caption += "; * = knee"
+    table = Table(title=f"Pareto front: {run.path}", caption=caption)
+    table.add_column("point", justify="right", style="bold")
+    for m in names:
+        table.add_column(METRIC_LABELS.get(m, m), justify="right")
+    if run.base_metrics.get(cost):
+        table.add_column(f"{METRIC_LABELS.get(cost, cost)} vs base", justify="right")
+    has_qom = any("qom" in p.extra or "qom" in p.metrics for p in run.front)
+    if has_qom:
+        table.add_column("QoM", justify="right")
+    table.add_column("policy")
+    if run.base_metrics:
+        row = ["base"] + [format_metric(m, run.base_metrics.get(m)) for m in names]
+        if run.base_metrics.get(cost):
+            row.append("1.00x")
+        if has_qom:
+            row.append("")
+        row.append("uncompressed")
+        table.add_row(*row, style="dim")
+    for p in sorted(run.front, key=lambda c: (c.metrics.get(cost, math.inf), c.id)):
+        label = p.id + (" *" if p.id == run.knee_id else "")
+        row = [label] + [format_metric(m, p.metrics.get(m)) for m in names]
+        if run.base_metrics.get(cost):
+            v = p.metrics.get(cost)
+            row.append(f"{v / run.base_metrics[cost]:.2f}x" if v is not None else "-")
+        if has_qom:
+            q = p.extra.get("qom", p.metrics.get("qom"))
+            row.append(f"{q:.3f}" if isinstance(q, int | float) else "-")
+        row.append(policy_summary(p.policy))
+        table.add_row(*row)
+    return table
+
+
+def ordered_layers(policy: CompressionPolicy, order: Sequence[str] | None = None) -> list[str]:
+    """Layer names in model order when ``order`` is known, else in natural-sort order."""
+    if order:
+        pos = {n: i for i, n in enumerate(order)}
+        return sorted(policy.layers, key=lambda n: (pos.get(n, len(pos)), _natural_key(n)))
+    return sorted(policy.layers, key=_natural_key)
+
+
+def policy_table(point: Candidate, *, base: Mapping[str, float] | None = None,
+                 order: Sequence[str] | None = None) -> Table:
+    """One point's per-layer policy (prune ratio, bit-widths, rank) with its metrics as caption."""
+    metrics = "; ".join(
+        f"{METRIC_LABELS.get(m, m)} {format_metric(m, point.metrics.get(m))}"
+        + (f" (base {format_metric(m, base[m])})" if base and m in base else "")
+        for m in metric_names([point])
+        if m in point.metrics
+    )
+    table = Table(title=f"point {point.id}: per-layer policy", caption=metrics)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("layer")
+    table.add_column("prune", justify="right")
+    table.add_column("kept", justify="right")
+    table.add_column("w bits", justify="right")
+    table.add_column("a bits", justify="right")
+    table.add_column("rank", justify="right")
+    for i, name in enumerate(ordered_layers(point.policy, order)):
+        a = point.policy[name]
+        table.add_row(
+            str(i), name, f"{a.prune:.2f}", f"{1.0 - a.prune:.0%}",
+            "fp32" if a.w_bits == 32 else str(a.w_bits),
+            "fp32" if a.a_bits == 32 else str(a.a_bits),
+            f"{a.rank:.2f}",
+        )
+    return table

@@ -1,0 +1,69 @@
+"""Hand-written run directories in the search engine's on-disk format, for report tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autocompress.compression import CompressionPolicy, LayerAction
+
+LAYERS = ["stem.0", "res.0", "branch_a.0", "branch_b.0", "dw.0", "pw.0", "fc1", "fc2"]
+
+
+def write_fake_run(root: Path, n_trials: int = 24, seed: int = 0) -> Path:
+    """A run of ``n_trials`` random candidates over ``LAYERS`` with a MACs budget at 50%.
+
+    Metrics are synthetic but consistent (more pruning -> fewer MACs, lower accuracy); the front
+    is the non-dominated feasible set over (acc max, macs min), computed by brute force.
+    """
+    rng = np.random.default_rng(seed)
+    base = {"acc": 0.97, "macs": 2.0e6, "flops": 4.0e6, "params": 3.0e4, "size_bytes": 1.2e5}
+    trials = []
+    for i in range(n_trials):
+        prunes = rng.uniform(0, 0.8, len(LAYERS))
+        bits = rng.choice([4, 8, 32], len(LAYERS))
+        policy = CompressionPolicy({
+            n: LayerAction(prune=round(float(p), 3), w_bits=int(b), a_bits=int(b))
+            for n, p, b in zip(LAYERS, prunes, bits, strict=True)
+        })
+        keep = float(np.mean(1 - prunes))
+        macs = base["macs"] * keep**2
+        acc = base["acc"] - 0.5 * (1 - keep) ** 2 - 0.01 * float(np.mean(bits < 8)) + rng.normal(0, 0.005)
+        metrics = {"acc": acc, "macs": macs, "flops": 2 * macs, "params": base["params"] * keep**2,
+                   "size_bytes": base["size_bytes"] * keep**2 * float(np.mean(bits)) / 32}
+        trials.append({"id": i, "policy": policy.to_dict(), "metrics": metrics, "fidelity": "full",
+                       "timings": {"total": 0.1}, "status": "ok", "feasible": macs <= 0.5 * base["macs"]})
+    trials.append({"id": n_trials, "policy": CompressionPolicy({}).to_dict(), "metrics": {"acc": None},
+                   "fidelity": "full", "status": "failed", "error": "boom", "feasible": False})
+    feas = [t for t in trials if t["feasible"] and t["status"] == "ok"]
+    front = [t for t in feas if not any(
+        o["metrics"]["acc"] >= t["metrics"]["acc"] and o["metrics"]["macs"] <= t["metrics"]["macs"]
+        and (o["metrics"]["acc"] > t["metrics"]["acc"] or o["metrics"]["macs"] < t["metrics"]["macs"])
+        for o in feas)]
+    root.mkdir(parents=True, exist_ok=True)
+    spec = {"model": "test_convnet", "data": "digits", "seed": seed, "checkpoint": None,
+            "objectives": [{"name": "acc", "direction": "maximize"}, {"name": "macs", "direction": "minimize"}],
+            "budgets": {"macs": "50%"}, "trials": n_trials}
+    (root / "spec.json").write_text(json.dumps(spec))
+    (root / "trials.jsonl").write_text("".join(json.dumps(t) + "\n" for t in trials) + '{"id": 99, "pol')
+    pareto = {
+        "schema_version": 1,
+        "objectives": spec["objectives"],
+        "reference": {"normalisation": "base", "base": {"acc": base["acc"], "macs": base["macs"]}},
+        "hypervolume": 0.5,
+        "knee": front[len(front) // 2]["id"],
+        "points": [{"id": t["id"], "policy": t["policy"], "metrics": t["metrics"], "qom": 0.7,
+                    "knee": False} for t in front],
+    }
+    (root / "pareto.json").write_text(json.dumps(pareto))
+    (root / "base.json").write_text(json.dumps({"metrics": base}))
+    return root
+
+
+@pytest.fixture
+def fake_run(tmp_path: Path) -> Path:
+    """A synthetic run directory (no model needed)."""
+    return write_fake_run(tmp_path / "run")
