@@ -1,0 +1,332 @@
+"""``CompressionEvaluator``: compress a policy for real, recalibrate, (fine-tune), score, time, cache."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from autocompress.errors import UserInputError
+from autocompress.evaluators.accuracy import (
+    has_batchnorm,
+    kd_finetune,
+    recalibrate_bn,
+    topk_correct,
+)
+from autocompress.evaluators.base import (
+    METRICS,
+    BaseEvaluator,
+    Direction,
+    EvalResult,
+    check_fidelity,
+    register_evaluator,
+)
+from autocompress.evaluators.cache import EvalCache, cache_key, model_fingerprint
+from autocompress.evaluators.config import EvaluatorConfig
+from autocompress.evaluators.latency import measure_latency
+
+if TYPE_CHECKING:
+    from autocompress.compression import CompressionPolicy, CompressionSpace
+    from autocompress.data import DataSplits
+    from autocompress.evaluators.lut import LatencyLUT
+
+COST_METRICS: tuple[str, ...] = ("macs", "flops", "params", "size_bytes", "bops")
+
+
+def structural_policy(policy: CompressionPolicy) -> CompressionPolicy:
+    """The policy with every bit-width back at 32: what latency is timed on.
+
+    CPUs have no kernels below 8 bits, and fake-quantisation ops would only slow a float model
+    down, so latency reflects pruning and factorisation; ``ort-int8`` runs the whole network in
+    int8 whatever the policy's bit-widths.
+    """
+    from autocompress.compression import CompressionPolicy
+
+    return CompressionPolicy({n: a.replace(w_bits=32, a_bits=32) for n, a in policy.layers.items()})
+
+
+def changes_structure(policy: CompressionPolicy) -> bool:
+    """True when the policy prunes or factorises somewhere (BatchNorm statistics go stale)."""
+    return any(a.prune > 0 or a.rank < 1 for a in policy.layers.values())
+
+
+def cost_metrics(space: CompressionSpace, policy: CompressionPolicy) -> dict[str, float]:
+    """MACs, FLOPs (2 x MACs), params, size and BOPs of a policy from the space's cost model.
+
+    The space's predictions equal what is counted on the compressed model (checked by the
+    compression core's tests), and they are orders of magnitude cheaper than counting.
+    """
+    macs = float(space.macs(policy))
+    return {
+        "macs": macs,
+        "flops": 2.0 * macs,
+        "params": float(space.params(policy)),
+        "size_bytes": float(space.size_bytes(policy)),
+        "bops": float(space.bops(policy)),
+    }
+
+
+class _PhaseTimer:
+    """Accumulates seconds per phase; ``phase`` names the one running if it raises."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.phase = "setup"
+        self._t = 0.0
+
+    def start(self, phase: str) -> None:
+        self.phase = phase
+        self._t = time.perf_counter()
+
+    def stop(self) -> None:
+        self.timings[self.phase] = self.timings.get(self.phase, 0.0) + time.perf_counter() - self._t
+
+
+@register_evaluator("compression")
+class CompressionEvaluator(BaseEvaluator):
+    """Scores a policy on the *really* compressed model: accuracy proxy, costs and latency.
+
+    Per candidate: compress (``autocompress.compression.compress``), re-estimate BatchNorm
+    statistics when the policy prunes or factorises, fine-tune ``finetune_steps`` steps with
+    distillation from the base model (full fidelity only), score top-1 (and top-5 with more than 5
+    classes) on a fixed, seeded validation subset, then add the space's costs and the latency
+    (predicted from a per-layer lookup table, or measured). Results are cached on disk.
+
+    Args:
+        model: the trained base model (left untouched).
+        space: its ``CompressionSpace``.
+        data: the data splits (``calib`` for recalibration, ``train`` for fine-tuning, ``val``
+            for scoring).
+        config: evaluator settings.
+        example_input: one input sample ``(1, ...)``; default: the first calibration sample.
+        cache: on-disk result cache (None: no caching).
+        lut: latency lookup table; built (and cached under ``lut_dir``) on first use when
+            ``config.latency == "predicted"`` and none is given.
+        lut_dir: where lookup tables are cached (default: ``cache_dir()/lut``).
+        progress: show a progress bar while building a lookup table.
+
+    Example:
+        >>> ev = CompressionEvaluator(model, space, data, EvaluatorConfig(latency="none"))  # doctest: +SKIP
+        >>> ev.evaluate(space.uniform(prune=0.5)).metrics["acc"]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        space: CompressionSpace,
+        data: DataSplits,
+        config: EvaluatorConfig | None = None,
+        *,
+        example_input: Tensor | None = None,
+        cache: EvalCache | None = None,
+        lut: LatencyLUT | None = None,
+        lut_dir: str | Path | None = None,
+        progress: bool = False,
+    ) -> None:
+        config = EvaluatorConfig() if config is None else config
+        if not isinstance(config, EvaluatorConfig):
+            raise UserInputError(f"config must be an EvaluatorConfig, got {type(config).__name__}")
+        self.model = model.eval()
+        self.space = space
+        self.data = data
+        self.config = config
+        self.cache = cache
+        self.lut = lut
+        self.lut_dir = Path(lut_dir) if lut_dir is not None else None
+        self.progress = progress
+        self.num_classes = int(data.num_classes)
+
+        x_val, y_val = data.tensors("val")
+        perm = torch.randperm(len(y_val), generator=torch.Generator().manual_seed(config.seed))
+        n_full = len(perm) if config.val_samples is None else min(config.val_samples, len(perm))
+        self._x_val, self._y_val = x_val[perm[:n_full]], y_val[perm[:n_full]]
+        self._n_low = min(config.low_fidelity_val_samples, n_full)
+
+        x_cal, _ = data.tensors("calib")
+        if len(x_cal) == 0:
+            raise UserInputError("the calibration split is empty; raise calib_size")
+        need = config.recalib_batches * config.recalib_batch_size
+        reps = math.ceil(need / len(x_cal))
+        x_cal = torch.cat([x_cal] * reps)[:need]
+        self._calib = list(x_cal.split(config.recalib_batch_size))
+        self.example_input = (x_cal[:1].clone() if example_input is None else example_input)
+        self._train: tuple[Tensor, Tensor] | None = None
+        self._fingerprint: str | None = None
+        self._base: EvalResult | None = None
+        self.n_computed = 0  # candidates actually evaluated (cache hits excluded)
+
+        ks = (1, 5) if self.num_classes > 5 else (1,)
+        self._ks = ks
+        names = ["acc"] + (["acc_top5"] if 5 in ks else []) + list(COST_METRICS)
+        if config.latency != "none":
+            names.append("latency_ms")
+        self.metrics: dict[str, Direction] = {n: METRICS[n] for n in names}
+
+    # -- helpers ----------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the base model's weights (computed once)."""
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.model)
+        return self._fingerprint
+
+    def key(self, policy: CompressionPolicy, fidelity: str = "full") -> str:
+        """Cache key of (base model, policy, settings, fidelity)."""
+        return cache_key(self.fingerprint, policy.key(), self.config.key(), check_fidelity(fidelity))
+
+    @property
+    def calib_batches(self) -> list[Tensor]:
+        """The calibration batches used for recalibration and activation ranges."""
+        return self._calib
+
+    def _train_tensors(self) -> tuple[Tensor, Tensor]:
+        if self._train is None:
+            self._train = self.data.tensors("train")
+        return self._train
+
+    def latency_info(self) -> dict[str, Any]:
+        """How ``latency_ms`` is obtained (empty when latency is off)."""
+        c = self.config
+        if c.latency == "none":
+            return {}
+        return {"backend": c.latency_backend, "batch": c.latency_batch,
+                "threads": c.latency_threads, "kind": c.latency}
+
+    def get_lut(self) -> LatencyLUT:
+        """The lookup table, loaded from disk or built on first use."""
+        if self.lut is None:
+            from autocompress.evaluators.lut import LatencyLUT
+
+            c = self.config
+            self.lut = LatencyLUT.build(
+                self.model, self.space, self.example_input, backend=c.latency_backend,
+                batch=c.latency_batch, threads=c.latency_threads, cache_dir=self.lut_dir,
+                progress=self.progress,
+            )
+        return self.lut
+
+    def compress(self, policy: CompressionPolicy) -> nn.Module:
+        """The compressed model of ``policy`` (no recalibration, no fine-tune)."""
+        from autocompress.compression import compress
+
+        return compress(self.model, policy, space=self.space, calib=self._calib,
+                        example_input=self.example_input)
+
+    def score(self, model: nn.Module, fidelity: str = "full") -> dict[int, float]:
+        """Top-k accuracies (``{1: top1, 5: top5}``) of ``model`` on the fidelity's val subset."""
+        n = self._n_low if check_fidelity(fidelity) == "low" else len(self._y_val)
+        return topk_correct(model, self._x_val[:n], self._y_val[:n], ks=self._ks,
+                            batch_size=self.config.batch_size)
+
+    def finetune(self, model: nn.Module, steps: int) -> float:
+        """KD fine-tune ``model`` in place for ``steps`` steps (teacher: the base model)."""
+        c = self.config
+        x_tr, y_tr = self._train_tensors()
+        return kd_finetune(model, self.model, x_tr, y_tr, steps=steps,
+                           batch_size=c.finetune_batch_size, lr=c.finetune_lr, alpha=c.kd_alpha,
+                           temperature=c.kd_temperature, seed=c.seed)
+
+    # -- the evaluation ---------------------------------------------------------------------
+    def evaluate(self, policy: CompressionPolicy, fidelity: str = "full") -> EvalResult:
+        """Score ``policy`` at ``fidelity``; a failing candidate returns ``status="failed"``."""
+        check_fidelity(fidelity)
+        t_start = time.perf_counter()
+        key = self.key(policy, fidelity) if self.cache is not None else None
+        if self.cache is not None and key is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit
+        result = self._compute(policy, fidelity, t_start)
+        if self.cache is not None and key is not None:
+            self.cache.put(key, result)
+        return result
+
+    def _compute(self, policy: CompressionPolicy, fidelity: str, t_start: float) -> EvalResult:
+        self.n_computed += 1
+        c = self.config
+        timer = _PhaseTimer()
+        metrics: dict[str, float] = {}
+        latency_info = self.latency_info()
+        try:
+            timer.start("bookkeeping")
+            self.space.validate(policy)
+            metrics.update(cost_metrics(self.space, policy))
+            timer.stop()
+
+            timer.start("compress")
+            small = self.compress(policy)
+            timer.stop()
+
+            if c.bn_recalib and changes_structure(policy) and has_batchnorm(small):
+                timer.start("recalibrate")
+                recalibrate_bn(small, self._calib)
+                timer.stop()
+
+            if fidelity == "full" and c.finetune_steps > 0:
+                timer.start("finetune")
+                self.finetune(small, c.finetune_steps)
+                timer.stop()
+
+            timer.start("evaluate")
+            accs = self.score(small, fidelity)
+            timer.stop()
+            metrics["acc"] = accs[1]
+            if 5 in accs:
+                metrics["acc_top5"] = accs[5]
+            if not math.isfinite(metrics["acc"]):
+                raise FloatingPointError("the compressed model produced non-finite outputs")
+
+            if c.latency == "predicted":
+                timer.start("latency")
+                metrics["latency_ms"] = float(self.get_lut().predict(policy))
+                timer.stop()
+            elif c.latency == "measured":
+                timer.start("latency")
+                timed = small if all(
+                    a.w_bits == 32 and a.a_bits == 32 for a in policy.layers.values()
+                ) else self.compress(structural_policy(policy))
+                stats = measure_latency(
+                    timed, self.example_input, backend=c.latency_backend, batch=c.latency_batch,
+                    threads=c.latency_threads, calib=self._calib[:2],
+                )
+                metrics["latency_ms"] = stats.median_ms
+                latency_info = {**latency_info, "p10_ms": stats.p10_ms, "p90_ms": stats.p90_ms,
+                                "spread": stats.spread}
+                timer.stop()
+        except UserInputError as exc:
+            # A policy that does not fit this space is a bad candidate, not a crash.
+            return self._failed(f"invalid policy: {exc}", fidelity, metrics, timer, t_start,
+                                latency_info)
+        except Exception as exc:  # noqa: BLE001 - any failure of one candidate is recorded
+            return self._failed(f"{timer.phase} failed: {type(exc).__name__}: {exc}", fidelity,
+                                metrics, timer, t_start, latency_info)
+        return EvalResult(metrics=metrics, latency_info=latency_info,
+                          timings=self._finish(timer, t_start), fidelity=fidelity)
+
+    @staticmethod
+    def _finish(timer: _PhaseTimer, t_start: float) -> dict[str, float]:
+        timings = dict(timer.timings)
+        total = time.perf_counter() - t_start
+        measured = sum(v for k, v in timings.items() if k != "bookkeeping")
+        timings["bookkeeping"] = max(total - measured, 0.0)
+        timings["total"] = total
+        return timings
+
+    def _failed(self, error: str, fidelity: str, metrics: dict[str, float], timer: _PhaseTimer,
+                t_start: float, latency_info: dict[str, Any]) -> EvalResult:
+        return EvalResult.failure(error, fidelity=fidelity, metrics=metrics,
+                                  timings=self._finish(timer, t_start), latency_info=latency_info)
+
+    def base_result(self) -> EvalResult:
+        """The identity policy's result at full fidelity (the uncompressed baseline), memoised."""
+        if self._base is None:
+            self._base = self.evaluate(self.space.identity(), "full")
+        return self._base
+
+    def __repr__(self) -> str:
+        return (f"CompressionEvaluator({type(self.model).__name__}, {len(self._y_val)} val samples, "
+                f"latency={self.config.latency})")

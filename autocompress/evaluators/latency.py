@@ -1,0 +1,256 @@
+"""Measured latency on this machine: PyTorch eager, ONNX Runtime fp32 and ONNX Runtime int8."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from autocompress.errors import UserInputError
+from autocompress.evaluators.config import LATENCY_BACKENDS
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Summary of repeated timings of one forward pass (milliseconds per call at ``batch``).
+
+    ``spread`` is the inter-quartile range relative to the median: a quick noise gauge.
+    """
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    iqr_ms: float
+    spread: float
+    backend: str
+    batch: int
+    threads: int
+    repeats: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields."""
+        return asdict(self)
+
+
+def check_backend(backend: str) -> str:
+    """Validate a latency backend name."""
+    if backend not in LATENCY_BACKENDS:
+        raise UserInputError(
+            f"latency backend {backend!r} is not supported; allowed: {', '.join(LATENCY_BACKENDS)}"
+        )
+    return backend
+
+
+def batched(example_input: Tensor, batch: int) -> Tensor:
+    """``example_input`` (batch 1 or more) repeated / cut to exactly ``batch`` samples."""
+    if example_input.dim() == 0:
+        raise UserInputError("example_input must have a batch dimension")
+    x = example_input[:1]
+    return x.expand(batch, *x.shape[1:]).contiguous()
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Temporarily set torch's intra-op thread count (it is process-wide)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def export_onnx(model: nn.Module, example_input: Tensor, *, opset: int = 17) -> bytes:
+    """The model as ONNX bytes with a dynamic batch axis (weights embedded).
+
+    Uses the TorchScript-based exporter (about 20x faster than the dynamo exporter on small CNNs,
+    which matters when a lookup table exports hundreds of single layers) and falls back to the
+    dynamo exporter when the graph does not trace.
+    """
+    model = model.eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                model, (example_input,), buf, dynamo=False, opset_version=opset,
+                input_names=["input"], output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )
+            return buf.getvalue()
+        except Exception:  # noqa: BLE001 - try the other exporter before giving up
+            pass
+        program = torch.onnx.export(
+            model, (example_input,), dynamo=True, external_data=False,
+            input_names=["input"], output_names=["output"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False,
+        )
+        assert program is not None
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            program.save(str(path), external_data=False)
+            return path.read_bytes()
+
+
+def quantize_onnx_int8(onnx_bytes: bytes, calib_inputs: Sequence[np.ndarray]) -> bytes:
+    """ORT static quantization: int8 per-channel weights, **QUInt8** activations, after pre-processing.
+
+    Signed int8 activations ran slower than fp32 on these CPUs; QUInt8 after ``quant_pre_process``
+    runs about 3x faster (see the project's dependency notes).
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter([{"input": x} for x in calib_inputs])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        src, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        src.write_bytes(onnx_bytes)
+        try:
+            quant_pre_process(str(src), str(pre))
+        except Exception:  # noqa: BLE001 - shape inference can fail on odd graphs; quantize raw
+            pre = src
+        quantize_static(
+            str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )
+        return out.read_bytes()
+
+
+def ort_session(onnx_bytes: bytes, threads: int) -> Any:
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full graph optimisation."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def make_runner(
+    model: nn.Module, example_input: Tensor, *, backend: str, batch: int, threads: int,
+    calib: Sequence[Tensor] | None = None,
+) -> Callable[[], Any]:
+    """A zero-argument callable running one forward pass of ``model`` at ``batch`` on ``backend``.
+
+    For ``torch`` the caller is responsible for the thread count (see ``torch_threads``).
+    ``calib`` feeds int8 calibration (default: the example input itself; ranges do not change
+    speed).
+    """
+    check_backend(backend)
+    model = model.eval()
+    x = batched(example_input, batch)
+    if backend == "torch":
+        def run_torch() -> Any:
+            with torch.inference_mode():
+                return model(x)
+
+        return run_torch
+    onnx_bytes = export_onnx(model, example_input[:1])
+    if backend == "ort-int8":
+        samples = [c.detach().numpy().astype(np.float32) for c in (calib or [example_input[:1]])]
+        onnx_bytes = quantize_onnx_int8(onnx_bytes, samples)
+    sess = ort_session(onnx_bytes, threads)
+    feed = {"input": x.detach().numpy().astype(np.float32)}
+
+    def run_ort() -> Any:
+        return sess.run(None, feed)
+
+    return run_ort
+
+
+def time_runner(
+    run: Callable[[], Any], *, warmup: int = 5, repeats: int = 20, min_repeat_ms: float = 2.0
+) -> list[float]:
+    """Milliseconds per call over ``repeats`` timed repeats after ``warmup`` calls.
+
+    A repeat loops the call enough times to last at least ``min_repeat_ms`` so that very fast
+    calls are not dominated by timer resolution; its time is divided by the loop count.
+    """
+    for _ in range(max(warmup, 1)):
+        run()
+    t0 = time.perf_counter()
+    run()
+    one = max(time.perf_counter() - t0, 1e-7)
+    inner = max(1, int(min_repeat_ms / 1e3 / one))
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            run()
+        out.append((time.perf_counter() - t0) * 1e3 / inner)
+    return out
+
+
+def summarize(times_ms: Sequence[float], *, backend: str, batch: int, threads: int) -> LatencyStats:
+    """Median, 10th/90th percentiles and inter-quartile range of per-call times."""
+    arr = np.asarray(times_ms, dtype=float)
+    p10, q1, med, q3, p90 = np.percentile(arr, [10, 25, 50, 75, 90])
+    return LatencyStats(
+        median_ms=float(med), p10_ms=float(p10), p90_ms=float(p90), iqr_ms=float(q3 - q1),
+        spread=float((q3 - q1) / med) if med > 0 else 0.0, backend=backend, batch=batch,
+        threads=threads, repeats=len(arr),
+    )
+
+
+def measure_latency(
+    model: nn.Module,
+    example_input: Tensor,
+    backend: str = "ort",
+    batch: int = 1,
+    threads: int = 1,
+    warmup: int = 5,
+    repeats: int = 20,
+    *,
+    calib: Sequence[Tensor] | None = None,
+    min_repeat_ms: float = 2.0,
+) -> LatencyStats:
+    """Time ``model`` on this machine and summarise: median of ``repeats`` and its spread.
+
+    Args:
+        model: the module to time (put in eval mode; not modified otherwise).
+        example_input: one input sample, shape ``(1, ...)``; repeated to ``batch``.
+        backend: ``torch`` (eager), ``ort`` (ONNX Runtime fp32) or ``ort-int8`` (static int8).
+        batch: batch size of each timed call.
+        threads: intra-op threads (1 is the most repeatable on a shared machine).
+        warmup: untimed calls first.
+        repeats: timed repeats; the median is reported.
+        calib: calibration inputs for ``ort-int8`` (speed does not depend on their values).
+        min_repeat_ms: shortest timed repeat (fast calls are looped).
+
+    Example:
+        >>> stats = measure_latency(model, torch.randn(1, 3, 32, 32), backend="ort", batch=8)  # doctest: +SKIP
+        >>> stats.median_ms  # doctest: +SKIP
+    """
+    check_backend(backend)
+    for name, v in (("batch", batch), ("threads", threads), ("repeats", repeats)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserInputError(f"measure_latency {name}={v!r}; expected an integer >= 1")
+    with torch_threads(threads):
+        run = make_runner(model, example_input, backend=backend, batch=batch, threads=threads, calib=calib)
+        times = time_runner(run, warmup=warmup, repeats=repeats, min_repeat_ms=min_repeat_ms)
+    return summarize(times, backend=backend, batch=batch, threads=threads)

@@ -1,0 +1,652 @@
+"""Predicted latency: a NetAdapt-style per-layer lookup table, profiled once and cached on disk.
+
+Every compute layer (conv / linear, with the BatchNorm and activation module that follow it) of
+the base model is rebuilt as a standalone module at its input shape and timed on a grid of input
+and output widths (keep fractions set by the decision points that prune them) and, for layers the
+policy may factorise, on a grid of ranks for its two factors. A prediction interpolates each
+layer's entry at the widths a policy gives it, sums the entries and adds a constant measured once:
+the whole model's latency minus the sum of its layers' entries (what the table does not see:
+call overhead, adds, pooling, reshapes).
+
+Which decision point changes which layer's widths is found by compressing the base model once per
+point with only that point pruned (probing), so the table relies on nothing but the public
+``compress`` contract; widths are interpolated linearly in the prune ratio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from autocompress.errors import UserInputError
+from autocompress.evaluators.latency import (
+    check_backend,
+    make_runner,
+    measure_latency,
+    time_runner,
+    torch_threads,
+)
+
+if TYPE_CHECKING:
+    from autocompress.compression import CompressionPolicy, CompressionSpace
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
+         nn.LeakyReLU, nn.ELU, nn.Mish)
+_BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+# ---------------------------------------------------------------------------------------------
+# machine / model identity
+
+
+def machine_id() -> dict[str, Any]:
+    """What a lookup table's timings depend on besides the model: CPU, OS, library versions."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import onnxruntime
+
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "ort": onnxruntime.__version__}
+
+
+def architecture_fingerprint(model: nn.Module) -> str:
+    """sha256 of the class and every ``state_dict`` name, dtype and shape (not the values).
+
+    Latency depends on shapes, not on weights: a retrained model of the same architecture reuses
+    its lookup table.
+    """
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for name, t in model.state_dict().items():
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)};".encode())
+    return h.hexdigest()
+
+
+def space_signature(space: CompressionSpace) -> str:
+    """sha256 of the decision points and their knobs (names, ranges, choices)."""
+    items = []
+    for p in space.decision_points:
+        knobs = {}
+        for kname, knob in sorted(p.knobs.items()):
+            knobs[kname] = [repr(getattr(knob, a, None)) for a in ("low", "high", "choices")]
+        items.append([p.name, str(p.kind), knobs])
+    items.append(repr(getattr(space, "round_to", None)))
+    return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# layer discovery
+
+
+@dataclass
+class _Layer:
+    """A compute layer of the base model and how a policy changes it."""
+
+    name: str
+    spec: dict[str, Any]                  # standalone-module description at full width
+    in_sources: dict[str, float] = field(default_factory=dict)   # point -> channels per unit prune
+    out_sources: dict[str, float] = field(default_factory=dict)
+    rank_point: str | None = None
+    in_grid: list[float] = field(default_factory=list)    # keep fractions
+    out_grid: list[float] = field(default_factory=list)
+    table: list[list[float]] = field(default_factory=list)     # ms, [in][out]
+    r_grid: list[int] = field(default_factory=list)       # absolute ranks of the factors
+    first: list[list[float]] = field(default_factory=list)     # ms, [in][r]
+    second: list[list[float]] = field(default_factory=list)    # ms, [r][out]
+
+    @property
+    def depthwise(self) -> bool:
+        s = self.spec
+        return s["kind"] == "conv" and s["groups"] > 1 and s["groups"] == s["cin"] == s["cout"]
+
+
+def _describe_act(m: nn.Module) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    if isinstance(m, nn.LeakyReLU):
+        kw["negative_slope"] = m.negative_slope
+    if isinstance(m, nn.ELU):
+        kw["alpha"] = m.alpha
+    if isinstance(m, nn.GELU):
+        kw["approximate"] = m.approximate
+    return {"type": type(m).__name__, "kw": kw}
+
+
+def discover_layers(model: nn.Module, example_input: Tensor) -> list[_Layer]:
+    """Compute layers in execution order, each with its input shape and the BN/activation after it.
+
+    A BN (then an activation) module is attached to a layer when, in the traced forward pass, it
+    consumes exactly the tensor that layer produced.
+    """
+    events: list[tuple[str, nn.Module, Any, Any]] = []
+    keep: list[Any] = []  # hold tensors so their ids stay unique during the pass
+    names = {m: n for n, m in model.named_modules()}
+    hooks = []
+
+    def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        x = args[0] if args else None
+        keep.extend([x, out])
+        events.append((names[mod], mod, x, out))
+
+    for m in model.modules():
+        if isinstance(m, _CONV + (nn.Linear,) + _BNS + _ACTS):
+            hooks.append(m.register_forward_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+
+    layers: list[_Layer] = []
+    seen: set[str] = set()
+    for i, (name, mod, x, out) in enumerate(events):
+        if not isinstance(mod, _CONV + (nn.Linear,)) or name in seen or not isinstance(x, Tensor):
+            continue
+        seen.add(name)
+        if isinstance(mod, nn.Linear):
+            spec: dict[str, Any] = {"kind": "linear", "cin": mod.in_features, "cout": mod.out_features,
+                                    "bias": mod.bias is not None, "shape": list(x.shape[1:-1])}
+        else:
+            if mod.transposed or mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+                padding: Any = mod.padding if isinstance(mod.padding, str) else list(mod.padding)
+            else:
+                padding = list(mod.padding)
+            spec = {"kind": "conv", "dims": len(mod.kernel_size), "cin": mod.in_channels,
+                    "cout": mod.out_channels, "kernel": list(mod.kernel_size),
+                    "stride": list(mod.stride), "padding": padding, "dilation": list(mod.dilation),
+                    "groups": mod.groups, "bias": mod.bias is not None, "shape": list(x.shape[2:]),
+                    "transposed": bool(mod.transposed)}
+        spec["bn"] = False
+        spec["act"] = None
+        cur = out
+        for _, nxt, nx, nout in events[i + 1 : i + 3]:
+            if nx is not cur:
+                break
+            if isinstance(nxt, _BNS) and not spec["bn"] and spec["act"] is None:
+                spec["bn"] = True
+            elif isinstance(nxt, _ACTS) and spec["act"] is None:
+                spec["act"] = _describe_act(nxt)
+            else:
+                break
+            cur = nout
+        layers.append(_Layer(name=name, spec=spec))
+    return layers
+
+
+def _widths(model: nn.Module) -> dict[str, tuple[int, int]]:
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, _CONV):
+            out[name] = (m.in_channels, m.out_channels)
+        elif isinstance(m, nn.Linear):
+            out[name] = (m.in_features, m.out_features)
+    return out
+
+
+def _probe_dependencies(
+    model: nn.Module, space: CompressionSpace, example_input: Tensor, layers: list[_Layer],
+) -> None:
+    """Fill each layer's width sources and rank point by compressing with one point changed."""
+    from autocompress.compression import CompressionPolicy, LayerAction, compress
+
+    base = _widths(model)
+    by_name = {lay.name: lay for lay in layers}
+    for point in space.decision_points:
+        knobs = point.knobs
+        if "prune" in knobs:
+            high = float(knobs["prune"].most_compressed)
+            if high > 0:
+                small = compress(model, CompressionPolicy({point.name: LayerAction(prune=high)}),
+                                 space=space, example_input=example_input)
+                now = _widths(small)
+                for lname, lay in by_name.items():
+                    if lname not in now:
+                        continue
+                    (ci, co), (ni, no) = base[lname], now[lname]
+                    if ni != ci:
+                        lay.in_sources[point.name] = (ci - ni) / high
+                    if no != co:
+                        lay.out_sources[point.name] = (co - no) / high
+        if "rank" in knobs and point.name in by_name:
+            by_name[point.name].rank_point = point.name
+
+
+# ---------------------------------------------------------------------------------------------
+# standalone modules and their timings
+
+
+def _act_module(desc: dict[str, Any] | None) -> nn.Module | None:
+    if desc is None:
+        return None
+    return getattr(nn, desc["type"])(**desc["kw"])
+
+
+def build_standalone(spec: dict[str, Any], cin: int, cout: int, *, groups: int | None = None,
+                     kernel_one: bool = False, bias: bool | None = None, bn: bool | None = None,
+                     act: bool = True) -> tuple[nn.Module, Tensor]:
+    """One layer (+ BN + activation) at widths ``cin -> cout`` and a matching batch-1 input."""
+    use_bias = spec["bias"] if bias is None else bias
+    use_bn = spec["bn"] if bn is None else bn
+    mods: list[nn.Module] = []
+    if spec["kind"] == "linear":
+        mods.append(nn.Linear(cin, cout, bias=use_bias))
+        x = torch.randn(1, *spec["shape"], cin)
+        if use_bn:
+            mods.append(nn.BatchNorm1d(cout))
+    else:
+        dims = spec["dims"]
+        conv_cls = _CONV[dims - 1]
+        bn_cls = _BNS[dims - 1]
+        if kernel_one:
+            conv = conv_cls(cin, cout, 1, bias=use_bias)
+        else:
+            conv = conv_cls(cin, cout, tuple(spec["kernel"]), stride=tuple(spec["stride"]),
+                            padding=spec["padding"] if isinstance(spec["padding"], str) else tuple(spec["padding"]),
+                            dilation=tuple(spec["dilation"]), groups=groups or 1, bias=use_bias)
+        mods.append(conv)
+        if use_bn:
+            mods.append(bn_cls(cout))
+        shape = spec["shape"]
+        if kernel_one:  # the second factor sees the first factor's output resolution
+            shape = _conv_out_shape(spec)
+        x = torch.randn(1, cin, *shape)
+    a = _act_module(spec["act"]) if act else None
+    if a is not None:
+        mods.append(a)
+    module = nn.Sequential(*mods).eval()
+    return module, x
+
+
+def _conv_out_shape(spec: dict[str, Any]) -> list[int]:
+    out = []
+    for i, size in enumerate(spec["shape"]):
+        k, s, d = spec["kernel"][i], spec["stride"][i], spec["dilation"][i]
+        p = spec["padding"][i] if not isinstance(spec["padding"], str) else (k - 1) // 2 * d
+        out.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
+    return out
+
+
+class _Profiler:
+    """Times standalone modules once each (memoised by their exact configuration)."""
+
+    def __init__(self, backend: str, batch: int, threads: int, warmup: int, repeats: int) -> None:
+        self.backend, self.batch, self.threads = backend, batch, threads
+        self.warmup, self.repeats = warmup, repeats
+        self.memo: dict[str, float] = {}
+        self.overhead_ms = 0.0
+
+    def time(self, module: nn.Module, x: Tensor) -> float:
+        run = make_runner(module, x, backend=self.backend, batch=self.batch, threads=self.threads)
+        times = time_runner(run, warmup=self.warmup, repeats=self.repeats, min_repeat_ms=1.0)
+        return float(np.median(times))
+
+    def measure_overhead(self) -> None:
+        module = _AddOne().eval()
+        self.overhead_ms = self.time(module, torch.zeros(1, 1))
+
+    def entry(self, key: dict[str, Any], build: Any) -> float:
+        k = json.dumps(key, sort_keys=True)
+        if k not in self.memo:
+            module, x = build()
+            self.memo[k] = max(self.time(module, x) - self.overhead_ms, 0.0)
+        return self.memo[k]
+
+
+class _AddOne(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x + 1.0
+
+
+def _keep_grid(lo: float, n: int) -> list[float]:
+    lo = min(max(lo, 1e-3), 1.0)
+    if lo >= 1.0 - 1e-9 or n <= 1:
+        return [1.0]
+    return [float(v) for v in np.linspace(lo, 1.0, n)]
+
+
+def _channels(full: int, keep: float, multiple: int = 1) -> int:
+    c = max(1, int(round(full * keep)))
+    if multiple > 1:
+        c = max(multiple, int(round(c / multiple)) * multiple)
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
+# interpolation
+
+
+def _interp_axis(grid: Sequence[float], x: float) -> tuple[int, int, float]:
+    """Indices (i, j) bracketing ``x`` in ``grid`` and the weight of ``j`` (clamped at the ends)."""
+    if len(grid) == 1 or x <= grid[0]:
+        return 0, 0, 0.0
+    if x >= grid[-1]:
+        last = len(grid) - 1
+        return last, last, 0.0
+    j = int(np.searchsorted(grid, x))
+    i = j - 1
+    return i, j, (x - grid[i]) / (grid[j] - grid[i])
+
+
+def _interp2(gx: Sequence[float], gy: Sequence[float], table: Sequence[Sequence[float]],
+             x: float, y: float) -> float:
+    i0, i1, wx = _interp_axis(gx, x)
+    j0, j1, wy = _interp_axis(gy, y)
+    top = table[i0][j0] * (1 - wy) + table[i0][j1] * wy
+    bot = table[i1][j0] * (1 - wy) + table[i1][j1] * wy
+    return top * (1 - wx) + bot * wx
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+
+@dataclass
+class LatencyLUT:
+    """Per-layer latency lookup table of one model on one backend, batch and thread count.
+
+    Build it with ``LatencyLUT.build`` (cached on disk, keyed by machine, backend, batch,
+    threads, architecture, input shape and space); ``predict(policy)`` returns milliseconds.
+
+    Example:
+        >>> lut = LatencyLUT.build(model, space, example_input, backend="ort", batch=1)  # doctest: +SKIP
+        >>> lut.predict(space.uniform(prune=0.5))  # doctest: +SKIP
+    """
+
+    key: str
+    backend: str
+    batch: int
+    threads: int
+    input_shape: list[int]
+    layers: list[_Layer]
+    constant_ms: float
+    base_measured_ms: float
+    overhead_ms: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    schema_version: ClassVar[int] = 1
+
+    # -- prediction -------------------------------------------------------------------------
+    def layer_ms(self, layer: _Layer, policy: CompressionPolicy) -> float:
+        """Predicted milliseconds of one layer under ``policy``."""
+        from autocompress.compression.lowrank import factorised_rank
+
+        s = layer.spec
+        cin = s["cin"] - sum(c * policy.get(p).prune for p, c in layer.in_sources.items())
+        cout = s["cout"] - sum(c * policy.get(p).prune for p, c in layer.out_sources.items())
+        kin, kout = cin / s["cin"], cout / s["cout"]
+        if layer.rank_point is not None and layer.r_grid:
+            rank = policy.get(layer.rank_point).rank
+            if rank < 1.0:
+                per_out = int(np.prod(s["kernel"])) if s["kind"] == "conv" else 1
+                r = factorised_rank(max(1, round(cout)), max(1, round(cin)) * per_out, rank)
+                if r is not None:
+                    g = [float(v) for v in layer.r_grid]
+                    return (_interp2(layer.in_grid, g, layer.first, kin, float(r))
+                            + _interp2(g, layer.out_grid, layer.second, float(r), kout))
+        return _interp2(layer.in_grid, layer.out_grid, layer.table, kin, kout)
+
+    def predict(self, policy: CompressionPolicy) -> float:
+        """Predicted latency (ms per forward pass at ``batch``) of the compressed model.
+
+        Bit-widths do not enter: latency is that of the pruned / factorised float network
+        (``ort-int8``: the whole network in int8), as measured by ``measure_latency``.
+        """
+        total = self.constant_ms + sum(self.layer_ms(lay, policy) for lay in self.layers)
+        return max(total, 1e-6)
+
+    def breakdown(self, policy: CompressionPolicy) -> dict[str, float]:
+        """Per-layer predicted milliseconds plus ``"<constant>"``."""
+        out = {lay.name: self.layer_ms(lay, policy) for lay in self.layers}
+        out["<constant>"] = self.constant_ms
+        return out
+
+    # -- persistence ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (with schema version)."""
+        return {
+            "_type": "autocompress.LatencyLUT", "_version": self.schema_version, "key": self.key,
+            "backend": self.backend, "batch": self.batch, "threads": self.threads,
+            "input_shape": list(self.input_shape), "constant_ms": self.constant_ms,
+            "base_measured_ms": self.base_measured_ms, "overhead_ms": self.overhead_ms,
+            "meta": self.meta, "layers": [lay.__dict__ for lay in self.layers],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyLUT:
+        """Inverse of ``to_dict``; rejects another type or schema version."""
+        if d.get("_type") != "autocompress.LatencyLUT":
+            raise UserInputError("not a serialised LatencyLUT (missing _type 'autocompress.LatencyLUT')")
+        if d.get("_version") != cls.schema_version:
+            raise UserInputError(
+                f"LatencyLUT schema _version {d.get('_version')!r} is not supported; "
+                f"this autocompress reads version {cls.schema_version}"
+            )
+        return cls(
+            key=d["key"], backend=d["backend"], batch=int(d["batch"]), threads=int(d["threads"]),
+            input_shape=list(d["input_shape"]), layers=[_Layer(**lay) for lay in d["layers"]],
+            constant_ms=float(d["constant_ms"]), base_measured_ms=float(d["base_measured_ms"]),
+            overhead_ms=float(d.get("overhead_ms", 0.0)), meta=dict(d.get("meta") or {}),
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write JSON atomically (write to a temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), sort_keys=True))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> LatencyLUT:
+        """Read a table written by ``save``."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserInputError(f"latency table {str(path)!r} does not exist")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserInputError(f"latency table {str(path)!r} is not valid JSON: {exc}") from None
+        return cls.from_dict(d)
+
+    # -- building ---------------------------------------------------------------------------
+    @staticmethod
+    def cache_key(model: nn.Module, space: CompressionSpace, example_input: Tensor, backend: str,
+                  batch: int, threads: int, grid: tuple[int, int]) -> str:
+        """Key of a table: machine, backend, batch, threads, architecture, input shape, space."""
+        payload = {
+            "v": LatencyLUT.schema_version, "machine": machine_id(), "backend": backend,
+            "batch": batch, "threads": threads, "arch": architecture_fingerprint(model),
+            "input": list(example_input.shape[1:]), "space": space_signature(space),
+            "grid": list(grid),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        space: CompressionSpace,
+        example_input: Tensor,
+        backend: str = "ort",
+        batch: int = 1,
+        threads: int = 1,
+        cache_dir: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+        *,
+        keep_points: int = 5,
+        rank_points: int = 4,
+        warmup: int = 3,
+        repeats: int = 9,
+        rebuild: bool = False,
+    ) -> LatencyLUT:
+        """Profile (or load from the cache) the lookup table of ``model`` under ``space``.
+
+        Args:
+            model: the base model.
+            space: its compression space (decides which widths and ranks can change).
+            example_input: one input sample ``(1, ...)``.
+            backend, batch, threads: what the table predicts (see ``measure_latency``).
+            cache_dir: where tables are cached (default ``cache_dir()/lut``).
+            progress: show a rich progress bar while profiling.
+            keep_points: width grid points per pruned dimension.
+            rank_points: rank grid points of factorisable layers.
+            warmup, repeats: timing settings of each entry.
+            rebuild: profile again even when a cached table exists.
+        """
+        check_backend(backend)
+        for name, v in (("batch", batch), ("threads", threads), ("keep_points", keep_points),
+                        ("rank_points", rank_points)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserInputError(f"LatencyLUT.build {name}={v!r}; expected an integer >= 1")
+        if cache_dir is None:
+            from autocompress.training import cache_dir as default_cache_dir
+
+            cache_dir = default_cache_dir() / "lut"
+        key = cls.cache_key(model, space, example_input, backend, batch, threads,
+                            (keep_points, rank_points))
+        path = Path(cache_dir) / f"lut-{key[:24]}.json"
+        if path.is_file() and not rebuild:
+            try:
+                lut = cls.load(path)
+                if lut.key == key:
+                    return lut
+            except (UserInputError, KeyError, TypeError):
+                pass  # unreadable / stale: profile again
+        model = model.eval()
+        example_input = example_input[:1]
+        layers = discover_layers(model, example_input)
+        _probe_dependencies(model, space, example_input, layers)
+        prof = _Profiler(backend, batch, threads, warmup, repeats)
+        with torch_threads(threads):
+            prof.measure_overhead()
+            jobs = _plan(layers, space, keep_points, rank_points)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            with Progress(TextColumn("[bold]latency table[/] {task.description}"), BarColumn(),
+                          MofNCompleteColumn(), TimeElapsedColumn(), disable=not progress,
+                          transient=True) as bar:
+                task = bar.add_task(f"{backend} batch {batch}", total=sum(len(j) for j in jobs))
+                for cells in jobs:
+                    for cell in cells:
+                        cell(prof)
+                        bar.advance(task)
+        base = measure_latency(model, example_input, backend=backend, batch=batch, threads=threads,
+                               warmup=warmup, repeats=max(repeats, 15))
+        lut = cls(key=key, backend=backend, batch=batch, threads=threads,
+                  input_shape=list(example_input.shape[1:]), layers=layers, constant_ms=0.0,
+                  base_measured_ms=base.median_ms, overhead_ms=prof.overhead_ms,
+                  meta={"machine": machine_id(), "entries": len(prof.memo),
+                        "keep_points": keep_points, "rank_points": rank_points})
+        ident = sum(lut.layer_ms(lay, space.identity()) for lay in layers)
+        lut.constant_ms = base.median_ms - ident
+        lut.save(path)
+        return lut
+
+
+def _plan(layers: list[_Layer], space: CompressionSpace, keep_points: int,
+          rank_points: int) -> list[list[Any]]:
+    """Grids of each layer, and one profiling job per table cell (run later, with progress)."""
+    from autocompress.compression.lowrank import factorised_rank
+
+    knobs = {p.name: p.knobs for p in space.decision_points}
+
+    def max_prune(point: str) -> float:
+        return float(knobs[point]["prune"].most_compressed)
+
+    jobs: list[list[Any]] = []
+    for lay in layers:
+        s = lay.spec
+        in_min = 1.0 - sum(c * max_prune(p) for p, c in lay.in_sources.items()) / s["cin"]
+        out_min = 1.0 - sum(c * max_prune(p) for p, c in lay.out_sources.items()) / s["cout"]
+        dw = lay.depthwise
+        fixed_groups = s.get("groups", 1) if (s["kind"] == "conv" and not dw) else 1
+        lay.in_grid = _keep_grid(in_min, keep_points)
+        lay.out_grid = [1.0] if dw else _keep_grid(out_min, keep_points)
+        lay.table = [[math.nan] * len(lay.out_grid) for _ in lay.in_grid]
+        cells: list[Any] = []
+
+        def main_cell(i: int, j: int, lay: _Layer = lay, dw: bool = dw, g: int = fixed_groups) -> Any:
+            s = lay.spec
+            cin = _channels(s["cin"], lay.in_grid[i], g)
+            cout = cin if dw else _channels(s["cout"], lay.out_grid[j], g)
+            groups = cin if dw else g
+
+            def run(prof: _Profiler) -> None:
+                key = {"spec": s, "cin": cin, "cout": cout, "groups": groups, "part": "main"}
+                lay.table[i][j] = prof.entry(key, lambda: build_standalone(s, cin, cout, groups=groups))
+
+            return run
+
+        for i in range(len(lay.in_grid)):
+            for j in range(len(lay.out_grid)):
+                cells.append(main_cell(i, j))
+
+        rank_knob = knobs.get(lay.rank_point or "", {}).get("rank") if lay.rank_point else None
+        if rank_knob is not None and not dw and fixed_groups == 1:
+            per_out = int(np.prod(s["kernel"])) if s["kind"] == "conv" else 1
+            m, n = s["cout"], s["cin"] * per_out
+            lo = float(rank_knob.most_compressed)
+            r_lo = factorised_rank(max(1, round(m * out_min)), max(1, round(s["cin"] * in_min)) * per_out, lo) or 1
+            r_hi = max(r_lo, int(m * n / (m + n)))
+            lay.r_grid = sorted({int(round(v)) for v in np.linspace(r_lo, r_hi, rank_points)})
+            lay.first = [[math.nan] * len(lay.r_grid) for _ in lay.in_grid]
+            lay.second = [[math.nan] * len(lay.out_grid) for _ in lay.r_grid]
+
+            def first_cell(i: int, k: int, lay: _Layer = lay) -> Any:
+                s = lay.spec
+                cin, r = _channels(s["cin"], lay.in_grid[i]), lay.r_grid[k]
+
+                def run(prof: _Profiler) -> None:
+                    key = {"spec": s, "cin": cin, "cout": r, "part": "first"}
+                    lay.first[i][k] = prof.entry(key, lambda: build_standalone(
+                        s, cin, r, bias=False, bn=False, act=False))
+
+                return run
+
+            def second_cell(k: int, j: int, lay: _Layer = lay) -> Any:
+                s = lay.spec
+                r, cout = lay.r_grid[k], _channels(s["cout"], lay.out_grid[j])
+
+                def run(prof: _Profiler) -> None:
+                    key = {"spec": s, "cin": r, "cout": cout, "part": "second"}
+                    lay.second[k][j] = prof.entry(key, lambda: build_standalone(
+                        s, r, cout, kernel_one=True))
+
+                return run
+
+            for i in range(len(lay.in_grid)):
+                for k in range(len(lay.r_grid)):
+                    cells.append(first_cell(i, k))
+            for k in range(len(lay.r_grid)):
+                for j in range(len(lay.out_grid)):
+                    cells.append(second_cell(k, j))
+        jobs.append(cells)
+    return jobs
