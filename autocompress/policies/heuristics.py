@@ -1,0 +1,329 @@
+"""Heuristic proposers behind the agent interface: uniform, random and sensitivity-greedy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from autocompress.compression import CompressionPolicy
+from autocompress.envs import CompressionEnv
+from autocompress.errors import UserInputError
+from autocompress.policies.base import BaseAgent, EpisodeCallback, register_agent
+
+
+def bisect_scale(feasible: Callable[[float], bool], tol: float = 1e-4) -> float:
+    """Smallest ``s`` in [0, 1] with ``feasible(s)``, assuming ``feasible(1)``; monotone in ``s``."""
+    if feasible(0.0):
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if feasible(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _targets(env: CompressionEnv, n: int) -> list[float | None]:
+    """Targets of ``n`` candidates: ``None`` in fixed-budget mode, an even sweep when conditioned."""
+    if env.budget_range is None:
+        return [None] * n
+    lo, hi = env.budget_range
+    if n == 1:
+        return [0.5 * (lo + hi)]
+    return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+
+
+@register_agent("uniform")
+class UniformAgent(BaseAgent):
+    """The same normalised setting at every point, bisected to just meet the hard budgets.
+
+    ``u`` (0 = untouched, 1 = most compressed; the env's action encoding) is the same at every
+    point, so with one ``max_prune`` the same prune ratio is used everywhere -- the survey's
+    Table 5 baseline. The smallest ``s`` with ``u = s * d`` meeting every budget is found by
+    bisection on the predicted costs. With several knobs, episode ``i`` uses the mix direction
+    ``d_i`` (first all knobs equally, then seeded random mixes); with one knob and fixed budgets
+    there is exactly one candidate, so ``learn`` stops after it. Without hard budgets, ``learn``
+    sweeps ``s`` over an even grid. In conditioned mode the targets are swept over the range.
+    """
+
+    def __init__(self, env: Any, seed: int = 0) -> None:
+        super().__init__(env, seed=seed)
+        self._rng = np.random.default_rng(seed)
+
+    def _direction(self, i: int) -> np.ndarray:
+        k = len(self.cenv.knobs)
+        if i == 0 or k == 1:
+            return np.ones(k)
+        d = self._rng.uniform(0.0, 1.0, size=k)
+        return d / d.max()
+
+    def _candidate(self, d: np.ndarray, target: float | None) -> CompressionPolicy | None:
+        env = self.cenv
+        budgets = env.hard_budgets(target)
+        if not env.meets(env.policy_from_units(d), budgets):
+            return None
+        s = bisect_scale(lambda s: env.meets(env.policy_from_units(s * d), budgets), env.clip_tol)
+        return env.policy_from_units(s * d)
+
+    def learn(self, total_episodes: int, callback: EpisodeCallback | None = None) -> UniformAgent:
+        """Evaluate up to ``total_episodes`` distinct uniform candidates."""
+        n = self._check_episodes(total_episodes)
+        env = self.cenv
+        seen: set[str] = {r.policy.key() for r in self.history}
+        free = not env.hard_budgets(_targets(env, 1)[0]) and env.budget_range is None
+        k = len(env.knobs)
+        tries = 0
+        for i, target in enumerate(_targets(env, n)):
+            if free:
+                policy: CompressionPolicy | None = env.policy_from_units(np.full(k, (i + 1) / n))
+            else:
+                policy = None
+                while policy is None and tries < 20 * n:
+                    policy = self._candidate(self._direction(tries), target)
+                    tries += 1
+            if policy is None or policy.key() in seen:
+                if env.budget_range is None and k == 1:
+                    break
+                continue
+            seen.add(policy.key())
+            reward, info = env.evaluate_policy(policy, target)
+            if not self._record(info, reward, callback):
+                break
+        return self
+
+    def propose(self, target: float | None = None) -> CompressionPolicy:
+        """The uniform policy (all knobs equally) that just meets the budgets / ``target``."""
+        env = self.cenv
+        target = env.check_target(target)
+        if env.budget_range is not None and target is None:
+            raise UserInputError("this env is budget-conditioned: propose(target=...) needs a MACs fraction")
+        if not env.hard_budgets(target):
+            best = self.best()
+            if best is None:
+                raise UserInputError("no hard budget to meet and nothing evaluated yet: call learn() first")
+            return best.policy
+        policy = self._candidate(np.ones(len(env.knobs)), target)
+        assert policy is not None  # all-ones is the most compressed policy, feasible by construction
+        return policy
+
+
+@register_agent("random")
+class RandomAgent(BaseAgent):
+    """Uniformly random actions played through the env (clipped there, so budgets hold).
+
+    This is the distribution of AMC's warm-up episodes. ``propose`` returns the best candidate
+    found (for ``target`` in conditioned mode, a fresh random rollout when none was evaluated).
+    """
+
+    def __init__(self, env: Any, seed: int = 0) -> None:
+        super().__init__(env, seed=seed)
+        self._rng = np.random.default_rng(seed)
+        self._reset_seed: int | None = seed
+
+    def _rollout(self, options: dict[str, Any] | None = None) -> tuple[float, dict[str, Any]]:
+        env = self.cenv
+        _, _ = env.reset(seed=self._reset_seed, options=options)
+        self._reset_seed = None  # seed the env's own RNG (targets) once, then let it run on
+        k = env.action_space.shape[0]
+        while True:
+            a = self._rng.uniform(-1.0, 1.0, size=k).astype(np.float32)
+            _, reward, terminated, truncated, info = env.step(a)
+            if terminated or truncated:
+                return float(reward), info
+
+    def learn(self, total_episodes: int, callback: EpisodeCallback | None = None) -> RandomAgent:
+        """Evaluate ``total_episodes`` random episodes."""
+        n = self._check_episodes(total_episodes)
+        for _ in range(n):
+            reward, info = self._rollout()
+            if not self._record(info, reward, callback):
+                break
+        return self
+
+    def propose(self, target: float | None = None) -> CompressionPolicy:
+        """Best evaluated policy (for ``target`` when conditioned), else a random feasible one."""
+        env = self.cenv
+        target = env.check_target(target)
+        if env.budget_range is not None and target is None:
+            raise UserInputError("this env is budget-conditioned: propose(target=...) needs a MACs fraction")
+        best = self.best(target) if target is not None else self.best()
+        if best is not None:
+            return best.policy
+        _, info = self._rollout({"target": target, "evaluate": False})
+        return info["policy"]
+
+
+def greedy_allocate(
+    n_points: int,
+    n_knobs: int,
+    present: np.ndarray,
+    levels: Sequence[float],
+    drops: np.ndarray,
+    policy_of: Callable[[np.ndarray], CompressionPolicy],
+    violation: Callable[[CompressionPolicy], float],
+    tol: float = 1e-4,
+) -> np.ndarray:
+    """Greedy budget allocation from per-point sensitivities; returns the unit actions ``(P, K)``.
+
+    Starting from no compression, repeatedly raise one (point, knob) to its next level, choosing
+    the move with the least accuracy drop per unit of budget excess removed, until
+    ``violation(policy) <= 0``. The last move is then bisected back between its two levels so the
+    budget is met with as little compression as possible.
+
+    Args:
+        present: ``(P, K)`` bool, which knobs each point has.
+        levels: increasing unit levels in (0, 1] (the last one should be 1).
+        drops: ``(P, K, L)`` accuracy drop measured with only that point/knob at that level.
+        policy_of: unit actions -> policy.
+        violation: sum over budgets of ``max(0, cost / budget - 1)`` (0 when all are met).
+    """
+    units = np.zeros((n_points, n_knobs))
+    level_idx = -np.ones((n_points, n_knobs), dtype=int)
+    current = violation(policy_of(units))
+    last: tuple[int, int, float, float] | None = None
+    while current > 0:
+        best: tuple[float, int, int] | None = None
+        for i in range(n_points):
+            for j in range(n_knobs):
+                li = level_idx[i, j]
+                if not present[i, j] or li + 1 >= len(levels):
+                    continue
+                trial = units.copy()
+                trial[i, j] = levels[li + 1]
+                gain = current - violation(policy_of(trial))
+                if gain <= 0:
+                    continue
+                prev_drop = drops[i, j, li] if li >= 0 else 0.0
+                cost = max(0.0, float(drops[i, j, li + 1] - prev_drop))
+                score = (cost + 1e-6) / gain
+                if best is None or score < best[0]:
+                    best = (score, i, j)
+        if best is None:  # no single move helps any more: fall back to the most compressed
+            return np.where(present, 1.0, 0.0)
+        _, i, j = best
+        old = units[i, j]
+        level_idx[i, j] += 1
+        units[i, j] = levels[level_idx[i, j]]
+        last = (i, j, old, units[i, j])
+        current = violation(policy_of(units))
+    if last is not None:
+        i, j, old, new = last
+
+        def ok(s: float) -> bool:
+            trial = units.copy()
+            trial[i, j] = old + s * (new - old)
+            return violation(policy_of(trial)) <= 0
+
+        s = bisect_scale(ok, tol)
+        units[i, j] = old + s * (new - old)
+    return units
+
+
+@register_agent("greedy")
+class GreedyAgent(BaseAgent):
+    """Sensitivity analysis per point, then greedy allocation of the budget.
+
+    ``learn`` first measures the base model and, for every point and knob, the accuracy with only
+    that point compressed to each of ``levels`` (unit levels; these probes go through
+    ``env.evaluate_fn`` like any evaluation and count against ``total_episodes``, but they are not
+    candidates and may break the budgets). ``greedy_allocate`` then spends the budget where
+    accuracy suffers least, and the resulting policy is evaluated as a candidate (one per target in
+    conditioned mode, up to the episodes left). If ``total_episodes`` cannot pay for all levels,
+    fewer levels are probed; ``propose(target)`` re-allocates without new evaluations.
+    """
+
+    def __init__(self, env: Any, seed: int = 0, *, levels: Sequence[float] = (1 / 3, 2 / 3, 1.0)) -> None:
+        super().__init__(env, seed=seed)
+        lv = sorted(float(x) for x in levels)
+        if not lv or lv[0] <= 0 or lv[-1] > 1:
+            raise UserInputError(f"levels={levels!r} is not allowed; allowed: unit levels in (0, 1]")
+        self.levels = lv
+        self._used_levels: list[float] | None = None
+        self.drops: np.ndarray | None = None
+        self.n_probes = 0
+
+    def config(self) -> dict[str, Any]:
+        """Constructor settings (JSON)."""
+        return {"levels": list(self.levels)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Measured sensitivities."""
+        return {
+            "levels": self._used_levels, "n_probes": self.n_probes,
+            "drops": None if self.drops is None else self.drops.tolist(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict`` output."""
+        self._used_levels = state.get("levels")
+        self.n_probes = int(state.get("n_probes", 0))
+        d = state.get("drops")
+        self.drops = None if d is None else np.asarray(d, dtype=np.float64)
+
+    def _present(self) -> np.ndarray:
+        env = self.cenv
+        return np.array([[k in p.knobs for k in env.knobs] for p in env.points], dtype=bool)
+
+    def _acc(self, policy: CompressionPolicy) -> float:
+        metrics, status = self.cenv.probe(policy)
+        self.n_probes += 1
+        acc = float(metrics.get("acc", float("nan")))
+        return acc if status == "ok" and np.isfinite(acc) else 0.0
+
+    def learn(self, total_episodes: int, callback: EpisodeCallback | None = None) -> GreedyAgent:
+        """Probe sensitivities, allocate, evaluate the allocation."""
+        n = self._check_episodes(total_episodes)
+        env = self.cenv
+        present = self._present()
+        n_pairs = int(present.sum())
+        levels = list(self.levels)
+        if 1 + n_pairs * len(levels) + 1 > n:
+            levels = levels[-1:]  # not enough episodes for every level: probe the strongest only
+        if 1 + n_pairs * len(levels) + 1 > n:
+            raise UserInputError(
+                f"greedy needs at least {n_pairs + 2} episodes here (1 base + {n_pairs} probes + 1 candidate); got {n}"
+            )
+        base_acc = self._acc(CompressionPolicy({}))
+        drops = np.zeros((env.n_points, len(env.knobs), len(levels)))
+        for i in range(env.n_points):
+            for j in range(len(env.knobs)):
+                if not present[i, j]:
+                    continue
+                for li, level in enumerate(levels):
+                    u = np.zeros(len(env.knobs))
+                    u[j] = level
+                    policy = CompressionPolicy({env.points[i].name: env.decode(i, u)})
+                    drops[i, j, li] = base_acc - self._acc(policy)
+        self.drops, self._used_levels = drops, levels
+        left = n - (1 + n_pairs * len(levels))
+        n_candidates = 1 if env.budget_range is None else min(left, 5)
+        for target in _targets(env, n_candidates):
+            reward, info = env.evaluate_policy(self.propose(target), target)
+            if not self._record(info, reward, callback):
+                break
+        return self
+
+    def propose(self, target: float | None = None) -> CompressionPolicy:
+        """Greedy allocation for the env's budgets / ``target`` from the measured sensitivities."""
+        env = self.cenv
+        if self.drops is None or self._used_levels is None:
+            raise UserInputError("greedy has no sensitivities yet: call learn() first")
+        target = env.check_target(target)
+        if env.budget_range is not None and target is None:
+            raise UserInputError("this env is budget-conditioned: propose(target=...) needs a MACs fraction")
+        budgets = env.hard_budgets(target)
+        if not budgets:
+            raise UserInputError("greedy allocates a hard budget; this env has none")
+
+        def violation(policy: CompressionPolicy) -> float:
+            return sum(max(0.0, env.cost(m, policy) / b - 1.0) for m, b in budgets.items())
+
+        units = greedy_allocate(
+            env.n_points, len(env.knobs), self._present(), self._used_levels, self.drops,
+            env.policy_from_units, violation, env.clip_tol,
+        )
+        return env.policy_from_units(units)
