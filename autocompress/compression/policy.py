@@ -129,6 +129,11 @@ class CompressionPolicy:
     def __hash__(self) -> int:
         return hash(self.key())
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The read-only mapping proxy cannot be pickled/deep-copied as is (SB3 vec envs deep-copy
+        # infos, multiprocessing pickles them): rebuild from a plain dict instead.
+        return (type(self), (dict(self.layers),))
+
     def get(self, name: str) -> LayerAction:
         """The action at ``name``; the identity action when the policy does not mention it."""
         return self.layers.get(name, _IDENTITY)
