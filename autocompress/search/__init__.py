@@ -1,0 +1,60 @@
+"""The search engine: ``SearchSpec`` -> ask/tell searchers -> runner -> Pareto front.
+
+Public surface::
+
+    from autocompress.search import SearchSpec, run_search
+    spec = SearchSpec.from_cli("configs/quick.yaml", {"budget": ["macs=50%"], "trials": 20})
+    result = run_search(spec, progress=print)   # RUN/{spec.json,trials.jsonl,pareto.json,study.journal}
+
+Heavy modules (torch, optuna, ray) load on first use of the names that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    # spec and budgets
+    "SearchSpec": "autocompress.search.spec",
+    "Objective": "autocompress.search.spec",
+    "parse_objective": "autocompress.search.spec",
+    "OBJECTIVE_METRICS": "autocompress.search.spec",
+    "Budget": "autocompress.search.budgets",
+    "parse_budget": "autocompress.search.budgets",
+    "BUDGET_METRICS": "autocompress.search.budgets",
+    # searchers
+    "BaseSearcher": "autocompress.search.base",
+    "SearchContext": "autocompress.search.base",
+    "create_searcher": "autocompress.search.base",
+    "list_searchers": "autocompress.search.base",
+    "register_searcher": "autocompress.search.base",
+    "searcher_class": "autocompress.search.base",
+    # runner
+    "run_search": "autocompress.search.runner",
+    "SearchResult": "autocompress.search.runner",
+    "SearchProgress": "autocompress.search.runner",
+    "TrialRecord": "autocompress.search.runner",
+    # pareto
+    "hypervolume": "autocompress.search.pareto",
+    "non_dominated_mask": "autocompress.search.pareto",
+    "knee_index": "autocompress.search.pareto",
+    "normalise": "autocompress.search.pareto",
+    "qom": "autocompress.search.pareto",
+    "pareto_report": "autocompress.search.pareto",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autocompress.search' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,215 @@
+"""Baseline strategies: random policies, a sweep of uniform ratios, and sensitivity-greedy.
+
+``random`` and ``uniform`` work on the compression space directly (they need no environment and
+can propose many candidates at once, so several processes share them well); ``greedy`` runs the
+sensitivity-greedy agent of ``autocompress.policies`` through the environment adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from autocompress.search.base import BaseSearcher, SearchContext, register_searcher
+from autocompress.search.rl_searcher import AgentSearcher
+
+if TYPE_CHECKING:
+    from autocompress.compression import CompressionPolicy, CompressionSpace
+    from autocompress.evaluators import EvalResult
+
+
+def knob_value(knob: Any, u: float) -> float | int:
+    """The value of ``knob`` a fraction ``u`` of the way from least (0) to most (1) compressed.
+
+    Continuous knobs interpolate linearly; bit-width choices are ordered from the least to the
+    most compressed and ``u`` picks one of equal bins.
+    """
+    u = min(1.0, max(0.0, float(u)))
+    choices = getattr(knob, "choices", None)
+    if choices:
+        least, most = knob.least_compressed, knob.most_compressed
+        ordered = sorted(choices, reverse=most < least)
+        return ordered[min(int(u * len(ordered)), len(ordered) - 1)]
+    least, most = float(knob.least_compressed), float(knob.most_compressed)
+    if u >= 1.0:
+        return most
+    return least + u * (most - least)
+
+
+def uniform_policy(space: CompressionSpace, u: float) -> CompressionPolicy:
+    """Every knob of every point ``u`` of the way to its most compressed value."""
+    from autocompress.compression import CompressionPolicy, LayerAction
+
+    return CompressionPolicy({
+        p.name: LayerAction(**{k: knob_value(knob, u) for k, knob in p.knobs.items()})
+        for p in space.decision_points
+    })
+
+
+def blend_policy(space: CompressionSpace, policy: CompressionPolicy, lam: float) -> CompressionPolicy:
+    """Move every knob of ``policy`` a share ``lam`` of the way to its most compressed value."""
+    from autocompress.compression import CompressionPolicy, LayerAction
+
+    layers = {}
+    for p in space.decision_points:
+        action = policy.get(p.name)
+        knobs: dict[str, Any] = {}
+        for k, knob in p.knobs.items():
+            cur = getattr(action, k)
+            choices = getattr(knob, "choices", None)
+            if choices:
+                ordered = sorted(choices, reverse=knob.most_compressed < knob.least_compressed)
+                i = ordered.index(cur) if cur in ordered else 0
+                knobs[k] = ordered[int(round(i + lam * (len(ordered) - 1 - i)))]
+            else:
+                knobs[k] = float(cur) + lam * (float(knob.most_compressed) - float(cur))
+        layers[p.name] = LayerAction(**knobs)
+    return CompressionPolicy(layers)
+
+
+def smallest_feasible(feasible: Any, tol: float = 1e-4) -> float | None:
+    """Smallest ``s`` in [0, 1] with ``feasible(s)`` (monotone), None when even 1 fails."""
+    if not feasible(1.0):
+        return None
+    if feasible(0.0):
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if feasible(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def van_der_corput(i: int, base: int = 2) -> float:
+    """The ``i``-th element of the base-2 van der Corput sequence (0, 1/2, 1/4, 3/4, ...)."""
+    out, denom = 0.0, 1.0
+    while i:
+        i, rem = divmod(i, base)
+        denom *= base
+        out += rem / denom
+    return out
+
+
+@register_searcher("random")
+class RandomSearcher(BaseSearcher):
+    """Random policies: every knob uniform over its range (``space.sample``).
+
+    Under hard budgets a sample that breaks a predictable budget is redrawn up to ``max_tries``
+    times; after that the last draw is moved towards the most compressed policy (every knob the
+    same share of the way) just far enough to meet the budgets, so every proposal is feasible on
+    the space's predicted costs.
+
+    Args:
+        max_tries: redraws before repairing a sample.
+    """
+
+    def __init__(self, context: SearchContext, seed: int = 0, *, max_tries: int = 50) -> None:
+        super().__init__(context, seed)
+        self.max_tries = int(max_tries)
+        self._rng = np.random.default_rng(seed)
+        self.n_asked = 0
+
+    def ask(self) -> CompressionPolicy:
+        """A random policy (feasible on the predicted costs when the budgets allow)."""
+        ctx = self.context
+        self.n_asked += 1
+        policy = ctx.space.sample(self._rng)
+        if not ctx.budgets:
+            return policy
+        for _ in range(self.max_tries - 1):
+            if ctx.predicted_feasible(policy):
+                return policy
+            policy = ctx.space.sample(self._rng)
+        if ctx.predicted_feasible(policy):
+            return policy
+        lam = smallest_feasible(lambda s: ctx.predicted_feasible(blend_policy(ctx.space, policy, s)))
+        return blend_policy(ctx.space, policy, lam) if lam is not None else policy
+
+    def tell(self, policy: CompressionPolicy, result: EvalResult) -> None:
+        """Random search learns nothing."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """How many policies were drawn (the draws are replayed from the seed)."""
+        return {"n_asked": self.n_asked}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Skip the draws a previous run already made."""
+        for _ in range(int(state.get("n_asked", 0)) - self.n_asked):
+            self.ask()
+
+
+@register_searcher("uniform")
+class UniformSearcher(BaseSearcher):
+    """A sweep of uniform ratios: the same setting at every point (the survey's Table 5 baseline).
+
+    A point ``u`` in [0, 1] sets every knob of every point ``u`` of the way from untouched to most
+    compressed (with only ``prune``: the same prune ratio ``u * max_prune`` everywhere). The sweep
+    covers ``[u_min, 1]``, where ``u_min`` is the smallest ``u`` that meets the hard budgets
+    (bisection on the predicted costs), in van der Corput order after ``u_min`` itself, so any
+    prefix of the sweep spreads evenly over the feasible range.
+
+    Args:
+        points: length of the sweep (default: the trial count); ``ask`` returns None after it.
+    """
+
+    def __init__(self, context: SearchContext, seed: int = 0, *, points: int | None = None) -> None:
+        super().__init__(context, seed)
+        self.points = int(points) if points is not None else max(1, int(context.trials) or 20)
+        space = context.space
+        if context.budgets:
+            lo = smallest_feasible(lambda u: context.predicted_feasible(uniform_policy(space, u)))
+            self.u_min = 1.0 if lo is None else lo
+        else:
+            self.u_min = 0.0
+        self.index = 0
+
+    def grid_point(self, i: int) -> float:
+        """The ``i``-th ratio of the sweep."""
+        if i == 0:
+            return self.u_min
+        return self.u_min + (1.0 - self.u_min) * (1.0 - van_der_corput(i))
+
+    def ask(self) -> CompressionPolicy | None:
+        """The next uniform policy of the sweep, None when the sweep is done."""
+        if self.index >= self.points:
+            return None
+        u = self.grid_point(self.index)
+        self.index += 1
+        return uniform_policy(self.context.space, u)
+
+    def tell(self, policy: CompressionPolicy, result: EvalResult) -> None:
+        """The sweep does not adapt."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position in the sweep."""
+        return {"index": self.index}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the sweep where it stopped."""
+        self.index = int(state.get("index", 0))
+
+
+@register_searcher("greedy")
+class GreedySearcher(AgentSearcher):
+    """Sensitivity-greedy (``autocompress.policies`` ``greedy`` agent) through the environment.
+
+    It probes every point's accuracy at each of ``levels`` (these probes are evaluations and count
+    as trials; they may exceed the budgets and are then never on the front), then allocates the
+    hard budgets where accuracy suffers least and proposes that policy; then it has nothing more
+    to propose and the search ends. It needs a hard budget.
+
+    Args:
+        levels: unit compression levels probed per point and knob.
+    """
+
+    agent_name = "greedy"
+
+    def __init__(self, context: SearchContext, seed: int = 0, *,
+                 levels: tuple[float, ...] | list[float] = (1 / 3, 2 / 3, 1.0)) -> None:
+        super().__init__(context, seed, agent_settings={"levels": tuple(levels)},
+                         total_episodes=max(1, int(context.trials)))

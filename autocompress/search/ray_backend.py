@@ -1,0 +1,478 @@
+"""Ray Tune backend (``backend="ray"``): the same strategies, run as Tune trials.
+
+* ``nsga2``/``tpe``: Tune's ``OptunaSearch`` with our sampler on *our* study (same storage, same
+  study name), the space defined by run (one parameter per point and knob, as locally); hard
+  budgets are set as Optuna constraints on each trial before it is told.
+* every other strategy: our ask/tell searcher behind a Tune ``Searcher`` adapter (RL agents keep
+  learning in the driver; only evaluations run on the workers).
+* multi-fidelity: each trial reports its low-fidelity result first and its full-fidelity result
+  second; Tune's ``ASHAScheduler`` (``max_t=2``) stops the unpromising ones after the first.
+
+Each Tune trial evaluates one candidate on a worker that builds the problem once (loading the
+driver's trained checkpoint; evaluations share the on-disk cache) and runs single-threaded.
+The driver records every result into the study, ``trials.jsonl`` and ``pareto.json`` exactly as
+the local loop does. Ray runs on a local cluster of ``workers`` CPUs by default, or joins
+``ray_address`` (``HOST:PORT`` or ``auto``); see DEPENDENCIES.md for loopback settings, which are
+applied here as environment defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autocompress.errors import UserInputError
+from autocompress.search import storage as st
+from autocompress.search.base import BaseSearcher, create_searcher, searcher_class
+from autocompress.search.runner import (
+    ProgressCallback,
+    SearchResult,
+    SearchSession,
+    TrialRecord,
+    safe_evaluate,
+)
+from autocompress.search.spec import SearchSpec
+
+if TYPE_CHECKING:
+    from autocompress.compression import CompressionPolicy
+    from autocompress.evaluators import EvalResult
+    from autocompress.problem import Problem
+
+#: Environment defaults for a Ray that stays on loopback and talks to nobody.
+RAY_ENV_DEFAULTS: dict[str, str] = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+_WORKER_PROBLEMS: dict[str, Any] = {}
+
+
+def apply_ray_env() -> None:
+    """Set the loopback / no-telemetry defaults (values already set by the user win)."""
+    for k, v in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+def init_ray(workers: int, address: str | None) -> bool:
+    """Start a local Ray (``workers`` CPUs, loopback, no dashboard) or join ``address``.
+
+    Returns True when this call started Ray (the caller shuts it down).
+    """
+    apply_ray_env()
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     object_store_memory=256 * 1024 * 1024, log_to_driver=False,
+                     logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        line = " ".join(str(exc).split())[:240]
+        raise UserInputError(f"cannot start or reach Ray at {address or 'a local node'}: {line}") from None
+    return True
+
+
+# -- the worker side -------------------------------------------------------------------------------
+def _worker_problem(payload: Mapping[str, Any]) -> Problem:
+    key = payload["key"]
+    if key not in _WORKER_PROBLEMS:
+        import torch
+
+        from autocompress.problem import Problem
+
+        torch.set_num_threads(1)
+        spec = SearchSpec.from_dict(payload["spec"])
+        kwargs: dict[str, Any] = {
+            "checkpoint": payload["checkpoint"], "data": spec.data, "data_root": spec.data_root,
+            "seed": spec.seed, "knobs": spec.knobs, "max_prune": spec.max_prune,
+            "round_to": spec.round_to, "evaluator": spec.evaluator, "cache_dir": payload["cache_dir"],
+            "progress": False,
+        }
+        if spec.train_epochs is not None:
+            kwargs["train_epochs"] = spec.train_epochs
+        problem = Problem.build(spec.model, **kwargs)
+        if not spec.cache:
+            problem.evaluator.cache = None
+        _WORKER_PROBLEMS[key] = problem
+    return _WORKER_PROBLEMS[key]
+
+
+def _report_dict(policy_json: str, result: EvalResult, objectives: list[str], status: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "ac_policy": policy_json, "ac_result": json.dumps(result.to_dict()), "ac_status": status,
+        "ac_fidelity": result.fidelity,
+        "score": float(result.metrics["acc"]) if result.ok and _finite(result.metrics.get("acc")) else -1.0,
+    }
+    for name in objectives:
+        v = result.metrics.get(name)
+        out[name] = float(v) if _finite(v) else None
+    return out
+
+
+def evaluate_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
+    """A Tune function trainable: evaluate one candidate (low, then full under multi-fidelity)."""
+    from ray import tune
+
+    from autocompress.compression import CompressionPolicy
+    from autocompress.search.optuna_searcher import policy_from_params
+
+    problem = _worker_problem(payload)
+    objectives = list(payload["objectives"])
+    if "ac_policy" in config:
+        policy = CompressionPolicy.from_json(config["ac_policy"])
+    else:
+        params = {k: v for k, v in config.items() if not k.startswith("ac_")}
+        policy = policy_from_params(problem.space, params)
+    policy_json = policy.to_json()
+    if config.get("ac_infeasible"):
+        from autocompress.evaluators import EvalResult
+
+        standin = EvalResult(metrics=dict(config["ac_standin"]), fidelity="low")
+        tune.report(_report_dict(policy_json, standin, objectives, "infeasible"))
+        return
+    evaluate = problem.evaluator.evaluate
+    if payload["multi_fidelity"]:
+        low = safe_evaluate(evaluate, policy, "low")
+        tune.report(_report_dict(policy_json, low, objectives, "ok" if low.ok else "failed"))
+        if not low.ok:
+            return
+    full = safe_evaluate(evaluate, policy, "full")
+    tune.report(_report_dict(policy_json, full, objectives, "ok" if full.ok else "failed"))
+
+
+# -- the driver side -------------------------------------------------------------------------------
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _result_from_report(report: Mapping[str, Any] | None, error: bool) -> tuple[EvalResult, str]:
+    from autocompress.evaluators import EvalResult
+
+    if not report or "ac_result" not in report:
+        why = "the Ray trial errored" if error else "the Ray trial ended without a result"
+        return EvalResult.failure(why), "failed"
+    res = EvalResult.from_dict(json.loads(report["ac_result"]))
+    return res, str(report.get("ac_status", "ok" if res.ok else "failed"))
+
+
+class _Recorder:
+    """Driver-side recording shared by both Tune searchers."""
+
+    def __init__(self, session: SearchSession, started: float) -> None:
+        self.session = session
+        self.started = started
+        self.done_here = 0
+        self.logged_low: set[int] = set()
+
+    def log_low(self, number: int, policy: CompressionPolicy, report: Mapping[str, Any]) -> None:
+        if report.get("ac_fidelity") != "low" or number in self.logged_low or "ac_result" not in report:
+            return
+        res, status = _result_from_report(report, False)
+        if status == "infeasible":
+            return
+        self.logged_low.add(number)
+        s = self.session
+        ok, viol = s.feasibility(policy, res)
+        s.log_evaluation(number, policy, res, status=status, final=False, feasible=False, violations=viol)
+
+    def record(self, trial: Any, policy: CompressionPolicy, report: Mapping[str, Any] | None,
+               error: bool) -> tuple[EvalResult, str, list[float] | None]:
+        """Write the final line and the trial's attributes; returns (result, status, values)."""
+        from autocompress.evaluators import EvalResult
+
+        s = self.session
+        res, status = _result_from_report(report, error)
+        if status == "infeasible":
+            predicted = s.make_context().predicted_metrics(policy)
+            shown = EvalResult(metrics=predicted, fidelity="low")
+            viol = s.make_context().predicted_violations(policy)
+            for k, v in s.trial_attrs(policy, shown, "infeasible", False, viol, fidelity="predicted").items():
+                trial.set_user_attr(k, v)
+            s.log_evaluation(trial.number, policy, shown, status="infeasible", final=True,
+                             feasible=False, violations=viol, fidelity="predicted")
+            return res, status, s.objective_values(res.metrics)
+        feasible, viol = s.feasibility(policy, res)
+        feasible = feasible and res.fidelity == "full"
+        s.log_evaluation(trial.number, policy, res, status=status, final=True, feasible=feasible,
+                         violations=viol)
+        for k, v in s.trial_attrs(policy, res, status, feasible, viol).items():
+            trial.set_user_attr(k, v)
+        values = s.objective_values(res.metrics) if status == "ok" else None
+        return res, status, values
+
+    def after(self, last: TrialRecord | None) -> None:
+        self.done_here += 1
+        s = self.session
+        view = s.view()
+        s.write_pareto(view.records)
+        if s.progress_cb is not None:
+            s.progress_cb(s.progress_from_view(view, "trial", started=self.started,
+                                               done_here=self.done_here, last=last))
+
+
+def _trial_record(trial: Any, policy: CompressionPolicy, res: EvalResult, status: str,
+                  session: SearchSession) -> TrialRecord:
+    feasible, viol = session.feasibility(policy, res)
+    return TrialRecord(id=int(trial.number), policy=policy, metrics=dict(res.metrics),
+                       status=status, fidelity=res.fidelity,
+                       feasible=feasible and res.fidelity == "full" and status == "ok",
+                       violations=dict(viol), error=res.error, timings=dict(res.timings),
+                       worker=session.worker.uuid)
+
+
+def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> Any:
+    """Tune's OptunaSearch on our study with our sampler, recording every completed trial."""
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    from autocompress.search.optuna_searcher import (
+        policy_from_params,
+        space_distributions,
+        suggest_policy,
+    )
+
+    spec = session.spec
+    cls = searcher_class(spec.strategy)
+    context = session.make_context()
+    sampler = cls.build_sampler(context, seed, **dict(spec.strategy_settings))  # type: ignore[attr-defined]
+    dists = space_distributions(context.space)
+    space = context.space
+
+    def define_space(trial: Any) -> dict[str, Any] | None:
+        suggest_policy(trial, space, dists)
+        return None
+
+    class RecordingOptunaSearch(OptunaSearch):
+        """OptunaSearch that tags, pre-screens and records each trial in the autocompress run."""
+
+        def save(self, checkpoint_path: str) -> None:
+            """Nothing to save: the state lives in the Optuna study (resume goes through it)."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """See ``save``."""
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            config = super().suggest(trial_id)
+            if config is None:
+                return None
+            ot = self._ot_trials[trial_id]
+            policy = policy_from_params(space, ot.params)
+            session._tag(ot, policy)
+            if spec.budgets and not context.predicted_feasible(policy):
+                standin, _ = session.standin_result(policy)
+                return {**config, "ac_infeasible": True, "ac_standin": dict(standin.metrics)}
+            return config
+
+        def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+            ot = self._ot_trials.get(trial_id)
+            if ot is not None and "ac_policy" in result:
+                recorder.log_low(ot.number, policy_from_params(space, ot.params), result)
+
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                              error: bool = False) -> None:
+            if trial_id in self._completed_trials:
+                return
+            ot = self._ot_trials[trial_id]
+            policy = policy_from_params(space, ot.params)
+            res, status, values = recorder.record(ot, policy, result, error)
+            if values is not None and status in ("ok", "infeasible"):
+                session.set_constraints(ot, policy, res.metrics)
+                self._ot_study.tell(ot, values)
+            else:
+                self._ot_study.tell(ot, state=TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            if status != "infeasible":
+                recorder.after(_trial_record(ot, policy, res, status, session))
+
+    return RecordingOptunaSearch(
+        space=define_space, metric=spec.objective_names,
+        mode=["max" if d == "maximize" else "min" for d in spec.directions],
+        sampler=sampler, study_name=spec.study_name, storage=session.storage,
+    )
+
+
+def _asktell_search(session: SearchSession, recorder: _Recorder, searcher: BaseSearcher) -> Any:
+    """A Tune ``Searcher`` driving one of our ask/tell searchers."""
+    from optuna.trial import TrialState
+    from ray.tune.search import Searcher
+
+    spec = session.spec
+    context = session.make_context()
+    prescreen = bool(getattr(searcher, "prescreen", True)) and bool(spec.budgets)
+    idle_cap = max(100, 5 * spec.trials)
+
+    class AskTellSearcher(Searcher):
+        """Tune searcher over an autocompress ``BaseSearcher`` (suggest = ask, complete = tell)."""
+
+        def save(self, checkpoint_path: str) -> None:
+            """Nothing to save: the state lives in the Optuna study (resume goes through it)."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """See ``save``."""
+
+        def __init__(self) -> None:
+            super().__init__(metric=spec.objective_names[0],
+                             mode="max" if spec.directions[0] == "maximize" else "min")
+            self.pending: dict[str, tuple[Any, CompressionPolicy]] = {}
+            self.finished = False
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            if self.finished:
+                return Searcher.FINISHED
+            if type(searcher).max_pending <= len(self.pending):
+                return None
+            idle = 0
+            while idle < idle_cap:
+                policy = searcher.ask()
+                if policy is None:
+                    self.finished = True
+                    return Searcher.FINISHED
+                view = session.view()
+                prev = view.final_by_key.get(policy.key())
+                if prev is not None:
+                    from autocompress.search.runner import result_from_trial
+
+                    searcher.tell(policy, result_from_trial(prev))
+                    idle += 1
+                    continue
+                if prescreen and not context.predicted_feasible(policy):
+                    trial = session.study.ask()
+                    session._tag(trial, policy)
+                    recorder.record(trial, policy, {"ac_status": "infeasible", "ac_result": json.dumps(
+                        session.standin_result(policy)[0].to_dict())}, False)
+                    session.study.tell(trial, state=TrialState.FAIL)
+                    searcher.tell(policy, session.standin_result(policy)[0])
+                    idle += 1
+                    continue
+                trial = session.study.ask()
+                session._tag(trial, policy)
+                self.pending[trial_id] = (trial, policy)
+                return {"ac_policy": policy.to_json(), "ac_trial": trial.number}
+            self.finished = True
+            return Searcher.FINISHED
+
+        def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+            if trial_id in self.pending:
+                trial, policy = self.pending[trial_id]
+                recorder.log_low(trial.number, policy, result)
+
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                              error: bool = False) -> None:
+            if trial_id not in self.pending:
+                return
+            trial, policy = self.pending.pop(trial_id)
+            res, status, values = recorder.record(trial, policy, result, error)
+            if values is not None and status == "ok":
+                session.set_constraints(trial, policy, res.metrics)
+                session.study.tell(trial, values)
+            else:
+                session.study.tell(trial, state=TrialState.FAIL)
+            searcher.tell(policy, res)
+            recorder.after(_trial_record(trial, policy, res, status, session))
+
+    return AskTellSearcher()
+
+
+def run_ray(spec: SearchSpec, progress: ProgressCallback | None = None, *,
+            problem: Problem | None = None) -> SearchResult:
+    """Run ``spec`` with Ray Tune; results land in the same study and files as a local run."""
+    session = SearchSession(spec, progress, problem=problem)
+    spec = session.spec
+    started_ray = init_ray(spec.workers, spec.ray_address)
+    searcher: BaseSearcher | None = None
+    try:
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+        from ray.tune.search import ConcurrencyLimiter
+
+        cls = searcher_class(spec.strategy)
+        seed = session.searcher_seed(cls.uses_optuna_study)
+        session.reconcile(session.study, requeue=cls.uses_optuna_study)
+        started = time.perf_counter()
+        recorder = _Recorder(session, started)
+        from autocompress.training import cache_dir
+
+        cache_root = getattr(session.problem.evaluator.cache, "path", None)
+        payload = {
+            "key": f"{spec.identity_hash()}-{session.problem.checkpoint_path}",
+            "spec": spec.to_dict(),
+            "checkpoint": str(session.problem.checkpoint_path) if session.problem.checkpoint_path else None,
+            "cache_dir": str(Path(cache_root).parent.parent) if cache_root else str(cache_dir()),
+            "objectives": spec.objective_names, "multi_fidelity": spec.multi_fidelity,
+        }
+        if not cls.uses_optuna_study:
+            searcher = create_searcher(spec.strategy, session.make_context(), seed=seed,
+                                       **dict(spec.strategy_settings))
+        trainable = tune.with_resources(tune.with_parameters(evaluate_trial, payload=payload),
+                                        {"cpu": 1})
+        session._emit("start", done=session.view().counted, message=f"{spec.strategy} on Ray")
+        stop_reason = "completed"
+        for _round in range(10):
+            remaining = spec.trials - session.view().counted
+            if remaining <= 0:
+                break
+            if cls.uses_optuna_study:
+                # A later round gets a fresh sampler seed (a new sampler object, never shared).
+                round_seed = seed if _round == 0 else st.derive_seed(seed, "round", _round)
+                search_alg = _optuna_search(session, recorder, round_seed)
+            else:
+                assert searcher is not None
+                search_alg = _asktell_search(session, recorder, searcher)
+            scheduler: Any = FIFOScheduler()
+            if spec.multi_fidelity:
+                scheduler = ASHAScheduler(
+                    time_attr="training_iteration", metric="score", mode="max", max_t=2,
+                    grace_period=1, reduction_factor=max(2.0, 1.0 / spec.promote_fraction),
+                )
+            before = session.view().counted
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=ConcurrencyLimiter(search_alg, max_concurrent=spec.workers),
+                    scheduler=scheduler, num_samples=remaining, reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"{spec.study_name}-{int(time.time())}",
+                    storage_path=str((session.run_dir / "ray").resolve()), verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=0),
+                ),
+            )
+            tuner.fit()
+            if searcher is not None and getattr(search_alg, "finished", False):
+                stop_reason = f"{spec.strategy} has nothing more to propose"
+                break
+            if session.view().counted == before:
+                stop_reason = "no new candidates in a round"
+                break
+        out = session.result(stop_reason)
+        if progress is not None:
+            progress(session.progress_from_view(session.view(), "done", started=started,
+                                                done_here=recorder.done_here, message=stop_reason))
+        return out
+    finally:
+        if searcher is not None:
+            searcher.close()
+        session.close()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+__all__ = ["RAY_ENV_DEFAULTS", "apply_ray_env", "evaluate_trial", "init_ray", "run_ray"]

@@ -1,0 +1,397 @@
+"""Run directory, Optuna storage, the per-candidate trial log, and worker bookkeeping.
+
+A run directory ``RUN/`` holds:
+
+* ``spec.json``: the search spec (flat ``SearchSpec.to_dict()`` plus ``_schema_version``,
+  ``_identity`` and ``num_classes``); a directory holding a different spec is refused.
+* ``study.journal`` (default) or ``study.db``: the Optuna study, the shared ledger of trials.
+* ``trials.jsonl``: one JSON line per evaluation (a candidate promoted under multi-fidelity has a
+  ``low`` and a ``full`` line), appended under an exclusive lock, flushed and fsync'd per line.
+* ``base.json``: the uncompressed model's metrics; ``pareto.json``: the front.
+
+Trials record their owner (``worker`` user attribute); a ``RUNNING`` trial whose owner process is
+gone (same host: the pid is dead or reused; other hosts: no heartbeat for ``STALE_AFTER_S``) is
+*stale* and is finished at the next start from its final ``trials.jsonl`` line, or marked
+``interrupted`` (and, for Optuna strategies, its parameters re-queued) when it has none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autocompress.errors import UserInputError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autocompress.search.spec import SearchSpec
+
+SPEC_FILE = "spec.json"
+TRIALS_FILE = "trials.jsonl"
+PARETO_FILE = "pareto.json"
+BASE_FILE = "base.json"
+JOURNAL_FILE = "study.journal"
+SQLITE_FILE = "study.db"
+RUN_SCHEMA_VERSION = 1
+TRIAL_RECORD_VERSION = 1
+
+#: A worker on another host with no heartbeat for this long is taken to be gone.
+STALE_AFTER_S = 1800.0
+#: A RUNNING trial without an owner (killed between ask and tagging) is stale after this long.
+OWNERLESS_AFTER_S = 60.0
+
+_WORKER_PREFIX = "worker:"
+
+
+# -- small file helpers ----------------------------------------------------------------------------
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(fd: int) -> Iterator[None]:
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def jsonable(v: Any) -> Any:
+    """Non-finite floats -> None, tuples -> lists, recursively (strict JSON)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, Mapping):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [jsonable(x) for x in v]
+    return v
+
+
+class TrialLog:
+    """``RUN/trials.jsonl``: append-only, one JSON object per line, safe for concurrent writers.
+
+    Each append opens the file with ``O_APPEND``, takes an exclusive ``flock``, writes the whole
+    line with one ``write``, and ``fsync``s before releasing the lock, so a kill leaves at most
+    one torn last line, which :meth:`repair` removes and :meth:`read` skips.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Append one record (strict JSON; NaN becomes null)."""
+        line = json.dumps(jsonable(record), sort_keys=True, allow_nan=False) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            with _locked(fd):
+                os.write(fd, line.encode())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def repair(self) -> bool:
+        """Drop a torn last line left by a killed writer; True when something was dropped."""
+        if not self.path.exists():
+            return False
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            with _locked(fd):
+                size = os.fstat(fd).st_size
+                if size == 0:
+                    return False
+                os.lseek(fd, max(0, size - 65536), os.SEEK_SET)
+                tail = os.read(fd, 65536)
+                if tail.endswith(b"\n"):
+                    return False
+                cut = tail.rfind(b"\n")
+                new_size = size - len(tail) + cut + 1 if cut >= 0 else max(0, size - len(tail))
+                os.ftruncate(fd, new_size)
+                os.fsync(fd)
+                return True
+        finally:
+            os.close(fd)
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every complete record in file order (unparseable lines are skipped)."""
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+
+# -- spec.json -----------------------------------------------------------------------------------
+def read_spec(run_dir: Path) -> SearchSpec | None:
+    """The spec stored in ``run_dir/spec.json`` (None when there is none)."""
+    from autocompress.search.spec import SearchSpec
+
+    path = run_dir / SPEC_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"{str(path)!r} is not valid JSON ({exc}); it is not a search run") from None
+    if not isinstance(data, dict) or data.get("_schema_version") != RUN_SCHEMA_VERSION:
+        raise UserInputError(
+            f"{str(path)!r} is not a search spec this autocompress reads "
+            f"(_schema_version {data.get('_schema_version') if isinstance(data, dict) else None!r}, "
+            f"expected {RUN_SCHEMA_VERSION})"
+        )
+    fields = set(SearchSpec.field_names())
+    return SearchSpec.from_dict({k: v for k, v in data.items() if k in fields})
+
+
+def write_spec(run_dir: Path, spec: SearchSpec, extra: Mapping[str, Any] | None = None) -> None:
+    """Write ``run_dir/spec.json`` atomically."""
+    data = {"_schema_version": RUN_SCHEMA_VERSION, "_identity": spec.identity_hash(),
+            **spec.to_dict(), **dict(extra or {})}
+    atomic_write_text(run_dir / SPEC_FILE, json.dumps(jsonable(data), indent=2, sort_keys=True) + "\n")
+
+
+def prepare_run_dir(spec: SearchSpec) -> SearchSpec:
+    """Check ``spec.run_dir`` against the spec it holds; returns the spec to run.
+
+    * empty or missing directory: a new run.
+    * ``spec.json`` with the same identity (what is searched): resume, with this spec's
+      run-level fields (``trials``, ``workers``, ``backend`` ...).
+    * a different identity: ``resume`` continues the *stored* search (this spec's run-level
+      fields apply); ``force`` moves the old directory aside to ``RUN.old-N`` and starts over;
+      otherwise ``UserInputError`` naming the differing settings.
+    * a non-empty directory without ``spec.json``: refused unless ``force``.
+    """
+    from autocompress.search.spec import RUN_LEVEL_FIELDS
+
+    run = spec.run_dir
+    if run.exists() and not run.is_dir():
+        raise UserInputError(f"--out {str(run)!r} is a file, not a run directory")
+    stored = read_spec(run) if run.is_dir() else None
+    if stored is None:
+        if run.is_dir() and any(run.iterdir()):
+            if not spec.force:
+                raise UserInputError(
+                    f"--out {str(run)!r} is not empty and holds no search run; choose another --out "
+                    "or pass --force (the directory is kept as OUT.old-N)"
+                )
+            _move_aside(run)
+        return spec
+    if stored.identity_hash() == spec.identity_hash():
+        return spec
+    if spec.resume:
+        return stored.replace(**{k: getattr(spec, k) for k in RUN_LEVEL_FIELDS if k != "resume"},
+                              resume=True)
+    if spec.force:
+        _move_aside(run)
+        return spec
+    diffs = spec.differences(stored)
+    shown = ", ".join(f"{k}: {_short(theirs)} stored, {_short(mine)} given"
+                      for k, mine, theirs in diffs[:3])
+    raise UserInputError(
+        f"--out {str(run)!r} holds a different search (differs in {shown}); use another --out, "
+        "--resume to continue the stored search, or --force to start over (the old run is kept "
+        "as OUT.old-N)"
+    )
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, list) and v and isinstance(v[0], Mapping) and "name" in v[0]:
+        return ",".join(str(x["name"]) for x in v)
+    if isinstance(v, list):
+        return ",".join(str(x) for x in v) or "none"
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _move_aside(run: Path) -> Path:
+    n = 1
+    while True:
+        target = run.with_name(f"{run.name}.old-{n}")
+        if not target.exists():
+            os.replace(run, target)
+            return target
+        n += 1
+
+
+# -- Optuna storage ------------------------------------------------------------------------------
+def storage_url_for(spec: SearchSpec) -> str:
+    """A description of the storage a spec uses (for messages and ``pareto.json``)."""
+    s = spec.storage
+    run = spec.run_dir
+    if s is None or s == "journal":
+        return f"journal:{run / JOURNAL_FILE}"
+    if s == "sqlite":
+        return f"sqlite:///{run / SQLITE_FILE}"
+    return s
+
+
+def open_storage(spec: SearchSpec) -> optuna.storages.BaseStorage:
+    """The Optuna storage of ``spec`` (created on demand).
+
+    ``None``/``"journal"``: ``JournalStorage(JournalFileBackend(RUN/study.journal))`` (fast, safe
+    for several processes on one machine); ``"sqlite"``: ``RUN/study.db``; a path ending in
+    ``.journal``/``.log``: a journal file there; any other ``scheme://`` URL: Optuna's RDB storage
+    (``sqlite:///...``, ``postgresql://...``, ``mysql://...``).
+    """
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    s = spec.storage
+    run = spec.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    if s is None or s == "journal":
+        return JournalStorage(JournalFileBackend(str(run / JOURNAL_FILE)))
+    if s == "sqlite":
+        return RDBStorage(f"sqlite:///{run / SQLITE_FILE}", engine_kwargs={"connect_args": {"timeout": 60}})
+    if "://" in s:
+        kwargs: dict[str, Any] = {}
+        if s.startswith("sqlite:"):
+            kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+        try:
+            return RDBStorage(s, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a bad URL or unreachable database is user input
+            line = " ".join(str(exc).split())[:200]
+            raise UserInputError(f"storage {s!r} cannot be opened: {type(exc).__name__}: {line}") from None
+    if s.endswith((".journal", ".log")):
+        Path(s).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(s))
+    del optuna
+    raise UserInputError(
+        f"storage {s!r} is not allowed; allowed: journal (default), sqlite, a *.journal file path, "
+        "or an Optuna storage URL such as sqlite:///x.db or postgresql://user@host/db"
+    )
+
+
+# -- workers -------------------------------------------------------------------------------------
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of a local process from /proc, None when it does not exist."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
+        return None
+    rest = raw[raw.rfind(")") + 2:].split()
+    return (rest[0], rest[19]) if len(rest) > 19 else None
+
+
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """True when local process ``pid`` runs (not a zombie) and, if given, started at ``start``."""
+    stat = _proc_stat(pid)
+    if stat is None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return start is None
+    state, started = stat
+    if state in ("Z", "X"):
+        return False
+    return start is None or started == start
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One search process registered on a study (a study user attribute ``worker:<uuid>``)."""
+
+    uuid: str
+    host: str
+    pid: int
+    start: str | None
+    rank: int
+    registered: float
+    beat: float
+
+    @property
+    def key(self) -> str:
+        """The study user-attribute key."""
+        return _WORKER_PREFIX + self.uuid
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"uuid": self.uuid, "host": self.host, "pid": self.pid, "start": self.start,
+                "rank": self.rank, "registered": self.registered, "beat": self.beat}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Worker:
+        """Inverse of ``to_dict``."""
+        return cls(uuid=str(d["uuid"]), host=str(d["host"]), pid=int(d["pid"]),
+                   start=d.get("start"), rank=int(d.get("rank", 0)),
+                   registered=float(d.get("registered", 0.0)), beat=float(d.get("beat", 0.0)))
+
+    def alive(self, now: float | None = None) -> bool:
+        """Whether the process still runs (pid check on this host, heartbeat elsewhere)."""
+        if self.host == socket.gethostname():
+            return process_alive(self.pid, self.start)
+        return (now or time.time()) - self.beat < STALE_AFTER_S
+
+
+def study_workers(study: optuna.Study) -> dict[str, Worker]:
+    """Every worker ever registered on ``study``, by uuid."""
+    out = {}
+    for k, v in study.user_attrs.items():
+        if k.startswith(_WORKER_PREFIX) and isinstance(v, Mapping):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                w = Worker.from_dict(v)
+                out[w.uuid] = w
+    return out
+
+
+def register_worker(study: optuna.Study) -> Worker:
+    """Register this process on ``study`` with the smallest rank no live worker holds.
+
+    The rank makes seeds distinct between concurrent processes (rank 0 keeps the spec's seed,
+    so a resumed single-process search replays its original random stream).
+    """
+    stat = _proc_stat(os.getpid())
+    live = [w for w in study_workers(study).values() if w.alive()]
+    taken = {w.rank for w in live}
+    rank = next(r for r in range(len(taken) + 1) if r not in taken)
+    now = time.time()
+    worker = Worker(uuid=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(),
+                    start=stat[1] if stat else None, rank=rank, registered=now, beat=now)
+    study.set_user_attr(worker.key, worker.to_dict())
+    return worker
+
+
+def heartbeat(study: optuna.Study, worker: Worker) -> Worker:
+    """Refresh this worker's heartbeat on the study."""
+    beat = Worker(**{**worker.__dict__, "beat": time.time()})
+    study.set_user_attr(beat.key, beat.to_dict())
+    return beat
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A seed derived from ``seed`` and ``parts`` (stable across runs and platforms)."""
+    blob = json.dumps([int(seed), *[str(p) for p in parts]])
+    return int(hashlib.sha256(blob.encode()).hexdigest()[:8], 16) % (2**31 - 1)
