@@ -45,15 +45,23 @@ class LayerAction:
             object.__setattr__(self, name, float(value))
         for name in ("w_bits", "a_bits"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or value != int(value)
+            ):
                 raise UserInputError(
                     f"LayerAction.{name}={value!r} is not an integer bit-width; allowed: {ALLOWED_BITS}"
                 )
             object.__setattr__(self, name, int(value))
         if not (math.isfinite(self.prune) and 0.0 <= self.prune < 1.0):
-            raise UserInputError(f"LayerAction.prune={self.prune!r} is out of range; allowed: 0 <= prune < 1")
+            raise UserInputError(
+                f"LayerAction.prune={self.prune!r} is out of range; allowed: 0 <= prune < 1"
+            )
         if not (math.isfinite(self.rank) and 0.0 < self.rank <= 1.0):
-            raise UserInputError(f"LayerAction.rank={self.rank!r} is out of range; allowed: 0 < rank <= 1")
+            raise UserInputError(
+                f"LayerAction.rank={self.rank!r} is out of range; allowed: 0 < rank <= 1"
+            )
         for name in ("w_bits", "a_bits"):
             if getattr(self, name) not in ALLOWED_BITS:
                 raise UserInputError(
@@ -67,7 +75,12 @@ class LayerAction:
 
     def to_dict(self) -> dict[str, float | int]:
         """Plain dict of the four knobs."""
-        return {"prune": self.prune, "w_bits": self.w_bits, "a_bits": self.a_bits, "rank": self.rank}
+        return {
+            "prune": self.prune,
+            "w_bits": self.w_bits,
+            "a_bits": self.a_bits,
+            "rank": self.rank,
+        }
 
     def replace(self, **changes: float | int) -> LayerAction:
         """A copy with some knobs changed (validated again)."""
@@ -103,7 +116,14 @@ class CompressionPolicy:
             if not isinstance(name, str):
                 raise UserInputError(f"CompressionPolicy layer name {name!r} is not a string")
             if isinstance(action, Mapping):
-                action = LayerAction(**action)
+                try:
+                    action = LayerAction(**action)
+                except TypeError as exc:
+                    raise UserInputError(
+                        f"layer {name!r}: {exc}; allowed knobs: prune, w_bits, a_bits, rank"
+                    ) from None
+                except UserInputError as exc:
+                    raise UserInputError(f"layer {name!r}: {exc}") from None
             if not isinstance(action, LayerAction):
                 raise UserInputError(
                     f"CompressionPolicy layer {name!r}: {action!r} is not a LayerAction"
@@ -159,7 +179,9 @@ class CompressionPolicy:
                 "not a serialised CompressionPolicy: expected a dict with keys '_type', '_version', '_data'"
             )
         if d["_type"] != cls._TYPE:
-            raise UserInputError(f"serialised object has _type {d['_type']!r}; expected {cls._TYPE!r}")
+            raise UserInputError(
+                f"serialised object has _type {d['_type']!r}; expected {cls._TYPE!r}"
+            )
         if d.get("_version") != cls.schema_version:
             raise UserInputError(
                 f"CompressionPolicy schema _version {d.get('_version')!r} is not supported; "
@@ -178,7 +200,10 @@ class CompressionPolicy:
                 raise UserInputError(
                     f"layer {name!r}: unknown knob(s) {sorted(unknown)}; allowed: prune, w_bits, a_bits, rank"
                 )
-            out[name] = LayerAction(**knobs)
+            try:
+                out[name] = LayerAction(**knobs)
+            except UserInputError as exc:
+                raise UserInputError(f"layer {name!r}: {exc}") from None
         return cls(out)
 
     def to_json(self, indent: int | None = None) -> str:

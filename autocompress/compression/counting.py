@@ -1,0 +1,187 @@
+"""Count MACs, parameters and storage bytes on a real module (the ground truth the cost model must match).
+
+Units: MACs are multiply-accumulates per input sample (batch 1); FLOPs = 2 x MACs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count_macs", "count_params", "count_size_bytes", "module_macs_formula"]
+
+# Modules whose MACs FlopCounterMode misses or under-counts (checked on torch 2.14): nn.LSTM runs as
+# one aten op without a FLOP formula (counted 0), nn.GRU/nn.RNN are counted by some dispatch paths
+# only, and nn.MultiheadAttention's attention products (and, under no_grad in eval, its whole fast
+# path) are not counted. For these we replace whatever was counted inside them by a closed form.
+_FORMULA_TYPES: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.MultiheadAttention)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put every submodule in eval mode (BatchNorm must not update its statistics)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _as_args(example_input: Any) -> tuple[Any, ...]:
+    if isinstance(example_input, tuple):
+        return example_input
+    if isinstance(example_input, list):
+        return tuple(example_input)
+    return (example_input,)
+
+
+def _batch_size(example_input: Any) -> int:
+    for a in _as_args(example_input):
+        if isinstance(a, Tensor) and a.dim() > 0:
+            return int(a.shape[0])
+    return 1
+
+
+def _rnn_steps(module: nn.RNNBase, inputs: tuple[Any, ...]) -> float:
+    x = inputs[0]
+    if isinstance(x, nn.utils.rnn.PackedSequence):
+        return float(x.data.shape[0]) / float(x.batch_sizes[0])  # steps per sample, on average
+    if x.dim() == 2:  # unbatched (T, I)
+        return float(x.shape[0])
+    return float(x.shape[1] if module.batch_first else x.shape[0])
+
+
+def _mha_lengths(module: nn.MultiheadAttention, inputs: tuple[Any, ...]) -> tuple[int, int]:
+    q, k = inputs[0], inputs[1]  # (query, key) positionally; see count_macs for keywords
+    if q.dim() == 2:  # unbatched (L, E)
+        return int(q.shape[0]), int(k.shape[0])
+    if module.batch_first:
+        return int(q.shape[1]), int(k.shape[1])
+    return int(q.shape[0]), int(k.shape[0])
+
+
+def module_macs_formula(module: nn.Module, inputs: tuple[Any, ...]) -> float:
+    """Closed-form MACs per sample of one call of an RNN/LSTM/GRU or MultiheadAttention module.
+
+    RNNs: steps x (sum of the numels of every ``weight_ih``/``weight_hh``/``weight_hr`` matrix),
+    i.e. the matrix-vector products per step (gate nonlinearities are not MACs).
+    MultiheadAttention: the q/k/v and output projections plus QK^T and AV (2 x Lq x Lk x E).
+    """
+    if isinstance(module, nn.RNNBase):
+        steps = _rnn_steps(module, inputs)
+        numel = sum(p.numel() for n, p in module.named_parameters() if n.startswith("weight_"))
+        return steps * numel
+    if isinstance(module, nn.MultiheadAttention):
+        lq, lk = _mha_lengths(module, inputs)
+        e = module.embed_dim
+        if module.in_proj_weight is not None:
+            proj = lq * e * e + 2 * lk * e * e
+        else:
+            proj = lq * module.q_proj_weight.numel() + lk * (
+                module.k_proj_weight.numel() + module.v_proj_weight.numel()
+            )
+        return float(proj + lq * module.out_proj.weight.numel() + 2 * lq * lk * e)
+    raise TypeError(f"no MAC formula for {type(module).__name__}")
+
+
+def _full_inputs(
+    module: nn.Module, inputs: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, ...]:
+    names = ("query", "key", "value") if isinstance(module, nn.MultiheadAttention) else ("input",)
+    full = list(inputs)
+    for name in names[len(full) :]:
+        if name in kwargs:
+            full.append(kwargs[name])
+    return tuple(full)
+
+
+def _flops(fn: Any, *args: Any) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn(*args)
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example_input: Any) -> int:
+    """MACs per sample of one forward pass of ``model`` on ``example_input``, counted on the module.
+
+    Convolutions and matrix products are counted by ``torch.utils.flop_counter.FlopCounterMode``
+    (its FLOPs / 2); RNN/LSTM/GRU and MultiheadAttention modules use ``module_macs_formula``
+    instead (FlopCounterMode misses them). The count is divided by the batch size of
+    ``example_input``; the model runs in eval mode and its train/eval flags are restored.
+
+    Args:
+        model: any module.
+        example_input: a tensor, or a tuple of positional inputs.
+
+    Returns:
+        Integer MACs per sample (FLOPs = 2 x MACs).
+    """
+    args = _as_args(example_input)
+    calls: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]] = []
+    # Only the outermost formula module counts (an LSTM inside a custom RNN wrapper is fine).
+    depth = [0]
+
+    def pre(module: nn.Module, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if depth[0] == 0:
+            calls.append((module, inputs, dict(kwargs)))
+        depth[0] += 1
+
+    def post(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        depth[0] -= 1
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, _FORMULA_TYPES):
+            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(m.register_forward_hook(post))
+    try:
+        with eval_mode(model):
+            total = _flops(model, *args) / 2.0
+            for h in handles:
+                h.remove()
+            for module, inputs, kwargs in calls:
+                with FlopCounterMode(display=False) as counter:
+                    module(*inputs, **kwargs)
+                counted = counter.get_total_flops() / 2.0
+                full = _full_inputs(module, inputs, kwargs)
+                total += module_macs_formula(module, full) * _batch_size(full[0]) - counted
+    finally:
+        for h in handles:
+            h.remove()
+    return int(round(total / _batch_size(example_input)))
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter elements (shared parameters counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_size_bytes(model: nn.Module) -> float:
+    """Storage of the parameters at their real bit-widths, in bytes.
+
+    Quantized weight tensors (see ``autocompress.compression.quantize``) count ``numel x bits / 8``
+    plus 4 bytes per scale; every other parameter counts 4 bytes (float32). Buffers (BatchNorm
+    running statistics, activation ranges) are not counted.
+    """
+    from autocompress.compression.quantize import quantized_weight_bytes
+
+    special: dict[int, float] = {}
+    for m in model.modules():
+        for p, nbytes in quantized_weight_bytes(m):
+            special[id(p)] = nbytes
+    total = 0.0
+    seen: set[int] = set()
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += special.get(id(p), 4.0 * p.numel())
+    return total

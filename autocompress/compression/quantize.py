@@ -1,0 +1,314 @@
+"""Simulated (fake-quant) quantization: quantized weights stored once, activation ranges calibrated.
+
+Weights (``w_bits``):
+    * 3..16 bits: per-output-channel symmetric, ``s_c = max|w_c| / (2^(b-1) - 1)``,
+      ``q = clamp(round(w / s_c)) * s_c`` (at most ``2^b - 1`` distinct values per channel);
+    * 2 bits: ternary (TWN, Li et al. 2016), per tensor: ``D = 0.7 * mean|w|``,
+      ``a = mean(|w| for |w| > D)``, ``q = a * sign(w) * [|w| > D]``: exactly the values ``{-a, 0, +a}``;
+    * 1 bit: binary, per tensor: ``q = mean|w| * sign(w)`` (sign(0) = +1);
+    * 32 bits: untouched.
+The quantized values are written into the layer's weight at compress time, so the stored model
+already holds them (plain inference needs no quantization op for weights). In training mode the
+weight is re-quantized in the forward pass with a straight-through estimator, so fine-tuning
+(e.g. knowledge distillation) keeps the forward pass on the grid while updating latent weights.
+
+Activations (``a_bits`` < 32): per-tensor affine quantization of the layer's input,
+``[lo, hi]`` calibrated as the min/max over the calibration batches (widened to include 0),
+applied as ``x + (q(x) - x).detach()`` (straight-through), built from plain round/clamp ops so
+the model stays exportable with ``torch.onnx.export``.
+
+RNNs (LSTM/GRU/RNN) and MultiheadAttention get their weight matrices quantized in place and their
+input(s) quantized; their internal states are not quantized, and their weights are not
+re-quantized during training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ActQuant",
+    "QuantConv1d",
+    "QuantConv2d",
+    "QuantConv3d",
+    "QuantGRU",
+    "QuantLSTM",
+    "QuantLinear",
+    "QuantMultiheadAttention",
+    "QuantRNN",
+    "calibrate_",
+    "quantize_module_",
+    "quantize_weight",
+    "quantized_weight_bytes",
+    "weight_scale_count",
+]
+
+
+def weight_scale_count(shape: tuple[int, ...] | torch.Size, bits: int) -> int:
+    """How many float32 scales a weight of ``shape`` stores at ``bits`` (0 when not quantized)."""
+    if bits >= 32:
+        return 0
+    if bits <= 2:
+        return 1  # ternary / binary: one scale per tensor
+    return int(shape[0]) if len(shape) > 0 else 1
+
+
+@torch.no_grad()
+def quantize_weight(w: Tensor, bits: int) -> Tensor:
+    """The fake-quantized copy of a weight tensor (see the module docstring for the schemes)."""
+    if bits >= 32:
+        return w.clone()
+    w = w.detach()
+    if bits == 1:
+        alpha = w.abs().mean()
+        return torch.where(w >= 0, alpha, -alpha).to(w.dtype)
+    if bits == 2:
+        absw = w.abs()
+        delta = 0.7 * absw.mean()
+        mask = absw > delta
+        if not bool(mask.any()):  # all-equal magnitudes: keep the largest
+            mask = absw >= absw.max()
+        alpha = absw[mask].mean()
+        return (torch.sign(w) * mask * alpha).to(w.dtype)
+    qmax = 2 ** (bits - 1) - 1
+    flat = w.reshape(w.shape[0], -1) if w.dim() > 1 else w.reshape(1, -1)
+    scale = flat.abs().amax(dim=1, keepdim=True) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.clamp(torch.round(flat / scale), -qmax, qmax) * scale
+    return q.reshape(w.shape).to(w.dtype)
+
+
+class _STEWeight(torch.autograd.Function):
+    """Forward: quantized weight; backward: identity (straight-through)."""
+
+    @staticmethod
+    def forward(ctx: object, w: Tensor, bits: int) -> Tensor:  # type: ignore[override]
+        return quantize_weight(w, bits)
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+class ActQuant(nn.Module):
+    """Per-tensor affine fake-quantizer for activations, calibrated by min/max observation.
+
+    Modes: ``"observe"`` (pass through, record min/max), ``"quant"`` (quantize),
+    ``"off"`` (pass through; also used when the layer was never reached during calibration).
+    """
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits = int(bits)
+        self.mode = "observe" if self.bits < 32 else "off"
+        self.register_buffer("lo", torch.tensor(float("inf")))
+        self.register_buffer("hi", torch.tensor(float("-inf")))
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.register_buffer("zero_point", torch.tensor(0.0))
+
+    @property
+    def qmax(self) -> int:
+        """Largest integer level (levels are 0..qmax)."""
+        return 2**self.bits - 1
+
+    def freeze(self) -> None:
+        """End calibration: fix scale and zero point from the observed range."""
+        if self.bits >= 32:
+            self.mode = "off"
+            return
+        if not bool(torch.isfinite(self.lo)) or not bool(torch.isfinite(self.hi)):
+            self.mode = "off"  # never reached by the calibration data
+            return
+        lo = torch.clamp(self.lo, max=0.0)
+        hi = torch.clamp(self.hi, min=0.0)
+        scale = (hi - lo) / self.qmax
+        if float(scale) <= 0.0:
+            scale = torch.tensor(1.0)
+        self.scale.fill_(float(scale))
+        self.zero_point.fill_(float(torch.round(-lo / scale)))
+        self.mode = "quant"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "off" or not torch.is_tensor(x) or not x.is_floating_point():
+            return x
+        if self.mode == "observe":
+            d = x.detach()
+            self.lo.copy_(torch.minimum(self.lo, d.min().to(self.lo.dtype)))
+            self.hi.copy_(torch.maximum(self.hi, d.max().to(self.hi.dtype)))
+            return x
+        q = torch.clamp(torch.round(x / self.scale) + self.zero_point, 0.0, float(self.qmax))
+        q = (q - self.zero_point) * self.scale
+        return x + (q - x).detach()
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, mode={self.mode}"
+
+
+class _QuantMixin:
+    """Shared state of quantized layers: ``w_bits``, ``a_bits``, ``act_quant`` and the weight names."""
+
+    w_bits: int
+    a_bits: int
+    act_quant: ActQuant
+    _QUANT_WEIGHTS: tuple[str, ...] = ("weight",)
+
+    def _quant_weight_names(self) -> list[str]:
+        return [n for n in self._QUANT_WEIGHTS if isinstance(getattr(self, n, None), nn.Parameter)]
+
+    def _setup_quant(self, w_bits: int, a_bits: int) -> None:
+        self.w_bits = int(w_bits)
+        self.a_bits = int(a_bits)
+        self.act_quant = ActQuant(a_bits)
+        with torch.no_grad():
+            for name in self._quant_weight_names():
+                p = getattr(self, name)
+                p.copy_(quantize_weight(p, self.w_bits))
+
+    def _train_weight(self, w: Tensor) -> Tensor:
+        if self.training and self.w_bits < 32 and torch.is_grad_enabled():  # type: ignore[attr-defined]
+            return _STEWeight.apply(w, self.w_bits)
+        return w
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    """``nn.Linear`` with a quantized weight and a quantized input."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.act_quant(x), self._train_weight(self.weight), self.bias)
+
+
+class QuantConv1d(_QuantMixin, nn.Conv1d):
+    """``nn.Conv1d`` with a quantized weight and a quantized input."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.act_quant(x), self._train_weight(self.weight), self.bias)
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    """``nn.Conv2d`` with a quantized weight and a quantized input."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.act_quant(x), self._train_weight(self.weight), self.bias)
+
+
+class QuantConv3d(_QuantMixin, nn.Conv3d):
+    """``nn.Conv3d`` with a quantized weight and a quantized input."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.act_quant(x), self._train_weight(self.weight), self.bias)
+
+
+class _QuantRNNMixin(_QuantMixin):
+    def _quant_weight_names(self) -> list[str]:
+        return [n for n, _ in self.named_parameters(recurse=False) if n.startswith("weight_")]  # type: ignore[attr-defined]
+
+    def forward(self, input, hx=None):  # type: ignore[no-untyped-def]  # noqa: A002 - nn.RNNBase's name
+        if torch.is_tensor(input):
+            input = self.act_quant(input)
+        return super().forward(input, hx)  # type: ignore[misc]
+
+
+class QuantLSTM(_QuantRNNMixin, nn.LSTM):
+    """``nn.LSTM`` with quantized weight matrices and a quantized input sequence."""
+
+
+class QuantGRU(_QuantRNNMixin, nn.GRU):
+    """``nn.GRU`` with quantized weight matrices and a quantized input sequence."""
+
+
+class QuantRNN(_QuantRNNMixin, nn.RNN):
+    """``nn.RNN`` with quantized weight matrices and a quantized input sequence."""
+
+
+class QuantMultiheadAttention(_QuantMixin, nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` with quantized projection weights and quantized inputs."""
+
+    def _quant_weight_names(self) -> list[str]:
+        return [
+            n
+            for n in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+            if isinstance(getattr(self, n, None), nn.Parameter)
+        ]
+
+    def _setup_quant(self, w_bits: int, a_bits: int) -> None:
+        super()._setup_quant(w_bits, a_bits)
+        with torch.no_grad():
+            self.out_proj.weight.copy_(quantize_weight(self.out_proj.weight, self.w_bits))
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, *args, **kwargs):  # type: ignore[no-untyped-def]
+        q = self.act_quant(query)
+        k = q if key is query else self.act_quant(key)
+        v = q if value is query else (k if value is key else self.act_quant(value))
+        return super().forward(q, k, v, *args, **kwargs)
+
+
+_QUANT_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Linear: QuantLinear,
+    nn.Conv1d: QuantConv1d,
+    nn.Conv2d: QuantConv2d,
+    nn.Conv3d: QuantConv3d,
+    nn.LSTM: QuantLSTM,
+    nn.GRU: QuantGRU,
+    nn.RNN: QuantRNN,
+    nn.MultiheadAttention: QuantMultiheadAttention,
+}
+
+
+def quantizable(module: nn.Module) -> bool:
+    """Whether ``quantize_module_`` supports this exact module type."""
+    return type(module) in _QUANT_CLASSES
+
+
+def quantize_module_(module: nn.Module, w_bits: int, a_bits: int) -> nn.Module:
+    """Turn a supported layer into its quantized class in place (same parameters, same FQN).
+
+    The instance keeps its identity and parameter names (``layer.weight`` stays ``layer.weight``):
+    only its class changes and an ``act_quant`` submodule is added. Returns the module.
+    """
+    cls = _QUANT_CLASSES.get(type(module))
+    if cls is None:
+        raise TypeError(f"cannot quantize a {type(module).__name__}")
+    module.__class__ = cls
+    module._setup_quant(w_bits, a_bits)  # type: ignore[attr-defined]
+    return module
+
+
+def quantized_weight_bytes(module: nn.Module) -> list[tuple[nn.Parameter, float]]:
+    """``(parameter, bytes)`` for each quantized weight owned by ``module`` (empty if none)."""
+    if not isinstance(module, _QuantMixin) or module.w_bits >= 32:
+        return []
+    out = []
+    names = module._quant_weight_names()
+    params = [getattr(module, n) for n in names]
+    if isinstance(module, QuantMultiheadAttention):
+        params.append(module.out_proj.weight)
+    for p in params:
+        nbytes = p.numel() * module.w_bits / 8.0 + 4.0 * weight_scale_count(p.shape, module.w_bits)
+        out.append((p, nbytes))
+    return out
+
+
+@torch.no_grad()
+def calibrate_(model: nn.Module, batches: list[object]) -> None:
+    """Observe activation ranges on ``batches`` (inputs, in eval mode), then freeze every quantizer."""
+    quantizers = [m for m in model.modules() if isinstance(m, ActQuant)]
+    if not quantizers:
+        return
+    for q in quantizers:
+        if q.bits < 32:
+            q.mode = "observe"
+    was_training = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        for x in batches:
+            if isinstance(x, tuple):
+                model(*x)
+            else:
+                model(x)
+    finally:
+        for m, flag in was_training:
+            m.training = flag
+    for q in quantizers:
+        q.freeze()

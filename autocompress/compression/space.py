@@ -1,0 +1,971 @@
+"""The per-layer compression space of a model, and its closed-form cost model.
+
+``CompressionSpace.from_model`` discovers the decision points once (one per conv / linear /
+RNN / attention layer, the ``prune`` knob on the root layer of each prunable torch-pruning group)
+and precomputes numpy arrays so that ``macs/params/size_bytes/bops(policy)`` are evaluated without
+building any model (tens of microseconds; used inside search loops).
+
+How the prediction is made exact: every parameter tensor's shape is an affine function of the
+number of channels removed from each *atom* of each group (see ``prune.py``). Rather than encode
+torch-pruning's rules by hand, ``from_model`` *measures* those coefficients on a scratch copy by
+removing one channel (unit) per atom and reading the new parameter shapes. A layer's MACs are
+then ``positions x weight numel`` (conv: ``H_out W_out x C_out x C_in/groups x k x k``; linear:
+``positions x out x in``; RNN: ``steps x sum of weight-matrix numels``), plus a constant for work
+no knob changes (attention products, functional matmuls). ``verify=True`` (default) checks the
+prediction against a really pruned copy at ``max_prune`` and drops the prune knob of any group
+where they disagree or torch-pruning fails, recording why (``describe()``).
+
+Units: MACs per input sample (batch 1; FLOPs = 2 x MACs); params in elements; size in bytes;
+BOPs = MACs x w_bits x a_bits (layers without a quantization knob count 32 x 32).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocompress.compression import lowrank, prune, quantize
+from autocompress.compression.counting import (
+    _batch_size,
+    _full_inputs,
+    _rnn_steps,
+    count_macs,
+    count_params,
+    eval_mode,
+    module_macs_formula,
+)
+from autocompress.compression.policy import ALLOWED_BITS, CompressionPolicy, LayerAction
+from autocompress.errors import UserInputError
+
+__all__ = ["FEATURE_NAMES", "KNOB_NAMES", "CompressionSpace", "DecisionPoint", "Knob"]
+
+KNOB_NAMES: tuple[str, ...] = ("prune", "w_bits", "a_bits", "rank")
+FEATURE_NAMES: tuple[str, ...] = (
+    "index",
+    "kind",
+    "in_channels",
+    "out_channels",
+    "kernel",
+    "stride",
+    "fmap_h",
+    "fmap_w",
+    "macs",
+    "params",
+    "prunable",
+    "rankable",
+)
+_KINDS: tuple[str, ...] = (
+    "conv",
+    "depthwise_conv",
+    "grouped_conv",
+    "linear",
+    "lstm",
+    "gru",
+    "rnn",
+    "attention",
+)
+_IDENTITY = LayerAction()
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob of a decision point: a continuous range (``prune``, ``rank``) or bit-width choices.
+
+    ``most_compressed`` / ``least_compressed`` are the values at the two ends (``least_compressed``
+    is also the identity value).
+    """
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[int, ...] | None = None
+    most_compressed: float | int = 0
+    least_compressed: float | int = 0
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` is allowed."""
+        if self.choices is not None:
+            return value in self.choices
+        assert self.low is not None and self.high is not None
+        if self.name == "rank":  # any fraction in (0, 1]; below `low` behaves as rank 1
+            return 0.0 < value <= self.high
+        return self.low - 1e-12 <= value <= self.high + 1e-12
+
+    def allowed(self) -> str:
+        """Human-readable description of the allowed values."""
+        if self.choices is not None:
+            return f"one of {tuple(self.choices)}"
+        if self.name == "rank":
+            return f"0 < rank <= {self.high:g} (below {self.low:.4g} acts as rank 1)"
+        return f"{self.low:g} <= {self.name} <= {self.high:g}"
+
+    def sample(self, rng: np.random.Generator) -> float | int:
+        """A uniformly random allowed value."""
+        if self.choices is not None:
+            return int(self.choices[int(rng.integers(len(self.choices)))])
+        assert self.low is not None and self.high is not None
+        return float(rng.uniform(self.low, self.high))
+
+
+@dataclass(frozen=True)
+class DecisionPoint:
+    """A layer the policy can act on.
+
+    Attributes:
+        name: module FQN (the key in ``CompressionPolicy.layers``).
+        kind: ``conv``, ``depthwise_conv``, ``grouped_conv``, ``linear``, ``lstm``, ``gru``,
+            ``rnn`` or ``attention``.
+        index: position in ``space.decision_points``.
+        knobs: ``{knob name: Knob}`` for the knobs this layer supports (others are absent).
+        features: static raw features (see ``FEATURE_NAMES``); normalised in
+            ``space.feature_matrix()``.
+        notes: knobs left out here and why.
+    """
+
+    name: str
+    kind: str
+    index: int
+    knobs: Mapping[str, Knob]
+    features: Mapping[str, float]
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class _Layer:
+    name: str
+    kind: str
+    steps: float = 0.0  # output positions (conv/linear) or time steps (RNN), per sample
+    weights: list[str] = field(default_factory=list)  # tensors whose numel x steps = MACs
+    qweights: list[str] = field(default_factory=list)  # tensors quantized by w_bits
+    const_q: float = 0.0  # MACs not modelled by weights but quantized (attention projections)
+    const_f: float = 0.0  # MACs that stay float (attention products)
+    fmap: tuple[int, int] = (1, 1)
+    in_ch: int = 0
+    out_ch: int = 0
+    kernel: int = 1
+    stride: int = 1
+    quant: bool = False
+    rank: bool = False
+
+
+def _layer_kind(m: nn.Module) -> str | None:
+    if isinstance(m, nn.modules.conv._ConvNd):
+        if m.transposed:
+            return None
+        if m.groups == 1:
+            return "conv"
+        return "depthwise_conv" if m.groups == m.out_channels else "grouped_conv"
+    if isinstance(m, nn.Linear):
+        return "linear"
+    if isinstance(m, nn.LSTM):
+        return "lstm"
+    if isinstance(m, nn.GRU):
+        return "gru"
+    if isinstance(m, nn.RNNBase):
+        return "rnn"
+    if isinstance(m, nn.MultiheadAttention):
+        return "attention"
+    return None
+
+
+def _record_layers(model: nn.Module, x: Any) -> dict[str, _Layer]:
+    """Run one forward pass and record, per MAC-bearing layer, positions/steps and shapes."""
+    layers: dict[str, _Layer] = {}
+    batch = _batch_size(x)
+    mha_names = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    handles = []
+
+    def hook(name: str, m: nn.Module, kind: str):  # type: ignore[no-untyped-def]
+        def fn(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            rec = layers.get(name)
+            first = rec is None
+            if rec is None:
+                rec = layers[name] = _Layer(name, kind)
+            params = dict(module.named_parameters(recurse=kind == "attention"))
+            if kind in ("conv", "depthwise_conv", "grouped_conv", "linear"):
+                o = out[0] if isinstance(out, tuple) else out
+                n_out = module.out_channels if kind != "linear" else module.out_features
+                rec.steps += o.numel() / (batch * n_out)
+                rec.weights = rec.qweights = [f"{name}.weight"]
+                if first:
+                    if kind == "linear":
+                        rec.in_ch, rec.out_ch = module.in_features, module.out_features
+                        rec.fmap = (int(o.numel() // (batch * n_out)), 1)
+                    else:
+                        rec.in_ch, rec.out_ch = module.in_channels, module.out_channels
+                        spatial = list(o.shape[2:]) if o.dim() > 2 else [1]
+                        rec.fmap = (int(math.prod(spatial[:-1])), int(spatial[-1]))
+                        rec.kernel = int(math.prod(module.kernel_size))
+                        rec.stride = int(math.prod(module.stride))
+            elif kind in ("lstm", "gru", "rnn"):
+                rec.steps += _rnn_steps(module, _full_inputs(module, args, kwargs))
+                rec.weights = rec.qweights = [
+                    f"{name}.{n}" for n in params if n.startswith("weight_")
+                ]
+                rec.in_ch, rec.out_ch = module.input_size, module.hidden_size
+                rec.fmap = (int(rec.steps), 1)
+            else:  # attention
+                full = _full_inputs(module, args, kwargs)
+                total = module_macs_formula(module, full)
+                lq = full[0].shape[0 if full[0].dim() == 2 or not module.batch_first else 1]
+                lk = full[1].shape[0 if full[1].dim() == 2 or not module.batch_first else 1]
+                att = 2.0 * lq * lk * module.embed_dim
+                rec.const_q += total - att
+                rec.const_f += att
+                rec.qweights = [f"{name}.{n}" for n in params if n.endswith("proj_weight")] + [
+                    f"{name}.out_proj.weight"
+                ]
+                rec.in_ch = rec.out_ch = module.embed_dim
+                rec.fmap = (int(lq), 1)
+
+        return fn
+
+    for name, m in model.named_modules():
+        kind = _layer_kind(m)
+        if kind is None or name == "":
+            continue
+        if any(name.startswith(a + ".") for a in mha_names):
+            continue  # MultiheadAttention uses its out_proj's weight directly
+        handles.append(m.register_forward_hook(hook(name, m, kind), with_kwargs=True))
+    try:
+        with torch.no_grad(), eval_mode(model):
+            _forward(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+    return layers
+
+
+def _forward(model: nn.Module, x: Any) -> Any:
+    return model(*x) if isinstance(x, tuple) else model(x)
+
+
+class _ProbeFailure(Exception):
+    def __init__(self, root: str, reason: str) -> None:
+        super().__init__(root, reason)
+        self.root = root
+        self.reason = reason
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def _probe(
+    model: nn.Module, x: Any, skip: dict[str, str]
+) -> tuple[list[prune.GroupSpec], dict[tuple[str, int], dict[tuple[int, int], float]], list[str]]:
+    """Analyse the groups on a scratch copy and measure shape coefficients, one unit per atom."""
+    work = copy.deepcopy(model)
+    DG = prune.build_graph(work, x)
+    specs = prune.analyse_groups(DG, work)
+    for s in specs:
+        if s.reason is None and s.root in skip:
+            s.reason = skip[s.root]
+    modules = dict(work.named_modules())
+    coef: dict[tuple[str, int], dict[tuple[int, int], float]] = {}
+    for gi, spec in enumerate(specs):
+        if not spec.prunable:
+            continue
+        module = modules[spec.root]
+        pruner = DG.get_pruner_of_module(module)
+        removed: list[int] = []
+        for ai, atom in enumerate(spec.atoms):
+            if len(atom) // spec.unit < 2:
+                continue
+            if spec.unit > 1:
+                block = spec.n // spec.unit
+                idxs = [b * block for b in range(spec.unit)]
+            else:
+                idxs = [atom[0]]
+            current = [i - sum(1 for r in removed if r < i) for i in idxs]
+            before = _shapes(work)
+            try:
+                DG.get_pruning_group(module, pruner.prune_out_channels, current).prune()
+                with torch.no_grad(), eval_mode(work):
+                    _forward(work, x)
+            except Exception as exc:  # noqa: BLE001 - any failure disables this group's knob
+                raise _ProbeFailure(
+                    spec.root, f"torch-pruning failed ({type(exc).__name__}: {exc})"
+                ) from exc
+            removed.extend(idxs)
+            after = _shapes(work)
+            for name, shape in before.items():
+                new = after.get(name)
+                if new is None or len(new) != len(shape):
+                    raise _ProbeFailure(spec.root, f"parameter {name!r} changed rank when pruned")
+                for d, (a, b) in enumerate(zip(shape, new, strict=True)):
+                    if a != b:
+                        coef.setdefault((name, d), {})[(gi, ai)] = float(a - b)
+    return specs, coef, []
+
+
+class CompressionSpace:
+    """Decision points of a model and the closed-form cost of any policy over them.
+
+    Build it with ``CompressionSpace.from_model``. Every cost function is monotone: raising
+    ``prune``, lowering bits or lowering ``rank`` never raises any cost.
+
+    Example:
+        >>> from autocompress.models import create_model
+        >>> model = create_model("test_resnet")
+        >>> space = CompressionSpace.from_model(model, torch.randn(1, 3, 16, 16))
+        >>> policy = space.uniform(prune=0.5, w_bits=8)
+        >>> space.macs(policy) < space.macs(space.identity())
+        True
+    """
+
+    def __init__(self) -> None:  # use from_model
+        self.decision_points: list[DecisionPoint] = []
+        self.groups: list[prune.GroupSpec] = []
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------------------------------------
+    # construction
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        example_input: Any = None,
+        *,
+        knobs: Sequence[str] = KNOB_NAMES,
+        max_prune: float = 0.8,
+        round_to: int = 1,
+        importance: str = "l1",
+        bits: Sequence[int] = ALLOWED_BITS,
+        verify: bool = True,
+    ) -> CompressionSpace:
+        """Discover the decision points of ``model`` (which is not modified).
+
+        Args:
+            model: the model to compress.
+            example_input: one input batch (a tensor or a tuple of tensors); defaults to
+                ``torch.randn(1, *model.input_shape)``. Costs are per sample.
+            knobs: which knob types to offer (subset of ``("prune", "w_bits", "a_bits", "rank")``).
+            max_prune: the largest ``prune`` ratio allowed at any point (``0 <= max_prune < 1``).
+            round_to: kept channel counts are multiples of this (8/16 run faster on CPUs).
+            importance: default channel importance for ``compress``: ``l1``, ``l2``, ``taylor``.
+            bits: bit-widths offered for ``w_bits``/``a_bits`` (32 is always included).
+            verify: check the pruning cost model against a really pruned copy and drop the prune
+                knob of groups where it disagrees (recommended; costs one extra pruning pass).
+
+        Returns:
+            The space.
+
+        Raises:
+            UserInputError: for a bad argument.
+        """
+        unknown = [k for k in knobs if k not in KNOB_NAMES]
+        if unknown:
+            raise UserInputError(f"unknown knob(s) {unknown}; allowed: {', '.join(KNOB_NAMES)}")
+        if not (0.0 <= float(max_prune) < 1.0):
+            raise UserInputError(
+                f"max_prune={max_prune!r} is out of range; allowed: 0 <= max_prune < 1"
+            )
+        if int(round_to) != round_to or round_to < 1:
+            raise UserInputError(f"round_to={round_to!r} must be a positive integer")
+        if importance not in prune.IMPORTANCES:
+            raise UserInputError(
+                f"unknown importance {importance!r}; allowed: {', '.join(prune.IMPORTANCES)}"
+            )
+        bad_bits = [b for b in bits if b not in ALLOWED_BITS]
+        if bad_bits:
+            raise UserInputError(f"unsupported bit-width(s) {bad_bits}; allowed: {ALLOWED_BITS}")
+        if example_input is None:
+            shape = getattr(model, "input_shape", None)
+            if shape is None:
+                raise UserInputError(
+                    "example_input is required for a model without an `input_shape` attribute"
+                )
+            g = torch.Generator().manual_seed(0)
+            example_input = torch.randn(1, *shape, generator=g)
+
+        self = cls()
+        self.example_input = example_input
+        self.knob_types = tuple(knobs)
+        self.max_prune = float(max_prune)
+        self.round_to = int(round_to)
+        self.importance = importance
+        self.bits = tuple(sorted(set(int(b) for b in bits) | {32}))
+
+        work = copy.deepcopy(model)
+        self._layers = _record_layers(work, example_input)
+        self.base_macs = count_macs(work, example_input)
+        self.base_params = count_params(work)
+        self._base_shapes = _shapes(work)
+        self._modules_kind = {n: type(m) for n, m in work.named_modules()}
+        quantizable = {n for n, m in work.named_modules() if quantize.quantizable(m)}
+        rankable = {n for n, m in work.named_modules() if lowrank.can_factorise(m)}
+        for layer in self._layers.values():
+            layer.quant = layer.name in quantizable
+            layer.rank = layer.name in rankable
+
+        # groups and shape coefficients
+        skip: dict[str, str] = {}
+        self.groups, coef = [], {}
+        if "prune" in knobs and max_prune > 0:
+            for _ in range(64):
+                try:
+                    self.groups, coef, _ = _probe(work, example_input, skip)
+                    break
+                except _ProbeFailure as fail:
+                    skip[fail.root] = fail.reason
+                except Exception as exc:  # noqa: BLE001 - tracing failed: no prune knobs at all
+                    self.notes.append(
+                        f"torch-pruning could not trace this model ({type(exc).__name__}: {exc}); "
+                        "no layer has a prune knob"
+                    )
+                    self.groups, coef = [], {}
+                    break
+        order = {n: i for i, n in enumerate(self._modules_kind)}
+        for g in self.groups:  # name each group's knob after its first member layer
+            members = sorted((m for m in g.members if m in self._layers), key=lambda m: order[m])
+            g.point = members[0] if members else g.root
+        self._coef = coef
+        self._build_arrays()
+        self._build_points()
+        if verify and any(g.prunable for g in self.groups):
+            self._verify(model)
+        return self
+
+    def _build_arrays(self) -> None:
+        """Precompute the numpy arrays of the cost model from the recorded layers and coefficients."""
+        groups = [g for g in self.groups if g.prunable]
+        self._pgroups = groups
+        self._group_index = {g.point: i for i, g in enumerate(groups)}
+        gi_of_spec = {id(g): i for i, g in enumerate(groups)}
+        cols: list[tuple[int, int]] = []  # (spec index in self.groups, atom index)
+        col_group, col_units, col_round = [], [], []
+        for si, g in enumerate(self.groups):
+            if not g.prunable:
+                continue
+            for ai, units in enumerate(g.atom_units()):
+                if units < 2:
+                    continue
+                cols.append((si, ai))
+                col_group.append(gi_of_spec[id(g)])
+                col_units.append(units)
+                col_round.append(math.lcm(self.round_to, g.unit) // g.unit)
+        col_index = {c: j for j, c in enumerate(cols)}
+        self._col_group = np.asarray(col_group, dtype=np.int64)
+        self._col_units = np.asarray(col_units, dtype=np.int64)
+        self._col_round = np.asarray(col_round, dtype=np.int64)
+        n_cols = len(cols)
+
+        names = list(self._base_shapes)
+        self._tensor_index = {n: i for i, n in enumerate(names)}
+        T = len(names)
+        n0 = np.ones(T)
+        n1 = np.ones(T)
+        const = np.ones(T)
+        rows_src = np.full(T, -1, dtype=np.int64)
+        rows_const = np.ones(T)
+        C0 = np.zeros((T, n_cols))
+        C1 = np.zeros((T, n_cols))
+        for t, name in enumerate(names):
+            shape = self._base_shapes[name]
+            dims = sorted(d for (n, d) in self._coef if n == name)
+            dims = [
+                d for d in dims if any(col_index.get(c) is not None for c in self._coef[(name, d)])
+            ]
+            if len(dims) > 2:
+                raise RuntimeError(f"parameter {name!r} is pruned along {len(dims)} dims")
+            numel = float(math.prod(shape)) if shape else 1.0
+            denom = 1.0
+            for k, d in enumerate(dims):
+                (n0 if k == 0 else n1)[t] = shape[d]
+                denom *= shape[d]
+                Ck = C0 if k == 0 else C1
+                for c, v in self._coef[(name, d)].items():
+                    j = col_index.get(c)
+                    if j is not None:
+                        Ck[t, j] = v
+                if d == 0:
+                    rows_src[t] = k
+            const[t] = numel / denom
+            rows_const[t] = shape[0] if shape else 1
+        self._n0, self._n1, self._const, self._C0, self._C1 = n0, n1, const, C0, C1
+        self._rows_src, self._rows_const = rows_src, rows_const
+        self._sparse = n_cols > 0
+
+        layers = list(self._layers.values())
+        self._layer_list = layers
+        L = len(layers)
+        self._lsteps = np.array([lay.steps for lay in layers], dtype=np.float64)
+        self._lconst_q = np.array([lay.const_q for lay in layers], dtype=np.float64)
+        self._lconst_f = np.array([lay.const_f for lay in layers], dtype=np.float64)
+        W = np.zeros((L, T))
+        Q = np.zeros((L, T))
+        wt = np.zeros(L, dtype=np.int64)
+        for i, lay in enumerate(layers):
+            for n in lay.weights:
+                if n in self._tensor_index:
+                    W[i, self._tensor_index[n]] = 1.0
+            for n in lay.qweights:
+                if n in self._tensor_index:
+                    Q[i, self._tensor_index[n]] = 1.0
+            if lay.weights and lay.weights[0] in self._tensor_index:
+                wt[i] = self._tensor_index[lay.weights[0]]
+        self._W, self._Q, self._wt = W, Q, wt
+        self._lrank = np.array([lay.rank for lay in layers], dtype=bool)
+        self._lquant = np.array([lay.quant for lay in layers], dtype=bool)
+        self._layer_index = {lay.name: i for i, lay in enumerate(layers)}
+        modelled = float((self._lsteps * (W @ self._numel(np.zeros(n_cols)))).sum())
+        modelled += float(self._lconst_q.sum() + self._lconst_f.sum())
+        self._residual = float(self.base_macs) - modelled
+        self._const_f_total = float(self._lconst_f.sum()) + self._residual
+
+    def _numel(self, x: np.ndarray) -> np.ndarray:
+        if self._sparse:
+            d0 = self._n0 - self._C0 @ x
+            d1 = self._n1 - self._C1 @ x
+        else:
+            d0, d1 = self._n0, self._n1
+        return self._const * d0 * d1
+
+    def _rows(self, x: np.ndarray) -> np.ndarray:
+        if not self._sparse:
+            return self._rows_const
+        d0 = self._n0 - self._C0 @ x
+        d1 = self._n1 - self._C1 @ x
+        return np.where(
+            self._rows_src == 0, d0, np.where(self._rows_src == 1, d1, self._rows_const)
+        )
+
+    def _build_points(self) -> None:
+        """One decision point per MAC-bearing layer that has at least one knob."""
+        bits = self.bits
+        bits_knob = {
+            k: Knob(k, choices=bits, most_compressed=min(bits), least_compressed=32)
+            for k in ("w_bits", "a_bits")
+        }
+        reasons = {g.point: g.reason for g in self.groups if not g.prunable}
+        follows = {}
+        for g in self.groups:
+            for mname in g.members:
+                follows.setdefault(mname, g.point)
+        points: list[DecisionPoint] = []
+        self._point_layer: list[int] = []
+        self._point_group: list[int] = []
+        x0 = np.zeros(len(self._col_units))
+        numel0 = self._numel(x0)
+        rows0 = self._rows(x0)
+        for li, lay in enumerate(self._layer_list):
+            if lay.steps == 0 and lay.const_q == 0:
+                continue  # never called in the forward pass
+            knobs: dict[str, Knob] = {}
+            notes: list[str] = []
+            gi = self._group_index.get(lay.name, -1)
+            if "prune" in self.knob_types:
+                if gi >= 0:
+                    knobs["prune"] = Knob(
+                        "prune",
+                        low=0.0,
+                        high=self.max_prune,
+                        most_compressed=self.max_prune,
+                        least_compressed=0.0,
+                    )
+                elif lay.name in reasons:
+                    notes.append(f"prune: {reasons[lay.name]}")
+                elif lay.name in follows and follows[lay.name] in self._group_index:
+                    notes.append(f"prune: output channels follow group {follows[lay.name]!r}")
+                elif lay.name in follows:
+                    notes.append(f"prune: in unprunable group {follows[lay.name]!r}")
+                elif self.notes:
+                    notes.append("prune: model not traceable by torch-pruning")
+                elif lay.kind in ("lstm", "gru", "rnn"):
+                    notes.append("prune: hidden size is not pruned")
+                else:
+                    notes.append("prune: not a group root")
+            for k in ("w_bits", "a_bits"):
+                if k in self.knob_types:
+                    if lay.quant:
+                        knobs[k] = bits_knob[k]
+                    else:
+                        cls_name = self._modules_kind[lay.name].__name__
+                        notes.append(f"{k}: {cls_name} layers are not quantized")
+            if "rank" in self.knob_types:
+                if lay.rank:
+                    m = rows0[self._wt[li]]
+                    n = numel0[self._wt[li]] / m
+                    low = 1.0 / min(m, n)
+                    knobs["rank"] = Knob(
+                        "rank", low=low, high=1.0, most_compressed=low, least_compressed=1.0
+                    )
+                elif lay.kind in ("depthwise_conv", "grouped_conv"):
+                    notes.append("rank: grouped/depthwise conv is not factorised")
+                elif self._modules_kind[lay.name] in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d):
+                    notes.append("rank: no rank saves MACs here (r < m*n/(m+n) impossible)")
+                else:
+                    notes.append("rank: not supported for this layer type")
+            if not knobs:
+                continue
+            macs = float(lay.steps * (self._W[li] @ numel0) + lay.const_q + lay.const_f)
+            feats = {
+                "index": float(len(points)),
+                "kind": float(_KINDS.index(lay.kind)),
+                "in_channels": float(lay.in_ch),
+                "out_channels": float(lay.out_ch),
+                "kernel": float(lay.kernel),
+                "stride": float(lay.stride),
+                "fmap_h": float(lay.fmap[0]),
+                "fmap_w": float(lay.fmap[1]),
+                "macs": macs,
+                "params": float(self._Q[li] @ numel0),
+                "prunable": float("prune" in knobs),
+                "rankable": float("rank" in knobs),
+            }
+            points.append(
+                DecisionPoint(
+                    name=lay.name,
+                    kind=lay.kind,
+                    index=len(points),
+                    knobs=MappingProxyType(knobs),
+                    features=MappingProxyType(feats),
+                    notes=tuple(notes),
+                )
+            )
+            self._point_layer.append(li)
+            self._point_group.append(gi)
+        self.decision_points = points
+        self._points_by_name = {p.name: p for p in points}
+        self._pt_layer = {p.name: self._point_layer[i] for i, p in enumerate(points)}
+        self._pt_group = {p.name: self._point_group[i] for i, p in enumerate(points)}
+        # allowed bit-widths per layer as a lookup table for the fast validity check
+        allowed = np.zeros((len(self._layer_list), 33), dtype=bool)
+        allowed[:, 32] = True
+        for p in points:
+            if "w_bits" in p.knobs or "a_bits" in p.knobs:
+                allowed[self._pt_layer[p.name], list(bits)] = True
+        self._allowed_w = allowed.copy()
+        self._allowed_a = allowed.copy()
+        for p in points:
+            li = self._pt_layer[p.name]
+            if "w_bits" not in p.knobs:
+                self._allowed_w[li, :32] = False
+            if "a_bits" not in p.knobs:
+                self._allowed_a[li, :32] = False
+        self._no_rank = np.array(
+            [
+                lay.name not in self._points_by_name
+                or "rank" not in self._points_by_name[lay.name].knobs
+                for lay in self._layer_list
+            ],
+            dtype=bool,
+        )
+        self._last: tuple[CompressionPolicy | None, dict[str, float]] = (None, {})
+
+    def _verify(self, model: nn.Module) -> None:
+        """Prune a copy at ``max_prune`` everywhere; drop prune knobs where the model disagrees."""
+        bad = self._check_pruned(model, [g for g in self.groups if g.prunable])
+        if bad is None:
+            return
+        failing: dict[str, str] = {}
+        for g in [g for g in self.groups if g.prunable]:
+            why = self._check_pruned(model, [g])
+            if why is not None:
+                failing[g.point] = why
+        for g in self.groups:
+            if g.point in failing:
+                g.reason = failing[g.point]
+        if (
+            not failing
+            or self._check_pruned(model, [g for g in self.groups if g.prunable]) is not None
+        ):
+            for g in self.groups:
+                if g.prunable:
+                    g.reason = f"combined pruning disagreed with the cost model ({bad})"
+        self._build_arrays()
+        self._build_points()
+
+    def _check_pruned(self, model: nn.Module, groups: list[prune.GroupSpec]) -> str | None:
+        policy = CompressionPolicy({g.point: LayerAction(prune=self.max_prune) for g in groups})
+        try:
+            work = copy.deepcopy(model)
+            DG = prune.build_graph(work, self.example_input)
+            prune.prune_groups_(
+                work,
+                DG,
+                [(g, self.max_prune) for g in groups],
+                round_to=self.round_to,
+                importance="l1",
+            )
+            del DG
+            macs = count_macs(work, self.example_input)
+            params = count_params(work)
+        except Exception as exc:  # noqa: BLE001 - any failure means: do not offer this knob
+            return f"torch-pruning failed ({type(exc).__name__}: {exc})"
+        want = self.costs(policy, validate=False)
+        if (
+            params != round(want["params"])
+            or abs(macs - want["macs"]) > 1e-6 * max(1.0, want["macs"]) + 1
+        ):
+            return (
+                f"pruned model has {macs} MACs / {params} params, "
+                f"predicted {want['macs']:.0f} / {want['params']:.0f}"
+            )
+        return None
+
+    # ------------------------------------------------------------------------------------------
+    # policies
+    @property
+    def names(self) -> list[str]:
+        """Decision point names, in order."""
+        return [p.name for p in self.decision_points]
+
+    def __len__(self) -> int:
+        return len(self.decision_points)
+
+    def __getitem__(self, name: str) -> DecisionPoint:
+        return self._points_by_name[name]
+
+    def identity(self) -> CompressionPolicy:
+        """prune=0, w_bits=a_bits=32, rank=1.0 at every point: ``compress`` returns an exact copy."""
+        return CompressionPolicy({p.name: _IDENTITY for p in self.decision_points})
+
+    def uniform(
+        self, prune: float = 0.0, w_bits: int = 32, a_bits: int = 32, rank: float = 1.0
+    ) -> CompressionPolicy:
+        """The same decision at every point that has the knob (others keep the identity value).
+
+        Raises:
+            UserInputError: a value outside what the knobs allow.
+        """
+        LayerAction(prune=prune, w_bits=w_bits, a_bits=a_bits, rank=rank)  # type checks
+        if prune > self.max_prune + 1e-12:
+            raise UserInputError(
+                f"prune={prune!r} is out of range; allowed: 0 <= prune <= {self.max_prune:g}"
+            )
+        for k, v in (("w_bits", w_bits), ("a_bits", a_bits)):
+            if v not in self.bits:
+                raise UserInputError(
+                    f"{k}={v!r} is not offered by this space; allowed: {self.bits}"
+                )
+        want = {"prune": prune, "w_bits": w_bits, "a_bits": a_bits, "rank": rank}
+        layers = {}
+        for p in self.decision_points:
+            layers[p.name] = LayerAction(**{k: v for k, v in want.items() if k in p.knobs})
+        return CompressionPolicy(layers)
+
+    def most_compressed(self) -> CompressionPolicy:
+        """Every knob at its most compressive value."""
+        return CompressionPolicy(
+            {
+                p.name: LayerAction(**{k: knob.most_compressed for k, knob in p.knobs.items()})
+                for p in self.decision_points
+            }
+        )
+
+    def sample(self, seed: int | np.random.Generator | None = None) -> CompressionPolicy:
+        """A random valid policy: every knob uniform over its range / choices."""
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        return CompressionPolicy(
+            {
+                p.name: LayerAction(**{k: knob.sample(rng) for k, knob in p.knobs.items()})
+                for p in self.decision_points
+            }
+        )
+
+    def validate(self, policy: CompressionPolicy) -> None:
+        """Check a policy against this space.
+
+        Raises:
+            UserInputError: naming the layer, the value and what is allowed.
+        """
+        if not isinstance(policy, CompressionPolicy):
+            raise UserInputError(f"expected a CompressionPolicy, got {type(policy).__name__}")
+        for name, action in policy.layers.items():
+            point = self._points_by_name.get(name)
+            if point is None:
+                known = self.names
+                shown = ", ".join(known[:8]) + (
+                    f", ... ({len(known)} in all)" if len(known) > 8 else ""
+                )
+                raise UserInputError(
+                    f"policy names unknown layer {name!r}; decision points are: {shown}"
+                )
+            for k in KNOB_NAMES:
+                value = getattr(action, k)
+                if value == getattr(_IDENTITY, k):
+                    continue
+                knob = point.knobs.get(k)
+                if knob is None:
+                    why = next(
+                        (n.split(": ", 1)[1] for n in point.notes if n.startswith(k + ":")), ""
+                    )
+                    raise UserInputError(
+                        f"layer {name!r}: {k}={value!r} is not allowed: this point has no {k!r} knob"
+                        + (f" ({why})" if why else "")
+                        + f"; its knobs are: {', '.join(point.knobs) or 'none'}"
+                    )
+                if not knob.contains(value):
+                    raise UserInputError(
+                        f"layer {name!r}: {k}={value!r} is not allowed; allowed: {knob.allowed()}"
+                    )
+
+    # ------------------------------------------------------------------------------------------
+    # cost model
+    def _policy_arrays(self, policy: CompressionPolicy) -> tuple[np.ndarray, ...]:
+        n_layers = len(self._layer_list)
+        pg = np.zeros(len(self._pgroups))
+        wb = np.full(n_layers, 32, dtype=np.int64)
+        ab = np.full(n_layers, 32, dtype=np.int64)
+        rk = np.ones(n_layers)
+        pt_layer, pt_group = self._pt_layer, self._pt_group
+        bad = False
+        for name, a in policy.layers.items():
+            li = pt_layer.get(name)
+            if li is None:
+                bad = True
+                break
+            if a.prune:
+                gi = pt_group[name]
+                if gi < 0 or a.prune > self.max_prune + 1e-12:
+                    bad = True
+                    break
+                pg[gi] = a.prune
+            wb[li] = a.w_bits
+            ab[li] = a.a_bits
+            rk[li] = a.rank
+        if (
+            bad
+            or not (
+                self._allowed_w[np.arange(n_layers), wb].all()
+                and self._allowed_a[np.arange(n_layers), ab].all()
+            )
+            or (rk[self._no_rank] != 1.0).any()
+        ):
+            self.validate(policy)  # raises with a precise message
+        return pg, wb, ab, rk
+
+    def costs(self, policy: CompressionPolicy, *, validate: bool = True) -> dict[str, float]:
+        """All four predicted costs at once: ``macs``, ``params``, ``size_bytes``, ``bops``.
+
+        Faster than calling the four methods (one evaluation). Units: MACs per sample (batch 1),
+        parameter elements, bytes, bit-operations (MACs x w_bits x a_bits).
+        """
+        last_policy, last = self._last
+        if last_policy is policy:
+            return dict(last)
+        if validate:
+            pg, wb, ab, rk = self._policy_arrays(policy)
+        else:
+            pg, wb, ab, rk = self._policy_arrays_unchecked(policy)
+        if self._sparse:
+            x = prune.removed_units(pg[self._col_group], self._col_units, self._col_round).astype(
+                np.float64
+            )
+            d0 = self._n0 - self._C0 @ x
+            d1 = self._n1 - self._C1 @ x
+            numel = self._const * d0 * d1
+            rows = np.where(
+                self._rows_src == 0, d0, np.where(self._rows_src == 1, d1, self._rows_const)
+            )
+        else:
+            numel = self._const * self._n0 * self._n1
+            rows = self._rows_const
+        lw = self._W @ numel  # weight elements per layer (MAC weights)
+        m = rows[self._wt]
+        n = numel[self._wt] / m
+        r = np.maximum(1.0, np.floor(rk * np.minimum(m, n) + 0.5))
+        fact = (rk < 1.0) & (r * (m + n) < m * n) & self._lrank
+        fw = r * (m + n)
+        eff = np.where(fact, fw, lw)
+        layer_macs = self._lsteps * eff + self._lconst_q
+        macs = float(layer_macs.sum() + self._const_f_total)
+        saved = np.where(fact, lw - fw, 0.0)
+        params = float(numel.sum() - saved.sum())
+        qnumel = np.where(fact, fw, self._Q @ numel)
+        qrows = np.where(fact, r + m, self._Q @ rows)
+        qcount = np.where(fact, 2.0, self._Q.sum(1))
+        scales = np.where(wb >= 3, qrows, qcount)
+        quant = wb < 32
+        delta = np.where(quant, qnumel * (wb / 8.0 - 4.0) + 4.0 * scales, 0.0)
+        size = float(4.0 * params + delta.sum())
+        bops = float((layer_macs * wb * ab).sum() + self._const_f_total * 1024.0)
+        out = {"macs": macs, "params": params, "size_bytes": size, "bops": bops}
+        if validate:  # the four getters on one policy evaluate once
+            self._last = (policy, out)
+        return dict(out)
+
+    def _policy_arrays_unchecked(self, policy: CompressionPolicy) -> tuple[np.ndarray, ...]:
+        n_layers = len(self._layer_list)
+        pg = np.zeros(len(self._pgroups))
+        wb = np.full(n_layers, 32, dtype=np.int64)
+        ab = np.full(n_layers, 32, dtype=np.int64)
+        rk = np.ones(n_layers)
+        for name, a in policy.layers.items():
+            gi = self._group_index.get(name, -1)
+            if gi >= 0:
+                pg[gi] = a.prune
+            li = self._layer_index.get(name)
+            if li is not None:
+                wb[li], ab[li], rk[li] = a.w_bits, a.a_bits, a.rank
+        return pg, wb, ab, rk
+
+    def macs(self, policy: CompressionPolicy) -> int:
+        """Predicted MACs per sample (batch 1) of ``compress(model, policy)``; FLOPs = 2 x MACs."""
+        return int(round(self.costs(policy)["macs"]))
+
+    def params(self, policy: CompressionPolicy) -> int:
+        """Predicted parameter count (elements) of the compressed model."""
+        return int(round(self.costs(policy)["params"]))
+
+    def size_bytes(self, policy: CompressionPolicy) -> float:
+        """Predicted parameter storage in bytes at the real bit-widths (see ``count_size_bytes``)."""
+        return self.costs(policy)["size_bytes"]
+
+    def bops(self, policy: CompressionPolicy) -> float:
+        """Predicted bit-operations: sum over layers of MACs x w_bits x a_bits (32 x 32 elsewhere)."""
+        return self.costs(policy)["bops"]
+
+    # ------------------------------------------------------------------------------------------
+    # introspection
+    def feature_matrix(self) -> np.ndarray:
+        """Static AMC-style features, ``(n_points, len(FEATURE_NAMES))``, min-max normalised to [0, 1]."""
+        raw = np.array(
+            [[p.features[f] for f in FEATURE_NAMES] for p in self.decision_points],
+            dtype=np.float64,
+        )
+        if raw.size == 0:
+            return raw.reshape(0, len(FEATURE_NAMES))
+        lo, hi = raw.min(0), raw.max(0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        return (raw - lo) / span
+
+    def describe(self) -> str:
+        """A table of the decision points, their knobs, and the knobs left out (and why)."""
+        ident = self.identity()
+        lines = [
+            f"CompressionSpace: {len(self.decision_points)} decision points, "
+            f"{sum(1 for g in self.groups if g.prunable)}/{len(self.groups)} prunable groups; "
+            f"base {self.base_macs:,} MACs/sample, {self.base_params:,} params "
+            f"(predicted identity {self.macs(ident):,} MACs)",
+            f"max_prune={self.max_prune:g} round_to={self.round_to} importance={self.importance} bits={self.bits}",
+        ]
+        lines += [f"note: {n}" for n in self.notes]
+        w = max([len(p.name) for p in self.decision_points] + [4])
+        lines.append(f"{'#':>3}  {'name':<{w}}  {'kind':<14} {'in->out':>11} {'MACs':>12}  knobs")
+        for p in self.decision_points:
+            f = p.features
+            io = f"{int(f['in_channels'])}->{int(f['out_channels'])}"
+            knobs = ", ".join(p.knobs)
+            lines.append(
+                f"{p.index:>3}  {p.name:<{w}}  {p.kind:<14} {io:>11} {int(f['macs']):>12,}  {knobs}"
+            )
+            for note in p.notes:
+                lines.append(f"{'':>3}  {'':<{w}}    - {note}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"CompressionSpace({len(self.decision_points)} points, "
+            f"{sum(1 for g in self.groups if g.prunable)} prunable groups, base_macs={self.base_macs})"
+        )
