@@ -67,7 +67,7 @@ def factorise(module: nn.Module, r: int) -> LowRank:
     """Replace-ready ``LowRank`` holding the rank-``r`` truncated SVD of ``module``'s weight."""
     w = module.weight.detach()
     m, n = _dims(module)
-    mat = w.reshape(m, n).double()
+    mat = w.reshape(m, n).float()
     u, s, vh = torch.linalg.svd(mat, full_matrices=False)
     sq = s[:r].sqrt()
     a = (u[:, :r] * sq).to(w.dtype)  # m x r

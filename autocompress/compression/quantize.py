@@ -160,7 +160,8 @@ class _QuantMixin:
     def _setup_quant(self, w_bits: int, a_bits: int) -> None:
         self.w_bits = int(w_bits)
         self.a_bits = int(a_bits)
-        self.act_quant = ActQuant(a_bits)
+        first = next(iter(self.parameters()), None)  # type: ignore[attr-defined]
+        self.act_quant = ActQuant(a_bits).to(first.device if first is not None else "cpu")
         with torch.no_grad():
             for name in self._quant_weight_names():
                 p = getattr(self, name)
