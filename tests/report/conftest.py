@@ -67,3 +67,66 @@ def write_fake_run(root: Path, n_trials: int = 24, seed: int = 0) -> Path:
 def fake_run(tmp_path: Path) -> Path:
     """A synthetic run directory (no model needed)."""
     return write_fake_run(tmp_path / "run")
+
+
+# -- a real run: a trained tiny model, real evaluations, in the search engine's format -------------
+
+REAL_POINTS = {
+    "1": dict(prune=0.5),                          # pruned, float
+    "2": dict(prune=0.1, w_bits=8, a_bits=8),      # pruned + 8-bit: int8 export
+    "3": dict(prune=0.1, w_bits=4, a_bits=8),      # 4-bit weights: simulated, no int8 file
+    "4": dict(prune=0.25, rank=0.5),               # pruned + low-rank
+}
+
+
+def write_real_run(root: Path, model: str = "test_mlp", points: dict | None = None,
+                   train_epochs: int = 4, seed: int = 0) -> Path:
+    """Evaluate a few uniform policies on a really trained ``model`` and write them as a run."""
+    from autocompress.evaluators import EvaluatorConfig
+    from autocompress.problem import Problem
+
+    config = EvaluatorConfig(latency="none")
+    problem = Problem.build(model, data="digits", seed=seed, train_epochs=train_epochs,
+                            evaluator=config)
+    base = problem.base.metrics
+    records = []
+    for pid, knobs in (points or REAL_POINTS).items():
+        policy = problem.space.uniform(**knobs)
+        res = problem.evaluator.evaluate(policy)
+        assert res.ok, res.error
+        records.append({"id": int(pid), "policy": policy.to_dict(), "metrics": res.metrics,
+                        "fidelity": "full", "timings": res.timings, "status": "ok",
+                        "feasible": True})
+    spec = {"model": model, "checkpoint": None, "data": "digits", "data_root": None, "seed": seed,
+            "knobs": ["prune", "w_bits", "a_bits", "rank"], "max_prune": 0.8, "round_to": 1,
+            "objectives": [{"name": "acc", "direction": "maximize"},
+                           {"name": "macs", "direction": "minimize"}],
+            "budgets": ["macs=90%"], "trials": len(records), "train_epochs": train_epochs,
+            "evaluator": config.to_dict()}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "spec.json").write_text(json.dumps(spec))
+    (root / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    pareto = {"schema_version": 1, "objectives": spec["objectives"], "knee": records[0]["id"],
+              "reference": {"base": {"acc": base["acc"], "macs": base["macs"]}},
+              "points": [{k: r[k] for k in ("id", "policy", "metrics")} for r in records]}
+    (root / "pareto.json").write_text(json.dumps(pareto))
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run over test_mlp on digits (trains in seconds) with the ``REAL_POINTS`` on its front."""
+    return write_real_run(tmp_path_factory.mktemp("real") / "run")
+
+
+CONV_POINTS = {
+    "1": dict(prune=0.1, w_bits=8, a_bits=8),      # conv + BN + residual, 8-bit: int8 export
+    "2": dict(prune=0.3),                          # pruned conv net
+}
+
+
+@pytest.fixture(scope="session")
+def conv_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run over test_resnet (ResNet-8, width 8; two training epochs) with ``CONV_POINTS``."""
+    return write_real_run(tmp_path_factory.mktemp("conv") / "run", model="test_resnet",
+                          points=CONV_POINTS, train_epochs=2)

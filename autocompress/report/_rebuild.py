@@ -1,0 +1,91 @@
+"""Rebuilding a run's problem and one point's compressed model exactly as the search scored it."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from autocompress.errors import UserInputError
+
+if TYPE_CHECKING:
+    from autocompress.compression import CompressionPolicy
+    from autocompress.problem import Problem
+    from autocompress.report.run import RunRecord
+
+
+#: Problems rebuilt in this process, keyed by run directory and spec: ``report``, ``export`` and
+#: ``finetune`` of one run in one process discover the space and load the data once.
+_PROBLEMS: dict[tuple[str, str, str], Problem] = {}
+_MAX_CACHED = 2
+
+
+def rebuild_problem(run: RunRecord, *, progress: bool = False) -> Problem:
+    """The run's ``Problem``: the same model, checkpoint (or cached base model), data split and seed.
+
+    Settings come from ``RUN/spec.json``; those ``Problem.build`` does not take are ignored. The
+    result is memoised per process (compression never modifies ``problem.model``).
+    """
+    import os
+
+    key = (str(run.path.resolve()), json.dumps(run.spec, sort_keys=True, default=str),
+           os.environ.get("AUTOCOMPRESS_CACHE", ""))
+    if key not in _PROBLEMS:
+        while len(_PROBLEMS) >= _MAX_CACHED:
+            _PROBLEMS.pop(next(iter(_PROBLEMS)))
+        _PROBLEMS[key] = _build(run, progress)
+    return _PROBLEMS[key]
+
+
+def _build(run: RunRecord, progress: bool) -> Problem:
+    from autocompress.evaluators import EvaluatorConfig
+    from autocompress.problem import Problem
+
+    spec = dict(run.spec)
+    if not isinstance(spec.get("model"), str):
+        raise UserInputError(f"{str(run.path / 'spec.json')!r} names no model; cannot rebuild the run")
+    kwargs: dict[str, Any] = {k: spec[k] for k in (
+        "checkpoint", "data", "data_root", "seed", "max_prune", "round_to", "importance",
+        "num_classes", "input_shape", "val_size", "calib_size",
+    ) if spec.get(k) is not None}
+    if spec.get("knobs"):
+        kwargs["knobs"] = tuple(spec["knobs"])
+    if spec.get("train_epochs") is not None:
+        kwargs["train_epochs"] = int(spec["train_epochs"])
+    if isinstance(spec.get("evaluator"), dict):
+        kwargs["evaluator"] = EvaluatorConfig.from_dict(spec["evaluator"])
+    accepted = set(inspect.signature(Problem.build).parameters)
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    return Problem.build(spec["model"], progress=progress, **kwargs)
+
+
+def scored_model(problem: Problem, policy: CompressionPolicy) -> nn.Module:
+    """The compressed model the evaluator scored: compress, BN recalibration, its short fine-tune.
+
+    Mirrors ``CompressionEvaluator`` step by step so that an exported or fine-tuned point starts
+    from the model whose accuracy the front reports.
+    """
+    from autocompress.evaluators.accuracy import has_batchnorm, kd_finetune, recalibrate_bn
+    from autocompress.evaluators.compression_evaluator import changes_structure
+
+    ev = problem.evaluator
+    problem.space.validate(policy)
+    small = ev.compress(policy)
+    c = ev.config
+    if c.bn_recalib and changes_structure(policy) and has_batchnorm(small):
+        recalibrate_bn(small, ev.calib_batches)
+    if c.finetune_steps > 0:
+        x_tr, y_tr = problem.data.tensors("train")
+        kd_finetune(small, problem.model, x_tr, y_tr, steps=c.finetune_steps,
+                    batch_size=c.recalib_batch_size, lr=c.finetune_lr, alpha=c.kd_alpha,
+                    temperature=c.kd_temperature, seed=c.seed)
+    return small.eval()
+
+
+def float_model(problem: Problem, policy: CompressionPolicy) -> nn.Module:
+    """The point's pruned / factorised model with every bit-width at 32 (the int8 export's source)."""
+    from autocompress.evaluators.compression_evaluator import structural_policy
+
+    return scored_model(problem, structural_policy(policy))

@@ -1,0 +1,520 @@
+"""Export one Pareto point as a deployable file (ONNX, int8 ONNX, TorchScript or a pickled module).
+
+The exported model is rebuilt from the run (``spec.json``: same base model, data split, seed) and
+compressed with the point's policy: a really smaller network, not a masked one. Every export is
+checked against the PyTorch compressed model before it is kept, and its file size and measured
+latency are reported next to the original (uncompressed) model's, exported and timed the same way
+in the same process.
+
+Formats:
+    * ``onnx``: one self-contained file (weights embedded), dynamic batch axis, opset 17. Layers
+      the policy quantizes are exported with their simulated quantization (weights already on the
+      grid, activations through round/clamp), so the file computes what the search scored. Its
+      outputs must match PyTorch within ``atol`` (1e-4) on validation inputs, checked with ONNX
+      Runtime. Rounding is discontinuous, so where activations are quantized that check runs with
+      the activation quantizers bypassed in both models (same graph, same on-grid weights), and
+      the quantized file itself must agree with PyTorch on >= 98% of top-1 predictions (typically
+      100%, with ~1% of samples differing by one rounding step). When every quantized layer of the
+      policy is 8-bit (weights and activations), an int8 model is also written next to it
+      (``NAME.int8.onnx``) by ONNX Runtime static quantization (``quant_pre_process``, then
+      ``quantize_static`` with QUInt8 activations and per-channel QInt8 weights, calibrated on the
+      calibration split) of the point's float model; layers the policy leaves at 32 bits stay in
+      float.
+    * ``torchscript``: ``torch.jit.trace`` of the compressed model, saved by ``torch.jit.save``;
+      loads with ``torch.jit.load(path)`` and needs neither autocompress nor the model's code.
+    * ``pt``: the whole compressed ``nn.Module`` pickled by ``torch.save``; loads with
+      ``torch.load(path, weights_only=False)`` as a module ready to run or train further (the
+      pruned shapes are in the module itself; no policy, space or ``compress`` call is needed, only
+      the model's classes importable, e.g. autocompress installed for built-in models).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from autocompress.errors import UserInputError
+from autocompress.report.run import load_run
+
+if TYPE_CHECKING:
+    from autocompress.compression import CompressionPolicy
+
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "pt")
+_SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "pt": ".pt"}
+ONNX_OPSET = 17
+
+
+class ExportMismatchError(RuntimeError):
+    """The exported file does not compute what the PyTorch compressed model computes."""
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What ``export_point`` wrote and measured.
+
+    Sizes are bytes on disk; latencies are the median milliseconds per forward pass at ``batch``
+    with ``threads`` threads on ``backend`` (``ort`` for ONNX files, ``torch`` otherwise), the
+    original model timed the same way in the same call. ``acc`` is the exported file's top-1 on the
+    validation split, computed by the runtime that loads it; ``recorded_acc`` is what the search
+    reported for the point. ``max_abs_diff`` is the largest output difference between the file and
+    the PyTorch compressed model; for a policy that quantizes activations it is measured with the
+    activation quantizers bypassed in both (see ``export_point``), and the quantized graph's own
+    comparison is in ``quant_max_abs_diff``, ``quant_agreement`` (top-1 agreement) and
+    ``quant_match_fraction`` (share of samples whose outputs all agree within ``atol``).
+    """
+
+    point_id: str
+    format: str
+    path: Path
+    size_bytes: int
+    original_size_bytes: int
+    latency_ms: float
+    original_latency_ms: float
+    backend: str
+    batch: int
+    threads: int
+    max_abs_diff: float
+    acc: float
+    recorded_acc: float | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    quant_max_abs_diff: float | None = None
+    quant_agreement: float | None = None
+    quant_match_fraction: float | None = None
+    int8_path: Path | None = None
+    int8_size_bytes: int | None = None
+    int8_latency_ms: float | None = None
+    int8_acc: float | None = None
+    int8_agreement: float | None = None
+    exporter: str = ""
+    seconds: float = 0.0
+
+    @property
+    def size_ratio(self) -> float:
+        """Exported file size over the original's (same format)."""
+        return self.size_bytes / self.original_size_bytes
+
+    @property
+    def speedup(self) -> float:
+        """Original latency over the exported model's (same backend, same run)."""
+        return self.original_latency_ms / self.latency_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (paths as strings)."""
+        d = asdict(self)
+        for k in ("path", "int8_path"):
+            d[k] = None if d[k] is None else str(d[k])
+        d["size_ratio"] = self.size_ratio
+        d["speedup"] = self.speedup
+        return d
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one fact per line (what the CLI prints)."""
+        out = [
+            f"point {self.point_id} -> {self.path} ({self.format}, {self.exporter})",
+            f"size     {_mb(self.size_bytes)} vs original {_mb(self.original_size_bytes)} "
+            f"({self.size_ratio:.2f}x)",
+            f"latency  {self.latency_ms:.3f} ms vs original {self.original_latency_ms:.3f} ms "
+            f"({self.speedup:.2f}x faster; {self.backend}, batch {self.batch}, {self.threads} thread(s))",
+            f"top-1    {100 * self.acc:.2f}% (search recorded "
+            + (f"{100 * self.recorded_acc:.2f}%)" if self.recorded_acc is not None else "nothing)")
+            + f"; max |diff| vs PyTorch {self.max_abs_diff:.2e}",
+        ]
+        if self.quant_agreement is not None:
+            out.append(
+                f"simulated quantization: top-1 agreement with PyTorch {100 * self.quant_agreement:.1f}%, "
+                f"{100 * (self.quant_match_fraction or 0):.1f}% of samples within tolerance, "
+                f"max |diff| {self.quant_max_abs_diff:.2e} (single rounding-step flips)"
+            )
+        if self.int8_path is not None:
+            out.append(
+                f"int8     {self.int8_path}: {_mb(self.int8_size_bytes or 0)}, "
+                f"{self.int8_latency_ms:.3f} ms ({self.original_latency_ms / (self.int8_latency_ms or math.inf):.2f}x "
+                f"faster than the original fp32), top-1 {100 * (self.int8_acc or 0):.2f}%, "
+                f"top-1 agreement with PyTorch {100 * (self.int8_agreement or 0):.1f}%"
+            )
+        return out
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.3f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
+
+
+# -- policy helpers -------------------------------------------------------------------------
+
+
+def int8_eligible(policy: CompressionPolicy) -> bool:
+    """True when the policy quantizes something and every quantized knob is exactly 8 bits."""
+    bits = [b for a in policy.layers.values() for b in (a.w_bits, a.a_bits)]
+    return any(b == 8 for b in bits) and all(b in (8, 32) for b in bits)
+
+
+def float_layers(policy: CompressionPolicy) -> list[str]:
+    """Layers the policy leaves in float (both bit-widths 32)."""
+    return [n for n, a in policy.layers.items() if a.w_bits == 32 and a.a_bits == 32]
+
+
+def onnx_node_module(node_name: str) -> str:
+    """The module FQN of a node named by the TorchScript ONNX exporter.
+
+    ``/layer2/layer2.0/shortcut/shortcut.0/Conv`` -> ``layer2.0.shortcut.0``: the exporter
+    writes one scope per module, children of containers as ``parent.index``.
+    """
+    comps = [c for c in node_name.split("/") if c][:-1]
+    parts: list[str] = []
+    prev: str | None = None
+    for c in comps:
+        parts.append(c[len(prev) + 1:] if prev is not None and c.startswith(prev + ".") else c)
+        prev = c
+    return ".".join(parts)
+
+
+# -- ONNX -----------------------------------------------------------------------------------
+
+
+def onnx_bytes(model: nn.Module, example_input: Tensor) -> tuple[bytes, str]:
+    """The model as one self-contained ONNX file (dynamic batch axis) and the exporter used.
+
+    The TorchScript-based exporter (``dynamo=False``) keeps module scopes in node names (used to
+    keep float layers out of int8 quantization); the dynamo exporter is the fallback for graphs
+    that do not trace.
+    """
+    model = model.eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                model, (example_input,), buf, dynamo=False, opset_version=ONNX_OPSET,
+                input_names=["input"], output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            )
+            return buf.getvalue(), "torch.onnx (TorchScript)"
+        except Exception:  # noqa: BLE001 - try the dynamo exporter before giving up
+            pass
+        program = torch.onnx.export(
+            model, (example_input,), dynamo=True, external_data=False,
+            input_names=["input"], output_names=["output"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False,
+        )
+        assert program is not None
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            program.save(str(path), external_data=False)
+            return path.read_bytes(), "torch.onnx (dynamo)"
+
+
+def _session(blob: bytes, threads: int) -> Any:
+    from autocompress.evaluators.latency import ort_session
+
+    return ort_session(blob, threads)
+
+
+def _ort_logits(sess: Any, x: Tensor, batch_size: int = 256) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    outs = [sess.run(None, {name: x[i:i + batch_size].numpy().astype(np.float32)})[0]
+            for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs, axis=0)
+
+
+def quantize_int8(blob: bytes, calib: Sequence[Tensor], *, exclude_modules: Sequence[str] = ()) -> bytes:
+    """ONNX Runtime static int8 quantization: QUInt8 activations, per-channel QInt8 weights.
+
+    Signed int8 activations ran slower than fp32 on these CPUs, QUInt8 after ``quant_pre_process``
+    about 3x faster. Nodes of ``exclude_modules`` (and their children) stay in float.
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    batches = [c.detach().numpy().astype(np.float32) for c in calib]
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter([{"input": b} for b in batches])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    excluded = []
+    if exclude_modules:
+        graph = onnx.load_from_string(blob).graph
+        for node in graph.node:
+            fqn = onnx_node_module(node.name)
+            if any(fqn == m or fqn.startswith(m + ".") for m in exclude_modules):
+                excluded.append(node.name)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        src, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        src.write_bytes(blob)
+        try:
+            quant_pre_process(str(src), str(pre))
+        except Exception:  # noqa: BLE001 - shape inference can fail on odd graphs; quantize raw
+            pre = src
+        quantize_static(
+            str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+        )
+        return out.read_bytes()
+
+
+def _time(run: Any, threads: int, repeats: int) -> float:
+    from autocompress.evaluators.latency import time_runner, torch_threads
+
+    with torch_threads(threads):
+        times = time_runner(run, warmup=5, repeats=repeats)
+    return float(np.median(times))
+
+
+def _ort_latency(blob: bytes, x: Tensor, threads: int, repeats: int) -> float:
+    sess = _session(blob, threads)
+    feed = {sess.get_inputs()[0].name: x.numpy().astype(np.float32)}
+    return _time(lambda: sess.run(None, feed), threads, repeats)
+
+
+def _torch_latency(module: nn.Module, x: Tensor, threads: int, repeats: int) -> float:
+    def run() -> Any:
+        with torch.inference_mode():
+            return module(x)
+
+    return _time(run, threads, repeats)
+
+
+@contextlib.contextmanager
+def activation_quant_bypassed(model: nn.Module) -> Iterator[bool]:
+    """Temporarily switch the model's calibrated activation quantizers off; yields whether any were on."""
+    from autocompress.compression import ActQuant
+
+    active = [m for m in model.modules() if isinstance(m, ActQuant) and m.mode == "quant"]
+    for m in active:
+        m.mode = "off"
+    try:
+        yield bool(active)
+    finally:
+        for m in active:
+            m.mode = "quant"
+
+
+# -- TorchScript / pickled module -------------------------------------------------------------
+
+
+def _torchscript_bytes(model: nn.Module, example_input: Tensor) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.no_grad():
+            traced = torch.jit.trace(model.eval(), (example_input,), check_trace=False)
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    return buf.getvalue()
+
+
+def _pt_bytes(model: nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save(model.eval(), buf)
+    return buf.getvalue()
+
+
+def _load(fmt: str, blob: bytes) -> nn.Module:
+    if fmt == "torchscript":
+        return torch.jit.load(io.BytesIO(blob), map_location="cpu").eval()
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False).eval()
+
+
+def _torch_logits(model: nn.Module, x: Tensor, batch_size: int = 256) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
+
+
+def _top1(logits: np.ndarray, y: Tensor) -> float:
+    return float((logits.argmax(1) == y.numpy()).mean()) if len(y) else math.nan
+
+
+def _write_atomic(path: Path, blob: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, path)
+
+
+def default_export_path(run_dir: str | Path, point_id: str | int, fmt: str) -> Path:
+    """``RUN/export/point-<id>.<onnx|ts|pt>``."""
+    return Path(run_dir) / "export" / f"point-{point_id}{_SUFFIX[fmt]}"
+
+
+def export_point(
+    run_dir: str | Path,
+    point_id: str | int,
+    fmt: str = "onnx",
+    out: str | Path | None = None,
+    *,
+    force: bool = False,
+    int8: bool | None = None,
+    batch: int = 1,
+    threads: int = 1,
+    repeats: int = 20,
+    atol: float = 1e-4,
+    min_agreement: float = 0.98,
+    check_samples: int = 256,
+    progress: bool = False,
+) -> ExportInfo:
+    """Write point ``point_id`` of the run's front as a really compressed model file.
+
+    Args:
+        run_dir: the search run directory.
+        point_id: an id of a Pareto point (see ``autocompress report RUN``).
+        fmt: ``onnx``, ``torchscript`` or ``pt`` (see the module docstring).
+        out: output file (default ``RUN/export/point-<id>.<ext>``); an existing file is refused
+            unless ``force``.
+        force: overwrite ``out`` (and the int8 file) if they exist.
+        int8: also write ``NAME.int8.onnx`` (ONNX only); None = when the policy is 8-bit.
+        batch, threads, repeats: latency measurement settings (median of ``repeats``).
+        atol: largest allowed output difference between the file and PyTorch.
+        min_agreement: smallest allowed top-1 agreement of an ONNX file with simulated activation
+            quantization (whose outputs can differ by single rounding steps; see below).
+        check_samples: validation samples used for the output comparison.
+        progress: show progress while a missing base model is trained.
+
+    Returns:
+        ``ExportInfo`` with sizes, latencies (original alongside), accuracy and the check result.
+
+    Raises:
+        UserInputError: unknown format, point not on the front, ``out`` exists, int8 asked of a
+            non-ONNX format.
+        ExportMismatchError: the file's outputs differ from PyTorch by more than ``atol`` (nothing
+            is left at ``out``).
+
+    Example:
+        >>> info = export_point("runs/demo", 3, "onnx", "model.onnx")  # doctest: +SKIP
+        >>> print("\\n".join(info.lines()))  # doctest: +SKIP
+    """
+    from autocompress.report._rebuild import float_model, rebuild_problem, scored_model
+
+    t0 = time.perf_counter()
+    if fmt not in FORMATS:
+        raise UserInputError(f"export format {fmt!r} is not supported; allowed: {', '.join(FORMATS)}")
+    if int8 and fmt != "onnx":
+        raise UserInputError(f"int8 export is an ONNX Runtime model; use --format onnx, not {fmt!r}")
+    if not math.isfinite(atol) or atol <= 0:
+        raise UserInputError(f"atol={atol!r}; expected a positive number")
+    run = load_run(run_dir)
+    point = run.point(point_id)
+    path = Path(out) if out is not None else default_export_path(run.path, point.id, fmt)
+    do_int8 = fmt == "onnx" and (int8_eligible(point.policy) if int8 is None else bool(int8))
+    int8_path = path.with_name(path.stem + ".int8.onnx") if do_int8 else None
+    for p in (path, int8_path):
+        if p is not None and p.exists() and not force:
+            raise UserInputError(f"--out {str(p)!r} already exists; pass --force to overwrite it "
+                                 "or choose another path")
+        if p is not None and p.is_dir():
+            raise UserInputError(f"--out {str(p)!r} is a directory; give a file path")
+
+    problem = rebuild_problem(run, progress=progress)
+    example = problem.example_input
+    small = scored_model(problem, point.policy)
+    original = problem.model.eval()
+    x_val, y_val = problem.data.tensors("val")
+    x_check = x_val[:check_samples]
+    x_lat = example[:1].expand(batch, *example.shape[1:]).contiguous()
+    ref = _torch_logits(small, x_check)
+
+    quant: dict[str, Any] = {}
+    if fmt == "onnx":
+        blob, exporter = onnx_bytes(small, example)
+        orig_blob, _ = onnx_bytes(original, example)
+        sess = _session(blob, threads)
+        got = _ort_logits(sess, x_check)
+        acc = _top1(_ort_logits(sess, x_val), y_val)
+        with activation_quant_bypassed(small) as had_quant:
+            if had_quant:
+                # Activation rounding is discontinuous: ~1e-6 float noise between ONNX Runtime's
+                # kernels (fused Conv+BN) and PyTorch's flips single rounding steps in ~1% of
+                # samples. The exact check runs with the quantizers bypassed in both (same
+                # graph, same on-grid weights); the quantized graph is checked by agreement.
+                flips = np.abs(got - ref).reshape(len(got), -1).max(axis=1)
+                quant = {"quant_max_abs_diff": float(flips.max()) if flips.size else 0.0,
+                         "quant_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
+                         "quant_match_fraction": float((flips <= atol).mean())}
+                ref = _torch_logits(small, x_check)
+                got = _ort_logits(_session(onnx_bytes(small, example)[0], threads), x_check)
+        if quant and quant["quant_agreement"] < min_agreement:
+            raise ExportMismatchError(
+                f"the onnx export of point {point.id} agrees with the PyTorch compressed model on "
+                f"{100 * quant['quant_agreement']:.1f}% of top-1 predictions (< "
+                f"{100 * min_agreement:g}%); nothing was written"
+            )
+        latency = _ort_latency(blob, x_lat, threads, repeats)
+        orig_latency = _ort_latency(orig_blob, x_lat, threads, repeats)
+        backend = "ort"
+    else:
+        blob = _torchscript_bytes(small, example) if fmt == "torchscript" else _pt_bytes(small)
+        orig_blob = _torchscript_bytes(original, example) if fmt == "torchscript" else _pt_bytes(original)
+        exporter = "torch.jit.trace" if fmt == "torchscript" else "torch.save (pickled module)"
+        loaded = _load(fmt, blob)
+        got = _torch_logits(loaded, x_check)
+        acc = _top1(_torch_logits(loaded, x_val), y_val)
+        latency = _torch_latency(loaded, x_lat, threads, repeats)
+        orig_latency = _torch_latency(_load(fmt, orig_blob), x_lat, threads, repeats)
+        backend = "torch"
+    diff = float(np.max(np.abs(got - ref))) if got.size else 0.0
+    if not (got.shape == ref.shape and diff <= atol):
+        raise ExportMismatchError(
+            f"the {fmt} export of point {point.id} differs from the PyTorch compressed model by "
+            f"{diff:.3g} (> {atol:g}); nothing was written"
+        )
+    _write_atomic(path, blob)
+
+    int8_fields: dict[str, Any] = {}
+    if do_int8 and int8_path is not None:
+        fp = float_model(problem, point.policy)
+        q_blob = quantize_int8(onnx_bytes(fp, example)[0], problem.evaluator.calib_batches,
+                               exclude_modules=float_layers(point.policy))
+        q_sess = _session(q_blob, threads)
+        q_logits = _ort_logits(q_sess, x_val)
+        ref_val = _torch_logits(small, x_val)
+        _write_atomic(int8_path, q_blob)
+        int8_fields = {
+            "int8_path": int8_path,
+            "int8_size_bytes": len(q_blob),
+            "int8_latency_ms": _ort_latency(q_blob, x_lat, threads, repeats),
+            "int8_acc": _top1(q_logits, y_val),
+            "int8_agreement": float((q_logits.argmax(1) == ref_val.argmax(1)).mean()),
+        }
+    recorded = point.metrics.get("acc")
+    info = ExportInfo(
+        point_id=point.id, format=fmt, path=path, size_bytes=len(blob),
+        original_size_bytes=len(orig_blob), latency_ms=latency, original_latency_ms=orig_latency,
+        backend=backend, batch=batch, threads=threads, max_abs_diff=diff, acc=acc,
+        recorded_acc=None if recorded is None or not math.isfinite(recorded) else recorded,
+        metrics=dict(point.metrics), exporter=exporter, seconds=time.perf_counter() - t0,
+        **quant, **int8_fields,
+    )
+    write_export_record(info, run.path)
+    return info
+
+
+def write_export_record(info: ExportInfo, run_dir: str | Path) -> Path:
+    """Append the export's facts to ``RUN/export/exports.jsonl`` (a log; never rewritten)."""
+    log = Path(run_dir) / "export" / "exports.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as fh:
+        fh.write(json.dumps(info.to_dict(), sort_keys=True) + "\n")
+    return log

@@ -1,0 +1,247 @@
+"""Fine-tune one Pareto point's compressed model, distilling from the original, and record it.
+
+A searched point is scored after only BatchNorm recalibration (and at most a few fine-tune steps);
+a few epochs of training recover most of the accuracy lost to compression. Knowledge distillation
+from the uncompressed model (Hinton et al. 2015; survey section 2.3) trains the student on
+``alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(z_s, y)``.
+
+Quantized layers train with straight-through fake quantization (the compression core re-quantizes
+weights in the forward pass in training mode and rounds activations as ``x + (q(x) - x).detach()``),
+so gradients flow through the rounding; after training the latent weights are projected back onto
+their quantization grid, so the saved model holds exactly ``w_bits``-bit weights again.
+
+Results go to ``RUN/finetune/point-<id>.json`` (accuracy before/after, settings, per-epoch history)
+and ``RUN/finetune/point-<id>.pt`` (the fine-tuned module, pickled like ``export --format pt``).
+An earlier result is never overwritten: the next free name (``point-<id>-2.json``, ...) is used.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autocompress.errors import UserInputError
+from autocompress.report.run import load_run
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """Accuracy of a point before and after fine-tuning, and where the result was written.
+
+    ``acc_before`` is the compressed model as the search scored it (recomputed now on the whole
+    validation split), ``acc_after`` the same model after fine-tuning; ``teacher_acc`` is the
+    original model's.
+    """
+
+    point_id: str
+    acc_before: float
+    acc_after: float
+    teacher_acc: float
+    recorded_acc: float | None
+    epochs: int
+    kd: bool
+    temperature: float
+    alpha: float
+    lr: float
+    batch_size: int
+    seed: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    record_path: Path | None = None
+    weights_path: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def gain(self) -> float:
+        """Accuracy points gained (fraction)."""
+        return self.acc_after - self.acc_before
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict."""
+        d = asdict(self)
+        d["record_path"] = None if self.record_path is None else str(self.record_path)
+        d["weights_path"] = None if self.weights_path is None else str(self.weights_path)
+        d["gain"] = self.gain
+        return d
+
+    def lines(self) -> list[str]:
+        """Human-readable summary (what the CLI prints)."""
+        how = f"KD T={self.temperature:g} alpha={self.alpha:g}" if self.kd else "cross-entropy"
+        return [
+            f"point {self.point_id}: {self.epochs} epoch(s), {how}, lr {self.lr:g}, seed {self.seed}",
+            f"top-1 before {100 * self.acc_before:.2f}% -> after {100 * self.acc_after:.2f}% "
+            f"({100 * self.gain:+.2f} points; original model {100 * self.teacher_acc:.2f}%)",
+            f"recorded in {self.record_path}, weights in {self.weights_path}",
+        ]
+
+
+def _free_stem(directory: Path, stem: str) -> str:
+    """``stem`` or ``stem-2``, ``stem-3``, ... : the first whose .json and .pt are both free."""
+    candidate, n = stem, 1
+    while (directory / f"{candidate}.json").exists() or (directory / f"{candidate}.pt").exists():
+        n += 1
+        candidate = f"{stem}-{n}"
+    return candidate
+
+
+@torch.no_grad()
+def snap_quantized_weights_(model: nn.Module) -> int:
+    """Project every quantized layer's latent weights back onto its bit-width grid, in place.
+
+    Straight-through training updates float ("latent") weights; the compressed model's inference
+    path expects weights already on the grid. Returns the number of weight tensors projected.
+    """
+    from autocompress.compression.quantize import quantize_weight, quantized_weight_bytes
+
+    n = 0
+    for m in model.modules():
+        for p, _ in quantized_weight_bytes(m):
+            p.copy_(quantize_weight(p, int(m.w_bits)))  # type: ignore[attr-defined]
+            n += 1
+    return n
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    from autocompress.evaluators.accuracy import topk_correct
+
+    return float(topk_correct(model, x, y, ks=(1,))[1])
+
+
+def _check(name: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise UserInputError(f"{name}={value!r} is not a number")
+    if (value <= lo if lo_open else value < lo) or value > hi:
+        raise UserInputError(f"{name}={value!r} is out of range; allowed: "
+                             f"{'(' if lo_open else '['}{lo:g}, {hi:g}]")
+    return float(value)
+
+
+def finetune_point(
+    run_dir: str | Path,
+    point_id: str | int,
+    epochs: int = 3,
+    kd: bool = True,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    lr: float = 0.01,
+    *,
+    batch_size: int = 64,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    progress: bool = False,
+) -> FinetuneResult:
+    """Fine-tune point ``point_id``'s compressed model and record accuracy before and after.
+
+    Args:
+        run_dir: the search run directory.
+        point_id: an id of a Pareto point.
+        epochs: passes over the training split.
+        kd: distil from the original model (else plain cross-entropy).
+        temperature: softmax temperature T of the distillation term.
+        alpha: weight of the distillation term (``1 - alpha`` weighs cross-entropy).
+        lr: peak learning rate (SGD, Nesterov momentum 0.9, cosine decay to 0).
+        batch_size: training batch size.
+        weight_decay: L2 penalty.
+        seed: seed of the batch order (same seed, same result).
+        progress: show progress while a missing base model is trained.
+
+    Returns:
+        ``FinetuneResult``; the record and weights are written under ``RUN/finetune/``.
+
+    Raises:
+        UserInputError: a point not on the front or a setting out of range.
+
+    Example:
+        >>> r = finetune_point("runs/demo", 3, epochs=5)  # doctest: +SKIP
+        >>> r.acc_before, r.acc_after  # doctest: +SKIP
+    """
+    from autocompress.evaluators.accuracy import kd_loss
+    from autocompress.report._rebuild import rebuild_problem, scored_model
+    from autocompress.training import seed_everything
+
+    t0 = time.perf_counter()
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise UserInputError(f"epochs={epochs!r}; expected an integer >= 1")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserInputError(f"batch_size={batch_size!r}; expected an integer >= 1")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UserInputError(f"seed={seed!r} is not an integer")
+    temperature = _check("temperature", temperature, 0.0, 100.0, lo_open=True)
+    alpha = _check("alpha", alpha, 0.0, 1.0)
+    lr = _check("lr", lr, 0.0, 10.0, lo_open=True)
+    weight_decay = _check("weight_decay", weight_decay, 0.0, 1.0)
+    run = load_run(run_dir)
+    point = run.point(point_id)
+
+    problem = rebuild_problem(run, progress=progress)
+    teacher = problem.model.eval()
+    student = scored_model(problem, point.policy)
+    x_val, y_val = problem.data.tensors("val")
+    teacher_acc = _accuracy(teacher, x_val, y_val)
+    acc_before = _accuracy(student, x_val, y_val)
+
+    seed_everything(seed)
+    loader = problem.data.loader("train", batch_size, shuffle=True, seed=seed)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    steps = max(1, epochs * len(loader))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    history: list[dict[str, float]] = []
+    for epoch in range(epochs):
+        student.train()
+        total = n = 0.0
+        for x, y in loader:
+            out = student(x)
+            if kd and alpha > 0:
+                with torch.no_grad():
+                    t_out = teacher(x)
+                loss = kd_loss(out, t_out, y, alpha=alpha, temperature=temperature)
+            else:
+                loss = F.cross_entropy(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(y)
+            n += len(y)
+        # Score a snapped copy: the latent weights keep training unprojected.
+        scored = copy.deepcopy(student).eval()
+        snap_quantized_weights_(scored)
+        history.append({"epoch": epoch + 1, "loss": total / max(n, 1.0),
+                        "val_acc": _accuracy(scored, x_val, y_val)})
+    student.eval()
+    snap_quantized_weights_(student)
+    acc_after = _accuracy(student, x_val, y_val)
+
+    directory = run.path / "finetune"
+    directory.mkdir(parents=True, exist_ok=True)
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in point.id)
+    stem = _free_stem(directory, f"point-{safe}")
+    weights = directory / f"{stem}.pt"
+    record = directory / f"{stem}.json"
+    tmp = weights.with_name(weights.name + ".tmp")
+    torch.save(student, tmp)
+    os.replace(tmp, weights)
+    recorded = point.metrics.get("acc")
+    result = FinetuneResult(
+        point_id=point.id, acc_before=acc_before, acc_after=acc_after, teacher_acc=teacher_acc,
+        recorded_acc=None if recorded is None or not math.isfinite(recorded) else recorded,
+        epochs=epochs, kd=kd, temperature=temperature, alpha=alpha, lr=lr, batch_size=batch_size,
+        seed=seed, history=history, record_path=record, weights_path=weights,
+        seconds=time.perf_counter() - t0,
+    )
+    payload = {**result.to_dict(), "policy": point.policy.to_dict(), "metrics": point.metrics,
+               "weight_decay": weight_decay}
+    # Exclusive create: a concurrent fine-tune that picked the same name fails instead of overwriting.
+    with open(record, "x") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True)
+    return result
