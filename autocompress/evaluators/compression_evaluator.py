@@ -266,7 +266,8 @@ class CompressionEvaluator(BaseEvaluator):
                 recalibrate_bn(small, self._calib)
                 timer.stop()
 
-            if fidelity == "full" and c.finetune_steps > 0:
+            compressed = any(not a.is_identity for a in policy.layers.values())
+            if fidelity == "full" and c.finetune_steps > 0 and compressed:
                 timer.start("finetune")
                 self.finetune(small, c.finetune_steps)
                 timer.stop()

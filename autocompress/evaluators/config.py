@@ -24,7 +24,8 @@ class EvaluatorConfig:
         bn_recalib: re-estimate BatchNorm statistics of pruned / factorised candidates (adaptive BN).
         recalib_batches: calibration batches forwarded for the re-estimate.
         recalib_batch_size: samples per calibration batch.
-        finetune_steps: SGD steps of knowledge-distillation fine-tuning at full fidelity (0: none).
+        finetune_steps: SGD steps of knowledge-distillation fine-tuning at full fidelity (0: none;
+            the uncompressed identity policy is never fine-tuned).
         kd_alpha: weight of the distillation term (1 - alpha weighs cross-entropy).
         kd_temperature: softmax temperature T of the distillation term.
         finetune_lr: learning rate of the fine-tune (SGD, momentum 0.9).

@@ -41,6 +41,7 @@ from autocompress.evaluators.latency import (
 if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy, CompressionSpace
 
+_CALIBRATION_SEED = 1_000_003  # far from the seeds searches and benchmarks draw policies with
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _ACTS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
          nn.LeakyReLU, nn.ELU, nn.Mish)
@@ -382,6 +383,7 @@ class LatencyLUT:
     constant_ms: float
     base_measured_ms: float
     overhead_ms: float = 0.0
+    scale: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
 
     schema_version: ClassVar[int] = 1
@@ -412,12 +414,15 @@ class LatencyLUT:
         Bit-widths do not enter: latency is that of the pruned / factorised float network
         (``ort-int8``: the whole network in int8), as measured by ``measure_latency``.
         """
-        total = self.constant_ms + sum(self.layer_ms(lay, policy) for lay in self.layers)
-        return max(total, 1e-6)
+        return max(self.constant_ms + self.scale * self.layer_sum(policy), 1e-6)
+
+    def layer_sum(self, policy: CompressionPolicy) -> float:
+        """Sum of the layer entries at ``policy`` (before the constant and scale)."""
+        return sum(self.layer_ms(lay, policy) for lay in self.layers)
 
     def breakdown(self, policy: CompressionPolicy) -> dict[str, float]:
         """Per-layer predicted milliseconds plus ``"<constant>"``."""
-        out = {lay.name: self.layer_ms(lay, policy) for lay in self.layers}
+        out = {lay.name: self.scale * self.layer_ms(lay, policy) for lay in self.layers}
         out["<constant>"] = self.constant_ms
         return out
 
@@ -429,7 +434,7 @@ class LatencyLUT:
             "backend": self.backend, "batch": self.batch, "threads": self.threads,
             "input_shape": list(self.input_shape), "constant_ms": self.constant_ms,
             "base_measured_ms": self.base_measured_ms, "overhead_ms": self.overhead_ms,
-            "meta": self.meta, "layers": [lay.__dict__ for lay in self.layers],
+            "scale": self.scale, "meta": self.meta, "layers": [lay.__dict__ for lay in self.layers],
         }
 
     @classmethod
@@ -446,7 +451,8 @@ class LatencyLUT:
             key=d["key"], backend=d["backend"], batch=int(d["batch"]), threads=int(d["threads"]),
             input_shape=list(d["input_shape"]), layers=[_Layer(**lay) for lay in d["layers"]],
             constant_ms=float(d["constant_ms"]), base_measured_ms=float(d["base_measured_ms"]),
-            overhead_ms=float(d.get("overhead_ms", 0.0)), meta=dict(d.get("meta") or {}),
+            overhead_ms=float(d.get("overhead_ms", 0.0)), scale=float(d.get("scale", 1.0)),
+            meta=dict(d.get("meta") or {}),
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -473,7 +479,7 @@ class LatencyLUT:
     # -- building ---------------------------------------------------------------------------
     @staticmethod
     def cache_key(model: nn.Module, space: CompressionSpace, example_input: Tensor, backend: str,
-                  batch: int, threads: int, grid: tuple[int, int]) -> str:
+                  batch: int, threads: int, grid: tuple[int, ...]) -> str:
         """Key of a table: machine, backend, batch, threads, architecture, input shape, space."""
         payload = {
             "v": LatencyLUT.schema_version, "machine": machine_id(), "backend": backend,
@@ -499,6 +505,7 @@ class LatencyLUT:
         rank_points: int = 4,
         warmup: int = 3,
         repeats: int = 9,
+        calibration_policies: int = 8,
         rebuild: bool = False,
     ) -> LatencyLUT:
         """Profile (or load from the cache) the lookup table of ``model`` under ``space``.
@@ -513,6 +520,8 @@ class LatencyLUT:
             keep_points: width grid points per pruned dimension.
             rank_points: rank grid points of factorisable layers.
             warmup, repeats: timing settings of each entry.
+            calibration_policies: random compressed models measured whole to fit the constant
+                and scale (0: constant from the base model alone).
             rebuild: profile again even when a cached table exists.
         """
         check_backend(backend)
@@ -525,7 +534,7 @@ class LatencyLUT:
 
             cache_dir = default_cache_dir() / "lut"
         key = cls.cache_key(model, space, example_input, backend, batch, threads,
-                            (keep_points, rank_points))
+                            (keep_points, rank_points, calibration_policies))
         path = Path(cache_dir) / f"lut-{key[:24]}.json"
         if path.is_file() and not rebuild:
             try:
@@ -558,17 +567,58 @@ class LatencyLUT:
                     for cell in cells:
                         cell(prof)
                         bar.advance(task)
-        base = measure_latency(model, example_input, backend=backend, batch=batch, threads=threads,
-                               warmup=warmup, repeats=max(repeats, 15))
-        lut = cls(key=key, backend=backend, batch=batch, threads=threads,
-                  input_shape=list(example_input.shape[1:]), layers=layers, constant_ms=0.0,
-                  base_measured_ms=base.median_ms, overhead_ms=prof.overhead_ms,
-                  meta={"machine": machine_id(), "entries": len(prof.memo),
-                        "keep_points": keep_points, "rank_points": rank_points})
-        ident = sum(lut.layer_ms(lay, space.identity()) for lay in layers)
-        lut.constant_ms = base.median_ms - ident
+                lut = cls(key=key, backend=backend, batch=batch, threads=threads,
+                          input_shape=list(example_input.shape[1:]), layers=layers,
+                          constant_ms=0.0, base_measured_ms=math.nan,
+                          overhead_ms=prof.overhead_ms,
+                          meta={"machine": machine_id(), "entries": len(prof.memo),
+                                "keep_points": keep_points, "rank_points": rank_points,
+                                "calibration_policies": calibration_policies})
+                cal = bar.add_task("whole-model calibration", total=calibration_policies + 1)
+                lut._calibrate(model, space, example_input, calibration_policies,
+                               warmup=warmup, repeats=max(repeats, 15),
+                               advance=lambda: bar.advance(cal))
         lut.save(path)
         return lut
+
+    def _calibrate(self, model: nn.Module, space: CompressionSpace, example_input: Tensor,
+                   n_policies: int, *, warmup: int, repeats: int, advance: Any) -> None:
+        """Fit ``constant_ms`` (and ``scale``) on whole-model measurements.
+
+        The base model is always measured: with no calibration policies the constant is its
+        latency minus the sum of its layer entries (exact at the identity). With ``n_policies``
+        random compressed models measured as well, ``measured = constant + scale * sum`` is
+        fitted by least squares, which absorbs what standalone layers see differently from layers
+        inside the graph (ONNX Runtime's layout reorders at a standalone layer's boundaries,
+        fusions across layers); the fit is ignored when it is not well-posed.
+        """
+        from autocompress.compression import compress
+        from autocompress.evaluators.compression_evaluator import structural_policy
+
+        def measure(m: nn.Module) -> float:
+            stats = measure_latency(m, example_input, backend=self.backend, batch=self.batch,
+                                    threads=self.threads, warmup=warmup, repeats=repeats)
+            advance()
+            return stats.median_ms
+
+        base = measure(model)
+        self.base_measured_ms = base
+        sums = [self.layer_sum(space.identity())]
+        meas = [base]
+        for i in range(n_policies):
+            policy = space.sample(_CALIBRATION_SEED + i)
+            small = compress(model, structural_policy(policy), space=space)
+            sums.append(self.layer_sum(policy))
+            meas.append(measure(small))
+        self.scale = 1.0
+        self.constant_ms = base - sums[0]
+        x, y = np.asarray(sums), np.asarray(meas)
+        if len(x) >= 3 and float(np.ptp(x)) > 1e-9:
+            slope, intercept = np.polyfit(x, y, 1)
+            if 0.25 <= slope <= 4.0:
+                self.scale, self.constant_ms = float(slope), float(intercept)
+        pred = self.constant_ms + self.scale * x
+        self.meta["calibration_rel_err"] = [float(v) for v in np.abs(pred - y) / y]
 
 
 def _plan(layers: list[_Layer], space: CompressionSpace, keep_points: int,

@@ -1,0 +1,218 @@
+"""CompressionEvaluator on really trained tiny models: metrics by hand, BN recalibration, fidelity,
+cache hits, failures recorded rather than raised, measured and predicted latency."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from autocompress.compression import CompressionPolicy, CompressionSpace, LayerAction
+from autocompress.data import load_data
+from autocompress.errors import UserInputError
+from autocompress.evaluators import (
+    METRICS,
+    CompressionEvaluator,
+    EvalCache,
+    EvaluatorConfig,
+    LatencyLUT,
+)
+from autocompress.problem import Problem
+from autocompress.training import accuracy
+
+NO_LATENCY = EvaluatorConfig(latency="none")
+
+
+class ConvStack(nn.Module):
+    """conv 3->8 (3x3, pad 1) on 8x8, BN, ReLU; conv 8->16 (3x3, stride 2, pad 1), BN, ReLU; pool; fc 16->10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.b1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.b2 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def stack_setup() -> tuple[nn.Module, CompressionSpace, object]:
+    torch.manual_seed(0)
+    model = ConvStack().eval()
+    data = load_data("digits", input_shape=(3, 8, 8), seed=0)
+    space = CompressionSpace.from_model(model, torch.randn(1, 3, 8, 8))
+    return model, space, data
+
+
+def test_macs_flops_params_of_a_known_conv_stack(stack_setup: tuple) -> None:
+    model, space, data = stack_setup
+    ev = CompressionEvaluator(model, space, data, NO_LATENCY)
+    ident = ev.evaluate(space.identity())
+    # c1: 8 out x 3 in x 9 x (8x8) ; c2: 16 x 8 x 9 x (4x4) ; fc: 16 x 10
+    macs = 8 * 3 * 9 * 64 + 16 * 8 * 9 * 16 + 16 * 10
+    assert ident.ok and ident.metrics["macs"] == macs == 32416
+    assert ident.metrics["flops"] == 2 * macs
+    params = 8 * 3 * 9 + 2 * 8 + 16 * 8 * 9 + 2 * 16 + 16 * 10 + 10
+    assert ident.metrics["params"] == params
+    assert ident.metrics["size_bytes"] == 4 * params
+    assert ident.metrics["bops"] == macs * 32 * 32
+    half = ev.evaluate(CompressionPolicy({"c1": LayerAction(prune=0.5)}))
+    assert half.metrics["macs"] == 4 * 3 * 9 * 64 + 16 * 4 * 9 * 16 + 16 * 10
+
+
+def test_four_bit_weights_are_an_eighth_of_float_size(stack_setup: tuple) -> None:
+    model, space, data = stack_setup
+    ev = CompressionEvaluator(model, space, data, NO_LATENCY)
+    fp32 = ev.evaluate(space.identity()).metrics["size_bytes"]
+    q4 = ev.evaluate(space.uniform(w_bits=4)).metrics["size_bytes"]
+    weights = {"c1": 8 * 3 * 9, "c2": 16 * 8 * 9, "fc": 16 * 10}
+    w = sum(weights.values())
+    scales = 8 + 16 + 10  # one float32 scale per output channel at 3..16 bits
+    other = fp32 - 4 * w  # BatchNorm and bias parameters stay in float32
+    assert q4 - other - 4 * scales == pytest.approx(4 * w / 8)
+    assert ev.evaluate(space.uniform(w_bits=4, a_bits=8)).metrics["bops"] == 32416 * 4 * 8
+
+
+def test_identity_scores_the_trained_model(tiny_problem: Problem) -> None:
+    ev = tiny_problem.evaluator
+    base = ev.base_result()
+    assert base is ev.base_result()  # memoised
+    assert base.ok and base.fidelity == "full"
+    assert set(base.metrics) == set(ev.metrics) and set(ev.metrics) <= set(METRICS)
+    assert "acc_top5" in ev.metrics  # digits has 10 classes
+    # whole validation split, same number as plain top-1 scoring
+    assert base.metrics["acc"] == pytest.approx(accuracy(tiny_problem.model, tiny_problem.data))
+    assert base.metrics["acc"] > 0.85 and base.metrics["acc_top5"] >= base.metrics["acc"]
+    for phase in ("compress", "evaluate", "bookkeeping", "total"):
+        assert base.timings[phase] >= 0
+    assert base.timings["total"] >= base.timings["compress"] + base.timings["evaluate"]
+
+
+@pytest.mark.timeout(180)
+def test_bn_recalibration_rescues_a_heavily_pruned_model(tiny_problem: Problem) -> None:
+    p = tiny_problem
+    raw = CompressionEvaluator(p.model, p.space, p.data, EvaluatorConfig(latency="none", bn_recalib=False))
+    recal = CompressionEvaluator(p.model, p.space, p.data, NO_LATENCY)
+    gains = []
+    for prune in (0.2, 0.3, 0.4):
+        policy = p.space.uniform(prune=prune)
+        a_raw = raw.evaluate(policy).metrics["acc"]
+        a_rec = recal.evaluate(policy)
+        assert "recalibrate" in a_rec.timings
+        gains.append(a_rec.metrics["acc"] - a_raw)
+    # stale BatchNorm statistics collapse a pruned net; re-estimating them recovers much of it
+    assert min(gains) > 0.0 and sum(gains) / len(gains) > 0.15, gains
+
+
+@pytest.mark.timeout(180)
+def test_low_fidelity_and_kd_finetune(tiny_problem: Problem) -> None:
+    p = tiny_problem
+    cfg = EvaluatorConfig(latency="none", low_fidelity_val_samples=64, finetune_steps=25, finetune_lr=0.01)
+    ev = CompressionEvaluator(p.model, p.space, p.data, cfg)
+    policy = p.space.uniform(prune=0.5)
+    low = ev.evaluate(policy, fidelity="low")
+    assert low.fidelity == "low" and "finetune" not in low.timings
+    assert (low.metrics["acc"] * 64) == pytest.approx(round(low.metrics["acc"] * 64))
+    full = ev.evaluate(policy, fidelity="full")
+    again = CompressionEvaluator(p.model, p.space, p.data, cfg).evaluate(policy, fidelity="full")
+    assert full.timings["finetune"] > 0
+    assert full.metrics["acc"] == again.metrics["acc"]  # seeded fine-tune: reproducible
+    proxy = CompressionEvaluator(p.model, p.space, p.data, NO_LATENCY).evaluate(policy)
+    assert full.metrics["acc"] > proxy.metrics["acc"]  # distillation recovers accuracy
+    with pytest.raises(UserInputError, match="fidelity"):
+        ev.evaluate(policy, fidelity="medium")
+
+
+def test_cache_hits_skip_work_across_runs(tiny_problem: Problem, tmp_path: Path) -> None:
+    p = tiny_problem
+    calls = []
+
+    class Counting(CompressionEvaluator):
+        def compress(self, policy: CompressionPolicy) -> nn.Module:
+            calls.append(policy.key())
+            return super().compress(policy)
+
+    path = tmp_path / "evals.sqlite"
+    ev = Counting(p.model, p.space, p.data, NO_LATENCY, cache=EvalCache(path))
+    policy = p.space.uniform(prune=0.25)
+    first = ev.evaluate(policy)
+    second = ev.evaluate(policy)
+    assert not first.cached and second.cached and len(calls) == 1 and ev.n_computed == 1
+    assert second.metrics == first.metrics
+    # fidelity and settings are part of the key
+    ev.evaluate(policy, fidelity="low")
+    assert len(calls) == 2
+    # a new process / run with the same cache file does no work either
+    ev2 = Counting(p.model, p.space, p.data, NO_LATENCY, cache=EvalCache(path))
+    assert ev2.evaluate(policy).cached and len(calls) == 2 and ev2.n_computed == 0
+    other = Counting(p.model, p.space, p.data, EvaluatorConfig(latency="none", recalib_batches=2),
+                     cache=EvalCache(path))
+    assert not other.evaluate(policy).cached and len(calls) == 3
+
+
+def test_failed_candidates_are_recorded_not_raised(tiny_problem: Problem, tmp_path: Path) -> None:
+    p = tiny_problem
+
+    class Broken(CompressionEvaluator):
+        def compress(self, policy: CompressionPolicy) -> nn.Module:
+            if policy.get("conv1").prune > 0.5:
+                raise RuntimeError("graph surgery failed")
+            return super().compress(policy)
+
+    ev = Broken(p.model, p.space, p.data, NO_LATENCY, cache=EvalCache(tmp_path / "c.sqlite"))
+    bad = ev.evaluate(p.space.uniform(prune=0.6))
+    assert bad.status == "failed" and bad.error == "compress failed: RuntimeError: graph surgery failed"
+    assert bad.metrics["macs"] > 0  # costs computed before the failure are kept
+    assert ev.evaluate(p.space.uniform(prune=0.6)).cached  # a failure is not retried
+    assert ev.evaluate(p.space.uniform(prune=0.4)).ok
+    unknown = ev.evaluate(CompressionPolicy({"no.such.layer": LayerAction(prune=0.5)}))
+    assert unknown.status == "failed" and "no.such.layer" in (unknown.error or "")
+    too_far = ev.evaluate(CompressionPolicy({"conv1": LayerAction(prune=0.95)}))
+    assert too_far.status == "failed" and "prune" in (too_far.error or "")
+
+
+class Exploding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.c(x).mean(dim=(2, 3))) / 0.0
+
+
+def test_non_finite_outputs_fail(stack_setup: tuple) -> None:
+    _, _, data = stack_setup
+    model = Exploding().eval()
+    space = CompressionSpace.from_model(model, torch.randn(1, 3, 8, 8))
+    r = CompressionEvaluator(model, space, data, NO_LATENCY).evaluate(space.identity())
+    assert r.status == "failed" and "non-finite" in (r.error or "")
+    assert "acc" not in r.metrics or math.isnan(r.metrics["acc"])
+
+
+@pytest.mark.timeout(240)
+def test_latency_measured_and_predicted(tiny_problem: Problem, tmp_path: Path) -> None:
+    p = tiny_problem
+    measured = CompressionEvaluator(
+        p.model, p.space, p.data, EvaluatorConfig(latency="measured", latency_backend="torch", val_samples=64))
+    policy = p.space.uniform(prune=0.5, w_bits=8)
+    r = measured.evaluate(policy, fidelity="low")
+    assert r.ok and r.metrics["latency_ms"] > 0 and math.isfinite(r.metrics["latency_ms"])
+    assert r.latency_info["kind"] == "measured" and r.latency_info["backend"] == "torch"
+    assert r.timings["latency"] > 0
+
+    lut = LatencyLUT.build(p.model, p.space, p.example_input, backend="ort", batch=1,
+                           cache_dir=tmp_path, progress=False, keep_points=2, rank_points=2,
+                           calibration_policies=0, repeats=3)
+    predicted = CompressionEvaluator(p.model, p.space, p.data, EvaluatorConfig(val_samples=64), lut=lut)
+    r2 = predicted.evaluate(policy, fidelity="low")
+    assert r2.metrics["latency_ms"] == lut.predict(policy)
+    assert r2.latency_info == {"backend": "ort", "batch": 1, "threads": 1, "kind": "predicted"}

@@ -1,0 +1,95 @@
+"""LatencyLUT: layer discovery, width sources, interpolation, disk round trip and cache reuse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from autocompress.compression import CompressionPolicy, CompressionSpace, LayerAction
+from autocompress.errors import UserInputError
+from autocompress.evaluators import LatencyLUT
+from autocompress.evaluators.lut import _interp2, discover_layers
+from autocompress.models import create_model
+
+FAST = {"keep_points": 2, "rank_points": 2, "repeats": 3, "warmup": 1}
+
+
+@pytest.fixture(scope="module")
+def resnet() -> tuple[torch.nn.Module, CompressionSpace, torch.Tensor]:
+    torch.manual_seed(0)
+    model = create_model("test_resnet").eval()
+    x = torch.randn(1, 3, 16, 16)
+    return model, CompressionSpace.from_model(model, x, knobs=("prune", "rank")), x
+
+
+def test_discovery_attaches_bn_and_activation() -> None:
+    torch.manual_seed(0)
+    model = create_model("test_convnet").eval()
+    layers = {lay.name: lay.spec for lay in discover_layers(model, torch.randn(1, 3, 16, 16))}
+    assert list(layers)[:2] == ["stem.0", "res.0"]
+    assert layers["stem.0"]["bn"] and layers["stem.0"]["act"] == {"type": "ReLU", "kw": {}}
+    assert layers["res.0"]["bn"] and layers["res.0"]["act"] is None  # relu comes after the add
+    assert layers["dw.0"]["groups"] == 24 and layers["dw.0"]["shape"] == [16, 16]
+    assert layers["pw.0"]["shape"] == [8, 8]
+    assert layers["fc2"]["kind"] == "linear" and layers["fc2"]["cin"] == 32
+
+
+def test_bilinear_interpolation_is_exact_on_bilinear_functions() -> None:
+    gx, gy = [0.2, 0.6, 1.0], [0.5, 1.0]
+
+    def f(x: float, y: float) -> float:
+        return 1.0 + 2.0 * x + 3.0 * y + 4.0 * x * y
+
+    table = [[f(x, y) for y in gy] for x in gx]
+    for x, y in [(0.2, 0.5), (0.4, 0.75), (0.9, 0.6), (1.0, 1.0)]:
+        assert _interp2(gx, gy, table, x, y) == pytest.approx(f(x, y))
+    assert _interp2(gx, gy, table, 0.0, 0.0) == pytest.approx(f(0.2, 0.5))  # clamped at the edge
+
+
+@pytest.mark.timeout(300)
+def test_build_round_trip_and_cache(resnet: tuple, tmp_path: Path) -> None:
+    model, space, x = resnet
+    lut = LatencyLUT.build(model, space, x, backend="ort", batch=16, cache_dir=tmp_path,
+                           progress=False, calibration_policies=0, **FAST)
+    files = list(tmp_path.glob("lut-*.json"))
+    assert len(files) == 1 and lut.meta["entries"] > 0
+    # width sources found by probing: conv2 of the first block reads conv1's pruned output
+    by_name = {lay.name: lay for lay in lut.layers}
+    assert set(by_name["layer1.0.conv2"].in_sources) == {"layer1.0.conv1"}
+    assert set(by_name["layer1.0.conv1"].out_sources) == {"layer1.0.conv1"}
+    assert by_name["layer1.0.conv1"].rank_point == "layer1.0.conv1"
+    # without calibration policies the constant makes the identity exact
+    assert lut.predict(space.identity()) == pytest.approx(lut.base_measured_ms)
+
+    policies = [space.identity(), space.uniform(prune=0.5), space.sample(1), space.sample(2)]
+    loaded = LatencyLUT.load(files[0])
+    assert [loaded.predict(p) for p in policies] == [lut.predict(p) for p in policies]
+    assert json.loads(files[0].read_text())["_version"] == LatencyLUT.schema_version
+
+    stamp = files[0].stat().st_mtime_ns
+    again = LatencyLUT.build(model, space, x, backend="ort", batch=16, cache_dir=tmp_path,
+                             progress=False, calibration_policies=0, **FAST)
+    # loaded from disk, not profiled again: same table, file not rewritten (timings would differ)
+    assert again.key == lut.key and again.to_dict() == lut.to_dict()
+    assert files[0].stat().st_mtime_ns == stamp
+    other = LatencyLUT.cache_key(model, space, x, "ort", 1, 1, (2, 2, 0))
+    assert other != lut.key  # batch is part of the key
+
+    # predicted latency falls with heavy pruning (64x fewer MACs in the inner convs)
+    pruned = CompressionPolicy({p.name: LayerAction(prune=0.8) for p in space.decision_points
+                                if "prune" in p.knobs})
+    assert 0 < lut.predict(pruned) < lut.predict(space.identity())
+    parts = lut.breakdown(space.uniform(prune=0.5))
+    assert parts["<constant>"] == lut.constant_ms and len(parts) == len(lut.layers) + 1
+
+
+def test_load_rejects_other_files(tmp_path: Path) -> None:
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"_type": "something"}))
+    with pytest.raises(UserInputError, match="LatencyLUT"):
+        LatencyLUT.load(bad)
+    with pytest.raises(UserInputError, match="does not exist"):
+        LatencyLUT.load(tmp_path / "missing.json")
