@@ -205,7 +205,8 @@ def parse_budget(text: str | Budget) -> Budget:
         factor = 1.0 if low == "" else None
         if factor is not None and num > 1:
             raise UserInputError(
-                f"budget {text!r}: a bare acc-drop is a fraction in [0, 1]; write {num:g}% for points"
+                f"budget {text!r}: a bare acc-drop is a fraction in [0, 1]; expected {allowed} "
+                f"(write {num:g}% for points)"
             )
     if factor is None:
         raise UserInputError(f"budget {text!r}: unit {unit!r} is not allowed; expected {allowed}")

@@ -91,22 +91,12 @@ def _worker_problem(payload: Mapping[str, Any]) -> Problem:
     if key not in _WORKER_PROBLEMS:
         import torch
 
-        from autocompress.problem import Problem
+        from autocompress.search.runner import build_problem
 
         torch.set_num_threads(1)
         spec = SearchSpec.from_dict(payload["spec"])
-        kwargs: dict[str, Any] = {
-            "checkpoint": payload["checkpoint"], "data": spec.data, "data_root": spec.data_root,
-            "seed": spec.seed, "knobs": spec.knobs, "max_prune": spec.max_prune,
-            "round_to": spec.round_to, "evaluator": spec.evaluator, "cache_dir": payload["cache_dir"],
-            "progress": False,
-        }
-        if spec.train_epochs is not None:
-            kwargs["train_epochs"] = spec.train_epochs
-        problem = Problem.build(spec.model, **kwargs)
-        if not spec.cache:
-            problem.evaluator.cache = None
-        _WORKER_PROBLEMS[key] = problem
+        _WORKER_PROBLEMS[key] = build_problem(spec, checkpoint=payload["checkpoint"],
+                                              cache_dir=payload["cache_dir"], progress=False)
     return _WORKER_PROBLEMS[key]
 
 

@@ -262,6 +262,33 @@ class _View:
     records: list[TrialRecord]
 
 
+def build_problem(spec: SearchSpec, *, checkpoint: str | None = None,
+                  cache_dir: str | None = None, progress: bool | None = None) -> Problem:
+    """The ``Problem`` a spec describes (trains or reuses the base model; see ``Problem.build``).
+
+    Args:
+        spec: the search spec (model, data, knobs, evaluator settings, seed).
+        checkpoint: weights to load instead of ``spec.checkpoint`` (Ray workers load the
+            driver's trained base model).
+        cache_dir: cache root (default ``$AUTOCOMPRESS_CACHE`` or ``~/.cache/autocompress``).
+        progress: show training / lookup-table progress bars (default: on a terminal).
+    """
+    from autocompress.problem import Problem
+
+    kwargs: dict[str, Any] = {
+        "checkpoint": checkpoint if checkpoint is not None else spec.checkpoint,
+        "data": spec.data, "data_root": spec.data_root, "seed": spec.seed, "knobs": spec.knobs,
+        "max_prune": spec.max_prune, "round_to": spec.round_to, "evaluator": spec.evaluator,
+        "cache_dir": cache_dir, "progress": progress,
+    }
+    if spec.train_epochs is not None:
+        kwargs["train_epochs"] = spec.train_epochs
+    problem = Problem.build(spec.model, **kwargs)
+    if not spec.cache:
+        problem.evaluator.cache = None
+    return problem
+
+
 # -- the session: everything both backends share -------------------------------------------------
 class SearchSession:
     """Builds the problem, the storage and the context of a spec, and records candidates.
@@ -282,8 +309,6 @@ class SearchSession:
         searcher_class(self.spec.strategy)  # import the strategy early (bad installs fail fast)
         self._emit("setup", message=f"building {self.spec.model} on {self.spec.data}")
         self.problem = problem if problem is not None else self._build_problem()
-        if not self.spec.cache:
-            self.problem.evaluator.cache = None
         self._emit("setup", message="scoring the base model")
         base = self.problem.base
         if not base.ok:
@@ -309,17 +334,7 @@ class SearchSession:
                                             elapsed_s=time.perf_counter() - self.t_start, **kw))
 
     def _build_problem(self) -> Problem:
-        from autocompress.problem import Problem
-
-        spec = self.spec
-        kwargs: dict[str, Any] = {
-            "checkpoint": spec.checkpoint, "data": spec.data, "data_root": spec.data_root,
-            "seed": spec.seed, "knobs": spec.knobs, "max_prune": spec.max_prune,
-            "round_to": spec.round_to, "evaluator": spec.evaluator,
-        }
-        if spec.train_epochs is not None:
-            kwargs["train_epochs"] = spec.train_epochs
-        return Problem.build(spec.model, **kwargs)
+        return build_problem(self.spec)
 
     def _latency_predictor(self) -> Callable[[CompressionPolicy], float] | None:
         if self.spec.evaluator.latency != "predicted":
@@ -752,6 +767,20 @@ class SearchSession:
                     searcher.discard(policy)
                     open_trial = open_policy = None
                     break
+                twin = self.earlier_twin(trial.number, key)
+                if twin is not None:
+                    trial.set_user_attr("status", "duplicate")
+                    trial.set_user_attr("duplicate_of", twin.number)
+                    tell_study.tell(trial, state=TrialState.FAIL)
+                    searcher.discard(policy)
+                    open_trial = open_policy = None
+                    idle += 1
+                    if cls.max_pending == 1:  # it needs this result before it can go on
+                        done = (twin if twin.user_attrs.get("status") in COUNTED_STATUSES
+                                else self._wait_for(twin.number))
+                        searcher.tell(policy, result_from_trial(done) if done is not None else
+                                      _lost(policy))
+                    continue
                 result, evaluations = self.evaluate_candidate(policy, trial)
                 record = self.finish(trial, policy, result, evaluations, searcher, tell_study,
                                      optuna_owned=otrial is not None)
@@ -785,6 +814,27 @@ class SearchSession:
         if self.progress_cb is not None:
             self.progress_cb(self.progress_from_view(view, "done", started=started,
                                                      done_here=done_here, message=reason))
+
+    def earlier_twin(self, number: int, key: str) -> Any:
+        """A lower-numbered trial of the same policy that is final or running in a live process.
+
+        Closes the race of two processes creating trials for one policy at the same moment:
+        the higher-numbered trial backs off.
+        """
+        from optuna.trial import TrialState
+
+        workers = st.study_workers(self.study)
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number >= number or t.user_attrs.get("policy_key") != key:
+                continue
+            status = t.user_attrs.get("status")
+            if status in COUNTED_STATUSES:
+                return t
+            if status is None and t.state == TrialState.RUNNING:
+                w = workers.get(t.user_attrs.get("worker", ""))
+                if w is not None and w.alive():
+                    return t
+        return None
 
     def _tag(self, trial: Any, policy: CompressionPolicy) -> None:
         trial.set_user_attr("worker", self.worker.uuid)
@@ -868,6 +918,12 @@ class SearchSession:
             fidelity=result.fidelity, feasible=feasible, violations=dict(violations),
             error=result.error, timings=dict(result.timings), worker=self.worker.uuid,
         )
+
+
+def _lost(policy: CompressionPolicy) -> EvalResult:
+    from autocompress.evaluators import EvalResult
+
+    return EvalResult.failure("the process evaluating this candidate stopped before it finished")
 
 
 def _policy(d: Mapping[str, Any]) -> CompressionPolicy:

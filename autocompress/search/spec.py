@@ -455,10 +455,15 @@ class SearchSpec:
         base: dict[str, Any] = {}
         if config_path is not None:
             base = SearchSpec.from_yaml(config_path).to_dict()
+        given = dict(overrides or {})
+        new_strategy = given.get("strategy")
+        if new_strategy is not None and new_strategy != base.get("strategy", cls().strategy):
+            # The preset's strategy settings belong to the preset's strategy.
+            base.pop("strategy_settings", None)
         ov: dict[str, Any] = {}
         renames = {"budget": "budgets", "soft_budget": "soft_budgets", "objective": "objectives",
                    "knob": "knobs"}
-        for key, value in (overrides or {}).items():
+        for key, value in given.items():
             name = renames.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
             if value is None or (isinstance(value, list | tuple) and not value):
                 continue

@@ -370,16 +370,24 @@ def study_workers(study: optuna.Study) -> dict[str, Worker]:
 def register_worker(study: optuna.Study) -> Worker:
     """Register this process on ``study`` with the smallest rank no live worker holds.
 
-    The rank makes seeds distinct between concurrent processes (rank 0 keeps the spec's seed,
-    so a resumed single-process search replays its original random stream).
+    The rank makes seeds distinct between concurrent processes (rank 0 keeps the spec's seed, so
+    a resumed single-process search replays its original random stream). Registration is two
+    steps, so that processes starting at the same moment agree: each first registers without a
+    rank, then reads the live workers; ranks already chosen are taken, and workers still choosing
+    that registered earlier (by time, then uuid) pick first, in that order.
     """
     stat = _proc_stat(os.getpid())
-    live = [w for w in study_workers(study).values() if w.alive()]
-    taken = {w.rank for w in live}
-    rank = next(r for r in range(len(taken) + 1) if r not in taken)
     now = time.time()
-    worker = Worker(uuid=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(),
-                    start=stat[1] if stat else None, rank=rank, registered=now, beat=now)
+    me = Worker(uuid=uuid.uuid4().hex, host=socket.gethostname(), pid=os.getpid(),
+                start=stat[1] if stat else None, rank=-1, registered=now, beat=now)
+    study.set_user_attr(me.key, me.to_dict())
+    others = [w for w in study_workers(study).values() if w.uuid != me.uuid and w.alive()]
+    taken = {w.rank for w in others if w.rank >= 0}
+    choosing_first = sum(1 for w in others if w.rank < 0 and (w.registered, w.uuid) < (now, me.uuid))
+    for _ in range(choosing_first):
+        taken.add(next(r for r in range(len(taken) + 1) if r not in taken))
+    rank = next(r for r in range(len(taken) + 1) if r not in taken)
+    worker = Worker(**{**me.__dict__, "rank": rank})
     study.set_user_attr(worker.key, worker.to_dict())
     return worker
 

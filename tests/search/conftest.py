@@ -1,0 +1,40 @@
+"""Shared fixtures: one really trained tiny problem (test_convnet on digits) and specs matching it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autocompress.problem import Problem
+from autocompress.search import SearchSpec
+from autocompress.search.runner import build_problem
+
+#: Settings every search test shares: a 3-point pruning space, a short training, small subsets.
+TINY: dict[str, Any] = {
+    "model": "test_convnet",
+    "data": "digits",
+    "knobs": ["prune"],
+    "train_epochs": 6,
+    "evaluator": {"val_samples": 96, "low_fidelity_val_samples": 48, "recalib_batches": 2},
+    "trials": 3,
+}
+
+
+def make_tiny_spec(out: Path | str, **overrides: Any) -> SearchSpec:
+    """A spec over the tiny problem, written to ``out``."""
+    return SearchSpec.from_dict({**TINY, "out": str(out), **overrides})
+
+
+@pytest.fixture()
+def tiny_spec() -> Callable[..., SearchSpec]:
+    """``tiny_spec(out, **overrides)`` (a fixture: test directories are not packages)."""
+    return make_tiny_spec
+
+
+@pytest.fixture(scope="session")
+def search_problem(_isolated_cache: object) -> Problem:
+    """The problem every in-process search test runs on (trained once per session)."""
+    return build_problem(make_tiny_spec("unused"), progress=False)

@@ -1,0 +1,127 @@
+"""Every registered strategy runs a few trials on the tiny problem and respects the hard budgets."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from autocompress.errors import UserInputError
+from autocompress.problem import Problem
+from autocompress.report import load_run
+from autocompress.search import SearchSpec, create_searcher, list_searchers, run_search
+from autocompress.search.base import SearchContext, register_searcher
+from autocompress.search.baseline_searchers import UniformSearcher, knob_value, uniform_policy
+from autocompress.search.budgets import parse_budget
+from autocompress.search.spec import Objective
+
+#: Trials per strategy: greedy needs 1 base + one probe per point + 1 candidate.
+TRIALS = {"greedy": 8}
+SETTINGS = {
+    "ddpg": {"net_arch": [16, 16], "warmup_episodes": 1},
+    "td3": {"net_arch": [16, 16], "warmup_episodes": 1},
+    "sac": {"net_arch": [16, 16], "warmup_episodes": 1},
+    "ddpg_bc": {"net_arch": [16, 16], "warmup_episodes": 1},
+    "ppo": {"net_arch": [16], "episodes_per_update": 2},
+    "nsga2": {"population_size": 4},
+    "tpe": {"n_startup_trials": 2},
+}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("strategy", list_searchers())
+def test_strategy_runs_and_respects_hard_budgets(strategy: str, search_problem: Problem,
+                                                 tmp_path: Path, tiny_spec: Callable) -> None:
+    trials = TRIALS.get(strategy, 4)
+    spec = tiny_spec(tmp_path / strategy, strategy=strategy, trials=trials,
+                     strategy_settings=SETTINGS.get(strategy, {}))
+    result = run_search(spec, problem=search_problem)
+
+    limit = 0.5 * search_problem.space.macs(search_problem.space.identity())
+    evaluated = [t for t in result.trials if t.status in ("ok", "failed")]
+    assert result.n_evaluated == len(evaluated)
+    if strategy == "greedy":
+        assert result.stop_reason.endswith("nothing more to propose")
+        assert 3 <= result.n_evaluated <= trials
+        candidates = [t for t in evaluated if t.feasible]
+        assert candidates, "greedy's allocated candidate must meet the budget"
+    else:
+        assert result.n_evaluated == trials
+        for t in evaluated:  # probes aside, every evaluated candidate meets the hard budget
+            assert t.status == "ok", t.error
+            assert search_problem.space.macs(t.policy) <= limit * (1 + 1e-9)
+            assert t.feasible and t.violations["macs"] <= 0
+    assert result.front, "a feasible candidate was evaluated, so the front is not empty"
+    for p in result.front:
+        assert p.feasible and p.metrics["macs"] <= limit * (1 + 1e-9)
+    assert result.hypervolume is not None and 0.0 < result.hypervolume <= 1.0
+    # the run directory reads back through the report package
+    run = load_run(result.run_dir)
+    assert sorted(int(i) for i in run.front_ids) == sorted(p.id for p in result.front)
+    assert run.budgets["macs"] == pytest.approx(limit)
+    # RL adapters stop their agent thread
+    assert not [t for t in threading.enumerate() if t.name.startswith("autocompress-") and t.is_alive()]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("strategy", ["random", "nsga2", "ddpg"])
+def test_same_seed_same_candidates(strategy: str, search_problem: Problem, tmp_path: Path,
+                                   tiny_spec: Callable) -> None:
+    settings = SETTINGS.get(strategy, {})
+    runs = []
+    for name in ("a", "b"):
+        spec = tiny_spec(tmp_path / name, strategy=strategy, trials=4, strategy_settings=settings)
+        runs.append([t.policy for t in run_search(spec, problem=search_problem).trials])
+    assert runs[0] == runs[1]
+    other = tiny_spec(tmp_path / "c", strategy=strategy, trials=4, seed=1, strategy_settings=settings)
+    assert [t.policy for t in run_search(other, problem=search_problem).trials] != runs[0]
+
+
+def _context(problem: Problem, budgets: list[str]) -> SearchContext:
+    base = {k: float(v) for k, v in problem.base.metrics.items()}
+    bs = tuple(parse_budget(b) for b in budgets)
+    return SearchContext(space=problem.space,
+                         objectives=(Objective("acc", "maximize"), Objective("macs", "minimize")),
+                         budgets=bs, base_metrics=base, limits={b.name: b.limit(base) for b in bs},
+                         problem=problem, trials=8)
+
+
+@pytest.mark.timeout(60)
+def test_uniform_sweep_starts_at_the_budget_and_stays_uniform(search_problem: Problem) -> None:
+    ctx = _context(search_problem, ["macs=50%"])
+    searcher = create_searcher("uniform", ctx, seed=0, points=5)
+    assert isinstance(searcher, UniformSearcher)
+    policies = [searcher.ask() for _ in range(5)]
+    assert searcher.ask() is None  # the sweep is done
+    limit = ctx.limits["macs"]
+    first = search_problem.space.macs(policies[0])
+    assert first <= limit and first > 0.9 * limit  # just meets the budget (bisection)
+    for p in policies:
+        prunes = {round(a.prune, 9) for a in p.layers.values()}
+        assert len(prunes) == 1  # the same ratio everywhere
+        assert ctx.predicted_feasible(p)
+    assert len({p.key() for p in policies}) == 5
+    knob = search_problem.space.decision_points[0].knobs["prune"]
+    assert knob_value(knob, 0.0) == knob.least_compressed and knob_value(knob, 1.0) == knob.most_compressed
+    assert search_problem.space.macs(uniform_policy(search_problem.space, 1.0)) == \
+        search_problem.space.macs(search_problem.space.most_compressed())
+
+
+@pytest.mark.timeout(60)
+def test_random_searcher_repairs_samples_to_the_budget(search_problem: Problem) -> None:
+    ctx = _context(search_problem, ["macs=15%"])
+    searcher = create_searcher("random", ctx, seed=3, max_tries=1)
+    for _ in range(10):
+        assert ctx.predicted_feasible(searcher.ask())
+
+
+def test_registry_is_strict() -> None:
+    assert {"nsga2", "tpe", "random", "uniform", "greedy", "ddpg", "td3", "sac", "ppo",
+            "ddpg_bc"} <= set(list_searchers())
+    assert list_searchers("dd*") == ["ddpg", "ddpg_bc"]
+    with pytest.raises(ValueError, match="already registered"):
+        register_searcher("nsga2", "somewhere:Else")
+    with pytest.raises(UserInputError, match="unknown strategy 'hill'"):
+        SearchSpec(strategy="hill")

@@ -1,0 +1,131 @@
+"""SearchSpec: defaults, validation naming the key, YAML presets, CLI overrides, identity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autocompress.errors import UserInputError
+from autocompress.search import SearchSpec, list_searchers
+from autocompress.search.spec import Objective
+
+pytestmark = pytest.mark.timeout(60)
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_the_embedded_default_and_match_default_yaml() -> None:
+    spec = SearchSpec()
+    assert spec.model == "resnet20" and spec.data == "digits" and spec.strategy == "nsga2"
+    assert [b.text for b in spec.budgets] == ["macs=50%"]
+    assert spec.objectives == (Objective("acc", "maximize"), Objective("macs", "minimize"))
+    assert SearchSpec.from_yaml(CONFIGS[0].parent / "default.yaml") == spec
+    assert spec.run_dir == Path("runs/resnet20-digits-nsga2-s0")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_preset_loads(path: Path) -> None:
+    spec = SearchSpec.from_yaml(path)
+    assert spec.strategy in list_searchers()
+    assert spec.trials >= 1
+    assert SearchSpec.from_dict(spec.to_dict()) == spec  # JSON round trip
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"strategy": "annealing"}, "strategy 'annealing'"),
+        ({"trials": 0}, "trials=0"),
+        ({"trials": "many"}, "trials='many'"),
+        ({"seed": -1}, "seed=-1"),
+        ({"knobs": ["prune", "sparsity"]}, "knob 'sparsity'"),
+        ({"objectives": ["acc", "beauty"]}, "objective 'beauty'"),
+        ({"objectives": ["acc:up"]}, "direction 'up'"),
+        ({"budgets": ["flops=fifty"]}, "fifty"),
+        ({"budgets": ["macs=50%", "macs=40%"]}, "more than once"),
+        ({"budgets": ["macs=50%"], "soft_budgets": ["macs=40%"]}, "both hard and soft"),
+        ({"backend": "spark"}, "backend='spark'"),
+        ({"workers": 0}, "workers=0"),
+        ({"ray_address": "not an address"}, "ray_address"),
+        ({"promote_fraction": 1.5}, "promote_fraction=1.5"),
+        ({"max_prune": 1.0}, "max_prune=1.0"),
+        ({"evaluator": {"val_sample": 10}}, "val_sample"),
+        ({"evaluator": {"latency": "fast"}}, "latency='fast'"),
+        ({"strategy": "nsga2", "strategy_settings": {"temperature": 1}}, "temperature"),
+        ({"strategy": "ddpg", "strategy_settings": {"net_arch2": [4]}}, "net_arch2"),
+        ({"resume": True, "force": True}, "choose one"),
+        ({"colour": "blue"}, "unknown search setting 'colour'"),
+        ({"multi_fidelity": "maybe"}, "multi_fidelity='maybe'"),
+    ],
+)
+def test_bad_values_name_the_key(data: dict, fragment: str) -> None:
+    with pytest.raises(UserInputError) as info:
+        SearchSpec.from_dict(data)
+    msg = str(info.value)
+    assert fragment in msg
+    assert "\n" not in msg
+
+
+def test_strategy_settings_are_checked_against_the_searcher() -> None:
+    spec = SearchSpec.from_dict({"strategy": "ddpg",
+                                 "strategy_settings": {"net_arch": [16], "warmup_episodes": 2}})
+    assert spec.strategy_settings == {"net_arch": [16], "warmup_episodes": 2}
+    ok = SearchSpec.from_dict({"strategy": "ddpg_bc", "strategy_settings": {"budget_range": [0.2, 0.4]}})
+    assert ok.strategy_settings["budget_range"] == [0.2, 0.4]
+    with pytest.raises(UserInputError, match="budget_range"):
+        SearchSpec.from_dict({"strategy": "ddpg", "strategy_settings": {"budget_range": [0.2, 0.4]}})
+
+
+def test_yaml_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: resnet20\n  trials: [\n")
+    with pytest.raises(UserInputError, match="not valid YAML"):
+        SearchSpec.from_yaml(bad)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("model: resnet20\ntrails: 10\n")
+    with pytest.raises(UserInputError, match="unknown search setting 'trails'"):
+        SearchSpec.from_yaml(unknown)
+    wrong_type = tmp_path / "type.yaml"
+    wrong_type.write_text("trials: [1, 2]\n")
+    with pytest.raises(UserInputError, match="trials="):
+        SearchSpec.from_yaml(wrong_type)
+    with pytest.raises(UserInputError, match="does not exist"):
+        SearchSpec.from_yaml(tmp_path / "missing.yaml")
+    notmap = tmp_path / "list.yaml"
+    notmap.write_text("- a\n- b\n")
+    with pytest.raises(UserInputError, match="mapping"):
+        SearchSpec.from_yaml(notmap)
+
+
+def test_from_cli_merges_flags_over_a_preset() -> None:
+    quick = CONFIGS[0].parent / "quick.yaml"
+    spec = SearchSpec.from_cli(quick, {
+        "budget": ["flops=500K", "latency=2ms"], "objective": ["acc", "latency"],
+        "trials": 7, "seed": None, "strategy": "tpe", "set": ["n_startup_trials=3"],
+        "evaluator_setting": ["val_samples=64"], "out": "runs/x", "knob": [],
+        "ray-address": None, "backend": "ray", "workers": 2,
+    })
+    assert spec.model == "test_resnet"  # from the preset
+    assert [b.text for b in spec.budgets] == ["flops=500K", "latency=2ms"]
+    assert spec.objective_names == ["acc", "latency_ms"]
+    assert spec.trials == 7 and spec.seed == 0 and spec.strategy == "tpe"
+    assert spec.strategy_settings == {"n_startup_trials": 3}
+    assert spec.evaluator.val_samples == 64
+    assert spec.evaluator.low_fidelity_val_samples == 96  # the preset's value survives
+    assert spec.evaluator.latency == "predicted"  # a latency budget switches latency on
+    assert spec.run_dir == Path("runs/x") and spec.backend == "ray" and spec.workers == 2
+    assert SearchSpec.from_cli(None, {}) == SearchSpec()
+    with pytest.raises(UserInputError, match="KEY=VALUE"):
+        SearchSpec.from_cli(None, {"set": ["population_size"]})
+
+
+def test_identity_ignores_run_level_fields() -> None:
+    a = SearchSpec(trials=10)
+    b = SearchSpec(trials=99, workers=3, backend="ray", out="elsewhere")
+    assert a.identity_hash() == b.identity_hash()
+    c = SearchSpec(strategy="tpe")
+    assert a.identity_hash() != c.identity_hash()
+    assert [d[0] for d in a.differences(c)] == ["strategy"]
+    d = SearchSpec.from_dict({"evaluator": {"val_samples": 64}})
+    assert [x[0] for x in a.differences(d)] == ["evaluator.val_samples"]
