@@ -189,10 +189,14 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         if not self.knobs:
             raise UserInputError("no decision point has an enabled knob; nothing to decide")
 
-        # Cost functions: the space's fast predicted costs (exact for the clipping).
-        if latency_fn is None:
+        # Cost functions: the space's fast predicted costs (exact for the clipping). The latency
+        # predictor is only wired in when given or when some budget/weight needs it (building a
+        # lookup table means profiling every layer once).
+        needs_latency = any(
+            "latency_ms" in (d or {}) for d in (budgets, soft_budgets, reward_weights)
+        )
+        if latency_fn is None and needs_latency:
             latency_fn = _find_latency_fn(problem)
-        self._latency_fn = latency_fn
         self._cost_fns: dict[str, Callable[[CompressionPolicy], float]] = {
             "macs": lambda p: float(self.space.macs(p)),
             "flops": lambda p: 2.0 * float(self.space.macs(p)),
@@ -492,16 +496,12 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
 
 
 def _find_latency_fn(problem: Any) -> Callable[[CompressionPolicy], float] | None:
-    """The problem's latency predictor, if it carries one (a LatencyLUT or a callable)."""
-    if problem is None:
+    """The problem's per-layer latency lookup table (built on first use), if it has an evaluator."""
+    evaluator = getattr(problem, "evaluator", None)
+    get_lut = getattr(evaluator, "get_lut", None)
+    if get_lut is None:
         return None
-    for attr in ("latency_lut", "latency_predictor", "lut"):
-        obj = getattr(problem, attr, None)
-        if obj is None:
-            obj = getattr(getattr(problem, "evaluator", None), attr, None)
-        if obj is not None:
-            return obj.predict if hasattr(obj, "predict") else obj
-    return None
+    return lambda policy: float(get_lut().predict(policy))
 
 
 def make_eval_result(metrics: Mapping[str, float]) -> EvalResult:

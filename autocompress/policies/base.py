@@ -27,7 +27,10 @@ _SAVE_VERSION = 1
 
 
 def unwrap_env(env: Any) -> CompressionEnv:
-    """The ``CompressionEnv`` inside ``env`` (itself, or under Gymnasium wrappers)."""
+    """The ``CompressionEnv`` inside ``env``: itself, under Gymnasium wrappers, or the first env
+    of an SB3 ``DummyVecEnv`` (SB3 agents then train on all of its envs)."""
+    if not isinstance(env, gym.Env) and hasattr(env, "envs") and getattr(env, "envs", None):
+        env = env.envs[0]
     inner = env.unwrapped if isinstance(env, gym.Env) else env
     if not isinstance(inner, CompressionEnv):
         raise UserInputError(

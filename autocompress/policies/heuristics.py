@@ -158,68 +158,76 @@ class RandomAgent(BaseAgent):
 
 
 def greedy_allocate(
-    n_points: int,
-    n_knobs: int,
     present: np.ndarray,
-    levels: Sequence[float],
-    drops: np.ndarray,
+    grids: Sequence[Sequence[float]],
+    drop_at: Callable[[int, int, float], float],
     policy_of: Callable[[np.ndarray], CompressionPolicy],
-    violation: Callable[[CompressionPolicy], float],
+    load: Callable[[CompressionPolicy], np.ndarray],
     tol: float = 1e-4,
 ) -> np.ndarray:
-    """Greedy budget allocation from per-point sensitivities; returns the unit actions ``(P, K)``.
+    """Greedy budget allocation from per-point sensitivities; returns unit actions ``(P, K)``.
 
-    Starting from no compression, repeatedly raise one (point, knob) to its next level, choosing
-    the move with the least accuracy drop per unit of budget excess removed, until
-    ``violation(policy) <= 0``. The last move is then bisected back between its two levels so the
-    budget is met with as little compression as possible.
+    Starting from no compression, repeatedly move one (point, knob) one step up its grid,
+    choosing the move with the least estimated accuracy drop per unit of budget excess removed,
+    until every ``load(policy) <= 1``; the last move is then bisected back so the budget is met with
+    as little compression as possible. Costs come from the real cost model on the whole policy,
+    so coupled layers and interacting knobs are accounted; only the accuracy drops are assumed
+    additive (the usual sensitivity-analysis approximation).
 
     Args:
         present: ``(P, K)`` bool, which knobs each point has.
-        levels: increasing unit levels in (0, 1] (the last one should be 1).
-        drops: ``(P, K, L)`` accuracy drop measured with only that point/knob at that level.
+        grids: per knob, the increasing unit steps to move through (ending at 1).
+        drop_at: ``(point, knob, u) -> estimated accuracy drop`` with only that knob at ``u``.
         policy_of: unit actions -> policy.
-        violation: sum over budgets of ``max(0, cost / budget - 1)`` (0 when all are met).
+        load: ``cost / budget`` per hard budget; a move's gain is the drop of the loads of the
+            budgets still broken.
     """
+    n_points, n_knobs = present.shape
     units = np.zeros((n_points, n_knobs))
-    level_idx = -np.ones((n_points, n_knobs), dtype=int)
-    current = violation(policy_of(units))
+    step = np.zeros((n_points, n_knobs), dtype=int)
+    current = np.asarray(load(policy_of(units)), dtype=np.float64)
     last: tuple[int, int, float, float] | None = None
-    while current > 0:
-        best: tuple[float, int, int] | None = None
+    while (current > 1.0).any():
+        broken = current > 1.0
+        best: tuple[float, int, int, float] | None = None
         for i in range(n_points):
             for j in range(n_knobs):
-                li = level_idx[i, j]
-                if not present[i, j] or li + 1 >= len(levels):
+                if not present[i, j] or step[i, j] >= len(grids[j]):
                     continue
+                new_u = grids[j][step[i, j]]
                 trial = units.copy()
-                trial[i, j] = levels[li + 1]
-                gain = current - violation(policy_of(trial))
+                trial[i, j] = new_u
+                after = np.asarray(load(policy_of(trial)), dtype=np.float64)
+                gain = float((current - after)[broken].sum())
                 if gain <= 0:
                     continue
-                prev_drop = drops[i, j, li] if li >= 0 else 0.0
-                cost = max(0.0, float(drops[i, j, li + 1] - prev_drop))
-                score = (cost + 1e-6) / gain
+                cost = max(0.0, drop_at(i, j, new_u) - drop_at(i, j, units[i, j]))
+                score = (cost + 1e-9) / gain
                 if best is None or score < best[0]:
-                    best = (score, i, j)
-        if best is None:  # no single move helps any more: fall back to the most compressed
-            return np.where(present, 1.0, 0.0)
-        _, i, j = best
-        old = units[i, j]
-        level_idx[i, j] += 1
-        units[i, j] = levels[level_idx[i, j]]
-        last = (i, j, old, units[i, j])
-        current = violation(policy_of(units))
+                    best = (score, i, j, new_u)
+        if best is None:
+            # No single step helps: skip steps that change nothing (bit bins), else give up.
+            movable = [(i, j) for i in range(n_points) for j in range(n_knobs)
+                       if present[i, j] and step[i, j] < len(grids[j])]
+            if not movable:
+                return np.where(present, 1.0, 0.0)
+            for i, j in movable:
+                step[i, j] += 1
+            continue
+        _, i, j, new_u = best
+        last = (i, j, units[i, j], new_u)
+        units[i, j] = new_u
+        step[i, j] += 1
+        current = np.asarray(load(policy_of(units)), dtype=np.float64)
     if last is not None:
         i, j, old, new = last
 
         def ok(s: float) -> bool:
             trial = units.copy()
             trial[i, j] = old + s * (new - old)
-            return violation(policy_of(trial)) <= 0
+            return bool((np.asarray(load(policy_of(trial))) <= 1.0).all())
 
-        s = bisect_scale(ok, tol)
-        units[i, j] = old + s * (new - old)
+        units[i, j] = old + bisect_scale(ok, tol) * (new - old)
     return units
 
 
@@ -231,13 +239,19 @@ class GreedyAgent(BaseAgent):
     that point compressed to each of ``levels`` (unit levels; these probes go through
     ``env.evaluate_fn`` like any evaluation and count against ``total_episodes``, but they are not
     candidates and may break the budgets). ``greedy_allocate`` then spends the budget where
-    accuracy suffers least, and the resulting policy is evaluated as a candidate (one per target in
+    accuracy suffers least (drops interpolated linearly between the probed levels, ``steps`` grid
+    steps per continuous knob, one per choice for bit-widths), and the resulting policy is evaluated as a candidate (one per target in
     conditioned mode, up to the episodes left). If ``total_episodes`` cannot pay for all levels,
     fewer levels are probed; ``propose(target)`` re-allocates without new evaluations.
     """
 
-    def __init__(self, env: Any, seed: int = 0, *, levels: Sequence[float] = (1 / 3, 2 / 3, 1.0)) -> None:
+    def __init__(
+        self, env: Any, seed: int = 0, *, levels: Sequence[float] = (1 / 3, 2 / 3, 1.0), steps: int = 20
+    ) -> None:
         super().__init__(env, seed=seed)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise UserInputError(f"steps={steps!r} is not allowed; allowed: an integer >= 1")
+        self.steps = steps
         lv = sorted(float(x) for x in levels)
         if not lv or lv[0] <= 0 or lv[-1] > 1:
             raise UserInputError(f"levels={levels!r} is not allowed; allowed: unit levels in (0, 1]")
@@ -248,7 +262,7 @@ class GreedyAgent(BaseAgent):
 
     def config(self) -> dict[str, Any]:
         """Constructor settings (JSON)."""
-        return {"levels": list(self.levels)}
+        return {"levels": list(self.levels), "steps": self.steps}
 
     def state_dict(self) -> dict[str, Any]:
         """Measured sensitivities."""
@@ -267,6 +281,20 @@ class GreedyAgent(BaseAgent):
     def _present(self) -> np.ndarray:
         env = self.cenv
         return np.array([[k in p.knobs for k in env.knobs] for p in env.points], dtype=bool)
+
+    def _grids(self) -> list[list[float]]:
+        """Per knob, the unit steps of the allocation: 20 for a range, one per choice for bits."""
+        env = self.cenv
+        out = []
+        for k in env.knobs:
+            knob = next(p.knobs[k] for p in env.points if k in p.knobs)
+            choices = getattr(knob, "choices", None)
+            if choices:
+                n = len(choices)
+                out.append([(i + 0.5) / n for i in range(1, n - 1)] + [1.0])
+            else:
+                out.append([float(x) for x in np.linspace(0.05, 1.0, self.steps)])
+        return out
 
     def _acc(self, policy: CompressionPolicy) -> float:
         metrics, status = self.cenv.probe(policy)
@@ -319,11 +347,19 @@ class GreedyAgent(BaseAgent):
         if not budgets:
             raise UserInputError("greedy allocates a hard budget; this env has none")
 
-        def violation(policy: CompressionPolicy) -> float:
-            return sum(max(0.0, env.cost(m, policy) / b - 1.0) for m, b in budgets.items())
+        names = list(budgets)
+        limits = np.array([budgets[m] for m in names])
+
+        def load(policy: CompressionPolicy) -> np.ndarray:
+            return np.array([env.cost(m, policy) for m in names]) / limits
+
+        xs = np.array([0.0, *self._used_levels])
+        drops = self.drops
+
+        def drop_at(i: int, j: int, u: float) -> float:
+            return float(np.interp(u, xs, np.concatenate([[0.0], drops[i, j]])))
 
         units = greedy_allocate(
-            env.n_points, len(env.knobs), self._present(), self._used_levels, self.drops,
-            env.policy_from_units, violation, env.clip_tol,
+            self._present(), self._grids(), drop_at, env.policy_from_units, load, env.clip_tol,
         )
         return env.policy_from_units(units)
