@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -40,6 +41,30 @@ def rebuild_problem(run: RunRecord, *, progress: bool = False) -> Problem:
 
 
 def _build(run: RunRecord, progress: bool) -> Problem:
+    if "_schema_version" in run.spec:
+        # A spec written by the search engine: rebuild exactly as the search built it.
+        from autocompress.search.runner import build_problem
+        from autocompress.search.storage import read_spec
+
+        stored = read_spec(run.path)
+        if stored is not None:
+            # The base model the search used: its checkpoint (a cached one when the spec named
+            # none) while that file exists, so a moved or cleared cache does not change weights.
+            checkpoint = None
+            base_file = run.path / "base.json"
+            if stored.checkpoint is None and base_file.is_file():
+                try:
+                    recorded = json.loads(base_file.read_text()).get("checkpoint")
+                except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                    recorded = None
+                if isinstance(recorded, str) and Path(recorded).is_file():
+                    checkpoint = recorded
+            return build_problem(stored, checkpoint=checkpoint, progress=progress)
+    return _build_from_settings(run, progress)
+
+
+def _build_from_settings(run: RunRecord, progress: bool) -> Problem:
+    """Fallback for a spec without the engine's schema marker: map its keys onto ``Problem.build``."""
     from autocompress.evaluators import EvaluatorConfig
     from autocompress.problem import Problem
 

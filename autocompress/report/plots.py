@@ -64,13 +64,19 @@ def _use_log(values: Sequence[float]) -> bool:
     return len(pos) == len(values) and len(pos) > 1 and max(pos) / min(pos) > 20.0
 
 
-def _groups(run: RunRecord) -> tuple[list[Candidate], list[Candidate], list[Candidate]]:
-    """(infeasible, feasible but dominated, front) among successfully evaluated candidates."""
+def _groups(run: RunRecord) -> tuple[list[Candidate], list[Candidate], list[Candidate], list[Candidate]]:
+    """(infeasible, low fidelity only, feasible but dominated, front) among evaluated candidates.
+
+    Candidates scored only at low fidelity (not promoted) have a noisier accuracy and are never
+    on the front, so they are drawn apart.
+    """
     front_ids = set(run.front_ids)
-    ok = [t for t in run.trials if t.ok]
-    infeasible = [t for t in ok if not t.feasible]
-    feasible = [t for t in ok if t.feasible and t.id not in front_ids]
-    return infeasible, feasible, list(run.front)
+    ok = [t for t in run.trials if t.ok and t.id not in front_ids]
+    low = [t for t in ok if t.fidelity == "low"]
+    full = [t for t in ok if t.fidelity != "low"]
+    infeasible = [t for t in full if not t.feasible]
+    feasible = [t for t in full if t.feasible]
+    return infeasible, low, feasible, list(run.front)
 
 
 def pareto_png(run: RunRecord, path: str | Path) -> Path:
@@ -79,13 +85,15 @@ def pareto_png(run: RunRecord, path: str | Path) -> Path:
     from matplotlib.figure import Figure
 
     x, y = run.cost_metric, run.quality_metric
-    infeasible, feasible, front = _groups(run)
+    infeasible, low, feasible, front = _groups(run)
     fig = Figure(figsize=(7.5, 5.0), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     all_x: list[float] = []
     for cands, style in (
         (infeasible, dict(color="0.7", marker="x", s=18, label=f"infeasible ({len(infeasible)})")),
+        (low, dict(color="tab:cyan", marker=".", s=14, alpha=0.5,
+                   label=f"low fidelity only ({len(low)})")),
         (feasible, dict(color="tab:blue", marker="o", s=16, alpha=0.55,
                         label=f"feasible ({len(feasible)})")),
     ):
@@ -162,12 +170,13 @@ def pareto_html(run: RunRecord, path: str | Path) -> Path:
 
     x, y = run.cost_metric, run.quality_metric
     order = layer_order(run)
-    infeasible, feasible, front = _groups(run)
+    infeasible, low, feasible, front = _groups(run)
     names = metric_names(run.trials + run.front, run.base_metrics)
     fig = go.Figure()
     all_x: list[float] = []
     for label, cands, marker, mode in (
         ("infeasible", infeasible, dict(color="lightgray", symbol="x", size=7), "markers"),
+        ("low fidelity only", low, dict(color="lightskyblue", size=5, opacity=0.5), "markers"),
         ("feasible", feasible, dict(color="royalblue", size=7, opacity=0.6), "markers"),
         ("Pareto front", sorted(front, key=lambda c: c.metrics.get(x, math.inf)),
          dict(color="crimson", size=10), "lines+markers"),

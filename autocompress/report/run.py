@@ -174,6 +174,23 @@ def _candidate(rec: Mapping[str, Any], where: str, *, default_id: str) -> Candid
     )
 
 
+_FIDELITY_RANK = {"predicted": 0, "low": 1, "full": 2}
+
+
+def _latest_per_id(trials: list[Candidate]) -> list[Candidate]:
+    """One record per candidate id: a promoted candidate's full-fidelity line beats its low one.
+
+    Under multi-fidelity a candidate has a ``low`` and later a ``full`` line; among records of
+    equal fidelity the last one written wins. Order of first appearance is kept.
+    """
+    best: dict[str, Candidate] = {}
+    for t in trials:
+        old = best.get(t.id)
+        if old is None or _FIDELITY_RANK.get(t.fidelity, 2) >= _FIDELITY_RANK.get(old.fidelity, 2):
+            best[t.id] = t
+    return list(best.values())
+
+
 def _objectives(spec: Mapping[str, Any], pareto: Mapping[str, Any]) -> dict[str, str]:
     raw = pareto.get("objectives") or spec.get("objectives") or ["acc", "macs"]
     out: dict[str, str] = {}
@@ -235,33 +252,41 @@ def parse_budget_value(metric: str, value: Any, base: Mapping[str, float]) -> fl
     return None
 
 
-def _budgets(spec: Mapping[str, Any], base: Mapping[str, float]) -> dict[str, float]:
-    raw = spec.get("budgets") or spec.get("hard_budgets") or {}
-    if isinstance(raw, Sequence) and not isinstance(raw, str):
-        pairs: list[tuple[str, Any]] = []
-        for item in raw:
-            if isinstance(item, Mapping) and "metric" in item:
-                pairs.append((str(item["metric"]), item))
-            elif isinstance(item, str) and "=" in item:
-                k, v = item.split("=", 1)
-                pairs.append((k, v))
-    elif isinstance(raw, Mapping):
-        pairs = [(str(k), v) for k, v in raw.items()]
-    else:
-        pairs = []
+def _budgets(spec: Mapping[str, Any], pareto: Mapping[str, Any], base: Mapping[str, float]
+             ) -> dict[str, float]:
+    """Absolute hard-budget limits per metric (``acc``: the accuracy floor of ``acc-drop``).
+
+    The search engine resolves them once and stores them in ``pareto.json`` (``budget_limits``,
+    keyed by budget name); older or hand-written runs give only the budget texts in the spec.
+    """
+    from autocompress.search.budgets import BUDGET_METRICS, parse_budget
+
     out: dict[str, float] = {}
-    for name, value in pairs:
-        metric = _BUDGET_ALIASES.get(name, name)
-        limit = parse_budget_value(metric, value, base)
-        if limit is None or not math.isfinite(limit):
-            continue
-        if metric == "flops" and "flops" not in base and "macs" in base:
-            out["macs"] = limit / 2.0
-        if metric == "acc_drop":
-            if "acc" in base:
-                out["acc"] = base["acc"] - limit
-            continue
-        out[metric] = limit
+    limits = pareto.get("budget_limits")
+    if isinstance(limits, Mapping):
+        for name, limit in limits.items():
+            metric = BUDGET_METRICS.get(str(name), _BUDGET_ALIASES.get(str(name), str(name)))
+            if isinstance(limit, int | float) and not isinstance(limit, bool) and math.isfinite(limit):
+                out["acc" if metric == "acc_drop" else metric] = float(limit)
+    else:
+        raw = spec.get("budgets") or pareto.get("budgets") or []
+        pairs: list[tuple[str, Any]] = []
+        if isinstance(raw, Mapping):
+            pairs = [(str(k), v) for k, v in raw.items()]
+        elif isinstance(raw, Sequence) and not isinstance(raw, str):
+            for item in raw:
+                if isinstance(item, str) and "=" in item:
+                    k, v = item.split("=", 1)
+                    pairs.append((k.strip(), v.strip()))
+        for name, value in pairs:
+            try:
+                budget = parse_budget(f"{name}={value}")
+                out[budget.metric] = budget.limit(base)
+            except UserInputError:  # relative without base metrics, or not a budget we know
+                metric = _BUDGET_ALIASES.get(name, name)
+                limit = parse_budget_value(metric, value, base)
+                if limit is not None and math.isfinite(limit) and metric != "acc_drop":
+                    out[metric] = limit
     if "flops" in out and "macs" not in out:
         out["macs"] = out["flops"] / 2.0
     if "macs" in out and "flops" not in out:
@@ -319,6 +344,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
                 raise UserInputError(f"{str(trials_file)!r} line {i + 1} is not valid JSON") from None
             if isinstance(rec, Mapping) and rec.get("policy") is not None:
                 trials.append(_candidate(rec, str(trials_file), default_id=str(i)))
+    trials = _latest_per_id(trials)
     points = pareto.get("points", pareto.get("front", []))
     front = [
         _candidate(p, str(path / "pareto.json"), default_id=str(i))
@@ -333,7 +359,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         front=front,
         objectives=_objectives(spec, pareto),
         base_metrics=base,
-        budgets=_budgets(spec, base),
+        budgets=_budgets(spec, pareto, base),
         pareto=dict(pareto),
     )
 

@@ -81,35 +81,46 @@ REAL_POINTS = {
 
 def write_real_run(root: Path, model: str = "test_mlp", points: dict | None = None,
                    train_epochs: int = 4, seed: int = 0) -> Path:
-    """Evaluate a few uniform policies on a really trained ``model`` and write them as a run."""
-    from autocompress.evaluators import EvaluatorConfig
-    from autocompress.problem import Problem
+    """Evaluate uniform policies on a really trained ``model``; write them as the engine does.
 
-    config = EvaluatorConfig(latency="none")
-    problem = Problem.build(model, data="digits", seed=seed, train_epochs=train_epochs,
-                            evaluator=config)
+    ``spec.json``, ``base.json`` and ``pareto.json`` come from the search engine's own writers
+    (``write_spec``, ``pareto_report``); each ``points`` entry becomes a front point with that id.
+    """
+    from autocompress.search import SearchSpec, pareto_report
+    from autocompress.search.runner import build_problem
+    from autocompress.search.storage import write_spec
+
+    points = points or REAL_POINTS
+    spec = SearchSpec.from_dict({
+        "model": model, "data": "digits", "seed": seed, "train_epochs": train_epochs,
+        "knobs": ["prune", "w_bits", "a_bits", "rank"], "strategy": "random",
+        "trials": len(points), "budgets": ["macs=90%"], "out": str(root),
+    })
+    problem = build_problem(spec, progress=False)
     base = problem.base.metrics
     records = []
-    for pid, knobs in (points or REAL_POINTS).items():
+    for pid, knobs in points.items():
         policy = problem.space.uniform(**knobs)
         res = problem.evaluator.evaluate(policy)
         assert res.ok, res.error
-        records.append({"id": int(pid), "policy": policy.to_dict(), "metrics": res.metrics,
-                        "fidelity": "full", "timings": res.timings, "status": "ok",
-                        "feasible": True})
-    spec = {"model": model, "checkpoint": None, "data": "digits", "data_root": None, "seed": seed,
-            "knobs": ["prune", "w_bits", "a_bits", "rank"], "max_prune": 0.8, "round_to": 1,
-            "objectives": [{"name": "acc", "direction": "maximize"},
-                           {"name": "macs", "direction": "minimize"}],
-            "budgets": ["macs=90%"], "trials": len(records), "train_epochs": train_epochs,
-            "evaluator": config.to_dict()}
+        records.append({"v": 1, "id": int(pid), "trial": int(pid), "policy": policy.to_dict(),
+                        "policy_key": policy.key(), "metrics": res.metrics, "fidelity": "full",
+                        "timings": res.timings, "status": "ok", "feasible": True, "final": True})
     root.mkdir(parents=True, exist_ok=True)
-    (root / "spec.json").write_text(json.dumps(spec))
+    write_spec(root, spec, {"num_classes": problem.num_classes,
+                            "input_shape": list(problem.input_shape)})
+    (root / "base.json").write_text(json.dumps({
+        "metrics": base, "model": model, "data": "digits",
+        "checkpoint": str(problem.checkpoint_path) if problem.checkpoint_path else None}))
     (root / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    pareto = {"schema_version": 1, "objectives": spec["objectives"], "knee": records[0]["id"],
-              "reference": {"base": {"acc": base["acc"], "macs": base["macs"]}},
-              "points": [{k: r[k] for k in ("id", "policy", "metrics")} for r in records]}
-    (root / "pareto.json").write_text(json.dumps(pareto))
+    objectives = [(o.name, o.direction) for o in spec.objectives]
+    report = pareto_report(records, objectives, base_metrics=base, extra={
+        "base": base, "budgets": ["macs=90%"], "budget_limits": {"macs": 0.9 * base["macs"]}})
+    # A hand-picked front: every record is a point, whatever dominates what.
+    by_id = {p["id"]: p for p in report["points"]}
+    report["points"] = [by_id.get(r["id"], {k: r[k] for k in ("id", "policy", "metrics")})
+                        for r in records]
+    (root / "pareto.json").write_text(json.dumps(report))
     return root
 
 

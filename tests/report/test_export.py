@@ -159,6 +159,7 @@ def test_policy_helpers() -> None:
     assert onnx_node_module("/stem/stem.0/Conv") == "stem.0"
 
 
+@pytest.mark.slow
 def test_conv_net_onnx_int8_and_torchscript(conv_run: Path, tmp_path: Path) -> None:
     """BatchNorm, residual adds and strided shortcuts: the same guarantees on a conv net."""
     info = export_point(conv_run, "1", "onnx", tmp_path / "c.onnx", repeats=3)
