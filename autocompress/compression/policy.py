@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+import numpy as np
+
 from autocompress.errors import UserInputError
 
 #: Bit-widths a policy may ask for (32 means "leave in float").
@@ -67,6 +69,8 @@ class LayerAction:
                 raise UserInputError(
                     f"LayerAction.{name}={getattr(self, name)!r} is not supported; allowed: {ALLOWED_BITS}"
                 )
+        # Plain tuple of the four knobs for the cost model's hot loop (not a dataclass field).
+        object.__setattr__(self, "_vec", (self.prune, self.w_bits, self.a_bits, self.rank))
 
     @property
     def is_identity(self) -> bool:
@@ -153,6 +157,23 @@ class CompressionPolicy:
         # The read-only mapping proxy cannot be pickled/deep-copied as is (SB3 vec envs deep-copy
         # infos, multiprocessing pickles them): rebuild from a plain dict instead.
         return (type(self), (dict(self.layers),))
+
+    def _vectors(self) -> tuple[tuple[str, ...], np.ndarray]:
+        """``(names, values)`` with ``values[i] = (prune, w_bits, a_bits, rank)``, memoised.
+
+        ``values`` has one extra last row holding the identity action, so index ``-1`` / ``len``
+        means "not in the policy". The compact form the cost model reads (policies are
+        immutable, so this is computed once per policy object).
+        """
+        cached = self.__dict__.get("_vectors_cache")
+        if cached is None:
+            names = tuple(self.layers)
+            flat = [v for a in self.layers.values() for v in a._vec]  # type: ignore[attr-defined]
+            flat += [0.0, 32.0, 32.0, 1.0]
+            cached = (names, np.array(flat, dtype=np.float64).reshape(-1, 4))
+            cached[1].setflags(write=False)
+            object.__setattr__(self, "_vectors_cache", cached)
+        return cached
 
     def get(self, name: str) -> LayerAction:
         """The action at ``name``; the identity action when the policy does not mention it."""

@@ -39,6 +39,7 @@ __all__ = [
     "build_graph",
     "prune_groups_",
     "removed_units",
+    "removed_units_f",
 ]
 
 IMPORTANCES = ("l1", "l2", "taylor")
@@ -82,21 +83,26 @@ class GroupSpec:
         return [len(a) // self.unit for a in self.atoms]
 
 
+def removed_units_f(p: np.ndarray, n: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Float core of ``removed_units`` (arrays of float64; exact for channel counts < 2**26)."""
+    kept = n - np.floor(p * n + 1e-9)
+    kept = np.maximum(np.minimum(n, np.ceil(kept / r) * r), 1.0)
+    return n - kept
+
+
 def removed_units(
     prune: np.ndarray | float, n_units: np.ndarray | int, round_units: np.ndarray | int
 ) -> np.ndarray:
     """Units removed from an atom of ``n_units`` at ratio ``prune`` (vectorised, exact integers).
 
     ``kept = n - floor(prune * n)``, rounded up to a multiple of ``round_units`` and capped at ``n``,
-    so at least one unit is always kept and the count is monotone in ``prune``.
+    so at least one unit is always kept and the count is monotone in ``prune``. The cost model
+    calls the same float core (``removed_units_f``), so prediction and pruning cannot disagree.
     """
     p = np.asarray(prune, dtype=np.float64)
-    n = np.asarray(n_units, dtype=np.int64)
-    r = np.asarray(round_units, dtype=np.int64)
-    kept = n - np.floor(p * n + 1e-9).astype(np.int64)
-    kept = np.minimum(n, -(-kept // r) * r)
-    kept = np.maximum(kept, 1)
-    return n - kept
+    n = np.asarray(n_units, dtype=np.float64)
+    r = np.asarray(round_units, dtype=np.float64)
+    return removed_units_f(p, n, r).astype(np.int64)
 
 
 def build_graph(model: nn.Module, example_input: Any) -> tp.DependencyGraph:

@@ -517,6 +517,36 @@ class CompressionSpace:
         self._lrank = np.array([lay.rank for lay in layers], dtype=bool)
         self._lquant = np.array([lay.quant for lay in layers], dtype=bool)
         self._layer_index = {lay.name: i for i, lay in enumerate(layers)}
+        # Fast-path structures. Total parameters as a quadratic form in the removal vector x:
+        # sum_t const_t (n0_t - c0_t.x)(n1_t - c1_t.x) = K0 - g.x + x.H.x
+        self._K0 = float((const * n0 * n1).sum())
+        self._g = (const * n1) @ C0 + (const * n0) @ C1
+        self._H = (C0 * const[:, None]).T @ C1
+        used = np.nonzero(W.any(0) | Q.any(0))[0] if T else np.zeros(0, dtype=np.int64)
+        if used.size == 0:
+            used = np.zeros(1, dtype=np.int64) if T else used
+        pos = {int(t): k for k, t in enumerate(used)}
+        self._u_n0, self._u_n1, self._u_const = n0[used], n1[used], const[used]
+        self._u_C0, self._u_C1 = C0[used], C1[used]
+        self._u_rows_src, self._u_rows_const = rows_src[used], rows_const[used]
+        self._u_W, self._u_Q = W[:, used], Q[:, used]
+        self._u_wt = np.array([pos.get(int(t), 0) for t in wt], dtype=np.int64)
+        self._u_qcount = Q.sum(1)
+        self._col_units_f = self._col_units.astype(np.float64)
+        self._col_round_f = self._col_round.astype(np.float64)
+        self._round_one = bool((self._col_round == 1).all())
+        U = len(used)
+        self._U = U
+        self._u_C01 = np.vstack([self._u_C0, self._u_C1])
+        self._u_n01 = np.concatenate([self._u_n0, self._u_n1])
+        # where each used tensor's row count (dim 0) lives in concat(d0, d1, rows_const)
+        src = self._u_rows_src
+        self._u_rows_idx = np.where(src == 0, np.arange(U), np.where(src == 1, U + np.arange(U), 2 * U + np.arange(U)))
+        self._R = np.nonzero(np.array([lay.rank for lay in layers], dtype=bool))[0]
+        self._R_wt = self._u_wt[self._R]
+        self._R_rows_idx = self._u_rows_idx[self._R_wt]
+        self._R_steps = self._lsteps[self._R]
+        self._const_q_total = float(self._lconst_q.sum())
         modelled = float((self._lsteps * (W @ self._numel(np.zeros(n_cols)))).sum())
         modelled += float(self._lconst_q.sum() + self._lconst_f.sum())
         self._residual = float(self.base_macs) - modelled
@@ -652,6 +682,8 @@ class CompressionSpace:
                 self._allowed_w[li, :32] = False
             if "a_bits" not in p.knobs:
                 self._allowed_a[li, :32] = False
+        self._names_cache: dict[tuple[str, ...], dict[str, Any]] = {}
+        self._restricted_bits = tuple(bits) != tuple(sorted(ALLOWED_BITS))
         self._no_rank = np.array(
             [
                 lay.name not in self._points_by_name
@@ -812,107 +844,146 @@ class CompressionSpace:
 
     # ------------------------------------------------------------------------------------------
     # cost model
-    def _policy_arrays(self, policy: CompressionPolicy) -> tuple[np.ndarray, ...]:
-        n_layers = len(self._layer_list)
-        pg = np.zeros(len(self._pgroups))
-        wb = np.full(n_layers, 32, dtype=np.int64)
-        ab = np.full(n_layers, 32, dtype=np.int64)
-        rk = np.ones(n_layers)
-        pt_layer, pt_group = self._pt_layer, self._pt_group
-        bad = False
-        for name, a in policy.layers.items():
-            li = pt_layer.get(name)
-            if li is None:
-                bad = True
-                break
-            if a.prune:
-                gi = pt_group[name]
-                if gi < 0 or a.prune > self.max_prune + 1e-12:
-                    bad = True
-                    break
-                pg[gi] = a.prune
-            wb[li] = a.w_bits
-            ab[li] = a.a_bits
-            rk[li] = a.rank
-        if (
-            bad
-            or not (
-                self._allowed_w[np.arange(n_layers), wb].all()
-                and self._allowed_a[np.arange(n_layers), ab].all()
-            )
-            or (rk[self._no_rank] != 1.0).any()
-        ):
-            self.validate(policy)  # raises with a precise message
-        return pg, wb, ab, rk
+    def _names_entry(self, names: tuple[str, ...]) -> dict[str, Any] | None:
+        """Gather indices and bounds for one name tuple (policies of one space share theirs)."""
+        entry = self._names_cache.get(names)
+        if entry is None:
+            pos = {n: i for i, n in enumerate(names)}
+            if any(n not in self._pt_layer for n in names):
+                return None
+            k = len(names)
+            layer_pos = np.full(len(self._layer_list), k, dtype=np.int64)
+            for n, i in pos.items():
+                layer_pos[self._pt_layer[n]] = i
+            group_pos = np.array([pos.get(g.point, k) for g in self._pgroups], dtype=np.int64)
+            lo = np.zeros((k, 4))
+            hi = np.zeros((k, 4))
+            for n, i in pos.items():
+                knobs = self._points_by_name[n].knobs
+                hi[i, 0] = self.max_prune + 1e-12 if "prune" in knobs else 0.0
+                lo[i, 1] = 1.0 if "w_bits" in knobs else 32.0
+                lo[i, 2] = 1.0 if "a_bits" in knobs else 32.0
+                hi[i, 1] = hi[i, 2] = 32.0
+                lo[i, 3] = 0.0 if "rank" in knobs else 1.0
+                hi[i, 3] = 1.0
+            entry = {
+                "layer_pos": layer_pos,
+                "group_pos": group_pos,
+                "rank_pos": layer_pos[self._R],
+                "lo": lo,
+                "hi": hi,
+                "rows": np.arange(k),
+            }
+            # rows of the allowed-bits tables in name order (only read when bits are restricted)
+            order = np.array([self._pt_layer[n] for n in names], dtype=np.int64)
+            entry["allowed_w"] = self._allowed_w[order]
+            entry["allowed_a"] = self._allowed_a[order]
+            if len(self._names_cache) > 256:
+                self._names_cache.clear()
+            self._names_cache[names] = entry
+        return entry
+
+    def _entry_and_values(self, policy: CompressionPolicy, validate: bool) -> tuple[dict[str, Any], np.ndarray]:
+        names, vals = policy._vectors()
+        entry = self._names_entry(names)
+        if entry is None:  # a name that is not a decision point
+            if validate:
+                self.validate(policy)
+            keep = [i for i, n in enumerate(names) if n in self._pt_layer]
+            entry = self._names_entry(tuple(names[i] for i in keep))
+            vals = vals[keep + [len(names)]]
+            assert entry is not None
+        if validate:
+            v = vals[:-1]
+            if ((v < entry["lo"]) | (v > entry["hi"])).any() or (
+                self._restricted_bits
+                and not (
+                    entry["allowed_w"][entry["rows"], v[:, 1].astype(np.int64)].all()
+                    and entry["allowed_a"][entry["rows"], v[:, 2].astype(np.int64)].all()
+                )
+            ):
+                self.validate(policy)  # raises with a precise message
+        return entry, vals
+
+    def _evaluate(self, policy: CompressionPolicy, full: bool, validate: bool = True) -> dict[str, float]:
+        entry, vals = self._entry_and_values(policy, validate)
+        U = self._U
+        x = None
+        if self._sparse:
+            p = vals[entry["group_pos"], 0][self._col_group]
+            if self._round_one:  # same result as removed_units_f when round_to == 1 (p < 1)
+                x = np.floor(p * self._col_units_f + 1e-9)
+            else:
+                x = prune.removed_units_f(p, self._col_units_f, self._col_round_f)
+            d = self._u_n01 - self._u_C01 @ x
+        else:
+            d = self._u_n01
+        numel = self._u_const * d[:U] * d[U:]
+        lw = self._u_W @ numel  # MAC-weight elements per layer
+        rkR = vals[entry["rank_pos"], 3]
+        lowr = rkR < 1.0
+        any_rank = bool(lowr.any())
+        if any_rank:
+            dext = np.concatenate((d, self._u_rows_const))
+            m = dext[self._R_rows_idx]
+            n = numel[self._R_wt] / m
+            r = np.maximum(1.0, np.floor(rkR * np.minimum(m, n) + 0.5))
+            fw = r * (m + n)
+            fact = lowr & (fw < m * n)
+            saved = np.where(fact, lw[self._R] - fw, 0.0)  # weight elements saved per rank layer
+        if not full:
+            macs = self._lsteps @ lw + self._const_q_total + self._const_f_total
+            if any_rank:
+                macs -= self._R_steps @ saved
+            return {"macs": float(macs)}
+        lv = vals[entry["layer_pos"]]
+        wb, ab = lv[:, 1], lv[:, 2]
+        layer_macs = self._lsteps * lw + self._lconst_q
+        qnumel = self._u_Q @ numel
+        if not any_rank:
+            dext = np.concatenate((d, self._u_rows_const))
+        qrows = self._u_Q @ dext[self._u_rows_idx]
+        qcount = self._u_qcount
+        total = self._K0 if x is None else self._K0 - self._g @ x + x @ self._H @ x
+        if any_rank:
+            layer_macs[self._R] -= self._R_steps * saved
+            total -= saved.sum()
+            qcount = qcount.copy()
+            fR = self._R[fact]
+            qnumel[fR] = fw[fact]
+            qrows[fR] = (r + m)[fact]
+            qcount[fR] = 2.0
+        scales = np.where(wb >= 3, qrows, qcount)
+        delta = np.where(wb < 32, qnumel * (wb / 8.0 - 4.0) + 4.0 * scales, 0.0)
+        params = float(total)
+        return {
+            "macs": float(layer_macs.sum() + self._const_f_total),
+            "params": params,
+            "size_bytes": float(4.0 * params + delta.sum()),
+            "bops": float((layer_macs * wb * ab).sum() + self._const_f_total * 1024.0),
+        }
 
     def costs(self, policy: CompressionPolicy, *, validate: bool = True) -> dict[str, float]:
         """All four predicted costs at once: ``macs``, ``params``, ``size_bytes``, ``bops``.
 
-        Faster than calling the four methods (one evaluation). Units: MACs per sample (batch 1),
-        parameter elements, bytes, bit-operations (MACs x w_bits x a_bits).
+        Units: MACs per sample (batch 1; FLOPs = 2 x MACs), parameter elements, bytes,
+        bit-operations (MACs x w_bits x a_bits). The last policy's result is memoised, so calling
+        ``macs``, ``params``, ``size_bytes`` and ``bops`` on one policy evaluates it once.
         """
         last_policy, last = self._last
         if last_policy is policy:
             return dict(last)
+        out = self._evaluate(policy, True, validate)
         if validate:
-            pg, wb, ab, rk = self._policy_arrays(policy)
-        else:
-            pg, wb, ab, rk = self._policy_arrays_unchecked(policy)
-        if self._sparse:
-            x = prune.removed_units(pg[self._col_group], self._col_units, self._col_round).astype(
-                np.float64
-            )
-            d0 = self._n0 - self._C0 @ x
-            d1 = self._n1 - self._C1 @ x
-            numel = self._const * d0 * d1
-            rows = np.where(
-                self._rows_src == 0, d0, np.where(self._rows_src == 1, d1, self._rows_const)
-            )
-        else:
-            numel = self._const * self._n0 * self._n1
-            rows = self._rows_const
-        lw = self._W @ numel  # weight elements per layer (MAC weights)
-        m = rows[self._wt]
-        n = numel[self._wt] / m
-        r = np.maximum(1.0, np.floor(rk * np.minimum(m, n) + 0.5))
-        fact = (rk < 1.0) & (r * (m + n) < m * n) & self._lrank
-        fw = r * (m + n)
-        eff = np.where(fact, fw, lw)
-        layer_macs = self._lsteps * eff + self._lconst_q
-        macs = float(layer_macs.sum() + self._const_f_total)
-        saved = np.where(fact, lw - fw, 0.0)
-        params = float(numel.sum() - saved.sum())
-        qnumel = np.where(fact, fw, self._Q @ numel)
-        qrows = np.where(fact, r + m, self._Q @ rows)
-        qcount = np.where(fact, 2.0, self._Q.sum(1))
-        scales = np.where(wb >= 3, qrows, qcount)
-        quant = wb < 32
-        delta = np.where(quant, qnumel * (wb / 8.0 - 4.0) + 4.0 * scales, 0.0)
-        size = float(4.0 * params + delta.sum())
-        bops = float((layer_macs * wb * ab).sum() + self._const_f_total * 1024.0)
-        out = {"macs": macs, "params": params, "size_bytes": size, "bops": bops}
-        if validate:  # the four getters on one policy evaluate once
             self._last = (policy, out)
         return dict(out)
 
-    def _policy_arrays_unchecked(self, policy: CompressionPolicy) -> tuple[np.ndarray, ...]:
-        n_layers = len(self._layer_list)
-        pg = np.zeros(len(self._pgroups))
-        wb = np.full(n_layers, 32, dtype=np.int64)
-        ab = np.full(n_layers, 32, dtype=np.int64)
-        rk = np.ones(n_layers)
-        for name, a in policy.layers.items():
-            gi = self._group_index.get(name, -1)
-            if gi >= 0:
-                pg[gi] = a.prune
-            li = self._layer_index.get(name)
-            if li is not None:
-                wb[li], ab[li], rk[li] = a.w_bits, a.a_bits, a.rank
-        return pg, wb, ab, rk
-
     def macs(self, policy: CompressionPolicy) -> int:
         """Predicted MACs per sample (batch 1) of ``compress(model, policy)``; FLOPs = 2 x MACs."""
-        return int(round(self.costs(policy)["macs"]))
+        last_policy, last = self._last
+        if last_policy is policy:
+            return int(round(last["macs"]))
+        return int(round(self._evaluate(policy, False)["macs"]))
 
     def params(self, policy: CompressionPolicy) -> int:
         """Predicted parameter count (elements) of the compressed model."""
