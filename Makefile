@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/autocompress train --force
+	$(BIN)/autocompress search
 
 test: $(VENV)/.installed
 	PYTHONHASHSEED=0 $(BIN)/python -m pytest

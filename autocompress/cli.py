@@ -63,6 +63,173 @@ def train(model: str, data: str, data_root: str | None, epochs: int, lr: float, 
     click.echo(json.dumps(result, indent=2))
 
 
+def _stdout_console() -> Any:
+    """Tables go to stdout; when it is not a terminal, use a wide page instead of 80 columns."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def _search_progress(console: Any) -> tuple[Any, Callable[[Any], None]]:
+    """A rich progress bar fed by the runner's ``SearchProgress`` callbacks."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    bar = Progress(
+        TextColumn("[bold]search[/]"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("feasible {task.fields[feasible]}  best acc {task.fields[best]}"),
+        TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"), TextColumn("{task.fields[msg]}"),
+        console=console, transient=False,
+    )
+    task = bar.add_task("search", total=None, feasible=0, best="-", eta="-", msg="")
+
+    def update(p: Any) -> None:
+        fields: dict[str, Any] = {"feasible": p.feasible, "msg": p.message[:60] if p.message else ""}
+        if p.best_acc is not None:
+            fields["best"] = f"{p.best_acc:.4f}"
+        if p.eta_s is not None:
+            fields["eta"] = f"{int(p.eta_s) // 60}:{int(p.eta_s) % 60:02d}"
+        if p.total:
+            bar.update(task, total=p.total, completed=min(p.done, p.total), **fields)
+        else:
+            bar.update(task, **fields)
+
+    return bar, update
+
+
+@main.command()
+@click.option("--config", "config", default=None, type=click.Path(dir_okay=False), help="YAML preset (see configs/)")
+@click.option("--model", default=None, help="built-in name, tv:NAME, or package.module:factory [default: resnet20]")
+@click.option("--checkpoint", default=None, help="trained weights of --model (state_dict or TorchScript); default: train and cache a base model")
+@click.option("--data", default=None, help="digits (default), mnist, fashion-mnist, cifar10, cifar100, imagefolder:PATH")
+@click.option("--data-root", default=None, help="directory holding a local data set")
+@click.option("--budget", "budget", multiple=True, help="hard budget METRIC=VALUE: macs/flops/params=50M|50%, size=1.5MB, latency=2ms, acc-drop=1%")
+@click.option("--soft-budget", "soft_budget", multiple=True, help="soft budget (penalised, not excluded), same form as --budget")
+@click.option("--objective", "objective", multiple=True, help="objective METRIC[:min|max]: acc, acc_top5, macs, flops, params, size, bops, latency")
+@click.option("--knob", "knob", multiple=True, help="compression knobs to search: prune, w_bits, a_bits, rank [default: prune]")
+@click.option("--strategy", default=None, help="nsga2 (default), tpe, ddpg, td3, sac, ppo, ddpg_bc, random, uniform, greedy")
+@click.option("--set", "set_", multiple=True, help="strategy setting KEY=VALUE (repeatable)")
+@click.option("--eval-set", "evaluator_setting", multiple=True, help="evaluator setting KEY=VALUE, e.g. finetune_steps=20")
+@click.option("--trials", default=None, type=int, help="candidates to evaluate [default: 40]")
+@click.option("--seed", default=None, type=int, help="seed of the search, base training and subsets [default: 0]")
+@click.option("--multi-fidelity/--no-multi-fidelity", default=None, help="score cheaply first, promote the best to full fidelity")
+@click.option("--max-prune", default=None, type=float, help="largest prune ratio per layer [default: 0.8]")
+@click.option("--round-to", default=None, type=int, help="round kept channel counts to a multiple of this [default: 1]")
+@click.option("--storage", default=None, help="Optuna storage: journal (default), sqlite, a *.journal path, or a storage URL")
+@click.option("--study-name", default=None, help="Optuna study name (processes sharing storage and name share work)")
+@click.option("--out", default=None, help="run directory [default: runs/MODEL-DATA-STRATEGY-sSEED]")
+@click.option("--backend", default=None, type=click.Choice(["local", "ray"]), help="run trials here or as Ray Tune trials")
+@click.option("--workers", default=None, type=int, help="concurrent Ray trials (--backend ray)")
+@click.option("--ray-address", default=None, help="existing Ray cluster, 127.0.0.1:PORT or auto (default: start a local one)")
+@click.option("--resume", is_flag=True, default=None, help="continue the search stored in --out even if this spec differs")
+@click.option("--force", is_flag=True, default=None, help="start over when --out holds another search (old dir kept as OUT.old-N)")
+@click.option("--no-report", is_flag=True, help="skip writing pareto.png / pareto.html")
+@_friendly
+def search(config: str | None, no_report: bool, set_: tuple[str, ...], **options: Any) -> None:
+    """Search per-layer compression policies; writes RUN/{trials.jsonl,pareto.json,pareto.png,...}.
+
+    With no arguments, runs the embedded default: resnet20 trained (once, then cached) on the
+    bundled digits data, NSGA-II, a 50% MACs budget.
+    """
+    from rich.console import Console
+
+    from autocompress.search import SearchSpec, run_search
+
+    options["set"] = list(set_)
+    for key in ("budget", "soft_budget", "objective", "knob", "evaluator_setting"):
+        options[key] = list(options[key])
+    if config is not None and not Path(config).is_file():
+        raise UserInputError(f"--config {config!r} does not exist; presets live in configs/*.yaml")
+    spec = SearchSpec.from_cli(config, options)
+    console = Console(stderr=True)
+    bar, update = _search_progress(console)
+    with bar:
+        result = run_search(spec, progress=update)
+    out = _stdout_console()
+    out.print(f"run directory: {result.run_dir}  ({result.n_evaluated} evaluated, {result.n_feasible} feasible, "
+              f"{result.n_failed} failed; {result.stop_reason})")
+    if not no_report:
+        from autocompress.report import front_table, load_run, write_report
+
+        paths = write_report(result.run_dir)
+        out.print(front_table(load_run(result.run_dir)))
+        out.print(f"report: {paths.png}  {paths.html}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@_friendly
+def report(run_dir: str) -> None:
+    """Write RUN/pareto.png and RUN/pareto.html and print the Pareto front as a table."""
+
+    from autocompress.report import front_table, load_run, write_report
+
+    paths = write_report(run_dir)
+    console = _stdout_console()
+    console.print(front_table(load_run(run_dir)))
+    console.print(f"report: {paths.png}  {paths.html}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--point", "point", required=True, help="id of a Pareto point (see `autocompress report RUN`)")
+@_friendly
+def show(run_dir: str, point: str) -> None:
+    """Show a Pareto point's per-layer policy (table and bar chart) and its metrics."""
+
+    from autocompress.report import show_point
+
+    table, png = show_point(run_dir, point)
+    console = _stdout_console()
+    console.print(table)
+    console.print(f"per-layer chart: {png}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--point", "point", required=True, help="id of a Pareto point")
+@click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx", "torchscript", "pt"]))
+@click.option("--out", default=None, help="output file [default: RUN/export/point-ID.EXT]")
+@click.option("--int8/--no-int8", default=None, help="also write an int8 ONNX model (default: for 8-bit points)")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="latency batch size")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="latency threads")
+@click.option("--force", is_flag=True, help="overwrite an existing --out")
+@_friendly
+def export(run_dir: str, point: str, fmt: str, out: str | None, int8: bool | None, batch: int,
+           threads: int, force: bool) -> None:
+    """Export a Pareto point as a really compressed model file (ONNX, TorchScript or pt)."""
+    from autocompress.report.export import export_point, write_export_record
+
+    info = export_point(run_dir, point, fmt, out, force=force, int8=int8, batch=batch, threads=threads, progress=True)
+    write_export_record(info, run_dir)
+    click.echo("\n".join(info.lines()))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--point", "point", required=True, help="id of a Pareto point")
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--kd/--no-kd", default=True, show_default=True, help="distil from the original model")
+@click.option("--temperature", default=4.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--alpha", default=0.9, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--lr", default=0.01, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--seed", default=0, show_default=True, type=int)
+@_friendly
+def finetune(run_dir: str, point: str, epochs: int, kd: bool, temperature: float, alpha: float,
+             lr: float, seed: int) -> None:
+    """Fine-tune a Pareto point's compressed model (optionally with KD); records acc before/after."""
+    from autocompress.report.finetune import finetune_point
+
+    res = finetune_point(run_dir, point, epochs, kd=kd, temperature=temperature, alpha=alpha, lr=lr,
+                         seed=seed, progress=True)
+    click.echo("\n".join(res.lines()))
+
+
 @main.command("models")
 @click.argument("pattern", default="*")
 @click.option("--torchvision", is_flag=True, help="also list tv:* torchvision classifiers")
