@@ -62,7 +62,8 @@ def proxy_trust(
     """Measure how well the proxy ranks candidates (the issue's "proxy trust").
 
     For each policy the compressed model is scored three ways on the evaluator's full validation
-    subset: raw (no recalibration), with adaptive-BN recalibration (the proxy), and after
+    subset: raw (no recalibration), the evaluator's proxy (adaptive-BN recalibration when the
+    policy prunes or factorises), and after
     ``finetune_steps`` steps of KD fine-tuning from the raw compressed model (the reference).
     Returns the Spearman correlation of each proxy with the reference.
 
@@ -81,6 +82,8 @@ def proxy_trust(
         raise UserInputError(f"finetune_steps={finetune_steps!r}; expected an integer >= 1")
     from rich.progress import Progress
 
+    from autocompress.evaluators.compression_evaluator import changes_structure
+
     start = time.perf_counter()
     raw: list[float] = []
     recal: list[float] = []
@@ -91,7 +94,8 @@ def proxy_trust(
             small = evaluator.compress(policy)
             reference = copy.deepcopy(small)
             raw.append(evaluator.score(small)[1])
-            recalibrate_bn(small, evaluator.calib_batches)
+            if changes_structure(policy):  # exactly the evaluator's proxy
+                recalibrate_bn(small, evaluator.calib_batches)
             recal.append(evaluator.score(small)[1])
             evaluator.finetune(reference, finetune_steps)
             tuned.append(evaluator.score(reference)[1])

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+import torch
 
 from autocompress.evaluators import EvaluatorConfig
+from autocompress.evaluators.latency import torch_threads
 from autocompress.problem import Problem
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two threads
+    spin against each other (10x slower measured); restore the suite's setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
 def tiny_problem(_isolated_cache: object) -> Problem:
     """test_resnet trained 5 epochs on digits (about 96% top-1), latency off, default cache."""
-    return Problem.build("test_resnet", data="digits", train_epochs=5, seed=0,
-                         evaluator=EvaluatorConfig(latency="none"), progress=False)
+    with torch_threads(1):
+        return Problem.build("test_resnet", data="digits", train_epochs=5, seed=0,
+                             evaluator=EvaluatorConfig(latency="none"), progress=False)
