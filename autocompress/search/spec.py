@@ -390,7 +390,7 @@ class SearchSpec:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None = None, **overrides: Any) -> SearchSpec:
+    def from_dict(cls, data: Mapping[str, Any] | None = None, /, **overrides: Any) -> SearchSpec:
         """Build from a mapping (a parsed YAML preset), then apply keyword ``overrides``.
 
         Unknown keys raise ``UserInputError`` naming the key and listing the allowed ones.
