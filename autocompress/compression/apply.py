@@ -233,8 +233,10 @@ def compress(
                 module = lowrank.factorise(module, r)
                 _set_submodule(work, point.name, module)
         if action.w_bits < 32 or action.a_bits < 32:
-            for sub in list(module) if isinstance(module, lowrank.LowRank) else [module]:
-                quantize.quantize_module_(sub, action.w_bits, action.a_bits)
+            if isinstance(module, lowrank.LowRank):
+                quantize.quantize_factorised_(module[0], module[1], action.w_bits, action.a_bits)
+            else:
+                quantize.quantize_module_(module, action.w_bits, action.a_bits)
     quantize.calibrate_(work, inputs)
     for p in work.parameters():
         p.grad = None

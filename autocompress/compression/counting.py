@@ -168,7 +168,8 @@ def count_size_bytes(model: nn.Module) -> float:
     """Storage of the parameters at their real bit-widths, in bytes.
 
     Quantized weight tensors (see ``autocompress.compression.quantize``) count ``numel x bits / 8``
-    plus 4 bytes per scale; every other parameter counts 4 bytes (float32). Buffers (BatchNorm
+    plus 4 bytes per scale (per output channel at 3-16 bits, one per tensor at 1-2 bits), capped
+    at their float32 size; every other parameter counts 4 bytes (float32). Buffers (BatchNorm
     running statistics, activation ranges) are not counted.
     """
     from autocompress.compression.quantize import quantized_weight_bytes

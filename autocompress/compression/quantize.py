@@ -39,6 +39,7 @@ __all__ = [
     "QuantMultiheadAttention",
     "QuantRNN",
     "calibrate_",
+    "quantize_factorised_",
     "quantize_module_",
     "quantize_weight",
     "quantized_weight_bytes",
@@ -276,6 +277,31 @@ def quantize_module_(module: nn.Module, w_bits: int, a_bits: int) -> nn.Module:
     return module
 
 
+@torch.no_grad()
+def quantize_factorised_(first: nn.Module, second: nn.Module, w_bits: int, a_bits: int) -> None:
+    """Quantize the two factors of a low-rank pair, folding the first factor's scales into the second.
+
+    ``first`` (``r x n``) is quantized and divided by its scales (per row at 3-16 bits, one per
+    tensor at 1-2 bits) so it stores plain integer levels; the scales multiply the matching
+    input columns of ``second`` (``m x r``) before ``second`` is quantized. The pair then stores
+    exactly as many scales as the unfactorised layer would (so factorising never adds storage).
+    """
+    if w_bits < 32:
+        qb = quantize_weight(first.weight, w_bits)
+        flat = qb.reshape(qb.shape[0], -1)
+        if w_bits <= 2:
+            scale = flat.abs().amax().expand(flat.shape[0])
+        else:
+            scale = flat.abs().amax(dim=1) / (2 ** (w_bits - 1) - 1)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        first.weight.copy_((flat / scale[:, None]).round().reshape(qb.shape))
+        shape = [1, -1] + [1] * (second.weight.dim() - 2)
+        second.weight.mul_(scale.reshape(shape))
+    quantize_module_(first, w_bits, a_bits)  # integer levels: re-quantization is exact
+    first.scale_folded = True
+    quantize_module_(second, w_bits, a_bits)
+
+
 def quantized_weight_bytes(module: nn.Module) -> list[tuple[nn.Parameter, float]]:
     """``(parameter, bytes)`` for each quantized weight owned by ``module`` (empty if none)."""
     if not isinstance(module, _QuantMixin) or module.w_bits >= 32:
@@ -285,9 +311,11 @@ def quantized_weight_bytes(module: nn.Module) -> list[tuple[nn.Parameter, float]
     params = [getattr(module, n) for n in names]
     if isinstance(module, QuantMultiheadAttention):
         params.append(module.out_proj.weight)
+    folded = getattr(module, "scale_folded", False)  # first factor of a low-rank pair
     for p in params:
-        nbytes = p.numel() * module.w_bits / 8.0 + 4.0 * weight_scale_count(p.shape, module.w_bits)
-        out.append((p, nbytes))
+        n_scales = 0 if folded else weight_scale_count(p.shape, module.w_bits)
+        nbytes = p.numel() * module.w_bits / 8.0 + 4.0 * n_scales
+        out.append((p, min(nbytes, 4.0 * p.numel())))  # never more than float32 storage
     return out
 
 

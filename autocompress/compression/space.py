@@ -531,7 +531,11 @@ class CompressionSpace:
         self._u_rows_src, self._u_rows_const = rows_src[used], rows_const[used]
         self._u_W, self._u_Q = W[:, used], Q[:, used]
         self._u_wt = np.array([pos.get(int(t), 0) for t in wt], dtype=np.int64)
-        self._u_qcount = Q.sum(1)
+        # owning layer of each used quantizable tensor (len(layers) = none: stays float)
+        qlayer = np.full(len(used), L, dtype=np.int64)
+        for li_, row in enumerate(Q[:, used]):
+            qlayer[row > 0] = li_
+        self._u_qlayer = qlayer
         self._col_units_f = self._col_units.astype(np.float64)
         self._col_round_f = self._col_round.astype(np.float64)
         self._round_one = bool((self._col_round == 1).all())
@@ -939,22 +943,29 @@ class CompressionSpace:
         lv = vals[entry["layer_pos"]]
         wb, ab = lv[:, 1], lv[:, 2]
         layer_macs = self._lsteps * lw + self._lconst_q
-        qnumel = self._u_Q @ numel
         if not any_rank:
             dext = np.concatenate((d, self._u_rows_const))
-        qrows = self._u_Q @ dext[self._u_rows_idx]
-        qcount = self._u_qcount
         total = self._K0 if x is None else self._K0 - self._g @ x + x @ self._H @ x
+        # Storage of quantized weights, per tensor: numel x bits/8 + 4 bytes per scale (per row at
+        # 3-16 bits, one per tensor at 1-2 bits), never more than float32 (count_size_bytes).
+        wt_bits = np.append(wb, 32.0)[self._u_qlayer]
+        per_elem = wt_bits / 8.0 - 4.0
+        scales = np.where(wt_bits >= 3, dext[self._u_rows_idx], 1.0)
+        delta = np.where(wt_bits < 32, np.minimum(numel * per_elem + 4.0 * scales, 0.0), 0.0)
         if any_rank:
             layer_macs[self._R] -= self._R_steps * saved
             total -= saved.sum()
-            qcount = qcount.copy()
-            fR = self._R[fact]
-            qnumel[fR] = fw[fact]
-            qrows[fR] = (r + m)[fact]
-            qcount[fR] = 2.0
-        scales = np.where(wb >= 3, qrows, qcount)
-        delta = np.where(wb < 32, qnumel * (wb / 8.0 - 4.0) + 4.0 * scales, 0.0)
+            # A factorised pair stores r*n + m*r weights; the first factor's scales are folded
+            # into the second (quantize_factorised_), which keeps the dense layer's scales.
+            t = self._R_wt[fact]
+            rf, mf, nf = r[fact], m[fact], n[fact]
+            bits_f = wt_bits[t]
+            pe = per_elem[t]
+            delta[t] = np.where(
+                bits_f < 32,
+                rf * nf * pe + np.minimum(mf * rf * pe + 4.0 * np.where(bits_f >= 3, mf, 1.0), 0.0),
+                0.0,
+            )
         params = float(total)
         return {
             "macs": float(layer_macs.sum() + self._const_f_total),
