@@ -664,7 +664,11 @@ class SearchSession:
         return fixed
 
     def close(self) -> None:
-        """Release the evaluator's cache connection."""
+        """Unregister this worker and release the evaluator's cache connection."""
+        try:
+            st.unregister_worker(self.study, self.worker)
+        except Exception:  # noqa: BLE001 - best effort: a dead worker is detected by pid anyway
+            pass
         cache = getattr(self.problem.evaluator, "cache", None)
         if cache is not None and hasattr(cache, "close"):
             cache.close()

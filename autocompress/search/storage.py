@@ -331,6 +331,7 @@ class Worker:
     rank: int
     registered: float
     beat: float
+    stopped: bool = False
 
     @property
     def key(self) -> str:
@@ -340,17 +341,21 @@ class Worker:
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         return {"uuid": self.uuid, "host": self.host, "pid": self.pid, "start": self.start,
-                "rank": self.rank, "registered": self.registered, "beat": self.beat}
+                "rank": self.rank, "registered": self.registered, "beat": self.beat,
+                "stopped": self.stopped}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Worker:
         """Inverse of ``to_dict``."""
         return cls(uuid=str(d["uuid"]), host=str(d["host"]), pid=int(d["pid"]),
                    start=d.get("start"), rank=int(d.get("rank", 0)),
-                   registered=float(d.get("registered", 0.0)), beat=float(d.get("beat", 0.0)))
+                   registered=float(d.get("registered", 0.0)), beat=float(d.get("beat", 0.0)),
+                   stopped=bool(d.get("stopped", False)))
 
     def alive(self, now: float | None = None) -> bool:
-        """Whether the process still runs (pid check on this host, heartbeat elsewhere)."""
+        """Whether the worker still runs (pid check on this host, heartbeat elsewhere)."""
+        if self.stopped:
+            return False
         if self.host == socket.gethostname():
             return process_alive(self.pid, self.start)
         return (now or time.time()) - self.beat < STALE_AFTER_S
@@ -397,6 +402,11 @@ def heartbeat(study: optuna.Study, worker: Worker) -> Worker:
     beat = Worker(**{**worker.__dict__, "beat": time.time()})
     study.set_user_attr(beat.key, beat.to_dict())
     return beat
+
+
+def unregister_worker(study: optuna.Study, worker: Worker) -> None:
+    """Mark this worker as stopped (its rank is free again; its trials are final)."""
+    study.set_user_attr(worker.key, {**worker.to_dict(), "stopped": True, "beat": time.time()})
 
 
 def derive_seed(seed: int, *parts: Any) -> int:

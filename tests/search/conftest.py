@@ -17,7 +17,7 @@ TINY: dict[str, Any] = {
     "model": "test_convnet",
     "data": "digits",
     "knobs": ["prune"],
-    "train_epochs": 6,
+    "train_epochs": 4,
     "evaluator": {"val_samples": 96, "low_fidelity_val_samples": 48, "recalib_batches": 2},
     "trials": 3,
 }

@@ -1,0 +1,149 @@
+"""Crash safety and sharing: SIGKILL then resume, two processes on one journal, the trial log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autocompress.errors import UserInputError
+from autocompress.problem import Problem
+from autocompress.search import SearchSpec, run_search
+from autocompress.search.storage import (
+    JOURNAL_FILE,
+    TRIALS_FILE,
+    TrialLog,
+    open_storage,
+    register_worker,
+    study_workers,
+    unregister_worker,
+)
+
+PROC = Path(__file__).with_name("search_proc.py")
+
+
+def _spawn(spec: SearchSpec, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONHASHSEED": "0", "AUTOCOMPRESS_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(PROC), json.dumps(spec.to_dict()), *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _counted_trials(spec: SearchSpec) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=spec.study_name, storage=open_storage(spec))
+    return [t for t in study.get_trials() if t.user_attrs.get("status") in ("ok", "failed")]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_resume_after_sigkill_loses_and_duplicates_nothing(
+        search_problem: Problem, tmp_path: Path, tiny_spec: Callable) -> None:
+    spec = tiny_spec(tmp_path / "run", strategy="nsga2", trials=8,
+                     strategy_settings={"population_size": 4})
+    log = TrialLog(spec.run_dir / TRIALS_FILE)
+    proc = _spawn(spec)
+    deadline = time.time() + 200
+    while time.time() < deadline and proc.poll() is None:
+        if len([r for r in log.read() if r.get("final")]) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = {r["id"]: r["policy_key"] for r in log.read() if r.get("final")}
+    assert 3 <= len(before) < 8
+
+    result = run_search(spec, problem=search_problem)  # the same command again
+    assert result.n_evaluated == 8
+    counted = _counted_trials(spec)
+    assert len(counted) == 8
+    keys = [t.user_attrs["policy_key"] for t in counted]
+    assert len(set(keys)) == 8  # no candidate evaluated twice
+    finals = [r for r in log.read() if r.get("final")]
+    assert sorted(r["id"] for r in finals) == sorted(t.number for t in counted)  # one line each
+    for tid, key in before.items():  # everything finished before the kill is kept as it was
+        assert any(t.number == tid and t.user_attrs["policy_key"] == key for t in counted)
+    assert result.front
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_processes_share_one_journal_study(search_problem: Problem, tmp_path: Path,
+                                               tiny_spec: Callable) -> None:
+    spec = tiny_spec(tmp_path / "run", strategy="random", trials=10)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [_spawn(spec, str(barrier), "2") for _ in range(2)]
+    outs = [p.communicate(timeout=280) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert (spec.run_dir / JOURNAL_FILE).is_file()
+    counted = _counted_trials(spec)
+    assert len(counted) == 10  # the count is shared, not 10 each
+    assert len({t.user_attrs["policy_key"] for t in counted}) == 10  # no duplicated work
+    workers = {t.user_attrs["worker"] for t in counted}
+    assert len(workers) == 2  # both processes evaluated candidates
+    finals = [r for r in TrialLog(spec.run_dir / TRIALS_FILE).read() if r.get("final")]
+    assert sorted(r["id"] for r in finals) == sorted(t.number for t in counted)
+    study = optuna.load_study(study_name=spec.study_name, storage=open_storage(spec))
+    ranks = sorted(w.rank for w in study_workers(study).values())
+    assert ranks == [0, 1]  # distinct seeds for the two processes
+
+
+@pytest.mark.timeout(60)
+def test_trial_log_appends_whole_lines_and_repairs_a_torn_tail(tmp_path: Path) -> None:
+    log = TrialLog(tmp_path / TRIALS_FILE)
+
+    def writer(k: int) -> None:
+        for i in range(50):
+            log.append({"writer": k, "i": i, "pad": "x" * 500, "nan": float("nan")})
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    recs = log.read()
+    assert len(recs) == 200 and all(r["nan"] is None for r in recs)
+    with open(log.path, "a") as fh:
+        fh.write('{"half": ')  # a writer killed mid-line
+    assert len(log.read()) == 200
+    assert log.repair() is True and log.repair() is False
+    log.append({"after": True})
+    assert log.read()[-1] == {"after": True} and len(log.read()) == 201
+
+
+@pytest.mark.timeout(60)
+def test_worker_ranks_are_distinct_and_freed(tmp_path: Path) -> None:
+    spec = SearchSpec(out=str(tmp_path / "run"))
+    study = optuna.create_study(storage=open_storage(spec), study_name="w",
+                                directions=["maximize", "minimize"])
+    a = register_worker(study)
+    b = register_worker(study)
+    assert (a.rank, b.rank) == (0, 1)
+    unregister_worker(study, a)
+    c = register_worker(study)
+    assert c.rank == 0  # a stopped worker's rank is reused (a resumed run keeps its seed)
+    # a worker whose process is gone counts as stopped
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    ghost = {**b.to_dict(), "uuid": "ghost", "pid": int(dead.stdout), "rank": 7}
+    study.set_user_attr("worker:ghost", ghost)
+    assert not study_workers(study)["ghost"].alive()
+
+
+def test_storage_settings(tmp_path: Path) -> None:
+    spec = SearchSpec(out=str(tmp_path / "r"), storage=str(tmp_path / "shared.journal"))
+    assert type(open_storage(spec)).__name__ == "JournalStorage"
+    url = SearchSpec(out=str(tmp_path / "r"), storage=f"sqlite:///{tmp_path / 'x.db'}")
+    assert type(open_storage(url)).__name__ == "RDBStorage"
+    with pytest.raises(UserInputError, match="storage 'mongo' is not allowed"):
+        open_storage(SearchSpec(out=str(tmp_path / "r"), storage="mongo"))
