@@ -92,7 +92,7 @@ def scored_model(problem: Problem, policy: CompressionPolicy) -> nn.Module:
     Mirrors ``CompressionEvaluator`` step by step so that an exported or fine-tuned point starts
     from the model whose accuracy the front reports.
     """
-    from autocompress.evaluators.accuracy import has_batchnorm, kd_finetune, recalibrate_bn
+    from autocompress.evaluators.accuracy import has_batchnorm, recalibrate_bn
     from autocompress.evaluators.compression_evaluator import changes_structure
 
     ev = problem.evaluator
@@ -101,16 +101,6 @@ def scored_model(problem: Problem, policy: CompressionPolicy) -> nn.Module:
     c = ev.config
     if c.bn_recalib and changes_structure(policy) and has_batchnorm(small):
         recalibrate_bn(small, ev.calib_batches)
-    if c.finetune_steps > 0:
-        x_tr, y_tr = problem.data.tensors("train")
-        kd_finetune(small, problem.model, x_tr, y_tr, steps=c.finetune_steps,
-                    batch_size=c.recalib_batch_size, lr=c.finetune_lr, alpha=c.kd_alpha,
-                    temperature=c.kd_temperature, seed=c.seed)
+    if c.finetune_steps > 0 and any(not a.is_identity for a in policy.layers.values()):
+        ev.finetune(small, c.finetune_steps)
     return small.eval()
-
-
-def float_model(problem: Problem, policy: CompressionPolicy) -> nn.Module:
-    """The point's pruned / factorised model with every bit-width at 32 (the int8 export's source)."""
-    from autocompress.evaluators.compression_evaluator import structural_policy
-
-    return scored_model(problem, structural_policy(policy))

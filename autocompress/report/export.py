@@ -100,6 +100,7 @@ class ExportInfo:
     int8_acc: float | None = None
     int8_agreement: float | None = None
     exporter: str = ""
+    finetuned: bool = False
     seconds: float = 0.0
 
     @property
@@ -124,7 +125,8 @@ class ExportInfo:
     def lines(self) -> list[str]:
         """Human-readable summary, one fact per line (what the CLI prints)."""
         out = [
-            f"point {self.point_id} -> {self.path} ({self.format}, {self.exporter})",
+            f"point {self.point_id}{' (fine-tuned)' if self.finetuned else ''} -> {self.path} "
+            f"({self.format}, {self.exporter})",
             f"size     {_mb(self.size_bytes)} vs original {_mb(self.original_size_bytes)} "
             f"({self.size_ratio:.2f}x)",
             f"latency  {self.latency_ms:.3f} ms vs original {self.original_latency_ms:.3f} ms "
@@ -375,6 +377,7 @@ def export_point(
     min_agreement: float = 0.98,
     check_samples: int = 256,
     progress: bool = False,
+    finetuned: bool = False,
 ) -> ExportInfo:
     """Write point ``point_id`` of the run's front as a really compressed model file.
 
@@ -392,6 +395,8 @@ def export_point(
             quantization (whose outputs can differ by single rounding steps; see below).
         check_samples: validation samples used for the output comparison.
         progress: show progress while a missing base model is trained.
+        finetuned: export the point's latest fine-tuned model (``finetune_point``) instead of
+            the model as the search scored it.
 
     Returns:
         ``ExportInfo`` with sizes, latencies (original alongside), accuracy and the check result.
@@ -406,7 +411,8 @@ def export_point(
         >>> info = export_point("runs/demo", 3, "onnx", "model.onnx")  # doctest: +SKIP
         >>> print("\\n".join(info.lines()))  # doctest: +SKIP
     """
-    from autocompress.report._rebuild import float_model, rebuild_problem, scored_model
+    from autocompress.report._rebuild import rebuild_problem, scored_model
+    from autocompress.report.finetune import latest_finetune
 
     t0 = time.perf_counter()
     if fmt not in FORMATS:
@@ -427,9 +433,18 @@ def export_point(
         if p is not None and p.is_dir():
             raise UserInputError(f"--out {str(p)!r} is a directory; give a file path")
 
+    record = latest_finetune(run.path, point.id) if finetuned else None
+    if finetuned and record is None:
+        raise UserInputError(
+            f"point {point.id} has no fine-tuned model in {str(run.path / 'finetune')!r}; run "
+            f"`autocompress finetune {run.path} --point {point.id}` first"
+        )
     problem = rebuild_problem(run, progress=progress)
     example = problem.example_input
-    small = scored_model(problem, point.policy)
+    if record is not None:
+        small = torch.load(record["weights_path"], map_location="cpu", weights_only=False).eval()
+    else:
+        small = scored_model(problem, point.policy)
     original = problem.model.eval()
     x_val, y_val = problem.data.tensors("val")
     x_check = x_val[:check_samples]
@@ -484,8 +499,11 @@ def export_point(
 
     int8_fields: dict[str, Any] = {}
     if do_int8 and int8_path is not None:
-        fp = float_model(problem, point.policy)
-        q_blob = quantize_int8(onnx_bytes(fp, example)[0], problem.evaluator.calib_batches,
+        # The int8 source is this very model with its activation fake-quantizers bypassed: its
+        # 8-bit weights already sit on the symmetric per-channel grid ORT quantizes them to.
+        with activation_quant_bypassed(small):
+            float_blob = onnx_bytes(small, example)[0]
+        q_blob = quantize_int8(float_blob, problem.evaluator.calib_batches,
                                exclude_modules=float_layers(point.policy))
         q_sess = _session(q_blob, threads)
         q_logits = _ort_logits(q_sess, x_val)
@@ -498,13 +516,13 @@ def export_point(
             "int8_acc": _top1(q_logits, y_val),
             "int8_agreement": float((q_logits.argmax(1) == ref_val.argmax(1)).mean()),
         }
-    recorded = point.metrics.get("acc")
+    recorded = point.metrics.get("acc") if record is None else record.get("acc_after")
     info = ExportInfo(
         point_id=point.id, format=fmt, path=path, size_bytes=len(blob),
         original_size_bytes=len(orig_blob), latency_ms=latency, original_latency_ms=orig_latency,
         backend=backend, batch=batch, threads=threads, max_abs_diff=diff, acc=acc,
         recorded_acc=None if recorded is None or not math.isfinite(recorded) else recorded,
-        metrics=dict(point.metrics), exporter=exporter, seconds=time.perf_counter() - t0,
+        metrics=dict(point.metrics), exporter=exporter, finetuned=record is not None, seconds=time.perf_counter() - t0,
         **quant, **int8_fields,
     )
     write_export_record(info, run.path)

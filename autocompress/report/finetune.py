@@ -84,6 +84,34 @@ class FinetuneResult:
         ]
 
 
+def _records(directory: Path, point_id: str) -> list[tuple[int, Path]]:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in point_id)
+    out = []
+    for f in directory.glob(f"point-{safe}*.json"):
+        suffix = f.stem[len(f"point-{safe}"):]
+        if suffix == "":
+            out.append((1, f))
+        elif suffix.startswith("-") and suffix[1:].isdigit():
+            out.append((int(suffix[1:]), f))
+    return sorted(out)
+
+
+def latest_finetune(run_dir: str | Path, point_id: str | int) -> dict[str, Any] | None:
+    """The most recent fine-tune record of a point (``RUN/finetune/point-<id>[-n].json``), or None."""
+    directory = Path(run_dir) / "finetune"
+    for _, path in reversed(_records(directory, str(point_id))):
+        try:
+            rec = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        weights = path.with_suffix(".pt")  # written next to its record, same stem
+        if isinstance(rec, dict) and weights.is_file():
+            rec["weights_path"] = str(weights)
+            rec["record_path"] = str(path)
+            return rec
+    return None
+
+
 def _free_stem(directory: Path, stem: str) -> str:
     """``stem`` or ``stem-2``, ``stem-3``, ... : the first whose .json and .pt are both free."""
     candidate, n = stem, 1

@@ -78,3 +78,17 @@ def test_finetune_bad_inputs(real_run: Path) -> None:
         finetune_point(real_run, "1", epochs=1, alpha=1.5)
     with pytest.raises(UserInputError, match="temperature=0"):
         finetune_point(real_run, "1", epochs=1, temperature=0)
+
+
+def test_export_the_finetuned_model(real_run: Path, tmp_path: Path) -> None:
+    from autocompress.report.export import export_point
+
+    with pytest.raises(UserInputError, match="no fine-tuned model.*autocompress finetune"):
+        export_point(real_run, "2", "onnx", tmp_path / "none.onnx", finetuned=True)
+    res = finetune_point(real_run, "2", epochs=1, seed=1)
+    info = export_point(real_run, "2", "onnx", tmp_path / "ft.onnx", finetuned=True, repeats=3)
+    assert info.finetuned and info.max_abs_diff <= 1e-4
+    assert info.recorded_acc == res.acc_after
+    assert info.acc == pytest.approx(res.acc_after, abs=0.005)  # ONNX Runtime scores the same model
+    assert info.int8_path is not None and info.int8_agreement is not None
+    assert info.int8_agreement > 0.9
