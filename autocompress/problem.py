@@ -223,9 +223,12 @@ class Problem:
         """A tiny problem that builds in seconds: ``test_resnet`` (ResNet-8, width 8) on digits.
 
         Used by ``gymnasium.make("autocompress/Compression-v0")`` without arguments and by
-        quick demos; any ``build`` argument can be overridden.
+        quick demos; any ``build`` argument can be overridden. Latency is off by default here
+        (a model this small is bound by call overhead, and its lookup table would cost more than
+        the problem itself); pass ``evaluator=EvaluatorConfig()`` to predict it.
         """
-        kwargs: dict[str, Any] = {"model": "test_resnet", "data": "digits", "train_epochs": 8}
+        kwargs: dict[str, Any] = {"model": "test_resnet", "data": "digits", "train_epochs": 8,
+                                  "evaluator": EvaluatorConfig(latency="none")}
         kwargs.update(overrides)
         return cls.build(**kwargs)
 

@@ -93,7 +93,8 @@ def test_bad_settings_are_one_line_user_errors(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_default_problem_is_tiny_and_trained(tmp_path: Path) -> None:
-    p = Problem.default(cache_dir=tmp_path, evaluator=CFG, progress=False)
+    p = Problem.default(cache_dir=tmp_path, progress=False)
     assert p.model_name == "test_resnet" and p.data.name == "digits"
+    assert p.evaluator.config.latency == "none" and "latency_ms" not in p.evaluator.metrics
     assert sum(t.numel() for t in p.model.parameters()) < 100_000
     assert p.base.metrics["acc"] > 0.9

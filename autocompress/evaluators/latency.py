@@ -170,12 +170,22 @@ def make_runner(
                 return model(x)
 
         return run_torch
-    onnx_bytes = export_onnx(model, example_input[:1])
+    return make_ort_runner(export_onnx(model, example_input[:1]), example_input, backend=backend,
+                           batch=batch, threads=threads, calib=calib)
+
+
+def make_ort_runner(
+    onnx_bytes: bytes, example_input: Tensor, *, backend: str, batch: int, threads: int,
+    calib: Sequence[Tensor] | None = None,
+) -> Callable[[], Any]:
+    """Like ``make_runner`` for an ONNX graph with one input named ``input`` (dynamic batch)."""
     if backend == "ort-int8":
         samples = [c.detach().numpy().astype(np.float32) for c in (calib or [example_input[:1]])]
         onnx_bytes = quantize_onnx_int8(onnx_bytes, samples)
+    elif backend != "ort":
+        raise UserInputError(f"backend {backend!r} does not run ONNX graphs; allowed: ort, ort-int8")
     sess = ort_session(onnx_bytes, threads)
-    feed = {"input": x.detach().numpy().astype(np.float32)}
+    feed = {"input": batched(example_input, batch).detach().numpy().astype(np.float32)}
 
     def run_ort() -> Any:
         return sess.run(None, feed)

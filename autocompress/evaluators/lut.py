@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from autocompress.errors import UserInputError
 from autocompress.evaluators.latency import (
     check_backend,
+    make_ort_runner,
     make_runner,
     measure_latency,
     time_runner,
@@ -279,6 +280,87 @@ def build_standalone(spec: dict[str, Any], cin: int, cout: int, *, groups: int |
     return module, x
 
 
+_ONNX_ACTS: dict[str, str] = {"ReLU": "Relu", "Sigmoid": "Sigmoid", "Tanh": "Tanh",
+                              "Hardswish": "HardSwish", "LeakyReLU": "LeakyRelu", "ELU": "Elu"}
+
+
+def standalone_onnx(spec: dict[str, Any], cin: int, cout: int, *, groups: int | None = None,
+                    kernel_one: bool = False, bias: bool | None = None, bn: bool | None = None,
+                    act: bool = True) -> bytes | None:
+    """The ONNX graph of ``build_standalone`` written directly (about 50x faster than exporting).
+
+    BatchNorm is folded into the bias, as ONNX Runtime's optimiser does anyway. Returns None for
+    what it does not write (string padding, uncommon activations): the caller then exports the
+    torch module.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    use_bias = (spec["bias"] if bias is None else bias) or (spec["bn"] if bn is None else bn)
+    inits, nodes = [], []
+    if spec["kind"] == "linear":
+        shape = list(spec["shape"])
+        x_shape: list[Any] = ["batch", *shape, cin]
+        w = rng.standard_normal((cin, cout)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, "W"))
+        if use_bias:
+            inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), "B"))
+        if not shape and use_bias:
+            nodes.append(helper.make_node("Gemm", ["input", "W", "B"], ["y"]))
+        else:
+            nodes.append(helper.make_node("MatMul", ["input", "W"], ["mm" if use_bias else "y"]))
+            if use_bias:
+                nodes.append(helper.make_node("Add", ["mm", "B"], ["y"]))
+    else:
+        if isinstance(spec["padding"], str) or spec.get("transposed"):
+            return None
+        dims = spec["dims"]
+        g = 1 if kernel_one else (groups or 1)
+        if kernel_one:
+            shape, kernel = _conv_out_shape(spec), [1] * dims
+            attrs: dict[str, Any] = {"kernel_shape": kernel, "group": 1}
+        else:
+            shape, kernel = list(spec["shape"]), list(spec["kernel"])
+            attrs = {"kernel_shape": kernel, "strides": list(spec["stride"]),
+                     "pads": list(spec["padding"]) * 2, "dilations": list(spec["dilation"]), "group": g}
+        x_shape = ["batch", cin, *shape]
+        w = rng.standard_normal((cout, cin // g, *kernel)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, "W"))
+        inputs = ["input", "W"]
+        if use_bias:
+            inits.append(numpy_helper.from_array(np.zeros(cout, np.float32), "B"))
+            inputs.append("B")
+        nodes.append(helper.make_node("Conv", inputs, ["y"], **attrs))
+    desc = spec["act"] if act else None
+    out = "y"
+    if desc is not None:
+        kind, kw = desc["type"], desc["kw"]
+        if kind in _ONNX_ACTS:
+            extra = {"alpha": float(kw["negative_slope"])} if kind == "LeakyReLU" else (
+                {"alpha": float(kw["alpha"])} if kind == "ELU" else {})
+            nodes.append(helper.make_node(_ONNX_ACTS[kind], ["y"], ["output"], **extra))
+        elif kind == "ReLU6":
+            inits += [numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+                      numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+            nodes.append(helper.make_node("Clip", ["y", "lo", "hi"], ["output"]))
+        elif kind == "Hardsigmoid":
+            nodes.append(helper.make_node("HardSigmoid", ["y"], ["output"], alpha=1 / 6, beta=0.5))
+        elif kind == "SiLU":
+            nodes += [helper.make_node("Sigmoid", ["y"], ["s"]),
+                      helper.make_node("Mul", ["y", "s"], ["output"])]
+        else:
+            return None
+        out = "output"
+    if out == "y":
+        nodes[-1].output[0] = "output"
+    graph = helper.make_graph(
+        nodes, "layer", [helper.make_tensor_value_info("input", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 def _conv_out_shape(spec: dict[str, Any]) -> list[int]:
     out = []
     for i, size in enumerate(spec["shape"]):
@@ -297,20 +379,27 @@ class _Profiler:
         self.memo: dict[str, float] = {}
         self.overhead_ms = 0.0
 
-    def time(self, module: nn.Module, x: Tensor) -> float:
-        run = make_runner(module, x, backend=self.backend, batch=self.batch, threads=self.threads)
-        times = time_runner(run, warmup=self.warmup, repeats=self.repeats, min_repeat_ms=1.0)
+    def time(self, module: nn.Module, x: Tensor, onnx_bytes: bytes | None = None) -> float:
+        if onnx_bytes is not None and self.backend != "torch":
+            run = make_ort_runner(onnx_bytes, x, backend=self.backend, batch=self.batch,
+                                  threads=self.threads)
+        else:
+            run = make_runner(module, x, backend=self.backend, batch=self.batch, threads=self.threads)
+        times = time_runner(run, warmup=self.warmup, repeats=self.repeats, min_repeat_ms=0.5)
         return float(np.median(times))
 
     def measure_overhead(self) -> None:
         module = _AddOne().eval()
         self.overhead_ms = self.time(module, torch.zeros(1, 1))
 
-    def entry(self, key: dict[str, Any], build: Any) -> float:
+    def entry(self, key: dict[str, Any], spec: dict[str, Any], cin: int, cout: int,
+              **kw: Any) -> float:
+        """Milliseconds of one standalone layer configuration (net of the call overhead)."""
         k = json.dumps(key, sort_keys=True)
         if k not in self.memo:
-            module, x = build()
-            self.memo[k] = max(self.time(module, x) - self.overhead_ms, 0.0)
+            module, x = build_standalone(spec, cin, cout, **kw)
+            graph = standalone_onnx(spec, cin, cout, **kw) if self.backend != "torch" else None
+            self.memo[k] = max(self.time(module, x, graph) - self.overhead_ms, 0.0)
         return self.memo[k]
 
 
@@ -386,7 +475,7 @@ class LatencyLUT:
     scale: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
 
-    schema_version: ClassVar[int] = 1
+    schema_version: ClassVar[int] = 2
 
     # -- prediction -------------------------------------------------------------------------
     def layer_ms(self, layer: _Layer, policy: CompressionPolicy) -> float:
@@ -503,8 +592,8 @@ class LatencyLUT:
         *,
         keep_points: int = 5,
         rank_points: int = 4,
-        warmup: int = 3,
-        repeats: int = 9,
+        warmup: int = 2,
+        repeats: int = 7,
         calibration_policies: int = 8,
         rebuild: bool = False,
     ) -> LatencyLUT:
@@ -588,7 +677,7 @@ class LatencyLUT:
         The base model is always measured: with no calibration policies the constant is its
         latency minus the sum of its layer entries (exact at the identity). With ``n_policies``
         random compressed models measured as well, ``measured = constant + scale * sum`` is
-        fitted by least squares, which absorbs what standalone layers see differently from layers
+        fitted robustly (Theil-Sen), which absorbs what standalone layers see differently from layers
         inside the graph (ONNX Runtime's layout reorders at a standalone layer's boundaries,
         fusions across layers); the fit is ignored when it is not well-posed.
         """
@@ -614,11 +703,23 @@ class LatencyLUT:
         self.constant_ms = base - sums[0]
         x, y = np.asarray(sums), np.asarray(meas)
         if len(x) >= 3 and float(np.ptp(x)) > 1e-9:
-            slope, intercept = np.polyfit(x, y, 1)
+            slope, intercept = _theil_sen(x, y)
             if 0.25 <= slope <= 4.0:
                 self.scale, self.constant_ms = float(slope), float(intercept)
         pred = self.constant_ms + self.scale * x
         self.meta["calibration_rel_err"] = [float(v) for v in np.abs(pred - y) / y]
+
+
+def _theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Robust line fit: median of pairwise slopes, then median intercept.
+
+    One timing disturbed by a busy neighbour must not tilt the line (least squares would).
+    """
+    i, j = np.triu_indices(len(x), k=1)
+    dx = x[j] - x[i]
+    ok = np.abs(dx) > 1e-12
+    slope = float(np.median((y[j] - y[i])[ok] / dx[ok]))
+    return slope, float(np.median(y - slope * x))
 
 
 def _plan(layers: list[_Layer], space: CompressionSpace, keep_points: int,
@@ -651,7 +752,7 @@ def _plan(layers: list[_Layer], space: CompressionSpace, keep_points: int,
 
             def run(prof: _Profiler) -> None:
                 key = {"spec": s, "cin": cin, "cout": cout, "groups": groups, "part": "main"}
-                lay.table[i][j] = prof.entry(key, lambda: build_standalone(s, cin, cout, groups=groups))
+                lay.table[i][j] = prof.entry(key, s, cin, cout, groups=groups)
 
             return run
 
@@ -676,8 +777,7 @@ def _plan(layers: list[_Layer], space: CompressionSpace, keep_points: int,
 
                 def run(prof: _Profiler) -> None:
                     key = {"spec": s, "cin": cin, "cout": r, "part": "first"}
-                    lay.first[i][k] = prof.entry(key, lambda: build_standalone(
-                        s, cin, r, bias=False, bn=False, act=False))
+                    lay.first[i][k] = prof.entry(key, s, cin, r, bias=False, bn=False, act=False)
 
                 return run
 
@@ -687,8 +787,7 @@ def _plan(layers: list[_Layer], space: CompressionSpace, keep_points: int,
 
                 def run(prof: _Profiler) -> None:
                     key = {"spec": s, "cin": r, "cout": cout, "part": "second"}
-                    lay.second[k][j] = prof.entry(key, lambda: build_standalone(
-                        s, r, cout, kernel_one=True))
+                    lay.second[k][j] = prof.entry(key, s, r, cout, kernel_one=True)
 
                 return run
 

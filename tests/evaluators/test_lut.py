@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
 from autocompress.compression import CompressionPolicy, CompressionSpace, LayerAction
 from autocompress.errors import UserInputError
 from autocompress.evaluators import LatencyLUT
-from autocompress.evaluators.lut import _interp2, discover_layers
+from autocompress.evaluators.lut import (
+    _interp2,
+    _theil_sen,
+    build_standalone,
+    discover_layers,
+    standalone_onnx,
+)
 from autocompress.models import create_model
 
 FAST = {"keep_points": 2, "rank_points": 2, "repeats": 3, "warmup": 1}
@@ -93,3 +101,38 @@ def test_load_rejects_other_files(tmp_path: Path) -> None:
         LatencyLUT.load(bad)
     with pytest.raises(UserInputError, match="does not exist"):
         LatencyLUT.load(tmp_path / "missing.json")
+
+
+def test_robust_line_fit_ignores_a_disturbed_timing() -> None:
+    x = np.arange(10.0)
+    y = 2.0 * x + 1.0
+    y[3] = 100.0  # one measurement hit by a busy neighbour
+    slope, intercept = _theil_sen(x, y)
+    assert slope == pytest.approx(2.0) and intercept == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("spec_kw", "cin", "cout", "kw"),
+    [
+        ({"kind": "conv", "dims": 2, "kernel": [3, 3], "stride": [2, 2], "padding": [1, 1],
+          "dilation": [1, 1], "groups": 1, "shape": [9, 9], "act": {"type": "ReLU6", "kw": {}}}, 5, 7, {}),
+        ({"kind": "conv", "dims": 2, "kernel": [3, 3], "stride": [1, 1], "padding": [1, 1],
+          "dilation": [1, 1], "groups": 6, "shape": [8, 8], "act": {"type": "Hardswish", "kw": {}}}, 6, 6,
+         {"groups": 6}),
+        ({"kind": "conv", "dims": 2, "kernel": [3, 3], "stride": [2, 2], "padding": [1, 1],
+          "dilation": [1, 1], "groups": 1, "shape": [9, 9], "act": {"type": "SiLU", "kw": {}}}, 3, 4,
+         {"kernel_one": True}),
+        ({"kind": "linear", "shape": [], "act": None}, 12, 5, {}),
+        ({"kind": "linear", "shape": [7], "act": {"type": "LeakyReLU", "kw": {"negative_slope": 0.1}}}, 12, 5, {}),
+    ],
+)
+def test_direct_onnx_layers_match_the_torch_layers(spec_kw: dict, cin: int, cout: int, kw: dict) -> None:
+    spec = {"bias": True, "bn": spec_kw["kind"] == "conv", "cin": cin, "cout": cout, **spec_kw}
+    module, x = build_standalone(spec, cin, cout, **kw)
+    graph = standalone_onnx(spec, cin, cout, **kw)
+    assert graph is not None
+    sess = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    xb = x.expand(3, *x.shape[1:]).contiguous()
+    (out,) = sess.run(None, {"input": xb.numpy()})
+    with torch.no_grad():
+        assert out.shape == tuple(module(xb).shape)
