@@ -212,11 +212,30 @@ class Problem:
             "data_root": data_root, "seed": seed, "num_classes": n_cls, "input_shape": list(shape),
             "knobs": list(knobs), "max_prune": max_prune, "round_to": round_to,
             "importance": importance, "train_epochs": train_epochs, "evaluator": config.to_dict(),
-            "val_size": val_size, "calib_size": calib_size,
+            "val_size": val_size, "calib_size": calib_size, "cache_dir": str(root),
+            "module": isinstance(model, nn.Module),
         }
         return cls(model=net, model_name=name, data=splits, space=space, evaluator=ev,
                    example_input=example_input, checkpoint_path=ckpt_path, seed=seed,
                    settings=settings)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], **overrides: Any) -> Problem:
+        """Rebuild a problem from ``problem.settings`` (e.g. in a worker process).
+
+        The base model comes back from its checkpoint (the cached one when it was trained), so
+        nothing is trained again; ``overrides`` replace individual build arguments.
+        """
+        kw = {k: v for k, v in settings.items() if k != "module"}
+        if settings.get("module"):
+            raise UserInputError(
+                f"problem was built from a module object ({settings['model']!r}); "
+                "it cannot be rebuilt from settings, pass the module to Problem.build"
+            )
+        if isinstance(kw.get("evaluator"), dict):
+            kw["evaluator"] = EvaluatorConfig.from_dict(kw["evaluator"])
+        kw.update(overrides)
+        return cls.build(**kw)
 
     @classmethod
     def default(cls, **overrides: Any) -> Problem:

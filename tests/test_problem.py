@@ -57,6 +57,11 @@ def test_builds_trains_once_and_reuses_the_cached_base(tmp_path: Path, train_cal
     assert model_fingerprint(second.model) == model_fingerprint(first.model)
     assert second.base.cached  # the evaluation cache is shared across runs too
 
+    third = Problem.from_settings(first.settings)  # what a worker process does
+    assert train_calls == ["TinyMLP"] and third.settings["evaluator"] == first.settings["evaluator"]
+    assert model_fingerprint(third.model) == model_fingerprint(first.model)
+    assert third.space.names == first.space.names
+
     Problem.build("test_mlp", train_epochs=4, evaluator=CFG, cache_dir=tmp_path, progress=False)
     Problem.build("test_mlp", train_epochs=3, seed=1, evaluator=CFG, cache_dir=tmp_path, progress=False)
     assert len(train_calls) == 3  # epochs and seed are part of the key
@@ -75,6 +80,8 @@ def test_checkpoint_and_module_inputs(tmp_path: Path, train_calls: list[str]) ->
     q = Problem.build(net, evaluator=CFG, cache_dir=tmp_path, progress=False)
     assert train_calls == [] and q.model is net and q.model_name == "TinyMLP"
     assert q.settings["model"] == "TinyMLP" and q.settings["evaluator"]["latency"] == "none"
+    with pytest.raises(UserInputError, match="module object"):
+        Problem.from_settings(q.settings)
 
 
 def test_bad_settings_are_one_line_user_errors(tmp_path: Path) -> None:

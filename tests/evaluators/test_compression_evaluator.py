@@ -216,3 +216,4 @@ def test_latency_measured_and_predicted(tiny_problem: Problem, tmp_path: Path) -
     r2 = predicted.evaluate(policy, fidelity="low")
     assert r2.metrics["latency_ms"] == lut.predict(policy)
     assert r2.latency_info == {"backend": "ort", "batch": 1, "threads": 1, "kind": "predicted"}
+
