@@ -104,8 +104,9 @@ class _Layer:
 
     name: str
     spec: dict[str, Any]                  # standalone-module description at full width
-    in_sources: dict[str, float] = field(default_factory=dict)   # point -> channels per unit prune
-    out_sources: dict[str, float] = field(default_factory=dict)
+    # point -> [prune grid, channels removed at each grid value] (exact, probed)
+    in_sources: dict[str, list[list[float]]] = field(default_factory=dict)
+    out_sources: dict[str, list[list[float]]] = field(default_factory=dict)
     rank_point: str | None = None
     in_grid: list[float] = field(default_factory=list)    # keep fractions
     out_grid: list[float] = field(default_factory=list)
@@ -208,30 +209,54 @@ def _widths(model: nn.Module) -> dict[str, tuple[int, int]]:
 
 def _probe_dependencies(
     model: nn.Module, space: CompressionSpace, example_input: Tensor, layers: list[_Layer],
-) -> None:
-    """Fill each layer's width sources and rank point by compressing with one point changed."""
+    points: int,
+) -> int:
+    """Fill each layer's width sources and rank point by compressing with one point changed.
+
+    Every prunable point is compressed alone at ``points - 1`` ratios spread over its range, so
+    the channels each layer loses are known exactly there (``round_to`` rounding included) and
+    interpolated in between. Returns the number of probes.
+    """
     from autocompress.compression import CompressionPolicy, LayerAction, compress
 
     base = _widths(model)
     by_name = {lay.name: lay for lay in layers}
+    probes = 0
     for point in space.decision_points:
         knobs = point.knobs
         if "prune" in knobs:
             high = float(knobs["prune"].most_compressed)
-            if high > 0:
-                small = compress(model, CompressionPolicy({point.name: LayerAction(prune=high)}),
+            grid = [float(v) for v in np.linspace(0.0, high, max(points, 2))] if high > 0 else []
+            for k, ratio in enumerate(grid[1:], start=1):
+                small = compress(model, CompressionPolicy({point.name: LayerAction(prune=ratio)}),
                                  space=space, example_input=example_input)
+                probes += 1
                 now = _widths(small)
                 for lname, lay in by_name.items():
                     if lname not in now:
                         continue
                     (ci, co), (ni, no) = base[lname], now[lname]
-                    if ni != ci:
-                        lay.in_sources[point.name] = (ci - ni) / high
-                    if no != co:
-                        lay.out_sources[point.name] = (co - no) / high
+                    for sources, delta in ((lay.in_sources, ci - ni), (lay.out_sources, co - no)):
+                        if delta and point.name not in sources:
+                            sources[point.name] = [grid, [0.0] * len(grid)]
+                        if point.name in sources:
+                            sources[point.name][1][k] = float(delta)
         if "rank" in knobs and point.name in by_name:
             by_name[point.name].rank_point = point.name
+    return probes
+
+
+def _removed(sources: dict[str, list[list[float]]], policy: CompressionPolicy | None,
+             k: int | None = None) -> float:
+    """Channels removed from one side of a layer: at ``policy``, or at grid index ``k`` of all."""
+    total = 0.0
+    for point, (grid, delta) in sources.items():
+        if k is not None:
+            total += delta[k]
+        else:
+            assert policy is not None
+            total += float(np.interp(policy.get(point).prune, grid, delta))
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,13 +433,6 @@ class _AddOne(nn.Module):
         return x + 1.0
 
 
-def _keep_grid(lo: float, n: int) -> list[float]:
-    lo = min(max(lo, 1e-3), 1.0)
-    if lo >= 1.0 - 1e-9 or n <= 1:
-        return [1.0]
-    return [float(v) for v in np.linspace(lo, 1.0, n)]
-
-
 def _channels(full: int, keep: float, multiple: int = 1) -> int:
     c = max(1, int(round(full * keep)))
     if multiple > 1:
@@ -475,7 +493,7 @@ class LatencyLUT:
     scale: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
 
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
 
     # -- prediction -------------------------------------------------------------------------
     def layer_ms(self, layer: _Layer, policy: CompressionPolicy) -> float:
@@ -483,8 +501,8 @@ class LatencyLUT:
         from autocompress.compression.lowrank import factorised_rank
 
         s = layer.spec
-        cin = s["cin"] - sum(c * policy.get(p).prune for p, c in layer.in_sources.items())
-        cout = s["cout"] - sum(c * policy.get(p).prune for p, c in layer.out_sources.items())
+        cin = s["cin"] - _removed(layer.in_sources, policy)
+        cout = s["cout"] - _removed(layer.out_sources, policy)
         kin, kout = cin / s["cin"], cout / s["cout"]
         if layer.rank_point is not None and layer.r_grid:
             rank = policy.get(layer.rank_point).rank
@@ -635,7 +653,7 @@ class LatencyLUT:
         model = model.eval()
         example_input = example_input[:1]
         layers = discover_layers(model, example_input)
-        _probe_dependencies(model, space, example_input, layers)
+        _probe_dependencies(model, space, example_input, layers, keep_points)
         prof = _Profiler(backend, batch, threads, warmup, repeats)
         with torch_threads(threads):
             prof.measure_overhead()
@@ -729,18 +747,20 @@ def _plan(layers: list[_Layer], space: CompressionSpace, keep_points: int,
 
     knobs = {p.name: p.knobs for p in space.decision_points}
 
-    def max_prune(point: str) -> float:
-        return float(knobs[point]["prune"].most_compressed)
+    def width_grid(sources: dict[str, list[list[float]]], full: int) -> list[float]:
+        # the widths every source reaches at the same grid index: exact, achievable widths
+        if not sources:
+            return [1.0]
+        return sorted({(full - _removed(sources, None, k)) / full for k in range(keep_points)})
 
     jobs: list[list[Any]] = []
     for lay in layers:
         s = lay.spec
-        in_min = 1.0 - sum(c * max_prune(p) for p, c in lay.in_sources.items()) / s["cin"]
-        out_min = 1.0 - sum(c * max_prune(p) for p, c in lay.out_sources.items()) / s["cout"]
         dw = lay.depthwise
         fixed_groups = s.get("groups", 1) if (s["kind"] == "conv" and not dw) else 1
-        lay.in_grid = _keep_grid(in_min, keep_points)
-        lay.out_grid = [1.0] if dw else _keep_grid(out_min, keep_points)
+        lay.in_grid = width_grid(lay.in_sources, s["cin"])
+        lay.out_grid = [1.0] if dw else width_grid(lay.out_sources, s["cout"])
+        in_min, out_min = lay.in_grid[0], (lay.in_grid[0] if dw else lay.out_grid[0])
         lay.table = [[math.nan] * len(lay.out_grid) for _ in lay.in_grid]
         cells: list[Any] = []
 
