@@ -57,6 +57,34 @@ def _forward(model: nn.Module, x: Any) -> Any:
     return model(*x) if isinstance(x, tuple) else model(x)
 
 
+def _capture(model: nn.Module, module: nn.Module, inputs: list[Any], take: str) -> list[Tensor]:
+    """The input (``take="in"``) or output of ``module`` on every calibration batch."""
+    got: list[Tensor] = []
+
+    def hook(mod: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
+        got.append((args[0] if take == "in" else out).detach())
+
+    h = module.register_forward_hook(hook)
+    try:
+        with eval_mode(model):
+            for x in inputs:
+                _forward(model, x)
+    finally:
+        h.remove()
+    return got
+
+
+def _as_rows(m: nn.Module, t: Tensor) -> Tensor:
+    if isinstance(m, nn.Linear):
+        return t.reshape(-1, t.shape[-1])
+    return t.flatten(2).transpose(1, 2).reshape(-1, t.shape[1])
+
+
+def _patches(m: nn.Conv2d, x: Tensor) -> Tensor:
+    cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
 @torch.no_grad()
 def _reconstruct_(
     original: nn.Module,
@@ -67,10 +95,10 @@ def _reconstruct_(
 ) -> list[str]:
     """Least-squares refit of layers whose input channels were pruned (He et al. 2017, AMC).
 
-    For each plain ``Linear`` / ungrouped ``Conv2d`` whose input width shrank, solve
-    ``min_W ||X_pruned W - (Y_original - b)||`` over calibration activations, where
-    ``X_pruned`` is the layer's input in the pruned model and ``Y_original`` the original
-    layer's output restricted to the output channels it kept.
+    In forward (module) order, each plain ``Linear`` / ungrouped ``Conv2d`` whose input width
+    shrank is refit by ridge regression ``min_W ||X W - (Y - b)||^2 + lam ||W||^2``, where ``X``
+    is its input in the pruned model (with the layers before it already refit) and ``Y`` the
+    original layer's output on the same batches, restricted to the output channels it kept.
     """
     orig_mods = dict(original.named_modules())
     targets = []
@@ -80,67 +108,28 @@ def _reconstruct_(
             continue
         if type(m) is nn.Linear and m.in_features < o.in_features:
             targets.append(name)
-        elif (
-            type(m) is nn.Conv2d
-            and m.groups == 1
-            and o.groups == 1
-            and m.in_channels < o.in_channels
-        ):
+        elif type(m) is nn.Conv2d and m.groups == 1 and o.groups == 1 and m.in_channels < o.in_channels:
             targets.append(name)
-    if not targets:
-        return []
-    xs: dict[str, list[Tensor]] = {n: [] for n in targets}
-    ys: dict[str, list[Tensor]] = {n: [] for n in targets}
     gen = torch.Generator().manual_seed(0)
-
-    def rows(name: str, t: Tensor, m: nn.Module) -> Tensor:
-        if isinstance(m, nn.Linear):
-            return t.reshape(-1, t.shape[-1])
-        return t.flatten(2).transpose(1, 2).reshape(-1, t.shape[1])
-
-    def patches(m: nn.Conv2d, x: Tensor) -> Tensor:
-        cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-    handles = []
-    for name in targets:
-        pm, om = pruned.get_submodule(name), orig_mods[name]
-
-        def grab_x(mod: nn.Module, args: tuple[Any, ...], out: Any, name: str = name) -> None:
-            x = args[0]
-            xs[name].append(patches(mod, x) if isinstance(mod, nn.Conv2d) else rows(name, x, mod))
-
-        def grab_y(mod: nn.Module, args: tuple[Any, ...], out: Tensor, name: str = name) -> None:
-            ys[name].append(rows(name, out, mod))
-
-        handles.append(pm.register_forward_hook(grab_x))
-        handles.append(om.register_forward_hook(grab_y))
-    try:
-        with eval_mode(original), eval_mode(pruned):
-            for x in inputs:
-                _forward(original, x)
-                _forward(pruned, x)
-    finally:
-        for h in handles:
-            h.remove()
     done = []
     for name in targets:
         pm, om = pruned.get_submodule(name), orig_mods[name]
-        X = torch.cat(xs[name]).double()
-        Y = torch.cat(ys[name]).double()
+        xs = _capture(pruned, pm, inputs, "in")
+        ys = _capture(original, om, inputs, "out")
+        X = torch.cat([_patches(pm, x) if isinstance(pm, nn.Conv2d) else _as_rows(pm, x) for x in xs]).double()
+        Y = torch.cat([_as_rows(om, y) for y in ys]).double()
         if X.shape[0] > max_rows:
             idx = torch.randperm(X.shape[0], generator=gen)[:max_rows]
             X, Y = X[idx], Y[idx]
-        n_out = om.weight.shape[0]
-        keep = sorted(set(range(n_out)) - set(out_removed.get(name, [])))
+        if X.shape[0] < X.shape[1]:
+            continue  # under-determined: keep the pruned weights
+        keep = sorted(set(range(om.weight.shape[0])) - set(out_removed.get(name, [])))
         Y = Y[:, keep]
         if om.bias is not None:
             Y = Y - om.bias.double()[keep]
-        if X.shape[0] < X.shape[1]:
-            continue  # under-determined: keep the pruned weights
-        lam = 1e-6 * (X * X).mean()
-        A = X.T @ X + lam * torch.eye(X.shape[1], dtype=X.dtype)
-        W = torch.linalg.solve(A, X.T @ Y).T  # (out, in*k*k)
+        gram = X.T @ X
+        lam = 1e-3 * gram.diagonal().mean().clamp(min=1e-12)
+        W = torch.linalg.solve(gram + lam * torch.eye(X.shape[1], dtype=X.dtype), X.T @ Y).T
         pm.weight.copy_(W.reshape(pm.weight.shape).to(pm.weight.dtype))
         done.append(name)
     return done

@@ -65,19 +65,20 @@ def factorised_rank(m: int, n: int, rank: float) -> int | None:
 def _truncated_factors(mat: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, B)`` with ``A @ B`` the best rank-``r`` approximation of ``mat`` (truncated SVD).
 
-    Computed from the eigendecomposition of the smaller Gram matrix in float64 (4-5x faster than
-    a full SVD for conv weights, where ``n = C_in k k`` is much larger than ``m``); the singular
-    values are split evenly between the two factors so both quantize well.
+    Computed from the eigendecomposition (float64) of the smaller Gram matrix (float32 products):
+    several times faster than a full SVD for conv weights, where ``n = C_in k k`` is much larger
+    than ``m``, and exact at full rank (``U U^T = I``). The singular values are split evenly
+    between the two factors so both quantize well.
     """
-    x = mat.detach().double()
+    x = mat.detach().float()
     m, n = x.shape
     transpose = m > n
     if transpose:
         x = x.T
-    evals, evecs = torch.linalg.eigh(x @ x.T)
-    u = evecs[:, -r:].flip(1)  # top-r left singular vectors of x
-    s = evals[-r:].flip(0).clamp(min=0.0).sqrt()
-    scale = torch.where(s > 1e-12 * s.max().clamp(min=1e-300), s.sqrt(), torch.ones_like(s))
+    evals, evecs = torch.linalg.eigh((x @ x.T).double())
+    u = evecs[:, -r:].flip(1).float()  # top-r left singular vectors of x
+    s = evals[-r:].flip(0).clamp(min=0.0).sqrt().float()
+    scale = torch.where(s > 1e-12 * s.max().clamp(min=1e-30), s.sqrt(), torch.ones_like(s))
     left = u * scale  # (rows of x) x r
     right = (u.T @ x) / scale[:, None]  # r x (cols of x)
     if transpose:  # x = mat.T = left @ right  =>  mat = right.T @ left.T

@@ -1,15 +1,17 @@
-"""Tiny instances of every torchvision classification family (real torchvision classes, small widths)."""
+"""Helpers for the compression tests: tiny torchvision families, digits data, one-thread runs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from functools import partial
 
-import torchvision.models as tvm
+import torch
 from torch import nn
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 from torchvision.models.densenet import DenseNet
 from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
+from torchvision.models.googlenet import BasicConv2d, GoogLeNet, Inception
 from torchvision.models.mobilenetv2 import MobileNetV2
 from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
 from torchvision.models.regnet import BlockParams, RegNet
@@ -23,7 +25,9 @@ NUM_CLASSES = 10
 
 
 def _vgg() -> nn.Module:
-    model = VGG(make_layers([8, "M", 16, "M", 32, 32, "M"], batch_norm=True), num_classes=NUM_CLASSES)
+    model = VGG(
+        make_layers([8, "M", 16, "M", 32, 32, "M"], batch_norm=True), num_classes=NUM_CLASSES
+    )
     # torchvision's classifier is 25088 -> 4096 -> 4096; keep its shape (flatten of a 7x7 map) smaller
     model.classifier = nn.Sequential(
         nn.Linear(32 * 7 * 7, 64), nn.ReLU(True), nn.Dropout(), nn.Linear(64, NUM_CLASSES)
@@ -42,17 +46,57 @@ def _efficientnet() -> nn.Module:
 
 
 def _regnet() -> nn.Module:
-    params = BlockParams.from_init_params(depth=4, w_0=16, w_a=8.0, w_m=2.0, group_width=8, se_ratio=0.25)
+    params = BlockParams.from_init_params(
+        depth=4, w_0=16, w_a=8.0, w_m=2.0, group_width=8, se_ratio=0.25
+    )
     return RegNet(params, num_classes=NUM_CLASSES, stem_width=8)
+
+
+def _scaled_conv(in_channels: int, out_channels: int, **kw: object) -> nn.Module:
+    """GoogLeNet's conv block at 1/8 width (the RGB input keeps its 3 channels)."""
+    return BasicConv2d(
+        in_channels if in_channels == 3 else in_channels // 8, out_channels // 8, **kw
+    )
+
+
+class _SmallInception(Inception):
+    """GoogLeNet's Inception block at 1/8 width (every branch width is a multiple of 8)."""
+
+    def __init__(self, in_channels: int, *widths: int, conv_block: object = None) -> None:
+        nn.Module.__init__(self)
+        small = Inception(in_channels // 8, *(w // 8 for w in widths))
+        self.branch1, self.branch2 = small.branch1, small.branch2
+        self.branch3, self.branch4 = small.branch3, small.branch4
+
+
+class _NarrowResNet(ResNet):
+    """torchvision's ResNet with every stage at 1/8 width (its stage widths are hard-coded)."""
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):  # type: ignore[no-untyped-def]
+        return super()._make_layer(block, planes // 8, blocks, stride, dilate)
+
+
+def _resnet(block: type[nn.Module], **kw: int) -> nn.Module:
+    model = _NarrowResNet(block, [1, 1, 1, 1], num_classes=NUM_CLASSES, **kw)
+    model.fc = nn.Linear(512 // 8 * block.expansion, NUM_CLASSES)  # torchvision hard-codes 512
+    return model
+
+
+def _googlenet() -> nn.Module:
+    model = GoogLeNet(
+        num_classes=NUM_CLASSES,
+        aux_logits=False,
+        init_weights=True,
+        blocks=[_scaled_conv, _SmallInception, None],
+    )
+    model.fc = nn.Linear(1024 // 8, NUM_CLASSES)  # torchvision hard-codes 1024 inputs
+    return model
 
 
 # name -> (factory, input shape (C, H, W))
 TINY_FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]] = {
-    "resnet": (partial(ResNet, BasicBlock, [1, 1, 1, 1], num_classes=NUM_CLASSES, width_per_group=64), (3, 32, 32)),
-    "resnext": (
-        partial(ResNet, Bottleneck, [1, 1, 1, 1], num_classes=NUM_CLASSES, groups=4, width_per_group=4),
-        (3, 32, 32),
-    ),
+    "resnet": (partial(_resnet, BasicBlock), (3, 32, 32)),
+    "resnext": (partial(_resnet, Bottleneck, groups=4, width_per_group=16), (3, 32, 32)),
     "vgg": (_vgg, (3, 32, 32)),
     "mobilenet_v2": (
         partial(
@@ -69,16 +113,20 @@ TINY_FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]] =
         (3, 32, 32),
     ),
     "densenet": (
-        partial(DenseNet, growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=2, num_classes=NUM_CLASSES),
+        partial(
+            DenseNet,
+            growth_rate=8,
+            block_config=(2, 2),
+            num_init_features=16,
+            bn_size=2,
+            num_classes=NUM_CLASSES,
+        ),
         (3, 32, 32),
     ),
     "efficientnet": (_efficientnet, (3, 32, 32)),
     "regnet": (_regnet, (3, 32, 32)),
     "squeezenet": (partial(SqueezeNet, "1_1", num_classes=NUM_CLASSES), (3, 32, 32)),
-    "googlenet": (
-        partial(tvm.GoogLeNet, num_classes=NUM_CLASSES, aux_logits=False, init_weights=True),
-        (3, 32, 32),
-    ),
+    "googlenet": (_googlenet, (3, 32, 32)),
     "convnext": (
         partial(
             ConvNeXt,
@@ -101,3 +149,34 @@ TINY_FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]] =
         (3, 32, 32),
     ),
 }
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Tiny models run much faster on one thread, and far faster when other jobs load the CPUs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """sklearn's 8x8 digits as (N, 3, 8, 8) float tensors: 1397 train / 400 test, fixed split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None].repeat(1, 3, 1, 1) / 16.0
+    x = (x - 0.3) / 0.35
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    tr, te = perm[:1397], perm[1397:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy in percent (eval mode, no grad)."""
+    model.eval()
+    with torch.no_grad():
+        return 100.0 * float((model(x).argmax(1) == y).float().mean())

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _compression_utils import digits_tensors, one_thread
 from torch import nn
 
 from autocompress.models import create_model
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Tiny models run much faster on one thread, and far faster when other jobs load the CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)
@@ -30,30 +19,10 @@ def _one_thread() -> Iterator[None]:
         yield
 
 
-def digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """sklearn's 8x8 digits as (N, 3, 8, 8) float tensors: 1397 train / 400 test, fixed split."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None].repeat(1, 3, 1, 1) / 16.0
-    x = (x - 0.3) / 0.35
-    y = torch.tensor(d.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    tr, te = perm[:1397], perm[1397:]
-    return x[tr], y[tr], x[te], y[te]
-
-
 @pytest.fixture(scope="session")
 def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_train, y_train, x_test, y_test)."""
+    """(x_train, y_train, x_test, y_test): sklearn digits, 8x8 x 3 channels."""
     return digits_tensors()
-
-
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Top-1 accuracy in percent (eval mode, no grad)."""
-    model.eval()
-    with torch.no_grad():
-        return 100.0 * float((model(x).argmax(1) == y).float().mean())
 
 
 @pytest.fixture(scope="session")

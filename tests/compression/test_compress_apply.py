@@ -1,0 +1,156 @@
+"""compress(): identity exactness, really smaller models, the original left untouched, options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _compression_utils import accuracy
+from torch import nn
+
+from autocompress.compression import (
+    CompressionPolicy,
+    CompressionSpace,
+    LayerAction,
+    compress,
+    count_macs,
+    count_params,
+)
+from autocompress.errors import UserInputError
+from autocompress.models import create_model, list_models
+
+BUILT_IN = list_models()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_identity_policy_gives_identical_outputs(name: str) -> None:
+    model = create_model(name).eval()
+    x = torch.randn(2, *model.input_shape)
+    space = CompressionSpace.from_model(model, x[:1], verify=False)
+    out = compress(model, space.identity(), space=space)
+    assert out is not model
+    with torch.no_grad():
+        assert torch.equal(out(x), model(x))
+    assert count_params(out) == count_params(model)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", ["test_convnet", "test_resnet", "test_mobilenetv2", "test_lstm", "test_mlp", "vgg11_bn"])
+def test_prune_only_really_shrinks_parameters_and_tensors(name: str) -> None:
+    model = create_model(name).eval()
+    space = CompressionSpace.from_model(model)
+    policy = space.uniform(prune=0.5)
+    small = compress(model, policy, space=space)
+    assert count_params(small) < count_params(model)
+    assert count_params(small) == space.params(policy)
+    big_sd, small_sd = model.state_dict(), small.state_dict()
+    assert set(big_sd) == set(small_sd)  # same module tree, same names: only shapes change
+    shrunk = [k for k in big_sd if small_sd[k].shape != big_sd[k].shape]
+    assert shrunk and all(small_sd[k].numel() < big_sd[k].numel() for k in shrunk)
+    assert all(small_sd[k].shape == big_sd[k].shape for k in big_sd if k not in shrunk)
+    x = space.example_input
+    assert count_macs(small, x) == space.macs(policy) < space.base_macs
+    assert small(x).shape == model(x).shape
+
+
+@pytest.mark.timeout(120)
+def test_model_is_left_untouched() -> None:
+    model = create_model("test_convnet").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    space = CompressionSpace.from_model(model)
+    small = compress(model, space.most_compressed(), space=space, calib=torch.randn(4, 3, 16, 16))
+    assert model.training and small.training  # the result keeps the model's mode
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(type(m) in (nn.Conv2d, nn.Linear) for m in model.modules() if hasattr(m, "weight") and m.weight.dim() > 1)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("importance", ["l1", "l2", "taylor"])
+def test_importance_removes_the_least_important_channels(importance: str, digits) -> None:
+    x_tr, y_tr, _, _ = digits
+    x_tr = x_tr[:, :1]  # test_mlp reads 1x8x8
+    model = create_model("test_mlp").eval()
+    dead = torch.arange(0, 64, 8)  # 8 hidden units that contribute nothing
+    with torch.no_grad():
+        model.net[1].weight[dead] = 0.0
+        model.net[1].bias[dead] = 0.0
+        model.net[3].weight[:, dead] = 0.0
+    space = CompressionSpace.from_model(model, x_tr[:1], importance=importance)
+    policy = CompressionPolicy({"net.1": LayerAction(prune=0.125)})
+    calib = [(x_tr[i : i + 32], y_tr[i : i + 32]) for i in range(0, 96, 32)]
+    small = compress(model, policy, space=space, calib=calib)
+    assert small.net[1].out_features == 56
+    if importance == "taylor":
+        # first-order Taylor scores |w * dL/dw| on the calibration batches: the dead units score 0,
+        # and so do units never active on those batches, so check what Taylor promises: the
+        # calibration outputs do not move
+        with torch.no_grad():
+            assert torch.allclose(small(x_tr[:96]), model(x_tr[:96]), atol=1e-5)
+    else:
+        assert (small.net[1].weight.abs().sum(1) > 0).all()  # every dead unit went, nothing else
+        with torch.no_grad():
+            assert torch.allclose(small(x_tr[:64]), model(x_tr[:64]), atol=1e-5)
+    assert count_macs(small, x_tr[:1]) == space.macs(policy)
+
+
+@pytest.mark.timeout(300)
+def test_reconstruction_reduces_the_pruning_error(trained_resnet20, digits) -> None:
+    model = trained_resnet20
+    x_tr, y_tr, x_te, y_te = digits
+    space = CompressionSpace.from_model(model, x_tr[:1])
+    policy = space.uniform(prune=0.6)
+    calib = [x_tr[i : i + 128] for i in range(0, 512, 128)]
+    plain = compress(model, policy, space=space, calib=calib)
+    refit = compress(model, policy, space=space, calib=calib, reconstruct=True)
+    with torch.no_grad():
+        ref = model(x_te)
+        err_plain = (plain(x_te) - ref).pow(2).mean()
+        err_refit = (refit(x_te) - ref).pow(2).mean()
+    assert err_refit < err_plain
+    assert accuracy(refit, x_te, y_te) >= accuracy(plain, x_te, y_te)
+    assert count_macs(refit, x_tr[:1]) == space.macs(policy)
+
+
+@pytest.mark.timeout(120)
+def test_compress_errors_are_clear() -> None:
+    model = create_model("test_mlp").eval()
+    space = CompressionSpace.from_model(model)
+    with pytest.raises(UserInputError, match=r"unknown layer 'net\.9'"):
+        compress(model, CompressionPolicy({"net.9": LayerAction(w_bits=8)}), space=space)
+    with pytest.raises(UserInputError, match=r"layer 'net\.1': prune=0\.85"):
+        compress(model, CompressionPolicy({"net.1": LayerAction(prune=0.85)}), space=space)
+    with pytest.raises(UserInputError, match="unknown importance"):
+        compress(model, space.identity(), space=space, importance="l3")
+    with pytest.raises(UserInputError, match="calib is empty"):
+        compress(model, space.uniform(a_bits=8), space=space, calib=[])
+    # without a space, one is built from the model (and its input_shape)
+    small = compress(model, CompressionPolicy({"net.1": LayerAction(prune=0.5)}))
+    assert small.net[1].out_features == 32
+
+
+@pytest.mark.timeout(120)
+def test_quantized_and_factorised_layers_keep_their_names_and_export_to_onnx(tmp_path) -> None:
+    model = create_model("test_convnet").eval()
+    space = CompressionSpace.from_model(model)
+    policy = CompressionPolicy(
+        {
+            "stem.0": LayerAction(prune=0.25, w_bits=8, a_bits=8),
+            "branch_b.0": LayerAction(rank=0.3, w_bits=4, a_bits=4),
+            "fc2": LayerAction(w_bits=2, a_bits=8),
+        }
+    )
+    small = compress(model, policy, space=space, calib=torch.randn(8, 3, 16, 16))
+    names = dict(small.named_modules())
+    assert isinstance(names["stem.0"], nn.Conv2d) and names["stem.0"].w_bits == 8
+    assert isinstance(names["branch_b.0"], nn.Sequential) and names["branch_b.0"].rank < 12
+    assert names["fc2"].act_quant.mode == "quant"
+    path = tmp_path / "small.onnx"
+    torch.onnx.export(small, (space.example_input,), str(path), dynamo=False)
+    assert path.stat().st_size > 1000
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {sess.get_inputs()[0].name: space.example_input.numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(out), small(space.example_input), atol=1e-4)
