@@ -306,6 +306,8 @@ class GreedyAgent(BaseAgent):
         """Probe sensitivities, allocate, evaluate the allocation."""
         n = self._check_episodes(total_episodes)
         env = self.cenv
+        if env.budget_range is None and not env.budgets:
+            raise UserInputError("greedy allocates a hard budget; this env has none (give budgets or budget_range)")
         present = self._present()
         n_pairs = int(present.sum())
         levels = list(self.levels)

@@ -206,6 +206,10 @@ def test_greedy_probes_then_allocates(convnet_prune_space, toy_eval) -> None:  #
     np.testing.assert_allclose(agent.drops[:, 0, -1], sens * 0.8, atol=1e-9)
     with pytest.raises(UserInputError, match="at least"):
         create_agent("greedy", env).learn(3)
+    free = _env(convnet_prune_space, toy_eval(convnet_prune_space), budgets={})
+    with pytest.raises(UserInputError, match="has none"):
+        create_agent("greedy", free).learn(20)
+    assert free.n_evaluations == 0  # refused before spending a probe
 
 
 def test_greedy_allocate_solves_a_fractional_knapsack() -> None:
