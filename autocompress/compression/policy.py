@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -13,6 +14,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from autocompress.errors import UserInputError
+
+_PACK = struct.Struct("<4d").pack
+_IDENTITY_PACKED = _PACK(0.0, 32.0, 32.0, 1.0)
 
 #: Bit-widths a policy may ask for (32 means "leave in float").
 ALLOWED_BITS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 16, 32)
@@ -69,8 +73,8 @@ class LayerAction:
                 raise UserInputError(
                     f"LayerAction.{name}={getattr(self, name)!r} is not supported; allowed: {ALLOWED_BITS}"
                 )
-        # Plain tuple of the four knobs for the cost model's hot loop (not a dataclass field).
-        object.__setattr__(self, "_vec", (self.prune, self.w_bits, self.a_bits, self.rank))
+        # The four knobs as packed float64 bytes for the cost model's hot loop (not a field).
+        object.__setattr__(self, "_vec", _PACK(self.prune, self.w_bits, self.a_bits, self.rank))
 
     @property
     def is_identity(self) -> bool:
@@ -168,9 +172,8 @@ class CompressionPolicy:
         cached = self.__dict__.get("_vectors_cache")
         if cached is None:
             names = tuple(self.layers)
-            flat = [v for a in self.layers.values() for v in a._vec]  # type: ignore[attr-defined]
-            flat += [0.0, 32.0, 32.0, 1.0]
-            cached = (names, np.array(flat, dtype=np.float64).reshape(-1, 4))
+            packed = b"".join([a._vec for a in self.layers.values()]) + _IDENTITY_PACKED  # type: ignore[attr-defined]
+            cached = (names, np.frombuffer(packed, dtype=np.float64).reshape(-1, 4))
             cached[1].setflags(write=False)
             object.__setattr__(self, "_vectors_cache", cached)
         return cached
