@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "searcher_class": "autocompress.search.base",
     # runner
     "run_search": "autocompress.search.runner",
+    "build_problem": "autocompress.search.runner",
     "SearchResult": "autocompress.search.runner",
     "SearchProgress": "autocompress.search.runner",
     "TrialRecord": "autocompress.search.runner",

@@ -303,9 +303,6 @@ class SearchSession:
         self.progress_cb = progress
         self.spec = st.prepare_run_dir(spec)
         self.run_dir = self.spec.run_dir
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log = st.TrialLog(self.run_dir / st.TRIALS_FILE)
-        self.log.repair()
         searcher_class(self.spec.strategy)  # import the strategy early (bad installs fail fast)
         self._emit("setup", message=f"building {self.spec.model} on {self.spec.data}")
         self.problem = problem if problem is not None else self._build_problem()
@@ -316,6 +313,12 @@ class SearchSession:
         self.base_metrics = {k: float(v) for k, v in base.metrics.items() if _finite(v)}
         self.predict_latency = self._latency_predictor()
         self.limits = self._resolve_budgets()
+        # The run directory is written only once the problem builds and the budgets are sane.
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = st.TrialLog(self.run_dir / st.TRIALS_FILE)
+        self.log.repair()
+        self.storage = st.open_storage(self.spec)
+        self.study = self._open_study()
         st.write_spec(self.run_dir, self.spec, {"num_classes": self.problem.num_classes,
                                                 "input_shape": list(self.problem.input_shape)})
         st.atomic_write_text(self.run_dir / st.BASE_FILE, _json({
@@ -323,8 +326,6 @@ class SearchSession:
             "timings": dict(base.timings), "model": self.spec.model, "data": self.spec.data,
             "checkpoint": str(self.problem.checkpoint_path) if self.problem.checkpoint_path else None,
         }))
-        self.storage = st.open_storage(self.spec)
-        self.study = self._open_study()
         self.worker = st.register_worker(self.study)
 
     # -- setup ------------------------------------------------------------------------------
@@ -601,8 +602,9 @@ class SearchSession:
         )
 
     # -- stale trials -----------------------------------------------------------------------
-    def reconcile(self, tell_study: optuna.Study, requeue: bool) -> list[int]:
-        """Finish ``RUNNING`` trials of dead processes; returns their numbers.
+    def reconcile(self, tell_study: optuna.Study, requeue: bool, own: bool = False) -> list[int]:
+        """Finish ``RUNNING`` trials of dead processes (and this one's with ``own``); returns
+        their numbers.
 
         From its final ``trials.jsonl`` line when the killed process got that far (nothing is
         lost), else ``interrupted`` (the candidate is evaluated again later: Optuna strategies get
@@ -623,7 +625,10 @@ class SearchSession:
                     continue
             else:
                 w = workers.get(owner)
-                if owner == self.worker.uuid or (w is not None and w.alive(now)):
+                if owner == self.worker.uuid:
+                    if not own:
+                        continue
+                elif w is not None and w.alive(now):
                     continue
             if finals is None:
                 finals = {}
@@ -700,8 +705,6 @@ class SearchSession:
         started = time.perf_counter()
         view = self.view()
         self._emit("start", done=view.counted, message=f"{spec.strategy}: {view.counted}/{spec.trials} done")
-        open_trial: Any = None
-        open_policy: CompressionPolicy | None = None
         stop_reason = "completed"
         try:
             while True:
@@ -763,13 +766,11 @@ class SearchSession:
 
                 # 3. a new candidate.
                 trial = otrial if otrial is not None else self.study.ask()
-                open_trial, open_policy = trial, policy
                 self._tag(trial, policy)
                 if self.counted_before(trial.number) >= spec.trials:
                     trial.set_user_attr("status", "surplus")
                     tell_study.tell(trial, state=TrialState.FAIL)
                     searcher.discard(policy)
-                    open_trial = open_policy = None
                     break
                 twin = self.earlier_twin(trial.number, key)
                 if twin is not None:
@@ -777,7 +778,6 @@ class SearchSession:
                     trial.set_user_attr("duplicate_of", twin.number)
                     tell_study.tell(trial, state=TrialState.FAIL)
                     searcher.discard(policy)
-                    open_trial = open_policy = None
                     idle += 1
                     if cls.max_pending == 1:  # it needs this result before it can go on
                         done = (twin if twin.user_attrs.get("status") in COUNTED_STATUSES
@@ -788,7 +788,6 @@ class SearchSession:
                 result, evaluations = self.evaluate_candidate(policy, trial)
                 record = self.finish(trial, policy, result, evaluations, searcher, tell_study,
                                      optuna_owned=otrial is not None)
-                open_trial = open_policy = None
                 idle = 0
                 done_here += 1
                 self.worker = st.heartbeat(self.study, self.worker)
@@ -798,14 +797,10 @@ class SearchSession:
                     self.progress_cb(self.progress_from_view(view, "trial", started=started,
                                                              done_here=done_here, last=record))
         except KeyboardInterrupt:
-            if open_trial is not None:
-                open_trial.set_user_attr("status", "interrupted")
-                tell_study.tell(open_trial, state=TrialState.FAIL)
-                if cls.uses_optuna_study and open_trial.params:
-                    tell_study.enqueue_trial(dict(open_trial.params), skip_if_exists=True)
-                if open_policy is not None:
-                    searcher.discard(open_policy)
+            # Leave a consistent study: this process's open trial is finished from its final
+            # trials.jsonl line if it got that far, else marked interrupted (and re-queued).
             searcher.close()
+            self.reconcile(tell_study, requeue=cls.uses_optuna_study, own=True)
             self.write_pareto()
             raise
         searcher.close()

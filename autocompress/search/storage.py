@@ -270,6 +270,7 @@ def open_storage(spec: SearchSpec) -> optuna.storages.BaseStorage:
     run = spec.run_dir
     run.mkdir(parents=True, exist_ok=True)
     if s is None or s == "journal":
+        repair_journal(run / JOURNAL_FILE)
         return JournalStorage(JournalFileBackend(str(run / JOURNAL_FILE)))
     if s == "sqlite":
         return RDBStorage(f"sqlite:///{run / SQLITE_FILE}", engine_kwargs={"connect_args": {"timeout": 60}})
@@ -284,12 +285,42 @@ def open_storage(spec: SearchSpec) -> optuna.storages.BaseStorage:
             raise UserInputError(f"storage {s!r} cannot be opened: {type(exc).__name__}: {line}") from None
     if s.endswith((".journal", ".log")):
         Path(s).parent.mkdir(parents=True, exist_ok=True)
+        repair_journal(Path(s))
         return JournalStorage(JournalFileBackend(s))
     del optuna
     raise UserInputError(
         f"storage {s!r} is not allowed; allowed: journal (default), sqlite, a *.journal file path, "
         "or an Optuna storage URL such as sqlite:///x.db or postgresql://user@host/db"
     )
+
+
+def repair_journal(path: Path) -> bool:
+    """Drop a torn last line of an Optuna journal file (a writer killed mid-append).
+
+    Optuna skips an unterminated last line while reading, but the next append would glue a new
+    record onto it and make the whole journal unreadable. Runs under Optuna's own journal lock, so
+    no writer is mid-append; returns True when something was dropped.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        with open(path, "rb+") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - 65536))
+            tail = fh.read()
+            if tail.endswith(b"\n"):
+                return False
+            cut = tail.rfind(b"\n")
+            fh.truncate(size - len(tail) + cut + 1 if cut >= 0 else max(0, size - len(tail)))
+            fh.flush()
+            os.fsync(fh.fileno())
+            return True
+    finally:
+        lock.release()
 
 
 # -- workers -------------------------------------------------------------------------------------

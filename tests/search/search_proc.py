@@ -27,7 +27,11 @@ def main() -> None:
             while len(list(barrier.glob("ready-*"))) < n and time.time() < deadline:
                 time.sleep(0.05)
 
-    result = run_search(spec, progress)
+    try:
+        result = run_search(spec, progress)
+    except KeyboardInterrupt:
+        print(json.dumps({"interrupted": True}))
+        sys.exit(130)
     print(json.dumps({"n_evaluated": result.n_evaluated, "stop": result.stop_reason}))
 
 

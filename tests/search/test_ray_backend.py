@@ -70,7 +70,8 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
 
 
 def _check_run(spec_out: Path, trials: int, study_name: str = "autocompress") -> list[dict]:
-    finals = [r for r in TrialLog(spec_out / TRIALS_FILE).read() if r["final"]]
+    finals = [r for r in TrialLog(spec_out / TRIALS_FILE).read()
+              if r["final"] and r["status"] in ("ok", "failed")]
     from autocompress.search import SearchSpec
 
     spec = SearchSpec(out=str(spec_out))

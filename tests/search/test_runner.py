@@ -19,7 +19,8 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def final_lines(run_dir: Path) -> list[dict]:
-    return [r for r in TrialLog(run_dir / TRIALS_FILE).read() if r["final"]]
+    return [r for r in TrialLog(run_dir / TRIALS_FILE).read()
+            if r["final"] and r["status"] in ("ok", "failed")]
 
 
 def test_rerun_resumes_to_the_requested_trials_and_replays(search_problem: Problem, tmp_path: Path,
