@@ -137,6 +137,16 @@ class DecisionPoint:
     features: Mapping[str, float]
     notes: tuple[str, ...] = ()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # read-only mapping proxies do not pickle / deep-copy: rebuild them from plain dicts
+        return (_make_point, (self.name, self.kind, self.index, dict(self.knobs), dict(self.features), self.notes))
+
+
+def _make_point(
+    name: str, kind: str, index: int, knobs: dict[str, Knob], features: dict[str, float], notes: tuple[str, ...]
+) -> DecisionPoint:
+    return DecisionPoint(name, kind, index, MappingProxyType(knobs), MappingProxyType(features), notes)
+
 
 @dataclass
 class _Layer:
@@ -246,6 +256,13 @@ def _record_layers(model: nn.Module, x: Any) -> dict[str, _Layer]:
 
 def _forward(model: nn.Module, x: Any) -> Any:
     return model(*x) if isinstance(x, tuple) else model(x)
+
+
+class _TooManyDims(Exception):
+    def __init__(self, name: str, groups: set[str]) -> None:
+        super().__init__(name, groups)
+        self.name = name
+        self.groups = groups
 
 
 class _ProbeFailure(Exception):
@@ -429,7 +446,16 @@ class CompressionSpace:
             members = sorted((m for m in g.members if m in self._layers), key=lambda m: order[m])
             g.point = members[0] if members else g.root
         self._coef = coef
-        self._build_arrays()
+        while True:
+            try:
+                self._build_arrays()
+                break
+            except _TooManyDims as exc:  # the closed form handles at most two pruned dims per tensor
+                hit = [g for g in self.groups if g.point in exc.groups and g.prunable]
+                if not hit:
+                    raise RuntimeError(f"cannot model parameter {exc.name!r}") from exc
+                for g in hit:
+                    g.reason = f"parameter {exc.name!r} would be pruned along more than two dims"
         self._build_points()
         if verify and any(g.prunable for g in self.groups):
             self._verify(model)
@@ -476,7 +502,8 @@ class CompressionSpace:
                 d for d in dims if any(col_index.get(c) is not None for c in self._coef[(name, d)])
             ]
             if len(dims) > 2:
-                raise RuntimeError(f"parameter {name!r} is pruned along {len(dims)} dims")
+                groups = {self.groups[si].point for d in dims for (si, _) in self._coef[(name, d)]}
+                raise _TooManyDims(name, groups)
             numel = float(math.prod(shape)) if shape else 1.0
             denom = 1.0
             for k, d in enumerate(dims):

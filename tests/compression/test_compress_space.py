@@ -192,3 +192,16 @@ def test_round_to_makes_kept_channels_multiples(convnet_space) -> None:
         m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)
     )
     assert count_macs(small, space.example_input) == space.macs(policy)
+
+
+@pytest.mark.timeout(60)
+def test_space_pickles_and_deep_copies(convnet_space) -> None:
+    import copy
+    import pickle
+
+    _, space = convnet_space
+    policy = space.sample(0)
+    for clone in (pickle.loads(pickle.dumps(space)), copy.deepcopy(space)):
+        assert clone.names == space.names
+        assert clone.costs(policy) == space.costs(policy)
+        assert dict(clone["fc1"].knobs) == dict(space["fc1"].knobs)
