@@ -8,9 +8,12 @@ layer's entry at the widths a policy gives it, sums the entries and adds a const
 the whole model's latency minus the sum of its layers' entries (what the table does not see:
 call overhead, adds, pooling, reshapes).
 
-Which decision point changes which layer's widths is found by compressing the base model once per
-point with only that point pruned (probing), so the table relies on nothing but the public
-``compress`` contract; widths are interpolated linearly in the prune ratio.
+Which decision point changes which layer's widths is found by compressing the base model with only
+that point pruned, at each ratio of the grid (probing), so the table relies on nothing but the
+public ``compress`` contract: widths are exact at the grid ratios (``round_to`` included) and
+interpolated linearly in between. The constant (and a scale) are fitted robustly on a few random
+compressed models measured whole, which absorbs what standalone layers see differently from the
+same layers inside the graph.
 """
 
 from __future__ import annotations
