@@ -40,9 +40,11 @@ __all__ = [
     "QuantRNN",
     "calibrate_",
     "quantize_factorised_",
+    "quantize_levels",
     "quantize_module_",
     "quantize_weight",
     "quantized_weight_bytes",
+    "requantize",
     "weight_scale_count",
 ]
 
@@ -81,12 +83,43 @@ def quantize_weight(w: Tensor, bits: int) -> Tensor:
     return q.reshape(w.shape).to(w.dtype)
 
 
+@torch.no_grad()
+def quantize_levels(w: Tensor, bits: int) -> Tensor:
+    """Round onto the unit-scale integer grid (a low-rank first factor whose scales were folded).
+
+    3-16 bits: ``clamp(round(w), -(2^(b-1) - 1), 2^(b-1) - 1)``; 2 bits: ``sign(w) [|w| > 0.5]``;
+    1 bit: ``sign(w)`` (sign(0) = +1); 32 bits: unchanged.
+    """
+    if bits >= 32:
+        return w.clone()
+    w = w.detach()
+    if bits == 1:
+        return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+    if bits == 2:
+        return (torch.sign(w) * (w.abs() > 0.5)).to(w.dtype)
+    qmax = 2 ** (bits - 1) - 1
+    return torch.clamp(torch.round(w), -qmax, qmax)
+
+
+def requantize(module: nn.Module, w: Tensor) -> Tensor:
+    """``w`` projected onto ``module``'s weight grid: use it to re-project after fine-tuning.
+
+    A quantized layer's grid is ``quantize_weight(w, module.w_bits)``, except for the first
+    factor of a quantized low-rank pair (``module.scale_folded``), whose scales live in the second
+    factor: its grid is the unit-scale integer one (``quantize_levels``).
+    """
+    bits = int(getattr(module, "w_bits", 32))
+    if getattr(module, "scale_folded", False):
+        return quantize_levels(w, bits)
+    return quantize_weight(w, bits)
+
+
 class _STEWeight(torch.autograd.Function):
-    """Forward: quantized weight; backward: identity (straight-through)."""
+    """Forward: the weight on its module's grid; backward: identity (straight-through)."""
 
     @staticmethod
-    def forward(ctx: object, w: Tensor, bits: int) -> Tensor:  # type: ignore[override]
-        return quantize_weight(w, bits)
+    def forward(ctx: object, w: Tensor, module: nn.Module) -> Tensor:  # type: ignore[override]
+        return requantize(module, w)
 
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
@@ -170,7 +203,7 @@ class _QuantMixin:
 
     def _train_weight(self, w: Tensor) -> Tensor:
         if self.training and self.w_bits < 32 and torch.is_grad_enabled():  # type: ignore[attr-defined]
-            return _STEWeight.apply(w, self.w_bits)
+            return _STEWeight.apply(w, self)
         return w
 
 

@@ -149,3 +149,28 @@ def test_lstm_and_attention_weights_are_quantized() -> None:
     )
     assert count_size_bytes(small) == space.size_bytes(policy)
     assert small(x).shape == (1, 10)
+
+
+@pytest.mark.timeout(120)
+def test_factorised_pair_folds_the_first_factors_scales_into_the_second() -> None:
+    from autocompress.compression import LowRank
+    from autocompress.compression.quantize import requantize
+
+    model = create_model("test_convnet").eval()
+    space = CompressionSpace.from_model(model, verify=False)
+    x = torch.randn(4, 3, 16, 16)
+    dense = compress(model, CompressionPolicy({"branch_b.0": LayerAction(rank=0.5)}), space=space, calib=x)
+    for bits in (8, 4, 2):
+        policy = CompressionPolicy({"branch_b.0": LayerAction(rank=0.5, w_bits=bits)})
+        pair = compress(model, policy, space=space, calib=x).get_submodule("branch_b.0")
+        assert isinstance(pair, LowRank) and pair[0].scale_folded
+        first = pair[0].weight.detach()
+        assert torch.equal(first, first.round())  # integer levels: no scales stored for it
+        assert first.abs().max() <= max(1, 2 ** (bits - 1) - 1)
+        assert torch.equal(requantize(pair[0], first), first)  # fine-tuning re-projection is stable
+        with torch.no_grad():  # the pair still approximates the unquantized factorisation
+            ref = dense.get_submodule("branch_b.0")(x[:, :16].new_ones(1, 16, 8, 8))
+            got = pair(x[:, :16].new_ones(1, 16, 8, 8))
+        if bits == 8:
+            assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+        assert count_size_bytes(compress(model, policy, space=space, calib=x)) == space.size_bytes(policy)
