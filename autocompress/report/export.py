@@ -12,14 +12,15 @@ Formats:
       grid, activations through round/clamp), so the file computes what the search scored. Its
       outputs must match PyTorch within ``atol`` (1e-4) on validation inputs, checked with ONNX
       Runtime. Rounding is discontinuous, so where activations are quantized that check runs with
-      the activation quantizers bypassed in both models (same graph, same on-grid weights), and
+      rounding replaced by clipping to the calibrated ranges in both models (same graph, same
+      on-grid weights), and
       the quantized file itself must agree with PyTorch on >= 98% of top-1 predictions (typically
       100%, with ~1% of samples differing by one rounding step). When every quantized layer of the
       policy is 8-bit (weights and activations), an int8 model is also written next to it
       (``NAME.int8.onnx``) by ONNX Runtime static quantization (``quant_pre_process``, then
       ``quantize_static`` with QUInt8 activations and per-channel QInt8 weights, calibrated on the
-      calibration split) of the point's float model; layers the policy leaves at 32 bits stay in
-      float.
+      calibration split) of the point's model with activation rounding replaced by clipping;
+      layers the policy leaves at 32 bits stay in float.
     * ``torchscript``: ``torch.jit.trace`` of the compressed model, saved by ``torch.jit.save``;
       loads with ``torch.jit.load(path)`` and needs neither autocompress nor the model's code.
     * ``pt``: the whole compressed ``nn.Module`` pickled by ``torch.save``; loads with
@@ -71,8 +72,8 @@ class ExportInfo:
     original model timed the same way in the same call. ``acc`` is the exported file's top-1 on the
     validation split, computed by the runtime that loads it; ``recorded_acc`` is what the search
     reported for the point. ``max_abs_diff`` is the largest output difference between the file and
-    the PyTorch compressed model; for a policy that quantizes activations it is measured with the
-    activation quantizers bypassed in both (see ``export_point``), and the quantized graph's own
+    the PyTorch compressed model; for a policy that quantizes activations it is measured with
+    activation rounding replaced by clipping in both (see ``export_point``), and the quantized graph's own
     comparison is in ``quant_max_abs_diff``, ``quant_agreement`` (top-1 agreement) and
     ``quant_match_fraction`` (share of samples whose outputs all agree within ``atol``).
     """
@@ -301,19 +302,36 @@ def _torch_latency(module: nn.Module, x: Tensor, threads: int, repeats: int) -> 
     return _time(run, threads, repeats)
 
 
+def _clip_forward(self: nn.Module, x: Tensor) -> Tensor:
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        return x
+    lo = (0.0 - self.zero_point) * self.scale  # type: ignore[operator]
+    hi = (float(self.qmax) - self.zero_point) * self.scale  # type: ignore[attr-defined, operator]
+    return torch.clamp(x, float(lo), float(hi))
+
+
 @contextlib.contextmanager
-def activation_quant_bypassed(model: nn.Module) -> Iterator[bool]:
-    """Temporarily switch the model's calibrated activation quantizers off; yields whether any were on."""
+def activation_quant_as_clip(model: nn.Module) -> Iterator[bool]:
+    """Temporarily replace rounding by clipping in the calibrated activation quantizers.
+
+    Each quantizer then computes ``clamp(x, lo, hi)`` over its calibrated range: the quantized
+    model without its rounding. A model fine-tuned with activation quantization relies on that
+    clipping (dropping it cost 7 points of top-1 on a fine-tuned resnet20), so this float model
+    is both the exact comparison target and the source of the int8 export, whose ONNX Runtime
+    calibration then finds the same ranges. Yields whether any quantizer was active.
+    """
+    import types
+
     from autocompress.compression import ActQuant
 
     active = [m for m in model.modules() if isinstance(m, ActQuant) and m.mode == "quant"]
     for m in active:
-        m.mode = "off"
+        m.forward = types.MethodType(_clip_forward, m)  # type: ignore[method-assign]
     try:
         yield bool(active)
     finally:
         for m in active:
-            m.mode = "quant"
+            del m.forward
 
 
 # -- TorchScript / pickled module -------------------------------------------------------------
@@ -458,11 +476,11 @@ def export_point(
         sess = _session(blob, threads)
         got = _ort_logits(sess, x_check)
         acc = _top1(_ort_logits(sess, x_val), y_val)
-        with activation_quant_bypassed(small) as had_quant:
+        with activation_quant_as_clip(small) as had_quant:
             if had_quant:
                 # Activation rounding is discontinuous: ~1e-6 float noise between ONNX Runtime's
                 # kernels (fused Conv+BN) and PyTorch's flips single rounding steps in ~1% of
-                # samples. The exact check runs with the quantizers bypassed in both (same
+                # samples. The exact check runs with rounding replaced by clipping in both (same
                 # graph, same on-grid weights); the quantized graph is checked by agreement.
                 flips = np.abs(got - ref).reshape(len(got), -1).max(axis=1)
                 quant = {"quant_max_abs_diff": float(flips.max()) if flips.size else 0.0,
@@ -499,9 +517,10 @@ def export_point(
 
     int8_fields: dict[str, Any] = {}
     if do_int8 and int8_path is not None:
-        # The int8 source is this very model with its activation fake-quantizers bypassed: its
-        # 8-bit weights already sit on the symmetric per-channel grid ORT quantizes them to.
-        with activation_quant_bypassed(small):
+        # The int8 source is this very model with activation rounding replaced by clipping: its
+        # 8-bit weights already sit on the symmetric per-channel grid ORT quantizes them to, and
+        # ORT's calibration finds the clipped ranges the model was scored (or fine-tuned) with.
+        with activation_quant_as_clip(small):
             float_blob = onnx_bytes(small, example)[0]
         q_blob = quantize_int8(float_blob, problem.evaluator.calib_batches,
                                exclude_modules=float_layers(point.policy))

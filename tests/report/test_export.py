@@ -80,7 +80,7 @@ def test_int8_export_for_8bit_point(real_run: Path, tmp_path: Path) -> None:
     logits = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert logits.shape == (len(x), 10) and np.isfinite(logits).all()
     assert float((logits.argmax(1) == y.numpy()).mean()) > 0.85
-    assert info.int8_agreement is not None and info.int8_agreement > 0.85
+    assert info.int8_agreement is not None and info.int8_agreement > 0.95
     assert info.int8_acc is not None and info.int8_latency_ms is not None and info.int8_latency_ms > 0
 
 
@@ -166,7 +166,7 @@ def test_conv_net_onnx_int8_and_torchscript(conv_run: Path, tmp_path: Path) -> N
     assert info.max_abs_diff <= 1e-4
     assert info.quant_agreement is not None and info.quant_agreement >= 0.98
     assert info.int8_path is not None and info.int8_size_bytes < info.size_bytes
-    assert info.int8_agreement is not None and info.int8_agreement > 0.85
+    assert info.int8_agreement is not None and info.int8_agreement > 0.95
     ops = {n.op_type for n in onnx.load(str(info.int8_path)).graph.node}
     assert {"Conv", "QuantizeLinear", "DequantizeLinear"} <= ops
     ts = export_point(conv_run, "2", "torchscript", tmp_path / "c.ts", repeats=3)
