@@ -128,12 +128,14 @@ def snap_quantized_weights_(model: nn.Module) -> int:
     Straight-through training updates float ("latent") weights; the compressed model's inference
     path expects weights already on the grid. Returns the number of weight tensors projected.
     """
-    from autocompress.compression.quantize import quantize_weight, quantized_weight_bytes
+    from autocompress.compression.quantize import quantized_weight_bytes, requantize
 
     n = 0
     for m in model.modules():
         for p, _ in quantized_weight_bytes(m):
-            p.copy_(quantize_weight(p, int(m.w_bits)))  # type: ignore[attr-defined]
+            # requantize knows each layer's grid (e.g. the unit-scale one of a low-rank factor
+            # whose scales were folded into its partner).
+            p.copy_(requantize(m, p))
             n += 1
     return n
 

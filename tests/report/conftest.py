@@ -76,6 +76,7 @@ REAL_POINTS = {
     "2": dict(prune=0.1, w_bits=8, a_bits=8),      # pruned + 8-bit: int8 export
     "3": dict(prune=0.1, w_bits=4, a_bits=8),      # 4-bit weights: simulated, no int8 file
     "4": dict(prune=0.25, rank=0.5),               # pruned + low-rank
+    "5": dict(prune=0.25, rank=0.5, w_bits=4, a_bits=8),  # low-rank factors on a 4-bit grid
 }
 
 

@@ -138,7 +138,7 @@ def test_out_exists_refused_unless_force(real_run: Path, tmp_path: Path) -> None
 
 
 def test_bad_inputs(real_run: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserInputError, match="'77'.*valid points: 1, 2, 3, 4"):
+    with pytest.raises(UserInputError, match="'77'.*valid points: 1, 2, 3, 4, 5"):
         export_point(real_run, "77", "onnx", tmp_path / "x.onnx")
     with pytest.raises(UserInputError, match="'tflite'.*onnx, torchscript, pt"):
         export_point(real_run, "1", "tflite", tmp_path / "x.tfl")

@@ -44,9 +44,10 @@ def test_finetune_never_overwrites_and_is_seeded(real_run: Path) -> None:
     assert json.loads(first.record_path.read_text())["kd"] is False
 
 
-def test_finetune_quantized_point_keeps_weights_on_grid(real_run: Path) -> None:
-    """4-bit weights train through the straight-through estimator and end on the 4-bit grid."""
-    res = finetune_point(real_run, "3", epochs=1, seed=0)
+@pytest.mark.parametrize("pid", ["3", "5"])
+def test_finetune_quantized_point_keeps_weights_on_grid(real_run: Path, pid: str) -> None:
+    """4-bit weights (also low-rank factors) train through the STE and end on their 4-bit grid."""
+    res = finetune_point(real_run, pid, epochs=1, seed=0)
     model = torch.load(res.weights_path, weights_only=False)
     from autocompress.compression.quantize import quantized_weight_bytes
 
@@ -55,7 +56,7 @@ def test_finetune_quantized_point_keeps_weights_on_grid(real_run: Path) -> None:
     from autocompress.report._rebuild import rebuild_problem, scored_model
 
     run = load_run(real_run)
-    before = dict(scored_model(rebuild_problem(run), run.point("3").policy).named_parameters())
+    before = dict(scored_model(rebuild_problem(run), run.point(pid).policy).named_parameters())
     moved = 0
     for name, m, p in layers:
         assert m.w_bits == 4
