@@ -288,6 +288,24 @@ def choose_indices(spec: GroupSpec, scores: Tensor, prune: float, round_to: int)
     return sorted(out)
 
 
+def _subgroup(DG: tp.DependencyGraph, full: tp.dependency.Group, root_idxs: list[int]) -> tp.dependency.Group:
+    """The pruning group for ``root_idxs``, cut out of the full-index group.
+
+    Same items as ``DG.get_pruning_group(root, fn, root_idxs)`` (index mappings act index by
+    index), without re-running torch-pruning's whole-graph index-mapping update, which dominates
+    pruning time on concatenation-heavy graphs (DenseNet: 2x faster).
+    """
+    chosen = set(root_idxs)
+    out = tp.dependency.Group()
+    out._DG = DG
+    for it in full.items:
+        keep = [i for i, r in zip(it.idxs, it.root_idxs, strict=True) if r in chosen]
+        if keep or it is full.items[0]:
+            out.add_dep(it.dep, keep)
+            out[len(out) - 1].root_idxs = [r for r in it.root_idxs if r in chosen]
+    return out
+
+
 def _round_units(round_to: int, unit: int) -> int:
     return math.lcm(round_to, unit) // unit
 
@@ -337,8 +355,7 @@ def prune_groups_(
         idxs = choose_indices(spec, _scores(imp, group, spec.n), prune, round_to)
         if not idxs:
             continue
-        pruner = DG.get_pruner_of_module(module)
-        pgroup = DG.get_pruning_group(module, pruner.prune_out_channels, idxs)
+        pgroup = _subgroup(DG, group, idxs)
         for it in pgroup.items:
             target = it.dep.target.module
             if (

@@ -278,7 +278,7 @@ def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 def _probe(
     model: nn.Module, x: Any, skip: dict[str, str]
-) -> tuple[list[prune.GroupSpec], dict[tuple[str, int], dict[tuple[int, int], float]], list[str]]:
+) -> tuple[list[prune.GroupSpec], dict[tuple[str, int], dict[tuple[int, int], float]]]:
     """Analyse the groups on a scratch copy and measure shape coefficients, one unit per atom."""
     work = copy.deepcopy(model)
     DG = prune.build_graph(work, x)
@@ -321,7 +321,7 @@ def _probe(
                 for d, (a, b) in enumerate(zip(shape, new, strict=True)):
                     if a != b:
                         coef.setdefault((name, d), {})[(gi, ai)] = float(a - b)
-    return specs, coef, []
+    return specs, coef
 
 
 class CompressionSpace:
@@ -428,11 +428,15 @@ class CompressionSpace:
         skip: dict[str, str] = {}
         self.groups, coef = [], {}
         if "prune" in knobs and max_prune > 0:
-            for _ in range(64):
+            while True:  # each failure disables one more group, so this ends
                 try:
-                    self.groups, coef, _ = _probe(work, example_input, skip)
+                    self.groups, coef = _probe(work, example_input, skip)
                     break
                 except _ProbeFailure as fail:
+                    if fail.root in skip:  # cannot happen unless tracing is not deterministic
+                        self.notes.append(f"probing group {fail.root!r} failed twice; no prune knobs")
+                        self.groups, coef = [], {}
+                        break
                     skip[fail.root] = fail.reason
                 except Exception as exc:  # noqa: BLE001 - tracing failed: no prune knobs at all
                     self.notes.append(
