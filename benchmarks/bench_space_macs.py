@@ -56,14 +56,22 @@ def main() -> None:
         counted = count_macs(compress(model, p, space=space), x)
         worst = max(worst, abs(space.macs(p) - counted) / counted)
 
-    print(f"model                 {args.model} ({len(space.decision_points)} decision points, "
-          f"{sum(g.prunable for g in space.groups)} prunable groups)")
+    print(
+        f"model                 {args.model} ({len(space.decision_points)} decision points, "
+        f"{sum(g.prunable for g in space.groups)} prunable groups)"
+    )
     print(f"space build           {build_s:.2f} s")
-    print(f"space.macs(policy)    {rate:,.0f} calls/s wall ({1e6 / rate:.1f} us/call; {cpu_rate:,.0f}/s by "
-          f"process CPU time), {args.calls} fresh policy objects over {len(pool)} distinct policies")
+    print(
+        f"space.macs(policy)    {rate:,.0f} calls/s wall ({1e6 / rate:.1f} us/call; {cpu_rate:,.0f}/s by "
+        f"process CPU time), {args.calls} fresh policy objects over {len(pool)} distinct policies"
+    )
     print(f"load average          {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs")
-    print(f"space.costs(policy)   {costs_rate:,.0f} calls/s  (macs+params+size_bytes+bops at once)")
-    print(f"prediction vs counted worst relative error over {args.check} compressed policies: {worst:.2e}")
+    print(
+        f"space.costs(policy)   {costs_rate:,.0f} calls/s  (macs+params+size_bytes+bops at once)"
+    )
+    print(
+        f"prediction vs counted worst relative error over {args.check} compressed policies: {worst:.2e}"
+    )
     print("target                >= 10,000 calls/s (wall):", "PASS" if rate >= 10_000 else "FAIL")
 
 

@@ -108,7 +108,12 @@ def _reconstruct_(
             continue
         if type(m) is nn.Linear and m.in_features < o.in_features:
             targets.append(name)
-        elif type(m) is nn.Conv2d and m.groups == 1 and o.groups == 1 and m.in_channels < o.in_channels:
+        elif (
+            type(m) is nn.Conv2d
+            and m.groups == 1
+            and o.groups == 1
+            and m.in_channels < o.in_channels
+        ):
             targets.append(name)
     gen = torch.Generator().manual_seed(0)
     done = []
@@ -116,7 +121,9 @@ def _reconstruct_(
         pm, om = pruned.get_submodule(name), orig_mods[name]
         xs = _capture(pruned, pm, inputs, "in")
         ys = _capture(original, om, inputs, "out")
-        X = torch.cat([_patches(pm, x) if isinstance(pm, nn.Conv2d) else _as_rows(pm, x) for x in xs]).double()
+        X = torch.cat(
+            [_patches(pm, x) if isinstance(pm, nn.Conv2d) else _as_rows(pm, x) for x in xs]
+        ).double()
         Y = torch.cat([_as_rows(om, y) for y in ys]).double()
         if X.shape[0] > max_rows:
             idx = torch.randperm(X.shape[0], generator=gen)[:max_rows]

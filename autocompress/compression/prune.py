@@ -288,7 +288,9 @@ def choose_indices(spec: GroupSpec, scores: Tensor, prune: float, round_to: int)
     return sorted(out)
 
 
-def _subgroup(DG: tp.DependencyGraph, full: tp.dependency.Group, root_idxs: list[int]) -> tp.dependency.Group:
+def _subgroup(
+    DG: tp.DependencyGraph, full: tp.dependency.Group, root_idxs: list[int]
+) -> tp.dependency.Group:
     """The pruning group for ``root_idxs``, cut out of the full-index group.
 
     Same items as ``DG.get_pruning_group(root, fn, root_idxs)`` (index mappings act index by

@@ -139,13 +139,23 @@ class DecisionPoint:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # read-only mapping proxies do not pickle / deep-copy: rebuild them from plain dicts
-        return (_make_point, (self.name, self.kind, self.index, dict(self.knobs), dict(self.features), self.notes))
+        return (
+            _make_point,
+            (self.name, self.kind, self.index, dict(self.knobs), dict(self.features), self.notes),
+        )
 
 
 def _make_point(
-    name: str, kind: str, index: int, knobs: dict[str, Knob], features: dict[str, float], notes: tuple[str, ...]
+    name: str,
+    kind: str,
+    index: int,
+    knobs: dict[str, Knob],
+    features: dict[str, float],
+    notes: tuple[str, ...],
 ) -> DecisionPoint:
-    return DecisionPoint(name, kind, index, MappingProxyType(knobs), MappingProxyType(features), notes)
+    return DecisionPoint(
+        name, kind, index, MappingProxyType(knobs), MappingProxyType(features), notes
+    )
 
 
 @dataclass
@@ -434,7 +444,9 @@ class CompressionSpace:
                     break
                 except _ProbeFailure as fail:
                     if fail.root in skip:  # cannot happen unless tracing is not deterministic
-                        self.notes.append(f"probing group {fail.root!r} failed twice; no prune knobs")
+                        self.notes.append(
+                            f"probing group {fail.root!r} failed twice; no prune knobs"
+                        )
                         self.groups, coef = [], {}
                         break
                     skip[fail.root] = fail.reason
@@ -454,7 +466,9 @@ class CompressionSpace:
             try:
                 self._build_arrays()
                 break
-            except _TooManyDims as exc:  # the closed form handles at most two pruned dims per tensor
+            except (
+                _TooManyDims
+            ) as exc:  # the closed form handles at most two pruned dims per tensor
                 hit = [g for g in self.groups if g.point in exc.groups and g.prunable]
                 if not hit:
                     raise RuntimeError(f"cannot model parameter {exc.name!r}") from exc
@@ -576,7 +590,9 @@ class CompressionSpace:
         self._u_n01 = np.concatenate([self._u_n0, self._u_n1])
         # where each used tensor's row count (dim 0) lives in concat(d0, d1, rows_const)
         src = self._u_rows_src
-        self._u_rows_idx = np.where(src == 0, np.arange(U), np.where(src == 1, U + np.arange(U), 2 * U + np.arange(U)))
+        self._u_rows_idx = np.where(
+            src == 0, np.arange(U), np.where(src == 1, U + np.arange(U), 2 * U + np.arange(U))
+        )
         self._R = np.nonzero(np.array([lay.rank for lay in layers], dtype=bool))[0]
         self._R_wt = self._u_wt[self._R]
         self._R_rows_idx = self._u_rows_idx[self._R_wt]
@@ -918,7 +934,9 @@ class CompressionSpace:
             self._names_cache[names] = entry
         return entry
 
-    def _entry_and_values(self, policy: CompressionPolicy, validate: bool) -> tuple[dict[str, Any], np.ndarray]:
+    def _entry_and_values(
+        self, policy: CompressionPolicy, validate: bool
+    ) -> tuple[dict[str, Any], np.ndarray]:
         names, vals = policy._vectors()
         entry = self._names_entry(names)
         if entry is None:  # a name that is not a decision point
@@ -940,7 +958,9 @@ class CompressionSpace:
                 self.validate(policy)  # raises with a precise message
         return entry, vals
 
-    def _evaluate(self, policy: CompressionPolicy, full: bool, validate: bool = True) -> dict[str, float]:
+    def _evaluate(
+        self, policy: CompressionPolicy, full: bool, validate: bool = True
+    ) -> dict[str, float]:
         entry, vals = self._entry_and_values(policy, validate)
         U = self._U
         x = None
@@ -994,7 +1014,8 @@ class CompressionSpace:
             pe = per_elem[t]
             delta[t] = np.where(
                 bits_f < 32,
-                rf * nf * pe + np.minimum(mf * rf * pe + 4.0 * np.where(bits_f >= 3, mf, 1.0), 0.0),
+                rf * nf * pe
+                + np.minimum(mf * rf * pe + 4.0 * np.where(bits_f >= 3, mf, 1.0), 0.0),
                 0.0,
             )
         params = float(total)

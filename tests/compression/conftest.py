@@ -34,7 +34,9 @@ def trained_resnet20(digits: tuple[torch.Tensor, ...]) -> nn.Module:
     model = create_model("resnet20", num_classes=10)
     epochs, batch = 4, 64
     steps = epochs * ((len(x_tr) + batch - 1) // batch)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True
+    )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
     with one_thread():
         for _ in range(epochs):

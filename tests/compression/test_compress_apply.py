@@ -35,7 +35,10 @@ def test_identity_policy_gives_identical_outputs(name: str) -> None:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("name", ["test_convnet", "test_resnet", "test_mobilenetv2", "test_lstm", "test_mlp", "vgg11_bn"])
+@pytest.mark.parametrize(
+    "name",
+    ["test_convnet", "test_resnet", "test_mobilenetv2", "test_lstm", "test_mlp", "vgg11_bn"],
+)
 def test_prune_only_really_shrinks_parameters_and_tensors(name: str) -> None:
     model = create_model(name).eval()
     space = CompressionSpace.from_model(model)
@@ -62,7 +65,11 @@ def test_model_is_left_untouched() -> None:
     assert model.training and small.training  # the result keeps the model's mode
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(type(m) in (nn.Conv2d, nn.Linear) for m in model.modules() if hasattr(m, "weight") and m.weight.dim() > 1)
+    assert all(
+        type(m) in (nn.Conv2d, nn.Linear)
+        for m in model.modules()
+        if hasattr(m, "weight") and m.weight.dim() > 1
+    )
 
 
 @pytest.mark.timeout(120)

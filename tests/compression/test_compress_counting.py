@@ -27,7 +27,10 @@ def test_conv_and_linear_macs_per_sample() -> None:
     [
         (nn.LSTM(6, 10, batch_first=True), 4 * 10 * (6 + 10)),
         (nn.GRU(6, 10, batch_first=True), 3 * 10 * (6 + 10)),
-        (nn.LSTM(6, 10, num_layers=2, bidirectional=True, batch_first=True), 2 * 4 * 10 * (6 + 10) + 2 * 4 * 10 * (20 + 10)),
+        (
+            nn.LSTM(6, 10, num_layers=2, bidirectional=True, batch_first=True),
+            2 * 4 * 10 * (6 + 10) + 2 * 4 * 10 * (20 + 10),
+        ),
     ],
     ids=["lstm", "gru", "lstm-2layer-bidir"],
 )
@@ -59,7 +62,9 @@ def test_counting_leaves_the_model_alone_and_sizes_are_float32() -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     macs = count_macs(model, torch.randn(1, 3, 16, 16))
     assert macs == 809_280 and model.training
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # BN stats untouched
+    assert all(
+        torch.equal(v, model.state_dict()[k]) for k, v in before.items()
+    )  # BN stats untouched
     assert count_size_bytes(model) == 4 * count_params(model)
     shared = nn.Linear(4, 4)
     assert count_params(nn.Sequential(shared, shared)) == 20

@@ -21,7 +21,13 @@ from autocompress.models import create_model
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "layer",
-    [nn.Linear(40, 24), nn.Linear(24, 40), nn.Conv2d(6, 10, 3, padding=1), nn.Conv2d(10, 6, 3, stride=2), nn.Conv1d(4, 8, 5)],
+    [
+        nn.Linear(40, 24),
+        nn.Linear(24, 40),
+        nn.Conv2d(6, 10, 3, padding=1),
+        nn.Conv2d(10, 6, 3, stride=2),
+        nn.Conv1d(4, 8, 5),
+    ],
     ids=["linear-wide", "linear-tall", "conv3x3", "conv3x3-s2", "conv1d"],
 )
 def test_full_rank_svd_reproduces_the_layer(layer: nn.Module) -> None:
@@ -85,7 +91,9 @@ def test_rank_one_is_identity_and_lower_rank_saves_the_predicted_macs() -> None:
 
 @pytest.mark.timeout(60)
 def test_rank_knob_only_where_it_can_save_macs() -> None:
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2), nn.ReLU(), nn.Linear(2, 2))
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2), nn.ReLU(), nn.Linear(2, 2)
+    )
     space = CompressionSpace.from_model(model, torch.randn(1, 1, 4, 4), verify=False)
     assert "rank" in space["1"].knobs and "rank" in space["3"].knobs  # 8*2 > 8+2
     assert "rank" not in space["5"].knobs  # 2*2 == 2+2: no rank can save

@@ -43,9 +43,12 @@ def test_key_is_stable_and_ignores_identity_entries() -> None:
     assert without_identity.key() == p.key()
     assert p.with_layer("fc", LayerAction(rank=0.25)).key() != p.key()
     # a fixed policy has a fixed key across processes and versions of Python's hash seed
-    assert CompressionPolicy({"a": LayerAction(prune=0.5)}).key() == CompressionPolicy.from_json(
-        CompressionPolicy({"a": LayerAction(prune=0.5)}).to_json()
-    ).key()
+    assert (
+        CompressionPolicy({"a": LayerAction(prune=0.5)}).key()
+        == CompressionPolicy.from_json(
+            CompressionPolicy({"a": LayerAction(prune=0.5)}).to_json()
+        ).key()
+    )
 
 
 @pytest.mark.timeout(30)

@@ -20,7 +20,11 @@ from autocompress.models import create_model
 
 
 def _quantized_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: m.weight.detach() for n, m in model.named_modules() if hasattr(m, "w_bits") and hasattr(m, "weight")}
+    return {
+        n: m.weight.detach()
+        for n, m in model.named_modules()
+        if hasattr(m, "w_bits") and hasattr(m, "weight")
+    }
 
 
 @pytest.mark.slow
@@ -90,7 +94,11 @@ def test_activation_quantizer_calibrates_and_passes_gradients() -> None:
     calib = torch.randn(64, 8) * 3
     q(calib)
     q.freeze()
-    assert q.mode == "quant" and float(q.lo) <= float(calib.min()) and float(q.hi) >= float(calib.max())
+    assert (
+        q.mode == "quant"
+        and float(q.lo) <= float(calib.min())
+        and float(q.hi) >= float(calib.max())
+    )
     x = torch.linspace(-10, 10, 1000, requires_grad=True)
     y = q(x)
     assert len(torch.unique(y.detach())) <= 16
@@ -108,7 +116,9 @@ def test_weights_are_requantized_with_a_straight_through_estimator_when_training
     small = compress(model, space.uniform(w_bits=4, a_bits=8), space=space).train()
     conv = small.get_submodule("pw.0")
     with torch.no_grad():
-        conv.weight.add_(0.01 * torch.randn_like(conv.weight))  # a fine-tuning step moved it off grid
+        conv.weight.add_(
+            0.01 * torch.randn_like(conv.weight)
+        )  # a fine-tuning step moved it off grid
     out = small(torch.randn(4, 3, 16, 16)).sum()
     out.backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
@@ -159,7 +169,9 @@ def test_factorised_pair_folds_the_first_factors_scales_into_the_second() -> Non
     model = create_model("test_convnet").eval()
     space = CompressionSpace.from_model(model, verify=False)
     x = torch.randn(4, 3, 16, 16)
-    dense = compress(model, CompressionPolicy({"branch_b.0": LayerAction(rank=0.5)}), space=space, calib=x)
+    dense = compress(
+        model, CompressionPolicy({"branch_b.0": LayerAction(rank=0.5)}), space=space, calib=x
+    )
     for bits in (8, 4, 2):
         policy = CompressionPolicy({"branch_b.0": LayerAction(rank=0.5, w_bits=bits)})
         pair = compress(model, policy, space=space, calib=x).get_submodule("branch_b.0")
@@ -167,10 +179,14 @@ def test_factorised_pair_folds_the_first_factors_scales_into_the_second() -> Non
         first = pair[0].weight.detach()
         assert torch.equal(first, first.round())  # integer levels: no scales stored for it
         assert first.abs().max() <= max(1, 2 ** (bits - 1) - 1)
-        assert torch.equal(requantize(pair[0], first), first)  # fine-tuning re-projection is stable
+        assert torch.equal(
+            requantize(pair[0], first), first
+        )  # fine-tuning re-projection is stable
         with torch.no_grad():  # the pair still approximates the unquantized factorisation
             ref = dense.get_submodule("branch_b.0")(x[:, :16].new_ones(1, 16, 8, 8))
             got = pair(x[:, :16].new_ones(1, 16, 8, 8))
         if bits == 8:
             assert (got - ref).abs().max() < 0.05 * ref.abs().max()
-        assert count_size_bytes(compress(model, policy, space=space, calib=x)) == space.size_bytes(policy)
+        assert count_size_bytes(compress(model, policy, space=space, calib=x)) == space.size_bytes(
+            policy
+        )

@@ -30,7 +30,16 @@ def test_points_and_knobs_follow_the_architecture(convnet_space) -> None:
     model, space = convnet_space
     points = {p.name: p for p in space.decision_points}
     # every conv/linear is a point, in module order
-    assert space.names == ["stem.0", "res.0", "branch_a.0", "branch_b.0", "dw.0", "pw.0", "fc1", "fc2"]
+    assert space.names == [
+        "stem.0",
+        "res.0",
+        "branch_a.0",
+        "branch_b.0",
+        "dw.0",
+        "pw.0",
+        "fc1",
+        "fc2",
+    ]
     # the network output's channels are never pruned; the classifier can still be quantized/factorised
     assert set(points["fc2"].knobs) == {"w_bits", "a_bits", "rank"}
     assert any("network output" in n for n in points["fc2"].notes)
@@ -49,7 +58,9 @@ def test_points_and_knobs_follow_the_architecture(convnet_space) -> None:
     assert fm.shape == (len(space.decision_points), len(FEATURE_NAMES))
     assert fm.min() >= 0.0 and fm.max() <= 1.0
     macs_col = fm[:, FEATURE_NAMES.index("macs")]
-    assert macs_col.argmax() == space.names.index("res.0")  # the 16->16 3x3 conv at full resolution
+    assert macs_col.argmax() == space.names.index(
+        "res.0"
+    )  # the 16->16 3x3 conv at full resolution
 
 
 @pytest.mark.timeout(60)
@@ -77,7 +88,9 @@ def test_identity_uniform_sample_most_compressed(convnet_space) -> None:
     assert uni["res.0"] == LayerAction(w_bits=8, a_bits=8)  # no prune knob there
     for seed in range(5):
         space.validate(space.sample(seed))
-    assert space.sample(3) == space.sample(np.random.default_rng(3)) and space.sample(3) != space.sample(4)
+    assert space.sample(3) == space.sample(np.random.default_rng(3)) and space.sample(
+        3
+    ) != space.sample(4)
     most = space.most_compressed()
     space.validate(most)
     c_id, c_most = space.costs(ident), space.costs(most)
@@ -90,9 +103,18 @@ def test_identity_uniform_sample_most_compressed(convnet_space) -> None:
 def test_validate_names_the_layer_value_and_what_is_allowed(convnet_space) -> None:
     _, space = convnet_space
     cases = [
-        ({"nope.conv": LayerAction(prune=0.1)}, r"unknown layer 'nope\.conv'.*decision points are: stem\.0"),
-        ({"stem.0": LayerAction(prune=0.95)}, r"layer 'stem\.0': prune=0\.95 .*0 <= prune <= 0\.8"),
-        ({"res.0": LayerAction(prune=0.2)}, r"layer 'res\.0': prune=0\.2 is not allowed.*no 'prune' knob"),
+        (
+            {"nope.conv": LayerAction(prune=0.1)},
+            r"unknown layer 'nope\.conv'.*decision points are: stem\.0",
+        ),
+        (
+            {"stem.0": LayerAction(prune=0.95)},
+            r"layer 'stem\.0': prune=0\.95 .*0 <= prune <= 0\.8",
+        ),
+        (
+            {"res.0": LayerAction(prune=0.2)},
+            r"layer 'res\.0': prune=0\.2 is not allowed.*no 'prune' knob",
+        ),
         ({"dw.0": LayerAction(rank=0.5)}, r"layer 'dw\.0': rank=0\.5 .*no 'rank' knob.*depthwise"),
         ({"fc2": LayerAction(prune=0.3)}, r"layer 'fc2'.*network output"),
     ]
@@ -105,7 +127,10 @@ def test_validate_names_the_layer_value_and_what_is_allowed(convnet_space) -> No
     restricted = CompressionSpace.from_model(
         create_model("test_mlp").eval(), bits=(4, 8), knobs=("w_bits", "a_bits"), verify=False
     )
-    with pytest.raises(UserInputError, match=r"layer 'net\.1': w_bits=2 is not allowed; allowed: one of \(4, 8, 32\)"):
+    with pytest.raises(
+        UserInputError,
+        match=r"layer 'net\.1': w_bits=2 is not allowed; allowed: one of \(4, 8, 32\)",
+    ):
         restricted.macs(CompressionPolicy({"net.1": LayerAction(w_bits=2)}))
     with pytest.raises(UserInputError, match="no 'prune' knob"):
         restricted.validate(CompressionPolicy({"net.1": LayerAction(prune=0.5)}))
@@ -131,7 +156,9 @@ def test_removed_units_rounding() -> None:
     assert (37 - removed_units(ps, 37, 3) >= 1).all()
 
 
-def _more_compressed(point, action: LayerAction, knob: str, rng: np.random.Generator) -> LayerAction | None:
+def _more_compressed(
+    point, action: LayerAction, knob: str, rng: np.random.Generator
+) -> LayerAction | None:
     k = point.knobs[knob]
     value = getattr(action, knob)
     if knob == "prune":
@@ -164,7 +191,14 @@ def test_costs_are_monotone(name: str) -> None:
         before = space.costs(policy)
         after = space.costs(policy.with_layer(point.name, new_action))
         for metric in ("macs", "params", "bops", "size_bytes"):
-            assert after[metric] <= before[metric] + 1e-6, (name, point.name, knob, metric, before, after)
+            assert after[metric] <= before[metric] + 1e-6, (
+                name,
+                point.name,
+                knob,
+                metric,
+                before,
+                after,
+            )
         checked += 1
     assert checked > 100
 

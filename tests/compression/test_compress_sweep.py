@@ -72,7 +72,13 @@ def test_random_policies_on_torchvision_families(family: str) -> None:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     "name",
-    ["tv:resnet18", "tv:mobilenet_v3_small", "tv:squeezenet1_1", "tv:shufflenet_v2_x0_5", "tv:efficientnet_b0"],
+    [
+        "tv:resnet18",
+        "tv:mobilenet_v3_small",
+        "tv:squeezenet1_1",
+        "tv:shufflenet_v2_x0_5",
+        "tv:efficientnet_b0",
+    ],
 )
 def test_random_policies_on_registry_torchvision_models(name: str) -> None:
     """Real torchvision models through the registry (random init, 32x32), fewer policies."""
