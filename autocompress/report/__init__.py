@@ -1,6 +1,20 @@
-"""Reports of a search run: Pareto plots and tables, per-point views, export and fine-tuning."""
+"""Reports of a search run: Pareto plots and tables, per-point views, export and fine-tuning.
+
+Public surface::
+
+    from autocompress.report import write_report, show_point, export_point, finetune_point
+    paths = write_report("runs/NAME")                  # RUN/pareto.png, RUN/pareto.html, .table
+    table, png = show_point("runs/NAME", 7)            # per-layer policy table and bar chart
+    info = export_point("runs/NAME", 7, "onnx", "m.onnx")   # checked against PyTorch; int8 too
+    result = finetune_point("runs/NAME", 7, epochs=3)  # KD fine-tune, recorded in RUN/finetune/
+
+Export and fine-tuning (torch, ONNX Runtime) load on first use of their names.
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from autocompress.report.plots import (
     ReportPaths,
@@ -13,12 +27,29 @@ from autocompress.report.plots import (
 from autocompress.report.run import Candidate, RunRecord, load_run
 from autocompress.report.tables import format_metric, front_table, policy_table
 
+_LAZY: dict[str, str] = {
+    "ExportInfo": "autocompress.report.export",
+    "ExportMismatchError": "autocompress.report.export",
+    "FORMATS": "autocompress.report.export",
+    "export_point": "autocompress.report.export",
+    "FinetuneResult": "autocompress.report.finetune",
+    "finetune_point": "autocompress.report.finetune",
+    "latest_finetune": "autocompress.report.finetune",
+}
+
 __all__ = [
+    "FORMATS",
     "Candidate",
+    "ExportInfo",
+    "ExportMismatchError",
+    "FinetuneResult",
     "ReportPaths",
     "RunRecord",
+    "export_point",
+    "finetune_point",
     "format_metric",
     "front_table",
+    "latest_finetune",
     "load_run",
     "pareto_html",
     "pareto_png",
@@ -27,3 +58,16 @@ __all__ = [
     "show_point",
     "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autocompress.report' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -549,9 +549,15 @@ def export_point(
 
 
 def write_export_record(info: ExportInfo, run_dir: str | Path) -> Path:
-    """Append the export's facts to ``RUN/export/exports.jsonl`` (a log; never rewritten)."""
+    """Append the export's facts to ``RUN/export/exports.jsonl`` (a log; never rewritten).
+
+    ``export_point`` calls it; recording the same export again adds nothing.
+    """
     log = Path(run_dir) / "export" / "exports.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(info.to_dict(), sort_keys=True)
+    if log.is_file() and line in log.read_text().splitlines():
+        return log
     with open(log, "a") as fh:
-        fh.write(json.dumps(info.to_dict(), sort_keys=True) + "\n")
+        fh.write(line + "\n")
     return log

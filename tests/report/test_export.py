@@ -58,8 +58,13 @@ def test_onnx_export_matches_pytorch_and_is_smaller(real_run: Path, tmp_path: Pa
     assert info.size_ratio < 0.6
     assert info.latency_ms > 0 and info.original_latency_ms > 0 and info.backend == "ort"
     assert info.recorded_acc == pytest.approx(info.acc, abs=0.02)
-    log = [json.loads(line) for line in (real_run / "export" / "exports.jsonl").read_text().splitlines()]
-    assert any(rec["path"] == str(out) for rec in log)
+    log_file = real_run / "export" / "exports.jsonl"
+    log = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert sum(rec["path"] == str(out) for rec in log) == 1
+    from autocompress.report.export import write_export_record
+
+    write_export_record(info, real_run)  # the same export again: recorded once
+    assert len(log_file.read_text().splitlines()) == len(log)
 
 
 def test_int8_export_for_8bit_point(real_run: Path, tmp_path: Path) -> None:
