@@ -161,6 +161,25 @@ def search(config: str | None, no_report: bool, set_: tuple[str, ...], **options
         out.print(f"report: {paths.png}  {paths.html}")
 
 
+POINT_ALIASES = ("knee", "best")
+
+
+def _resolve_point(run_dir: str, point: str) -> str:
+    """``knee`` / ``best`` (highest accuracy on the front) name a point without looking its id up."""
+    if point not in POINT_ALIASES:
+        return point
+    path = Path(run_dir) / "pareto.json"
+    if not path.is_file():
+        raise UserInputError(f"run directory {run_dir!r} has no pareto.json; run `autocompress search` first")
+    pareto = json.loads(path.read_text())
+    points = pareto.get("points") or []
+    if not points:
+        raise UserInputError(f"--point {point}: the Pareto front of {run_dir!r} is empty")
+    if point == "knee" and pareto.get("knee") is not None:
+        return str(pareto["knee"])
+    return str(max(points, key=lambda p: p.get("metrics", {}).get("acc", float("-inf")))["id"])
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path())
 @_friendly
@@ -177,14 +196,14 @@ def report(run_dir: str) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--point", "point", required=True, help="id of a Pareto point (see `autocompress report RUN`)")
+@click.option("--point", "point", required=True, help="id of a Pareto point (see `autocompress report RUN`), or knee / best")
 @_friendly
 def show(run_dir: str, point: str) -> None:
     """Show a Pareto point's per-layer policy (table and bar chart) and its metrics."""
 
     from autocompress.report import show_point
 
-    table, png = show_point(run_dir, point)
+    table, png = show_point(run_dir, _resolve_point(run_dir, point))
     console = _stdout_console()
     console.print(table)
     console.print(f"per-layer chart: {png}")
@@ -192,7 +211,7 @@ def show(run_dir: str, point: str) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--point", "point", required=True, help="id of a Pareto point")
+@click.option("--point", "point", required=True, help="id of a Pareto point, or knee / best")
 @click.option("--format", "fmt", default="onnx", show_default=True, type=click.Choice(["onnx", "torchscript", "pt"]))
 @click.option("--out", default=None, help="output file [default: RUN/export/point-ID.EXT]")
 @click.option("--int8/--no-int8", default=None, help="also write an int8 ONNX model (default: for 8-bit points)")
@@ -205,14 +224,14 @@ def export(run_dir: str, point: str, fmt: str, out: str | None, int8: bool | Non
     """Export a Pareto point as a really compressed model file (ONNX, TorchScript or pt)."""
     from autocompress.report.export import export_point, write_export_record
 
-    info = export_point(run_dir, point, fmt, out, force=force, int8=int8, batch=batch, threads=threads, progress=True)
+    info = export_point(run_dir, _resolve_point(run_dir, point), fmt, out, force=force, int8=int8, batch=batch, threads=threads, progress=True)
     write_export_record(info, run_dir)
     click.echo("\n".join(info.lines()))
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--point", "point", required=True, help="id of a Pareto point")
+@click.option("--point", "point", required=True, help="id of a Pareto point, or knee / best")
 @click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--kd/--no-kd", default=True, show_default=True, help="distil from the original model")
 @click.option("--temperature", default=4.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
@@ -225,7 +244,7 @@ def finetune(run_dir: str, point: str, epochs: int, kd: bool, temperature: float
     """Fine-tune a Pareto point's compressed model (optionally with KD); records acc before/after."""
     from autocompress.report.finetune import finetune_point
 
-    res = finetune_point(run_dir, point, epochs, kd=kd, temperature=temperature, alpha=alpha, lr=lr,
+    res = finetune_point(run_dir, _resolve_point(run_dir, point), epochs, kd=kd, temperature=temperature, alpha=alpha, lr=lr,
                          seed=seed, progress=True)
     click.echo("\n".join(res.lines()))
 
