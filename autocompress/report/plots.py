@@ -226,35 +226,45 @@ def pareto_html(run: RunRecord, path: str | Path) -> Path:
 
 def policy_png(point: Candidate, path: str | Path, *, order: Sequence[str] | None = None,
                title: str | None = None) -> Path:
-    """Per-layer bars (AMC-style): channels kept (1 - prune) and rank kept above, bit-widths below."""
+    """Per-layer bars (AMC-style): channels kept (1 - prune) and rank kept above, bit-widths below.
+
+    The rank bars and the bit-width panel are drawn only when some layer uses those knobs.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     layers = ordered_layers(point.policy, order)
     acts = [point.policy[n] for n in layers]
     idx = list(range(len(layers)))
+    show_bits = any(a.w_bits < 32 or a.a_bits < 32 for a in acts)
+    show_rank = any(a.rank < 1.0 for a in acts)
     width = max(6.0, min(24.0, 0.35 * len(layers) + 2.0))
-    fig = Figure(figsize=(width, 6.5), dpi=110)
+    fig = Figure(figsize=(width, 6.5 if show_bits else 4.0), dpi=110)
     FigureCanvasAgg(fig)
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    top.bar([i - 0.2 for i in idx], [1.0 - a.prune for a in acts], width=0.4, color="tab:blue",
-            label="channels kept (1 - prune)")
-    top.bar([i + 0.2 for i in idx], [a.rank for a in acts], width=0.4, color="tab:orange",
-            label="rank kept")
+    axes = fig.subplots(2 if show_bits else 1, 1, sharex=True, squeeze=False)[:, 0]
+    top = axes[0]
+    bar_w = 0.4 if show_rank else 0.8
+    top.bar([i - (0.2 if show_rank else 0.0) for i in idx], [1.0 - a.prune for a in acts],
+            width=bar_w, color="tab:blue", label="channels kept (1 - prune)")
+    if show_rank:
+        top.bar([i + 0.2 for i in idx], [a.rank for a in acts], width=0.4, color="tab:orange",
+                label="rank kept")
     top.set_ylim(0, 1.05)
     top.set_ylabel("fraction kept")
     top.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=2, fontsize=8, frameon=False)
     top.grid(True, axis="y", alpha=0.3)
-    bottom.bar([i - 0.2 for i in idx], [a.w_bits for a in acts], width=0.4, color="tab:green",
-               label="weight bits")
-    bottom.bar([i + 0.2 for i in idx], [a.a_bits for a in acts], width=0.4, color="tab:purple",
-               label="activation bits")
-    bottom.set_yscale("log", base=2)
-    bottom.set_yticks([1, 2, 4, 8, 16, 32], labels=["1", "2", "4", "8", "16", "32"])
-    bottom.set_ylabel("bit-width")
-    bottom.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=2, fontsize=8, frameon=False)
-    bottom.grid(True, axis="y", alpha=0.3)
-    bottom.set_xticks(idx, labels=layers, rotation=75, ha="right", fontsize=7)
+    if show_bits:
+        bottom = axes[1]
+        bottom.bar([i - 0.2 for i in idx], [a.w_bits for a in acts], width=0.4, color="tab:green",
+                   label="weight bits")
+        bottom.bar([i + 0.2 for i in idx], [a.a_bits for a in acts], width=0.4, color="tab:purple",
+                   label="activation bits")
+        bottom.set_yscale("log", base=2)
+        bottom.set_yticks([1, 2, 4, 8, 16, 32], labels=["1", "2", "4", "8", "16", "32"])
+        bottom.set_ylabel("bit-width")
+        bottom.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=2, fontsize=8, frameon=False)
+        bottom.grid(True, axis="y", alpha=0.3)
+    axes[-1].set_xticks(idx, labels=layers, rotation=75, ha="right", fontsize=7)
     metrics = ", ".join(f"{METRIC_LABELS.get(m, m)} {format_metric(m, point.metrics[m])}"
                         for m in metric_names([point]) if m in point.metrics)
     fig.suptitle(title or f"point {point.id}: {metrics}", fontsize=9)

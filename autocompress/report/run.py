@@ -109,7 +109,8 @@ class RunRecord:
         for p in self.front:
             if p.id == key:
                 return p
-        valid = ", ".join(self.front_ids) or "(the front is empty)"
+        ids = sorted(self.front_ids, key=lambda i: (0, int(i), "") if i.isdigit() else (1, 0, i))
+        valid = ", ".join(ids) or "(the front is empty)"
         raise UserInputError(
             f"point {key!r} is not on the Pareto front of {str(self.path)!r}; valid points: {valid}"
         )

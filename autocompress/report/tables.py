@@ -83,15 +83,23 @@ def policy_summary(policy: CompressionPolicy) -> str:
     return ", ".join(parts)
 
 
+#: Columns of the front table besides the objectives (top-5, FLOPs = 2 x MACs and BOPs only when
+#: they are objectives: ``show`` prints every metric of a point).
+FRONT_COLUMNS: frozenset[str] = frozenset({"acc", "macs", "params", "size_bytes", "latency_ms"})
+
+
 def front_table(run: RunRecord) -> Table:
     """The Pareto front as a rich table, sorted by the cost objective, with the base model first.
 
-    The knee point is starred; ``QoM`` (quality of model) is shown where the run records it.
+    Columns: the objectives plus top-1, MACs, parameters, size and latency where recorded. The
+    knee point is starred; ``QoM`` (quality of model) is shown where the run records it.
     """
     cost = run.cost_metric
-    names = metric_names(run.front, run.base_metrics)
+    names = [m for m in metric_names(run.front, run.base_metrics)
+             if m in FRONT_COLUMNS or m in run.objectives]
     hv = run.pareto.get("hypervolume")
-    caption = f"{len(run.front)} Pareto points of {len(run.trials)} candidates"
+    evaluated = sum(t.status in ("ok", "failed") for t in run.trials)
+    caption = f"{len(run.front)} Pareto points of {evaluated} evaluated candidates"
     if isinstance(hv, int | float):
         caption += f"; hypervolume {hv:.4f}"
     if run.knee_id is not None:
@@ -146,19 +154,29 @@ def policy_table(point: Candidate, *, base: Mapping[str, float] | None = None,
         if m in point.metrics
     )
     table = Table(title=f"point {point.id}: per-layer policy", caption=metrics)
+    acts = list(point.policy.layers.values())
+    # A knob no layer uses (e.g. bits in a pruning-only search) gets no column.
+    show_bits = any(a.w_bits < 32 or a.a_bits < 32 for a in acts)
+    show_rank = any(a.rank < 1.0 for a in acts)
+    show_prune = any(a.prune > 0 for a in acts) or not (show_bits or show_rank)
     table.add_column("#", justify="right", style="dim")
     table.add_column("layer")
-    table.add_column("prune", justify="right")
-    table.add_column("kept", justify="right")
-    table.add_column("w bits", justify="right")
-    table.add_column("a bits", justify="right")
-    table.add_column("rank", justify="right")
+    if show_prune:
+        table.add_column("prune", justify="right")
+        table.add_column("kept", justify="right")
+    if show_bits:
+        table.add_column("w bits", justify="right")
+        table.add_column("a bits", justify="right")
+    if show_rank:
+        table.add_column("rank", justify="right")
     for i, name in enumerate(ordered_layers(point.policy, order)):
         a = point.policy[name]
-        table.add_row(
-            str(i), name, f"{a.prune:.2f}", f"{1.0 - a.prune:.0%}",
-            "fp32" if a.w_bits == 32 else str(a.w_bits),
-            "fp32" if a.a_bits == 32 else str(a.a_bits),
-            f"{a.rank:.2f}",
-        )
+        row = [str(i), name]
+        if show_prune:
+            row += [f"{a.prune:.2f}", f"{1.0 - a.prune:.0%}"]
+        if show_bits:
+            row += ["fp32" if a.w_bits == 32 else str(a.w_bits), "fp32" if a.a_bits == 32 else str(a.a_bits)]
+        if show_rank:
+            row.append(f"{a.rank:.2f}")
+        table.add_row(*row)
     return table

@@ -127,3 +127,24 @@ def test_report_handles_wide_and_narrow_spreads(fake_run: Path) -> None:
     paths = write_report(fake_run)
     assert paths.png.read_bytes()[:8] == PNG_MAGIC
     assert json.loads((fake_run / "pareto.json").read_text())["points"]
+
+
+def test_policy_views_show_only_used_knobs(tmp_path: Path) -> None:
+    """A pruning-only point gets no bit-width or rank columns, and a one-panel chart."""
+    from autocompress.compression import CompressionPolicy, LayerAction
+    from autocompress.report.plots import policy_png
+    from autocompress.report.run import Candidate
+    from autocompress.report.tables import policy_table
+
+    point = Candidate("3", CompressionPolicy({"a": LayerAction(prune=0.5), "b": LayerAction()}),
+                      {"acc": 0.9, "macs": 1e6})
+    headers = [c.header for c in policy_table(point).columns]
+    assert headers == ["#", "layer", "prune", "kept"]
+    from matplotlib.image import imread
+
+    short = imread(policy_png(point, tmp_path / "p.png"))
+    mixed = Candidate("4", CompressionPolicy({"a": LayerAction(prune=0.5, w_bits=4, rank=0.5)}),
+                      {"acc": 0.9})
+    assert [c.header for c in policy_table(mixed).columns][2:] == ["prune", "kept", "w bits", "a bits", "rank"]
+    tall = imread(policy_png(mixed, tmp_path / "m.png"))
+    assert tall.shape[0] > short.shape[0]  # the bit-width panel is added
