@@ -132,7 +132,7 @@ class ExportInfo:
             f"({self.size_ratio:.2f}x)",
             f"latency  {self.latency_ms:.3f} ms vs original {self.original_latency_ms:.3f} ms "
             f"({self.speedup:.2f}x faster; {self.backend}, batch {self.batch}, {self.threads} thread(s))",
-            f"top-1    {100 * self.acc:.2f}% (search recorded "
+            f"top-1    {100 * self.acc:.2f}% ({'fine-tune' if self.finetuned else 'search'} recorded "
             + (f"{100 * self.recorded_acc:.2f}%)" if self.recorded_acc is not None else "nothing)")
             + f"; max |diff| vs PyTorch {self.max_abs_diff:.2e}",
         ]
