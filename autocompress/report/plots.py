@@ -137,7 +137,7 @@ def pareto_png(run: RunRecord, path: str | Path) -> Path:
     ax.set_xlabel(_axis_label(x))
     ax.set_ylabel(_axis_label(y))
     model = run.spec.get("model", "")
-    ax.set_title(f"{model} {run.spec.get('data', '')}: {len(run.trials)} candidates".strip())
+    ax.set_title(f"{model} {run.spec.get('data', '')}: {run.n_evaluated} evaluated candidates".strip())
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -212,7 +212,7 @@ def pareto_html(run: RunRecord, path: str | Path) -> Path:
                       annotation_text=f"accuracy floor {format_metric(y, run.budgets[y])}")
     fig.update_layout(
         title=f"{run.spec.get('model', '')} {run.spec.get('data', '')}: Pareto front of "
-              f"{len(run.trials)} candidates".strip(),
+              f"{run.n_evaluated} evaluated candidates".strip(),
         xaxis_title=_axis_label(x), yaxis_title=_axis_label(y), template="plotly_white",
         hoverlabel=dict(align="left", font_size=11),
     )

@@ -72,6 +72,11 @@ class RunRecord:
     pareto: dict[str, Any]
 
     @property
+    def n_evaluated(self) -> int:
+        """Candidates that cost an evaluation (status ``ok`` or ``failed``)."""
+        return sum(t.status in ("ok", "failed") for t in self.trials)
+
+    @property
     def front_ids(self) -> list[str]:
         """Ids of the Pareto points, in file order."""
         return [p.id for p in self.front]

@@ -98,8 +98,7 @@ def front_table(run: RunRecord) -> Table:
     names = [m for m in metric_names(run.front, run.base_metrics)
              if m in FRONT_COLUMNS or m in run.objectives]
     hv = run.pareto.get("hypervolume")
-    evaluated = sum(t.status in ("ok", "failed") for t in run.trials)
-    caption = f"{len(run.front)} Pareto points of {evaluated} evaluated candidates"
+    caption = f"{len(run.front)} Pareto points of {run.n_evaluated} evaluated candidates"
     if isinstance(hv, int | float):
         caption += f"; hypervolume {hv:.4f}"
     if run.knee_id is not None:
