@@ -217,15 +217,16 @@ def show(run_dir: str, point: str) -> None:
 @click.option("--int8/--no-int8", default=None, help="also write an int8 ONNX model (default: for 8-bit points)")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="latency batch size")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="latency threads")
+@click.option("--finetuned", is_flag=True, help="export the point's fine-tuned weights (from `autocompress finetune`)")
 @click.option("--force", is_flag=True, help="overwrite an existing --out")
 @_friendly
 def export(run_dir: str, point: str, fmt: str, out: str | None, int8: bool | None, batch: int,
-           threads: int, force: bool) -> None:
+           threads: int, finetuned: bool, force: bool) -> None:
     """Export a Pareto point as a really compressed model file (ONNX, TorchScript or pt)."""
-    from autocompress.report.export import export_point, write_export_record
+    from autocompress.report.export import export_point
 
-    info = export_point(run_dir, _resolve_point(run_dir, point), fmt, out, force=force, int8=int8, batch=batch, threads=threads, progress=True)
-    write_export_record(info, run_dir)
+    info = export_point(run_dir, _resolve_point(run_dir, point), fmt, out, force=force, int8=int8,
+                        batch=batch, threads=threads, finetuned=finetuned, progress=True)
     click.echo("\n".join(info.lines()))
 
 
