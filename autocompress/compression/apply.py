@@ -57,49 +57,28 @@ def _forward(model: nn.Module, x: Any) -> Any:
     return model(*x) if isinstance(x, tuple) else model(x)
 
 
-def _capture(model: nn.Module, module: nn.Module, inputs: list[Any], take: str) -> list[Tensor]:
-    """The input (``take="in"``) or output of ``module`` on every calibration batch."""
-    got: list[Tensor] = []
-
-    def hook(mod: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
-        got.append((args[0] if take == "in" else out).detach())
-
-    h = module.register_forward_hook(hook)
-    try:
-        with eval_mode(model):
-            for x in inputs:
-                _forward(model, x)
-    finally:
-        h.remove()
-    return got
+class _Stop(Exception):
+    """Raised in a hook to end a forward pass once every reconstruction target has been seen."""
 
 
-def _as_rows(m: nn.Module, t: Tensor) -> Tensor:
-    if isinstance(m, nn.Linear):
-        return t.reshape(-1, t.shape[-1])
-    return t.flatten(2).transpose(1, 2).reshape(-1, t.shape[1])
+def _first_samples(inputs: list[Any], limit: int) -> Any:
+    """The first ``limit`` samples of the calibration batches, as one batch (dim 0 is the batch)."""
+    parts, n = [], 0
+    for x in inputs:
+        parts.append(x)
+        n += (x[0] if isinstance(x, tuple) else x).shape[0]
+        if n >= limit:
+            break
+    if isinstance(parts[0], tuple):
+        return tuple(
+            torch.cat([p[i] for p in parts])[:limit] if isinstance(first, Tensor) else first
+            for i, first in enumerate(parts[0])
+        )
+    return torch.cat(parts)[:limit]
 
 
-def _patches(m: nn.Conv2d, x: Tensor) -> Tensor:
-    cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-
-@torch.no_grad()
-def _reconstruct_(
-    original: nn.Module,
-    pruned: nn.Module,
-    out_removed: dict[str, list[int]],
-    inputs: list[Any],
-    max_rows: int = 8192,
-) -> list[str]:
-    """Least-squares refit of layers whose input channels were pruned (He et al. 2017, AMC).
-
-    In forward (module) order, each plain ``Linear`` / ungrouped ``Conv2d`` whose input width
-    shrank is refit by ridge regression ``min_W ||X W - (Y - b)||^2 + lam ||W||^2``, where ``X``
-    is its input in the pruned model (with the layers before it already refit) and ``Y`` the
-    original layer's output on the same batches, restricted to the output channels it kept.
-    """
+def _reconstruction_targets(original: nn.Module, pruned: nn.Module) -> list[str]:
+    """Plain ``Linear`` / ungrouped ``Conv2d`` layers whose input width shrank, in module order."""
     orig_mods = dict(original.named_modules())
     targets = []
     for name, m in pruned.named_modules():
@@ -115,31 +94,151 @@ def _reconstruct_(
             and m.in_channels < o.in_channels
         ):
             targets.append(name)
-    gen = torch.Generator().manual_seed(0)
-    done = []
-    for name in targets:
-        pm, om = pruned.get_submodule(name), orig_mods[name]
-        xs = _capture(pruned, pm, inputs, "in")
-        ys = _capture(original, om, inputs, "out")
-        X = torch.cat(
-            [_patches(pm, x) if isinstance(pm, nn.Conv2d) else _as_rows(pm, x) for x in xs]
-        ).double()
-        Y = torch.cat([_as_rows(om, y) for y in ys]).double()
-        if X.shape[0] > max_rows:
-            idx = torch.randperm(X.shape[0], generator=gen)[:max_rows]
-            X, Y = X[idx], Y[idx]
-        if X.shape[0] < X.shape[1]:
-            continue  # under-determined: keep the pruned weights
-        keep = sorted(set(range(om.weight.shape[0])) - set(out_removed.get(name, [])))
-        Y = Y[:, keep]
-        if om.bias is not None:
-            Y = Y - om.bias.double()[keep]
-        gram = X.T @ X
-        lam = 1e-3 * gram.diagonal().mean().clamp(min=1e-12)
-        W = torch.linalg.solve(gram + lam * torch.eye(X.shape[1], dtype=X.dtype), X.T @ Y).T
-        pm.weight.copy_(W.reshape(pm.weight.shape).to(pm.weight.dtype))
-        done.append(name)
-    return done
+    return targets
+
+
+def _sample_rows(m: nn.Module, out: Tensor, max_rows: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``(row positions, output rows)``: up to ``max_rows`` seeded random positions of ``out``.
+
+    A position is one output pixel ``(image, y, x)`` of a conv (flattened as ``n*Ho*Wo + y*Wo +
+    x``), or one leading-index tuple of a Linear's output. Only the sampled rows are gathered.
+    """
+    if isinstance(m, nn.Conv2d):
+        n, c, h, w = out.shape
+        total = n * h * w
+    else:
+        c = out.shape[-1]
+        total = out.numel() // c
+    if total > max_rows:
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(total, generator=gen)[:max_rows].sort().values
+    else:
+        idx = torch.arange(total)
+    if isinstance(m, nn.Conv2d):
+        rows = out[idx // (h * w), :, (idx // w) % h, idx % w]
+    else:
+        rows = out.reshape(-1, c)[idx]
+    return idx, rows
+
+
+def _input_rows(m: nn.Module, x: Tensor, idx: Tensor, out_hw: tuple[int, int]) -> Tensor:
+    """The rows of ``m``'s regression design matrix at output positions ``idx``.
+
+    For a conv these are the receptive-field patches (``F.unfold``'s column layout, channel-major
+    then kernel row then column), gathered directly so the full patch matrix is never built.
+    """
+    if not isinstance(m, nn.Conv2d):
+        return x.reshape(-1, x.shape[-1])[idx]
+    ho, wo = out_hw
+    pad = m._reversed_padding_repeated_twice
+    if any(pad):
+        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+        x = F.pad(x, pad, mode=mode)
+    (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
+    n = idx // (ho * wo)
+    oy = (idx // wo) % ho
+    ox = idx % wo
+    ys = (oy * sh)[:, None] + torch.arange(kh) * dh  # (R, kh)
+    xs = (ox * sw)[:, None] + torch.arange(kw) * dw  # (R, kw)
+    patches = x.permute(0, 2, 3, 1)[n[:, None, None], ys[:, :, None], xs[:, None, :]]
+    return patches.permute(0, 3, 1, 2).reshape(len(idx), -1)  # (R, C*kh*kw)
+
+
+@torch.no_grad()
+def _reconstruct_(
+    original: nn.Module,
+    pruned: nn.Module,
+    out_removed: dict[str, list[int]],
+    inputs: list[Any],
+    max_rows: int = 8192,
+    max_images: int = 256,
+) -> list[str]:
+    """Least-squares refit of layers whose input channels were pruned (He et al. 2017, AMC).
+
+    Each plain ``Linear`` / ungrouped ``Conv2d`` whose input width shrank is refit by ridge
+    regression ``min_W ||X W - (Y - b)||^2 + lam ||W||^2``, where ``X`` is its input in the pruned
+    model, with every layer upstream of it already refit (sequential, as in ThiNet/AMC), and ``Y``
+    the original layer's output, restricted to the output channels it kept. Both are taken on
+    the first ``max_images`` calibration samples at up to ``max_rows`` seeded random positions
+    per layer (the same positions for ``X`` and ``Y``).
+
+    Cost: two forward passes in all, whatever the number of layers. One pass over the original
+    model stores the sampled output rows of every target; one pass over the pruned model refits
+    each target in a forward pre-hook, just before it runs, so everything downstream of it sees
+    the refit weights. Gram matrices are accumulated in float32 and solved in float64. Layers
+    called more than once per forward (shared weights) are left alone. Returns the refit names.
+    """
+    targets = _reconstruction_targets(original, pruned)
+    if not targets:
+        return []
+    x = _first_samples(inputs, max_images)
+
+    # 1. the original model, once: sampled output rows (kept channels, bias removed) per target
+    seen: dict[str, list[Any]] = {}
+
+    def make_out_hook(i: int, name: str) -> Any:
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: Tensor) -> None:
+            if name in seen:
+                seen[name].append(None)  # called twice: not a plain layer to refit
+                return
+            idx, rows = _sample_rows(mod, out, max_rows, seed=i)
+            removed = set(out_removed.get(name, []))
+            keep = torch.tensor([c for c in range(rows.shape[1]) if c not in removed])
+            rows = rows[:, keep]
+            if mod.bias is not None:
+                rows = rows - mod.bias[keep]
+            hw = tuple(out.shape[-2:]) if isinstance(mod, nn.Conv2d) else (0, 0)
+            seen[name] = [(idx, rows, hw)]
+
+        return hook
+
+    handles = [
+        original.get_submodule(name).register_forward_hook(make_out_hook(i, name))
+        for i, name in enumerate(targets)
+    ]
+    try:
+        with eval_mode(original):
+            _forward(original, x)
+    finally:
+        for h in handles:
+            h.remove()
+    plan = {name: got[0] for name, got in seen.items() if len(got) == 1}
+
+    # 2. the pruned model, once: refit each target just before it runs
+    done: list[str] = []
+    left = set(plan)
+
+    def make_fit_hook(name: str) -> Any:
+        def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            if name not in left:
+                return
+            left.discard(name)
+            idx, y, hw = plan[name]
+            xr = _input_rows(mod, args[0], idx, hw)
+            if xr.shape[0] >= xr.shape[1]:  # else under-determined: keep the pruned weights
+                gram = (xr.T @ xr).double()
+                lam = 1e-3 * gram.diagonal().mean().clamp(min=1e-12)
+                gram.diagonal().add_(lam)
+                w = torch.linalg.solve(gram, (xr.T @ y).double()).T
+                mod.weight.copy_(w.reshape(mod.weight.shape).to(mod.weight.dtype))
+                done.append(name)
+            if not left:
+                raise _Stop
+
+        return hook
+
+    handles = [
+        pruned.get_submodule(name).register_forward_pre_hook(make_fit_hook(name)) for name in plan
+    ]
+    try:
+        with eval_mode(pruned):
+            _forward(pruned, x)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return sorted(done, key=targets.index)
 
 
 def compress(
