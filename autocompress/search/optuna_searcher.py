@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from autocompress.search._projection import BUDGET_FILL, BudgetProjector, make_projector
 from autocompress.search.base import BaseSearcher, SearchContext, register_searcher
 
 if TYPE_CHECKING:
@@ -33,8 +34,13 @@ def param_name(point: str, knob: str) -> str:
     return f"{point}{PARAM_SEP}{knob}"
 
 
-def space_distributions(space: CompressionSpace) -> dict[str, optuna.distributions.BaseDistribution]:
-    """Optuna distributions for every (decision point, knob) of ``space``, in space order."""
+def space_distributions(space: CompressionSpace, projector: BudgetProjector | None = None
+                        ) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Optuna distributions for every (decision point, knob) of ``space``, in space order.
+
+    With a budget ``projector``, one more parameter, ``budget_fill``, sets where on the budget
+    the policy is placed (see ``_projection``).
+    """
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     out: dict[str, Any] = {}
@@ -49,11 +55,18 @@ def space_distributions(space: CompressionSpace) -> dict[str, optuna.distributio
                 if hi <= lo:
                     continue  # a knob with a single legal value is no decision
                 out[param_name(point.name, knob_name)] = FloatDistribution(lo, hi)
+    if projector is not None:
+        out[BUDGET_FILL] = FloatDistribution(projector.fill_low, 1.0)
     return out
 
 
-def policy_from_params(space: CompressionSpace, params: Mapping[str, Any]) -> CompressionPolicy:
-    """The policy an Optuna parameter dict describes (missing knobs stay at identity)."""
+def policy_from_params(space: CompressionSpace, params: Mapping[str, Any],
+                       projector: BudgetProjector | None = None) -> CompressionPolicy:
+    """The policy an Optuna parameter dict describes (missing knobs stay at identity).
+
+    With a ``projector`` and a ``budget_fill`` parameter, the sampled values are read as relative
+    compression and scaled onto the budget (a pure function of the parameters).
+    """
     from autocompress.compression import CompressionPolicy, LayerAction
 
     layers = {}
@@ -65,22 +78,26 @@ def policy_from_params(space: CompressionSpace, params: Mapping[str, Any]) -> Co
                 knobs[knob_name] = params[key]
         if knobs:
             layers[point.name] = LayerAction(**knobs)
-    return CompressionPolicy(layers)
+    policy = CompressionPolicy(layers)
+    if projector is not None and BUDGET_FILL in params:
+        policy = projector(policy, float(params[BUDGET_FILL]))
+    return policy
 
 
 def suggest_policy(trial: Any, space: CompressionSpace,
-                   distributions: Mapping[str, Any] | None = None) -> CompressionPolicy:
+                   distributions: Mapping[str, Any] | None = None,
+                   projector: BudgetProjector | None = None) -> CompressionPolicy:
     """Sample a policy through ``trial.suggest_*`` (define-by-run; used locally and under Ray)."""
     from optuna.distributions import CategoricalDistribution
 
-    dists = space_distributions(space) if distributions is None else distributions
+    dists = space_distributions(space, projector) if distributions is None else distributions
     params: dict[str, Any] = {}
     for name, dist in dists.items():
         if isinstance(dist, CategoricalDistribution):
             params[name] = trial.suggest_categorical(name, list(dist.choices))
         else:
             params[name] = trial.suggest_float(name, dist.low, dist.high)
-    return policy_from_params(space, params)
+    return policy_from_params(space, params, projector)
 
 
 def constraint_values(context: SearchContext, policy: CompressionPolicy,
@@ -118,7 +135,8 @@ class _OptunaSearcher(BaseSearcher):
         super().__init__(context, seed)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.settings = dict(settings)
-        self.distributions = space_distributions(context.space)
+        self.projector = make_projector(context) if settings.get("budget_projection", True) else None
+        self.distributions = space_distributions(context.space, self.projector)
         self.sampler = self.build_sampler(context, self.seed, **self.settings)
         self.study = optuna.create_study(
             storage=context.storage, study_name=context.study_name, sampler=self.sampler,
@@ -135,7 +153,7 @@ class _OptunaSearcher(BaseSearcher):
     def ask(self) -> CompressionPolicy:
         """Ask the study for a trial and turn its parameters into a policy."""
         trial = self.study.ask()
-        policy = suggest_policy(trial, self.context.space, self.distributions)
+        policy = suggest_policy(trial, self.context.space, self.distributions, self.projector)
         self._pending.setdefault(policy.key(), []).append(trial)
         return policy
 
@@ -185,18 +203,21 @@ class NSGA2Searcher(_OptunaSearcher):
         population_size: individuals per generation (default: ``trials // 4`` clipped to 4..50).
         mutation_prob: per-parameter mutation probability (default ``1 / n_params``).
         crossover_prob: probability of crossover for a child.
+        budget_projection: place each sampled policy on the primary hard budget (see
+            ``_projection``); off samples every knob independently.
     """
 
     def __init__(self, context: SearchContext, seed: int = 0, *,
                  population_size: int | None = None, mutation_prob: float | None = None,
-                 crossover_prob: float = 0.9) -> None:
+                 crossover_prob: float = 0.9, budget_projection: bool = True) -> None:
         super().__init__(context, seed, population_size=population_size,
-                         mutation_prob=mutation_prob, crossover_prob=crossover_prob)
+                         mutation_prob=mutation_prob, crossover_prob=crossover_prob,
+                         budget_projection=budget_projection)
 
     @classmethod
     def build_sampler(cls, context: SearchContext, seed: int, *, population_size: int | None = None,
-                      mutation_prob: float | None = None, crossover_prob: float = 0.9
-                      ) -> optuna.samplers.BaseSampler:
+                      mutation_prob: float | None = None, crossover_prob: float = 0.9,
+                      budget_projection: bool = True) -> optuna.samplers.BaseSampler:
         import optuna
 
         if population_size is None:
@@ -216,18 +237,21 @@ class TPESearcher(_OptunaSearcher):
             clipped to 5..10).
         multivariate: model the knobs jointly.
         constant_liar: avoid proposing the same region to concurrent workers.
+        budget_projection: place each sampled policy on the primary hard budget (see
+            ``_projection``); off samples every knob independently.
     """
 
     def __init__(self, context: SearchContext, seed: int = 0, *,
                  n_startup_trials: int | None = None, multivariate: bool = True,
-                 constant_liar: bool = True) -> None:
+                 constant_liar: bool = True, budget_projection: bool = True) -> None:
         super().__init__(context, seed, n_startup_trials=n_startup_trials,
-                         multivariate=multivariate, constant_liar=constant_liar)
+                         multivariate=multivariate, constant_liar=constant_liar,
+                         budget_projection=budget_projection)
 
     @classmethod
     def build_sampler(cls, context: SearchContext, seed: int, *, n_startup_trials: int | None = None,
-                      multivariate: bool = True, constant_liar: bool = True
-                      ) -> optuna.samplers.BaseSampler:
+                      multivariate: bool = True, constant_liar: bool = True,
+                      budget_projection: bool = True) -> optuna.samplers.BaseSampler:
         import warnings
 
         import optuna

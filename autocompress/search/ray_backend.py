@@ -231,6 +231,7 @@ def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> An
     from optuna.trial import TrialState
     from ray.tune.search.optuna import OptunaSearch
 
+    from autocompress.search._projection import make_projector
     from autocompress.search.optuna_searcher import (
         policy_from_params,
         space_distributions,
@@ -241,11 +242,13 @@ def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> An
     cls = searcher_class(spec.strategy)
     context = session.make_context()
     sampler = cls.build_sampler(context, seed, **dict(spec.strategy_settings))  # type: ignore[attr-defined]
-    dists = space_distributions(context.space)
+    projector = (make_projector(context) if spec.strategy_settings.get("budget_projection", True)
+                 else None)
+    dists = space_distributions(context.space, projector)
     space = context.space
 
     def define_space(trial: Any) -> dict[str, Any] | None:
-        suggest_policy(trial, space, dists)
+        suggest_policy(trial, space, dists, projector)
         return None
 
     class RecordingOptunaSearch(OptunaSearch):
@@ -262,24 +265,26 @@ def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> An
             if config is None:
                 return None
             ot = self._ot_trials[trial_id]
-            policy = policy_from_params(space, ot.params)
+            policy = policy_from_params(space, ot.params, projector)
             session._tag(ot, policy)
             if spec.budgets and not context.predicted_feasible(policy):
                 standin, _ = session.standin_result(policy)
                 return {**config, "ac_infeasible": True, "ac_standin": dict(standin.metrics)}
+            if projector is not None:  # the worker evaluates the projected policy, not raw params
+                return {**config, "ac_policy": policy.to_json()}
             return config
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
             ot = self._ot_trials.get(trial_id)
             if ot is not None and "ac_policy" in result:
-                recorder.log_low(ot.number, policy_from_params(space, ot.params), result)
+                recorder.log_low(ot.number, policy_from_params(space, ot.params, projector), result)
 
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                               error: bool = False) -> None:
             if trial_id in self._completed_trials:
                 return
             ot = self._ot_trials[trial_id]
-            policy = policy_from_params(space, ot.params)
+            policy = policy_from_params(space, ot.params, projector)
             res, status, values = recorder.record(ot, policy, result, error)
             if values is not None and status in ("ok", "infeasible"):
                 session.set_constraints(ot, policy, res.metrics)

@@ -1,0 +1,89 @@
+"""Budget projection of the Optuna samplers: shapes sampled, placed on the primary hard budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autocompress.compression import CompressionSpace
+from autocompress.models import create_model
+from autocompress.search import parse_budget
+from autocompress.search._projection import BUDGET_FILL, BudgetProjector, make_projector
+from autocompress.search.base import SearchContext
+from autocompress.search.optuna_searcher import space_distributions
+from autocompress.search.spec import Objective
+
+
+@pytest.fixture(scope="module")
+def space() -> CompressionSpace:
+    model = create_model("test_resnet").eval()
+    return CompressionSpace.from_model(model, torch.randn(1, 3, 16, 16), knobs=("prune", "w_bits"))
+
+
+def _context(space: CompressionSpace, budget: str = "macs=50%") -> SearchContext:
+    b = parse_budget(budget)
+    base = {"acc": 0.9, "macs": float(space.macs(space.identity())), "size_bytes": float(space.size_bytes(space.identity()))}
+    return SearchContext(space=space, objectives=[Objective("acc", "maximize"), Objective("macs", "minimize")],
+                         budgets=[b], base_metrics=base, limits={b.name: b.limit(base)})
+
+
+def test_projected_policies_land_just_under_the_target(space: CompressionSpace) -> None:
+    ctx = _context(space)
+    proj = make_projector(ctx)
+    assert proj is not None and proj.metric == "macs"
+    limit = ctx.limits["macs"]
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        shape = space.sample(rng)
+        fill = float(rng.uniform(0.25, 1.0))
+        policy = proj(shape, fill)
+        macs = space.macs(policy)
+        assert macs <= fill * limit + 1e-6
+        # the projection gets close to the target, not just under it (ResNet-8 at width 8 is coarse)
+        assert macs >= 0.75 * fill * limit, (i, macs / (fill * limit))  # channel counts are integers
+        assert proj(shape, fill) == policy  # a pure function of shape and fill
+
+
+def test_projection_keeps_the_shape(space: CompressionSpace) -> None:
+    proj = make_projector(_context(space))
+    shape = space.sample(3)
+    policy = proj(shape, 0.6)
+    ratios = [(shape.layers[n].prune, policy.layers[n].prune) for n in shape.layers if shape.layers[n].prune > 0]
+    order_before = np.argsort([a for a, _ in ratios], kind="stable")
+    order_after = np.argsort([b for _, b in ratios], kind="stable")
+    # relative compression is scaled by one factor, so the layer ranking is kept (ties may saturate)
+    assert [ratios[i][0] for i in order_before] == sorted(a for a, _ in ratios)
+    assert sorted(b for _, b in ratios) == [ratios[i][1] for i in order_after]
+    assert all(b <= max(p.knobs["prune"].high for p in space.decision_points if "prune" in p.knobs) + 1e-9
+               for _, b in ratios)
+
+
+def test_size_budget_projects_bits_and_channels(space: CompressionSpace) -> None:
+    ctx = _context(space, "size=30%")
+    proj = make_projector(ctx)
+    assert proj is not None and proj.metric == "size_bytes"
+    policy = proj(space.sample(1), 1.0)
+    assert space.size_bytes(policy) <= ctx.limits["size"] + 1e-6
+
+
+def test_no_projectable_budget_means_no_projector(space: CompressionSpace) -> None:
+    ctx = _context(space, "acc-drop=1%")
+    assert make_projector(ctx) is None
+    assert BUDGET_FILL not in space_distributions(space, None)
+    proj = BudgetProjector(space, "macs", 1.0, lambda p: float(space.macs(p)))
+    assert BUDGET_FILL in space_distributions(space, proj)
+    with pytest.raises(ValueError, match="fill_low"):
+        BudgetProjector(space, "macs", 1.0, lambda p: 0.0, fill_low=0.0)
+
+
+def test_nsga2_spreads_candidates_over_the_budget(tmp_path, tiny_spec, search_problem) -> None:
+    from autocompress.search import run_search
+
+    spec = tiny_spec(tmp_path / "proj", strategy="nsga2", trials=8, budgets=["macs=50%"],
+                     strategy_settings={"population_size": 4})
+    result = run_search(spec, problem=search_problem)
+    base = result.base_metrics["macs"]
+    fractions = [t.metrics["macs"] / base for t in result.trials if t.metrics and "macs" in t.metrics]
+    assert all(f <= 0.5 + 1e-9 for f in fractions)
+    assert max(fractions) > 0.4  # candidates reach up to the budget instead of piling far below it
