@@ -272,7 +272,9 @@ def compress(
             poor activation ranges for real data: pass real batches when ``a_bits < 32``.
         example_input: only used to build the space when ``space`` is ``None``.
         importance: channel importance (``l1``, ``l2``, ``taylor``); default ``space.importance``.
-        reconstruct: least-squares refit of layers whose input channels were pruned.
+        reconstruct: least-squares refit of layers whose input channels were pruned, on the
+            first 256 calibration samples (two extra forward passes; AMC / He et al. 2017).
+            Changes weights only: MACs and parameters stay those ``space`` predicts.
         max_calib_batches: cap on the calibration batches read from ``calib``.
 
     Returns:
