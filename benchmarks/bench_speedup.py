@@ -9,7 +9,7 @@ counts matter: ONNX Runtime's fast blocked (NCHWc) convolutions need channel cou
 multiples of the SIMD block (16 floats with AVX-512, 8 with AVX2); other counts fall back to a
 slower path, which can eat the whole gain.
 
-Run: .venv/bin/python benchmarks/bench_speedup.py [--models resnet20 mobilenetv2] [--round-to 1 8 16]
+Run: .venv/bin/python benchmarks/bench_speedup.py [--models resnet20 mobilenetv2] [--round-to 1 8 16] [--clock cpu]
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="cpu: CPU time of the inference thread (robust on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -70,8 +72,8 @@ def main() -> None:
                 t_small: list[float] = []
                 per_round = []
                 for _ in range(args.rounds):
-                    a = time_runner(runs[0], warmup=1, repeats=args.repeats)
-                    b = time_runner(runs[1], warmup=1, repeats=args.repeats)
+                    a = time_runner(runs[0], warmup=1, repeats=args.repeats, clock=args.clock)
+                    b = time_runner(runs[1], warmup=1, repeats=args.repeats, clock=args.clock)
                     t_orig += a
                     t_small += b
                     per_round.append(float(np.median(a) / np.median(b)))
@@ -81,7 +83,7 @@ def main() -> None:
             print(f"{name} round_to={round_to}: prune {ratio:.3f} everywhere -> {macs1 / macs0:.1%} of "
                   f"{macs0:,} MACs; {args.backend} batch {args.batch}: {m0:.2f} ms -> {m1:.2f} ms, "
                   f"speed-up {m0 / m1:.2f}x (per-round p10-p90 {rows[-1][7]:.2f}-{rows[-1][8]:.2f}x)")
-    print(f"\nbackend={args.backend} batch={args.batch} threads={args.threads} "
+    print(f"\nbackend={args.backend} batch={args.batch} threads={args.threads} clock={args.clock} "
           f"rounds={args.rounds} x repeats={args.repeats}")
     print(f"{'model':12s} {'round_to':>8s} {'prune':>6s} {'MACs':>6s} {'orig ms':>8s} {'pruned ms':>9s} "
           f"{'speed-up':>8s} {'target':>7s}")

@@ -194,7 +194,7 @@ class CompressionEvaluator(BaseEvaluator):
         if c.latency == "none":
             return {}
         return {"backend": c.latency_backend, "batch": c.latency_batch,
-                "threads": c.latency_threads, "kind": c.latency}
+                "threads": c.latency_threads, "kind": c.latency, "clock": c.latency_clock}
 
     def get_lut(self) -> LatencyLUT:
         """The lookup table, loaded from disk or built on first use."""
@@ -205,7 +205,7 @@ class CompressionEvaluator(BaseEvaluator):
             self.lut = LatencyLUT.build(
                 self.model, self.space, self.example_input, backend=c.latency_backend,
                 batch=c.latency_batch, threads=c.latency_threads, cache_dir=self.lut_dir,
-                progress=self.progress,
+                progress=self.progress, clock=c.latency_clock,
             )
         return self.lut
 
@@ -292,7 +292,7 @@ class CompressionEvaluator(BaseEvaluator):
                 ) else self.compress(structural_policy(policy))
                 stats = measure_latency(
                     timed, self.example_input, backend=c.latency_backend, batch=c.latency_batch,
-                    threads=c.latency_threads, calib=self._calib[:2],
+                    threads=c.latency_threads, calib=self._calib[:2], clock=c.latency_clock,
                 )
                 metrics["latency_ms"] = stats.median_ms
                 latency_info = {**latency_info, "p10_ms": stats.p10_ms, "p90_ms": stats.p90_ms,

@@ -12,6 +12,7 @@ from autocompress.errors import UserInputError
 
 LATENCY_MODES: tuple[str, ...] = ("none", "predicted", "measured")
 LATENCY_BACKENDS: tuple[str, ...] = ("torch", "ort", "ort-int8")
+LATENCY_CLOCKS: tuple[str, ...] = ("wall", "cpu")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class EvaluatorConfig:
         latency_backend: ``torch`` (eager), ``ort`` (ONNX Runtime fp32) or ``ort-int8``.
         latency_batch: batch size at which latency is reported.
         latency_threads: intra-op threads used while timing.
+        latency_clock: ``wall`` (elapsed) or ``cpu`` (CPU time of the single inference thread:
+            what an idle core would give, robust on a shared machine; needs latency_threads=1).
         batch_size: evaluation batch size (does not change the scores).
         seed: seed of the validation subset and fine-tune batch order.
     """
@@ -52,6 +55,7 @@ class EvaluatorConfig:
     latency_backend: str = "ort"
     latency_batch: int = 1
     latency_threads: int = 1
+    latency_clock: str = "wall"
     batch_size: int = 256
     seed: int = 0
 
@@ -91,6 +95,16 @@ class EvaluatorConfig:
             raise UserInputError(
                 f"EvaluatorConfig.latency_backend={self.latency_backend!r}; "
                 f"allowed: {', '.join(LATENCY_BACKENDS)}"
+            )
+        if self.latency_clock not in LATENCY_CLOCKS:
+            raise UserInputError(
+                f"EvaluatorConfig.latency_clock={self.latency_clock!r}; "
+                f"allowed: {', '.join(LATENCY_CLOCKS)}"
+            )
+        if self.latency_clock == "cpu" and self.latency_threads != 1:
+            raise UserInputError(
+                f"EvaluatorConfig.latency_clock='cpu' needs latency_threads=1 "
+                f"(got {self.latency_threads})"
             )
         for name in ("kd_alpha", "kd_temperature", "finetune_lr"):
             object.__setattr__(self, name, float(getattr(self, name)))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from autocompress.errors import UserInputError
-from autocompress.evaluators.config import LATENCY_BACKENDS
+from autocompress.evaluators.config import LATENCY_BACKENDS, LATENCY_CLOCKS
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class LatencyStats:
     """Summary of repeated timings of one forward pass (milliseconds per call at ``batch``).
 
     ``spread`` is the inter-quartile range relative to the median: a quick noise gauge.
+    ``clock`` is ``wall`` (elapsed time) or ``cpu`` (CPU time of the single inference thread).
     """
 
     median_ms: float
@@ -36,10 +37,24 @@ class LatencyStats:
     batch: int
     threads: int
     repeats: int
+    clock: str = "wall"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields."""
         return asdict(self)
+
+
+def check_clock(clock: str, threads: int) -> str:
+    """Validate a clock name; the CPU clock only measures single-threaded inference."""
+    if clock not in LATENCY_CLOCKS:
+        raise UserInputError(
+            f"latency clock {clock!r} is not supported; allowed: {', '.join(LATENCY_CLOCKS)}"
+        )
+    if clock == "cpu" and threads != 1:
+        raise UserInputError(
+            f"latency clock 'cpu' needs threads=1 (got {threads}): it times the calling thread only"
+        )
+    return clock
 
 
 def check_backend(backend: str) -> str:
@@ -194,36 +209,43 @@ def make_ort_runner(
 
 
 def time_runner(
-    run: Callable[[], Any], *, warmup: int = 5, repeats: int = 20, min_repeat_ms: float = 2.0
+    run: Callable[[], Any], *, warmup: int = 5, repeats: int = 20, min_repeat_ms: float = 2.0,
+    clock: str = "wall",
 ) -> list[float]:
     """Milliseconds per call over ``repeats`` timed repeats after ``warmup`` calls.
 
     A repeat loops the call enough times to last at least ``min_repeat_ms`` so that very fast
     calls are not dominated by timer resolution; its time is divided by the loop count.
+    ``clock="cpu"`` reads the calling thread's CPU time instead of the wall clock: with one
+    intra-op thread, PyTorch and ONNX Runtime run the whole call on the calling thread, so this
+    is the call's latency on an otherwise idle core, unaffected by other processes competing for
+    the CPU (on a busy 2-core machine wall-clock medians came out up to 4x too high).
     """
+    timer = time.thread_time if clock == "cpu" else time.perf_counter
     for _ in range(max(warmup, 1)):
         run()
-    t0 = time.perf_counter()
+    t0 = timer()
     run()
-    one = max(time.perf_counter() - t0, 1e-7)
+    one = max(timer() - t0, 1e-7)
     inner = max(1, int(min_repeat_ms / 1e3 / one))
     out = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = timer()
         for _ in range(inner):
             run()
-        out.append((time.perf_counter() - t0) * 1e3 / inner)
+        out.append((timer() - t0) * 1e3 / inner)
     return out
 
 
-def summarize(times_ms: Sequence[float], *, backend: str, batch: int, threads: int) -> LatencyStats:
+def summarize(times_ms: Sequence[float], *, backend: str, batch: int, threads: int,
+              clock: str = "wall") -> LatencyStats:
     """Median, 10th/90th percentiles and inter-quartile range of per-call times."""
     arr = np.asarray(times_ms, dtype=float)
     p10, q1, med, q3, p90 = np.percentile(arr, [10, 25, 50, 75, 90])
     return LatencyStats(
         median_ms=float(med), p10_ms=float(p10), p90_ms=float(p90), iqr_ms=float(q3 - q1),
         spread=float((q3 - q1) / med) if med > 0 else 0.0, backend=backend, batch=batch,
-        threads=threads, repeats=len(arr),
+        threads=threads, repeats=len(arr), clock=clock,
     )
 
 
@@ -238,6 +260,7 @@ def measure_latency(
     *,
     calib: Sequence[Tensor] | None = None,
     min_repeat_ms: float = 2.0,
+    clock: str = "wall",
 ) -> LatencyStats:
     """Time ``model`` on this machine and summarise: median of ``repeats`` and its spread.
 
@@ -251,6 +274,8 @@ def measure_latency(
         repeats: timed repeats; the median is reported.
         calib: calibration inputs for ``ort-int8`` (speed does not depend on their values).
         min_repeat_ms: shortest timed repeat (fast calls are looped).
+        clock: ``wall`` (elapsed time) or ``cpu`` (CPU time of the inference thread; needs
+            ``threads=1``; robust to other processes on a shared machine).
 
     Example:
         >>> stats = measure_latency(model, torch.randn(1, 3, 32, 32), backend="ort", batch=8)  # doctest: +SKIP
@@ -260,7 +285,9 @@ def measure_latency(
     for name, v in (("batch", batch), ("threads", threads), ("repeats", repeats)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UserInputError(f"measure_latency {name}={v!r}; expected an integer >= 1")
+    check_clock(clock, threads)
     with torch_threads(threads):
         run = make_runner(model, example_input, backend=backend, batch=batch, threads=threads, calib=calib)
-        times = time_runner(run, warmup=warmup, repeats=repeats, min_repeat_ms=min_repeat_ms)
-    return summarize(times, backend=backend, batch=batch, threads=threads)
+        times = time_runner(run, warmup=warmup, repeats=repeats, min_repeat_ms=min_repeat_ms,
+                            clock=clock)
+    return summarize(times, backend=backend, batch=batch, threads=threads, clock=clock)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from autocompress.errors import UserInputError
 from autocompress.evaluators.latency import (
     check_backend,
+    check_clock,
     make_ort_runner,
     make_runner,
     measure_latency,
@@ -401,8 +402,9 @@ def _conv_out_shape(spec: dict[str, Any]) -> list[int]:
 class _Profiler:
     """Times standalone modules once each (memoised by their exact configuration)."""
 
-    def __init__(self, backend: str, batch: int, threads: int, warmup: int, repeats: int) -> None:
-        self.backend, self.batch, self.threads = backend, batch, threads
+    def __init__(self, backend: str, batch: int, threads: int, warmup: int, repeats: int,
+                 clock: str = "wall") -> None:
+        self.backend, self.batch, self.threads, self.clock = backend, batch, threads, clock
         self.warmup, self.repeats = warmup, repeats
         self.memo: dict[str, float] = {}
         self.overhead_ms = 0.0
@@ -413,7 +415,8 @@ class _Profiler:
                                   threads=self.threads)
         else:
             run = make_runner(module, x, backend=self.backend, batch=self.batch, threads=self.threads)
-        times = time_runner(run, warmup=self.warmup, repeats=self.repeats, min_repeat_ms=0.5)
+        times = time_runner(run, warmup=self.warmup, repeats=self.repeats, min_repeat_ms=0.5,
+                            clock=self.clock)
         return float(np.median(times))
 
     def measure_overhead(self) -> None:
@@ -494,6 +497,7 @@ class LatencyLUT:
     base_measured_ms: float
     overhead_ms: float = 0.0
     scale: float = 1.0
+    clock: str = "wall"
     meta: dict[str, Any] = field(default_factory=dict)
 
     schema_version: ClassVar[int] = 3
@@ -544,7 +548,7 @@ class LatencyLUT:
             "backend": self.backend, "batch": self.batch, "threads": self.threads,
             "input_shape": list(self.input_shape), "constant_ms": self.constant_ms,
             "base_measured_ms": self.base_measured_ms, "overhead_ms": self.overhead_ms,
-            "scale": self.scale, "meta": self.meta, "layers": [lay.__dict__ for lay in self.layers],
+            "scale": self.scale, "clock": self.clock, "meta": self.meta, "layers": [lay.__dict__ for lay in self.layers],
         }
 
     @classmethod
@@ -562,6 +566,7 @@ class LatencyLUT:
             input_shape=list(d["input_shape"]), layers=[_Layer(**lay) for lay in d["layers"]],
             constant_ms=float(d["constant_ms"]), base_measured_ms=float(d["base_measured_ms"]),
             overhead_ms=float(d.get("overhead_ms", 0.0)), scale=float(d.get("scale", 1.0)),
+            clock=str(d.get("clock", "wall")),
             meta=dict(d.get("meta") or {}),
         )
 
@@ -589,11 +594,11 @@ class LatencyLUT:
     # -- building ---------------------------------------------------------------------------
     @staticmethod
     def cache_key(model: nn.Module, space: CompressionSpace, example_input: Tensor, backend: str,
-                  batch: int, threads: int, grid: tuple[int, ...]) -> str:
-        """Key of a table: machine, backend, batch, threads, architecture, input shape, space."""
+                  batch: int, threads: int, grid: tuple[int, ...], clock: str = "wall") -> str:
+        """Key of a table: machine, backend, batch, threads, clock, architecture, input, space."""
         payload = {
             "v": LatencyLUT.schema_version, "machine": machine_id(), "backend": backend,
-            "batch": batch, "threads": threads, "arch": architecture_fingerprint(model),
+            "batch": batch, "threads": threads, "clock": clock, "arch": architecture_fingerprint(model),
             "input": list(example_input.shape[1:]), "space": space_signature(space),
             "grid": list(grid),
         }
@@ -616,6 +621,7 @@ class LatencyLUT:
         warmup: int = 2,
         repeats: int = 7,
         calibration_policies: int = 8,
+        clock: str = "wall",
         rebuild: bool = False,
     ) -> LatencyLUT:
         """Profile (or load from the cache) the lookup table of ``model`` under ``space``.
@@ -632,6 +638,7 @@ class LatencyLUT:
             warmup, repeats: timing settings of each entry.
             calibration_policies: random compressed models measured whole to fit the constant
                 and scale (0: constant from the base model alone).
+            clock: ``wall`` or ``cpu`` (see ``measure_latency``).
             rebuild: profile again even when a cached table exists.
         """
         check_backend(backend)
@@ -643,8 +650,9 @@ class LatencyLUT:
             from autocompress.training import cache_dir as default_cache_dir
 
             cache_dir = default_cache_dir() / "lut"
+        check_clock(clock, threads)
         key = cls.cache_key(model, space, example_input, backend, batch, threads,
-                            (keep_points, rank_points, calibration_policies))
+                            (keep_points, rank_points, calibration_policies), clock)
         path = Path(cache_dir) / f"lut-{key[:24]}.json"
         if path.is_file() and not rebuild:
             try:
@@ -657,7 +665,7 @@ class LatencyLUT:
         example_input = example_input[:1]
         layers = discover_layers(model, example_input)
         _probe_dependencies(model, space, example_input, layers, keep_points)
-        prof = _Profiler(backend, batch, threads, warmup, repeats)
+        prof = _Profiler(backend, batch, threads, warmup, repeats, clock)
         with torch_threads(threads):
             prof.measure_overhead()
             jobs = _plan(layers, space, keep_points, rank_points)
@@ -680,7 +688,7 @@ class LatencyLUT:
                 lut = cls(key=key, backend=backend, batch=batch, threads=threads,
                           input_shape=list(example_input.shape[1:]), layers=layers,
                           constant_ms=0.0, base_measured_ms=math.nan,
-                          overhead_ms=prof.overhead_ms,
+                          overhead_ms=prof.overhead_ms, clock=clock,
                           meta={"machine": machine_id(), "entries": len(prof.memo),
                                 "keep_points": keep_points, "rank_points": rank_points,
                                 "calibration_policies": calibration_policies})
@@ -707,7 +715,8 @@ class LatencyLUT:
 
         def measure(m: nn.Module) -> float:
             stats = measure_latency(m, example_input, backend=self.backend, batch=self.batch,
-                                    threads=self.threads, warmup=warmup, repeats=repeats)
+                                    threads=self.threads, warmup=warmup, repeats=repeats,
+                                    clock=self.clock)
             advance()
             return stats.median_ms
 

@@ -215,5 +215,6 @@ def test_latency_measured_and_predicted(tiny_problem: Problem, tmp_path: Path) -
     predicted = CompressionEvaluator(p.model, p.space, p.data, EvaluatorConfig(val_samples=64), lut=lut)
     r2 = predicted.evaluate(policy, fidelity="low")
     assert r2.metrics["latency_ms"] == lut.predict(policy)
-    assert r2.latency_info == {"backend": "ort", "batch": 1, "threads": 1, "kind": "predicted"}
+    assert r2.latency_info == {"backend": "ort", "batch": 1, "threads": 1, "kind": "predicted",
+                               "clock": "wall"}
 

@@ -37,6 +37,8 @@ def test_key_is_stable_and_sensitive() -> None:
         ({"latency_backend": "tensorrt"}, "torch, ort, ort-int8"),
         ({"latency_threads": 0}, "latency_threads"),
         ({"bn_recalib": "yes"}, "bn_recalib"),
+        ({"latency_clock": "tsc"}, "wall, cpu"),
+        ({"latency_clock": "cpu", "latency_threads": 2}, "latency_threads=1"),
     ],
 )
 def test_bad_values_raise_one_line(kwargs: dict, match: str) -> None:

@@ -22,15 +22,19 @@ def convnet() -> torch.nn.Module:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("backend", ["torch", "ort", "ort-int8"])
-def test_latency_positive_finite_and_monotone_in_batch(convnet: torch.nn.Module, backend: str) -> None:
+@pytest.mark.parametrize(
+    ("backend", "clock"), [("torch", "wall"), ("ort", "wall"), ("ort-int8", "wall"), ("ort", "cpu")]
+)
+def test_latency_positive_finite_and_monotone_in_batch(
+    convnet: torch.nn.Module, backend: str, clock: str
+) -> None:
     x = torch.randn(1, 3, 16, 16)
-    small = measure_latency(convnet, x, backend=backend, batch=1, repeats=7)
-    big = measure_latency(convnet, x, backend=backend, batch=64, repeats=7)
+    small = measure_latency(convnet, x, backend=backend, batch=1, repeats=7, clock=clock)
+    big = measure_latency(convnet, x, backend=backend, batch=64, repeats=7, clock=clock)
     for s in (small, big):
         assert math.isfinite(s.median_ms) and s.median_ms > 0
         assert s.p10_ms <= s.median_ms <= s.p90_ms and s.iqr_ms >= 0
-        assert s.backend == backend and s.threads == 1 and s.repeats == 7
+        assert s.backend == backend and s.threads == 1 and s.repeats == 7 and s.clock == clock
     assert (small.batch, big.batch) == (1, 64)
     # 64x the work: even on a busy machine the median must grow clearly
     assert big.median_ms > 4 * small.median_ms
@@ -57,3 +61,7 @@ def test_bad_settings(convnet: torch.nn.Module) -> None:
         measure_latency(convnet, x, backend="tensorrt")
     with pytest.raises(UserInputError, match="batch=0"):
         measure_latency(convnet, x, batch=0)
+    with pytest.raises(UserInputError, match="threads=1"):
+        measure_latency(convnet, x, threads=2, clock="cpu")
+    with pytest.raises(UserInputError, match="wall, cpu"):
+        measure_latency(convnet, x, clock="sundial")
