@@ -214,7 +214,7 @@ class CompressionEvaluator(BaseEvaluator):
         from autocompress.compression import compress
 
         return compress(self.model, policy, space=self.space, calib=self._calib,
-                        example_input=self.example_input)
+                        example_input=self.example_input, reconstruct=self.config.reconstruct)
 
     def score(self, model: nn.Module, fidelity: str = "full") -> dict[int, float]:
         """Top-k accuracies (``{1: top1, 5: top5}``) of ``model`` on the fidelity's val subset."""
