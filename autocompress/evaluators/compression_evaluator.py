@@ -209,6 +209,20 @@ class CompressionEvaluator(BaseEvaluator):
             )
         return self.lut
 
+    def needs_recalibration(self, policy: CompressionPolicy, small: nn.Module) -> bool:
+        """Whether BatchNorm statistics of ``small`` are re-estimated before scoring.
+
+        Pruned or factorised models with BatchNorm are recalibrated (adaptive BN), except when
+        least-squares reconstruction refitted the pruned layers: the refit reproduces the original
+        outputs under the stored statistics, and re-estimating them then hurts (resnet20 on digits,
+        8 random policies: mean top-1 0.970 refit alone vs 0.917 refit + recalibration).
+        """
+        c = self.config
+        if not (c.bn_recalib and changes_structure(policy) and has_batchnorm(small)):
+            return False
+        prunes = any(a.prune > 0 for a in policy.layers.values())
+        return not (c.reconstruct and prunes)
+
     def compress(self, policy: CompressionPolicy) -> nn.Module:
         """The compressed model of ``policy`` (no recalibration, no fine-tune)."""
         from autocompress.compression import compress
@@ -261,7 +275,7 @@ class CompressionEvaluator(BaseEvaluator):
             small = self.compress(policy)
             timer.stop()
 
-            if c.bn_recalib and changes_structure(policy) and has_batchnorm(small):
+            if self.needs_recalibration(policy, small):
                 timer.start("recalibrate")
                 recalibrate_bn(small, self._calib)
                 timer.stop()

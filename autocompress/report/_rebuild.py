@@ -92,14 +92,13 @@ def scored_model(problem: Problem, policy: CompressionPolicy) -> nn.Module:
     Mirrors ``CompressionEvaluator`` step by step so that an exported or fine-tuned point starts
     from the model whose accuracy the front reports.
     """
-    from autocompress.evaluators.accuracy import has_batchnorm, recalibrate_bn
-    from autocompress.evaluators.compression_evaluator import changes_structure
+    from autocompress.evaluators.accuracy import recalibrate_bn
 
     ev = problem.evaluator
     problem.space.validate(policy)
     small = ev.compress(policy)
     c = ev.config
-    if c.bn_recalib and changes_structure(policy) and has_batchnorm(small):
+    if ev.needs_recalibration(policy, small):
         recalibrate_bn(small, ev.calib_batches)
     if c.finetune_steps > 0 and any(not a.is_identity for a in policy.layers.values()):
         ev.finetune(small, c.finetune_steps)

@@ -230,3 +230,16 @@ def test_latency_measured_and_predicted(tiny_problem: Problem, tmp_path: Path) -
     assert r2.latency_info == {"backend": "ort", "batch": 1, "threads": 1, "kind": "predicted",
                                "clock": "wall"}
 
+
+
+def test_recalibration_is_skipped_after_reconstruction(tiny_problem: Problem) -> None:
+    p = tiny_problem
+    pruned = p.space.uniform(prune=0.4)
+    refit = CompressionEvaluator(p.model, p.space, p.data, NO_LATENCY)
+    plain = CompressionEvaluator(p.model, p.space, p.data, EvaluatorConfig(latency="none", reconstruct=False))
+    small = refit.compress(pruned)
+    assert not refit.needs_recalibration(pruned, small)  # the refit already matches the stored stats
+    assert plain.needs_recalibration(pruned, plain.compress(pruned))
+    assert not refit.needs_recalibration(p.space.identity(), p.model)
+    assert "recalibrate" not in refit.evaluate(pruned).timings
+    assert "recalibrate" in plain.evaluate(pruned).timings
