@@ -31,9 +31,16 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+#: Bumped whenever what an evaluation computes changes for the same settings (a new step, a fixed
+#: bug), so results cached by an earlier version are never served as current ones.
+EVALUATION_VERSION = 2
+
+
 def cache_key(model_fp: str, policy_key: str, config_key: str, fidelity: str) -> str:
-    """The cache key of one evaluation: sha256 over its four identifying parts."""
-    blob = json.dumps([model_fp, policy_key, config_key, fidelity])
+    """The cache key of one evaluation: sha256 over its identifying parts and the code version."""
+    from autocompress import __version__
+
+    blob = json.dumps([model_fp, policy_key, config_key, fidelity, __version__, EVALUATION_VERSION])
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -101,3 +101,11 @@ def test_two_processes_write_at_once(tmp_path: Path) -> None:
         for tag in ("a", "b", "shared"):
             got = cache.get(f"{tag}-{i}")
             assert got is not None and got.metrics["macs"] == float(i)
+
+
+def test_cache_key_changes_with_the_evaluation_version(monkeypatch) -> None:
+    from autocompress.evaluators import cache as cache_mod
+
+    before = cache_mod.cache_key("m", "p", "c", "full")
+    monkeypatch.setattr(cache_mod, "EVALUATION_VERSION", cache_mod.EVALUATION_VERSION + 1)
+    assert cache_mod.cache_key("m", "p", "c", "full") != before  # old results are not reused
