@@ -171,6 +171,10 @@ class BaseSearcher(abc.ABC):
         """The Optuna trial this searcher created for ``policy`` (None: the runner creates one)."""
         return None
 
+    def open_trials(self) -> list[Any]:
+        """Optuna trials this searcher created and has not told yet (finished on Ctrl-C)."""
+        return []
+
     @classmethod
     def setting_names(cls) -> list[str]:
         """Keyword settings the constructor accepts (besides ``context`` and ``seed``)."""

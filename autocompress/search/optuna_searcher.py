@@ -143,6 +143,7 @@ class _OptunaSearcher(BaseSearcher):
             directions=study_directions(context), load_if_exists=True,
         )
         self._pending: dict[str, list[Any]] = {}
+        self._asking: list[Any] = []
 
     @classmethod
     def build_sampler(cls, context: SearchContext, seed: int, **settings: Any
@@ -153,8 +154,10 @@ class _OptunaSearcher(BaseSearcher):
     def ask(self) -> CompressionPolicy:
         """Ask the study for a trial and turn its parameters into a policy."""
         trial = self.study.ask()
+        self._asking = [trial]
         policy = suggest_policy(trial, self.context.space, self.distributions, self.projector)
         self._pending.setdefault(policy.key(), []).append(trial)
+        self._asking = []
         return policy
 
     def discard(self, policy: CompressionPolicy) -> None:
@@ -164,6 +167,10 @@ class _OptunaSearcher(BaseSearcher):
             trials.pop(0)
             if not trials:
                 self._pending.pop(policy.key(), None)
+
+    def open_trials(self) -> list[Any]:
+        """Every asked, untold trial (including one interrupted before it proposed a policy)."""
+        return [t for ts in self._pending.values() for t in ts] + list(self._asking)
 
     def optuna_trial(self, policy: CompressionPolicy) -> Any:
         """The open trial that proposed ``policy``."""

@@ -9,7 +9,12 @@
   second; Tune's ``ASHAScheduler`` (``max_t=2``) stops the unpromising ones after the first.
 
 Each Tune trial evaluates one candidate on a worker that builds the problem once (loading the
-driver's trained checkpoint; evaluations share the on-disk cache) and runs single-threaded.
+driver's trained checkpoint; evaluations share the on-disk cache) and asks Ray for ``threads``
+CPUs (``SearchSpec.threads``, default 1). Tune's ``OptunaSearch`` proposes without the local
+loop's duplicate check, so an exact repeat of an earlier policy is evaluated (a cache hit) and
+counted; a proposal whose predicted costs break a hard budget is recorded ``infeasible`` without
+evaluation but takes a Tune sample, and the driver runs further Tune rounds until the study holds
+``trials`` counted candidates.
 The driver records every result into the study, ``trials.jsonl`` and ``pareto.json`` exactly as
 the local loop does. Ray runs on a local cluster of ``workers`` CPUs by default, or joins
 ``ray_address`` (``HOST:PORT`` or ``auto``); see DEPENDENCIES.md for loopback settings, which are
@@ -62,8 +67,8 @@ def apply_ray_env() -> None:
         os.environ.setdefault(k, v)
 
 
-def init_ray(workers: int, address: str | None) -> bool:
-    """Start a local Ray (``workers`` CPUs, loopback, no dashboard) or join ``address``.
+def init_ray(cpus: int, address: str | None) -> bool:
+    """Start a local Ray (``cpus`` CPUs, loopback, no dashboard) or join ``address``.
 
     Returns True when this call started Ray (the caller shuts it down).
     """
@@ -76,7 +81,7 @@ def init_ray(workers: int, address: str | None) -> bool:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address="127.0.0.1",
+            ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                      object_store_memory=256 * 1024 * 1024, log_to_driver=False,
                      logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -93,8 +98,8 @@ def _worker_problem(payload: Mapping[str, Any]) -> Problem:
 
         from autocompress.search.runner import build_problem
 
-        torch.set_num_threads(1)
         spec = SearchSpec.from_dict(payload["spec"])
+        torch.set_num_threads(spec.threads)
         _WORKER_PROBLEMS[key] = build_problem(spec, checkpoint=payload["checkpoint"],
                                               cache_dir=payload["cache_dir"], progress=False)
     return _WORKER_PROBLEMS[key]
@@ -389,7 +394,7 @@ def run_ray(spec: SearchSpec, progress: ProgressCallback | None = None, *,
     """Run ``spec`` with Ray Tune; results land in the same study and files as a local run."""
     session = SearchSession(spec, progress, problem=problem)
     spec = session.spec
-    started_ray = init_ray(spec.workers, spec.ray_address)
+    started_ray = init_ray(spec.workers * spec.threads, spec.ray_address)
     searcher: BaseSearcher | None = None
     try:
         from ray import tune
@@ -415,7 +420,7 @@ def run_ray(spec: SearchSpec, progress: ProgressCallback | None = None, *,
             searcher = create_searcher(spec.strategy, session.make_context(), seed=seed,
                                        **dict(spec.strategy_settings))
         trainable = tune.with_resources(tune.with_parameters(evaluate_trial, payload=payload),
-                                        {"cpu": 1})
+                                        {"cpu": spec.threads})
         session._emit("start", done=session.view().counted, message=f"{spec.strategy} on Ray")
         stop_reason = "completed"
         for _round in range(10):

@@ -28,10 +28,10 @@ several processes (or a resumed process) share:
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -260,6 +260,67 @@ class _View:
     running_by_key: dict[str, Any]
     low_scores: list[float]
     records: list[TrialRecord]
+
+
+class _Interrupts:
+    """Defers Ctrl-C while the study and the trial log are being written.
+
+    A ``KeyboardInterrupt`` raised inside an Optuna journal write (even inside its lock release)
+    can escape as another exception and leave a half-recorded candidate. While installed (main
+    thread, default SIGINT handler only), SIGINT raises at once outside critical sections
+    (during an evaluation or a searcher's thinking) and is held until the end of a critical one.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.depth > 0:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _Interrupts:
+        import signal
+        import threading
+
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    @contextlib.contextmanager
+    def critical(self) -> Iterator[None]:
+        """Hold Ctrl-C until the block ends."""
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if self.depth == 0 and self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def allowed(self) -> Iterator[None]:
+        """Let Ctrl-C through at once inside a critical block (long evaluations)."""
+        saved, self.depth = self.depth, 0
+        try:
+            if self.pending:
+                self.pending = False
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self.depth = saved
 
 
 def build_problem(spec: SearchSpec, *, checkpoint: str | None = None,
@@ -706,103 +767,113 @@ class SearchSession:
         view = self.view()
         self._emit("start", done=view.counted, message=f"{spec.strategy}: {view.counted}/{spec.trials} done")
         stop_reason = "completed"
+        guard = _Interrupts()
         try:
+            guard.__enter__()
             while True:
-                view = self.view()
-                if view.counted >= spec.trials:
-                    break
-                if idle >= idle_cap:
-                    stop_reason = f"the strategy proposed {idle} candidates in a row that were already evaluated"
-                    break
-                policy = searcher.ask()
-                if policy is None:
-                    stop_reason = f"{spec.strategy} has nothing more to propose"
-                    break
-                key = policy.key()
-                otrial = searcher.optuna_trial(policy)
+                with guard.critical():
+                    view = self.view()
+                    if view.counted >= spec.trials:
+                        break
+                    if idle >= idle_cap:
+                        stop_reason = f"the strategy proposed {idle} candidates in a row that were already evaluated"
+                        break
+                    policy = searcher.ask()
+                    if policy is None:
+                        stop_reason = f"{spec.strategy} has nothing more to propose"
+                        break
+                    key = policy.key()
+                    otrial = searcher.optuna_trial(policy)
 
-                # 1. already evaluated in the study: answer from the record.
-                prev = view.final_by_key.get(key)
-                if prev is None and key in view.running_by_key and cls.max_pending == 1:
-                    prev = self._wait_for(view.running_by_key[key].number)
-                elif prev is None and key in view.running_by_key:
-                    if otrial is not None:
-                        otrial.set_user_attr("status", "duplicate")
-                        otrial.set_user_attr("duplicate_of", view.running_by_key[key].number)
-                        tell_study.tell(otrial, state=TrialState.FAIL)
-                        searcher.discard(policy)
-                    idle += 1
-                    continue
-                if prev is not None:
-                    recorded = result_from_trial(prev)
-                    if otrial is not None:
-                        otrial.set_user_attr("status", "duplicate")
-                        otrial.set_user_attr("duplicate_of", prev.number)
-                    searcher.tell(policy, recorded)
-                    idle += 1
-                    continue
+                    # 1. already evaluated in the study: answer from the record.
+                    prev = view.final_by_key.get(key)
+                    if prev is None and key in view.running_by_key and cls.max_pending == 1:
+                        prev = self._wait_for(view.running_by_key[key].number)
+                    elif prev is None and key in view.running_by_key:
+                        if otrial is not None:
+                            otrial.set_user_attr("status", "duplicate")
+                            otrial.set_user_attr("duplicate_of", view.running_by_key[key].number)
+                            tell_study.tell(otrial, state=TrialState.FAIL)
+                            searcher.discard(policy)
+                        idle += 1
+                        continue
+                    if prev is not None:
+                        recorded = result_from_trial(prev)
+                        if otrial is not None:
+                            otrial.set_user_attr("status", "duplicate")
+                            otrial.set_user_attr("duplicate_of", prev.number)
+                        searcher.tell(policy, recorded)
+                        idle += 1
+                        continue
 
-                # 2. predicted to break a hard budget: record without evaluating.
-                if prescreen and not self.make_context().predicted_feasible(policy):
+                    # 2. predicted to break a hard budget: record without evaluating.
+                    if prescreen and not self.make_context().predicted_feasible(policy):
+                        trial = otrial if otrial is not None else self.study.ask()
+                        standin, predicted = self.standin_result(policy)
+                        from autocompress.evaluators import EvalResult
+
+                        shown = EvalResult(metrics=predicted, fidelity="low")
+                        violations = self.make_context().predicted_violations(policy)
+                        self._tag(trial, policy)
+                        for k, v in self.trial_attrs(policy, shown, "infeasible", False, violations,
+                                                     fidelity="predicted").items():
+                            trial.set_user_attr(k, v)
+                        self.log_evaluation(trial.number, policy, shown, status="infeasible", final=True,
+                                            feasible=False, violations=violations, fidelity="predicted")
+                        if otrial is not None:
+                            searcher.tell(policy, standin)
+                        else:
+                            self.study.tell(trial, state=TrialState.FAIL)
+                            searcher.tell(policy, standin)
+                        idle += 1
+                        continue
+
+                    # 3. a new candidate.
                     trial = otrial if otrial is not None else self.study.ask()
-                    standin, predicted = self.standin_result(policy)
-                    from autocompress.evaluators import EvalResult
-
-                    shown = EvalResult(metrics=predicted, fidelity="low")
-                    violations = self.make_context().predicted_violations(policy)
                     self._tag(trial, policy)
-                    for k, v in self.trial_attrs(policy, shown, "infeasible", False, violations,
-                                                 fidelity="predicted").items():
-                        trial.set_user_attr(k, v)
-                    self.log_evaluation(trial.number, policy, shown, status="infeasible", final=True,
-                                        feasible=False, violations=violations, fidelity="predicted")
-                    if otrial is not None:
-                        searcher.tell(policy, standin)
-                    else:
-                        self.study.tell(trial, state=TrialState.FAIL)
-                        searcher.tell(policy, standin)
-                    idle += 1
-                    continue
-
-                # 3. a new candidate.
-                trial = otrial if otrial is not None else self.study.ask()
-                self._tag(trial, policy)
-                if self.counted_before(trial.number) >= spec.trials:
-                    trial.set_user_attr("status", "surplus")
-                    tell_study.tell(trial, state=TrialState.FAIL)
-                    searcher.discard(policy)
-                    break
-                twin = self.earlier_twin(trial.number, key)
-                if twin is not None:
-                    trial.set_user_attr("status", "duplicate")
-                    trial.set_user_attr("duplicate_of", twin.number)
-                    tell_study.tell(trial, state=TrialState.FAIL)
-                    searcher.discard(policy)
-                    idle += 1
-                    if cls.max_pending == 1:  # it needs this result before it can go on
-                        done = (twin if twin.user_attrs.get("status") in COUNTED_STATUSES
-                                else self._wait_for(twin.number))
-                        searcher.tell(policy, result_from_trial(done) if done is not None else
-                                      _lost(policy))
-                    continue
-                result, evaluations = self.evaluate_candidate(policy, trial)
-                record = self.finish(trial, policy, result, evaluations, searcher, tell_study,
-                                     optuna_owned=otrial is not None)
-                idle = 0
-                done_here += 1
-                self.worker = st.heartbeat(self.study, self.worker)
-                view = self.view()
-                self.write_pareto(view.records)
-                if self.progress_cb is not None:
-                    self.progress_cb(self.progress_from_view(view, "trial", started=started,
-                                                             done_here=done_here, last=record))
+                    if self.counted_before(trial.number) >= spec.trials:
+                        trial.set_user_attr("status", "surplus")
+                        tell_study.tell(trial, state=TrialState.FAIL)
+                        searcher.discard(policy)
+                        break
+                    twin = self.earlier_twin(trial.number, key)
+                    if twin is not None:
+                        trial.set_user_attr("status", "duplicate")
+                        trial.set_user_attr("duplicate_of", twin.number)
+                        tell_study.tell(trial, state=TrialState.FAIL)
+                        searcher.discard(policy)
+                        idle += 1
+                        if cls.max_pending == 1:  # it needs this result before it can go on
+                            done = (twin if twin.user_attrs.get("status") in COUNTED_STATUSES
+                                    else self._wait_for(twin.number))
+                            searcher.tell(policy, result_from_trial(done) if done is not None else
+                                          _lost(policy))
+                        continue
+                    with guard.allowed():  # an evaluation may take long: Ctrl-C at once
+                        result, evaluations = self.evaluate_candidate(policy, trial)
+                    record = self.finish(trial, policy, result, evaluations, searcher, tell_study,
+                                         optuna_owned=otrial is not None)
+                    idle = 0
+                    done_here += 1
+                    self.worker = st.heartbeat(self.study, self.worker)
+                    view = self.view()
+                    self.write_pareto(view.records)
+                    if self.progress_cb is not None:
+                        self.progress_cb(self.progress_from_view(view, "trial", started=started,
+                                                                 done_here=done_here, last=record))
         except KeyboardInterrupt:
+            guard.depth += 1  # no second interrupt while the study is tidied up
             # Leave a consistent study: this process's open trial is finished from its final
             # trials.jsonl line if it got that far, else marked interrupted (and re-queued).
             searcher.close()
+            for t in searcher.open_trials():  # asked but not tagged yet: make them ours
+                if "worker" not in t.user_attrs:
+                    t.set_user_attr("worker", self.worker.uuid)
             self.reconcile(tell_study, requeue=cls.uses_optuna_study, own=True)
             self.write_pareto()
             raise
+        finally:
+            guard.__exit__(None, None, None)
         searcher.close()
         out = self.result(stop_reason)
         view = self.view()
@@ -964,20 +1035,22 @@ def run_search(spec: SearchSpec, progress: ProgressCallback | None = None, *,
     """
     if not isinstance(spec, SearchSpec):
         raise UserInputError(f"run_search needs a SearchSpec, got {type(spec).__name__}")
-    if spec.backend == "ray":
-        from autocompress.search.ray_backend import run_ray
+    import torch
 
-        return run_ray(spec, progress, problem=problem)
-    threads = os.environ.get("AUTOCOMPRESS_THREADS")
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    session = SearchSession(spec, progress, problem=problem)
+    before = torch.get_num_threads()
+    torch.set_num_threads(spec.threads)
     try:
-        return session.run_local()
+        if spec.backend == "ray":
+            from autocompress.search.ray_backend import run_ray
+
+            return run_ray(spec, progress, problem=problem)
+        session = SearchSession(spec, progress, problem=problem)
+        try:
+            return session.run_local()
+        finally:
+            session.close()
     finally:
-        session.close()
+        torch.set_num_threads(before)
 
 
 __all__ = [

@@ -50,7 +50,7 @@ BACKENDS: tuple[str, ...] = ("local", "ray")
 #: Fields that do not change *what* is searched, only how far or where it runs: a run directory
 #: whose spec differs only in these resumes instead of being refused.
 RUN_LEVEL_FIELDS: frozenset[str] = frozenset(
-    {"trials", "workers", "backend", "ray_address", "resume", "force", "out"}
+    {"trials", "workers", "backend", "ray_address", "resume", "force", "out", "threads"}
 )
 
 
@@ -211,6 +211,10 @@ class SearchSpec:
             ``OUT.old-N``, nothing is deleted).
         cache: reuse evaluations from the on-disk evaluation cache.
         train_epochs: epochs of base-model training when no checkpoint is given (None: default).
+        threads: torch intra-op threads while the search runs (each Ray worker uses the same).
+            One is the default: evaluating one small candidate gains little from more, and
+            several threads per process slow down badly when the machine is shared; parallelism
+            comes from workers. Raise it on a dedicated many-core machine.
     """
 
     model: str = "resnet20"
@@ -240,6 +244,7 @@ class SearchSpec:
     force: bool = False
     cache: bool = True
     train_epochs: int | None = None
+    threads: int = 1
 
     schema_version: ClassVar[int] = 1
 
@@ -317,6 +322,7 @@ class SearchSpec:
         set_("cache", _check_bool("cache", self.cache))
         if self.train_epochs is not None:
             set_("train_epochs", _check_int("train_epochs", self.train_epochs, 1))
+        set_("threads", _check_int("threads", self.threads, 1, 1024))
 
     # -- derived ---------------------------------------------------------------------------
     @property

@@ -263,15 +263,13 @@ def open_storage(spec: SearchSpec) -> optuna.storages.BaseStorage:
     (``sqlite:///...``, ``postgresql://...``, ``mysql://...``).
     """
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages import RDBStorage
 
     s = spec.storage
     run = spec.run_dir
     run.mkdir(parents=True, exist_ok=True)
     if s is None or s == "journal":
-        repair_journal(run / JOURNAL_FILE)
-        return JournalStorage(JournalFileBackend(str(run / JOURNAL_FILE)))
+        return _journal(run / JOURNAL_FILE)
     if s == "sqlite":
         return RDBStorage(f"sqlite:///{run / SQLITE_FILE}", engine_kwargs={"connect_args": {"timeout": 60}})
     if "://" in s:
@@ -285,13 +283,26 @@ def open_storage(spec: SearchSpec) -> optuna.storages.BaseStorage:
             raise UserInputError(f"storage {s!r} cannot be opened: {type(exc).__name__}: {line}") from None
     if s.endswith((".journal", ".log")):
         Path(s).parent.mkdir(parents=True, exist_ok=True)
-        repair_journal(Path(s))
-        return JournalStorage(JournalFileBackend(s))
+        return _journal(Path(s))
     del optuna
     raise UserInputError(
         f"storage {s!r} is not allowed; allowed: journal (default), sqlite, a *.journal file path, "
         "or an Optuna storage URL such as sqlite:///x.db or postgresql://user@host/db"
     )
+
+
+#: Seconds after which a journal lock left by a killed process is broken (Optuna's default is 30;
+#: appends are single ``O_APPEND`` writes of one short line, held for milliseconds).
+JOURNAL_LOCK_GRACE_S = 10
+
+
+def _journal(path: Path) -> optuna.storages.BaseStorage:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+
+    repair_journal(path)
+    lock = JournalFileSymlinkLock(str(path), grace_period=JOURNAL_LOCK_GRACE_S)
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
 
 
 def repair_journal(path: Path) -> bool:
@@ -305,7 +316,7 @@ def repair_journal(path: Path) -> bool:
         return False
     from optuna.storages.journal import JournalFileSymlinkLock
 
-    lock = JournalFileSymlinkLock(str(path))
+    lock = JournalFileSymlinkLock(str(path), grace_period=JOURNAL_LOCK_GRACE_S)
     lock.acquire()
     try:
         with open(path, "rb+") as fh:

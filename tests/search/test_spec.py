@@ -57,6 +57,7 @@ def test_every_preset_loads(path: Path) -> None:
         ({"resume": True, "force": True}, "choose one"),
         ({"colour": "blue"}, "unknown search setting 'colour'"),
         ({"multi_fidelity": "maybe"}, "multi_fidelity='maybe'"),
+        ({"threads": 0}, "threads=0"),
     ],
 )
 def test_bad_values_name_the_key(data: dict, fragment: str) -> None:
@@ -122,7 +123,7 @@ def test_from_cli_merges_flags_over_a_preset() -> None:
 
 def test_identity_ignores_run_level_fields() -> None:
     a = SearchSpec(trials=10)
-    b = SearchSpec(trials=99, workers=3, backend="ray", out="elsewhere")
+    b = SearchSpec(trials=99, workers=3, backend="ray", out="elsewhere", threads=4)
     assert a.identity_hash() == b.identity_hash()
     c = SearchSpec(strategy="tpe")
     assert a.identity_hash() != c.identity_hash()
