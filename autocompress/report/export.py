@@ -195,29 +195,9 @@ def onnx_bytes(model: nn.Module, example_input: Tensor) -> tuple[bytes, str]:
     keep float layers out of int8 quantization); the dynamo exporter is the fallback for graphs
     that do not trace.
     """
-    model = model.eval()
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                model, (example_input,), buf, dynamo=False, opset_version=ONNX_OPSET,
-                input_names=["input"], output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            )
-            return buf.getvalue(), "torch.onnx (TorchScript)"
-        except Exception:  # noqa: BLE001 - try the dynamo exporter before giving up
-            pass
-        program = torch.onnx.export(
-            model, (example_input,), dynamo=True, external_data=False,
-            input_names=["input"], output_names=["output"],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False,
-        )
-        assert program is not None
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.onnx"
-            program.save(str(path), external_data=False)
-            return path.read_bytes(), "torch.onnx (dynamo)"
+    from autocompress.evaluators.latency import export_onnx_with
+
+    return export_onnx_with(model, example_input, opset=ONNX_OPSET)
 
 
 def _session(blob: bytes, threads: int) -> Any:
