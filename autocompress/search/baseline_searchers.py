@@ -71,18 +71,11 @@ def blend_policy(space: CompressionSpace, policy: CompressionPolicy, lam: float)
 
 def smallest_feasible(feasible: Any, tol: float = 1e-4) -> float | None:
     """Smallest ``s`` in [0, 1] with ``feasible(s)`` (monotone), None when even 1 fails."""
+    from autocompress.policies.heuristics import bisect_scale
+
     if not feasible(1.0):
         return None
-    if feasible(0.0):
-        return 0.0
-    lo, hi = 0.0, 1.0
-    while hi - lo > tol:
-        mid = 0.5 * (lo + hi)
-        if feasible(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return bisect_scale(feasible, tol)
 
 
 def van_der_corput(i: int, base: int = 2) -> float:
