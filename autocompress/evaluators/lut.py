@@ -217,7 +217,7 @@ def _probe_dependencies(
 ) -> int:
     """Fill each layer's width sources and rank point by compressing with one point changed.
 
-    Every prunable point is compressed alone at ``points - 1`` ratios spread over its range, so
+    Every prunable point is compressed alone at the ratios of ``_probe_grid``, so
     the channels each layer loses are known exactly there (``round_to`` rounding included) and
     interpolated in between. Returns the number of probes.
     """
@@ -230,7 +230,7 @@ def _probe_dependencies(
         knobs = point.knobs
         if "prune" in knobs:
             high = float(knobs["prune"].most_compressed)
-            grid = [float(v) for v in np.linspace(0.0, high, max(points, 2))] if high > 0 else []
+            grid = _probe_grid(high, int(point.features.get("out_channels", 0)), points)
             for k, ratio in enumerate(grid[1:], start=1):
                 small = compress(model, CompressionPolicy({point.name: LayerAction(prune=ratio)}),
                                  space=space, example_input=example_input)
@@ -248,6 +248,23 @@ def _probe_dependencies(
         if "rank" in knobs and point.name in by_name:
             by_name[point.name].rank_point = point.name
     return probes
+
+
+def _probe_grid(high: float, channels: int, points: int) -> list[float]:
+    """Prune ratios probed at one point: 0, the ratio removing a single channel, then ``points``
+    evenly spaced up to ``high``.
+
+    The single-channel ratio puts a grid point just below full width: ONNX Runtime's blocked
+    convolutions run only at channel counts that are multiples of the SIMD block, so latency can
+    jump between full width and one channel less, and interpolating across that cliff from the
+    next grid point would be badly off.
+    """
+    if high <= 0:
+        return []
+    grid = [float(v) for v in np.linspace(0.0, high, max(points, 2))]
+    one = 1.5 / channels if channels > 1 else grid[1] / 2
+    grid.insert(1, min(one, grid[1] / 2))  # same length at every point: grids align by index
+    return grid
 
 
 def _removed(sources: dict[str, list[list[float]]], policy: CompressionPolicy | None,
@@ -500,7 +517,7 @@ class LatencyLUT:
     clock: str = "wall"
     meta: dict[str, Any] = field(default_factory=dict)
 
-    schema_version: ClassVar[int] = 3
+    schema_version: ClassVar[int] = 4
 
     # -- prediction -------------------------------------------------------------------------
     def layer_ms(self, layer: _Layer, policy: CompressionPolicy) -> float:
@@ -763,7 +780,8 @@ def _plan(layers: list[_Layer], space: CompressionSpace, keep_points: int,
         # the widths every source reaches at the same grid index: exact, achievable widths
         if not sources:
             return [1.0]
-        return sorted({(full - _removed(sources, None, k)) / full for k in range(keep_points)})
+        n = len(next(iter(sources.values()))[0])
+        return sorted({(full - _removed(sources, None, k)) / full for k in range(n)})
 
     jobs: list[list[Any]] = []
     for lay in layers:
