@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 class ProxyTrust:
     """Spearman rank correlations between proxy accuracy and accuracy after a short fine-tune.
 
-    ``spearman_recalib`` is the proxy with BatchNorm recalibration (the default evaluator),
-    ``spearman_raw`` the same proxy without it. Per-policy accuracies are kept for plots.
+    ``spearman_recalib`` is the proxy with BatchNorm recalibration, ``spearman_raw`` the same
+    proxy without it, and ``spearman_proxy`` the evaluator's proxy as configured (which skips
+    recalibration after least-squares reconstruction). Per-policy accuracies are kept for plots.
     """
 
     n_policies: int
@@ -34,6 +35,9 @@ class ProxyTrust:
     acc_raw: list[float] = field(default_factory=list)
     acc_recalib: list[float] = field(default_factory=list)
     acc_finetuned: list[float] = field(default_factory=list)
+    spearman_proxy: float = float("nan")
+    acc_proxy: list[float] = field(default_factory=list)
+    reconstruct: bool = False
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,10 +66,11 @@ def proxy_trust(
     """Measure how well the proxy ranks candidates (the issue's "proxy trust").
 
     For each policy the compressed model is scored three ways on the evaluator's full validation
-    subset: raw (no recalibration), the evaluator's proxy (adaptive-BN recalibration when the
-    policy prunes or factorises), and after
+    subset: raw (no recalibration), with adaptive-BN recalibration, and after
     ``finetune_steps`` steps of KD fine-tuning from the raw compressed model (the reference).
-    Returns the Spearman correlation of each proxy with the reference.
+    "Compressed" follows the evaluator's settings (with least-squares reconstruction when
+    ``config.reconstruct``). Returns the Spearman correlation of each proxy with the reference,
+    and of the evaluator's own proxy (whichever of the two it uses for each policy).
 
     Args:
         evaluator: supplies the base model, space, data, calibration batches and KD settings.
@@ -88,22 +93,27 @@ def proxy_trust(
     raw: list[float] = []
     recal: list[float] = []
     tuned: list[float] = []
+    proxy: list[float] = []
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("proxy trust", total=len(policies))
         for policy in policies:
             small = evaluator.compress(policy)
             reference = copy.deepcopy(small)
             raw.append(evaluator.score(small)[1])
-            if changes_structure(policy):  # exactly the evaluator's proxy
+            use_recal = evaluator.needs_recalibration(policy, small)
+            if changes_structure(policy):
                 recalibrate_bn(small, evaluator.calib_batches)
             recal.append(evaluator.score(small)[1])
+            proxy.append(recal[-1] if use_recal else raw[-1])
             evaluator.finetune(reference, finetune_steps)
             tuned.append(evaluator.score(reference)[1])
             bar.advance(task)
     rho_c, p_c = _spearman(recal, tuned)
     rho_r, p_r = _spearman(raw, tuned)
+    rho_p, _ = _spearman(proxy, tuned)
     return ProxyTrust(
         n_policies=len(policies), finetune_steps=finetune_steps, spearman_recalib=rho_c,
         spearman_raw=rho_r, pvalue_recalib=p_c, pvalue_raw=p_r, acc_raw=raw, acc_recalib=recal,
-        acc_finetuned=tuned, seconds=time.perf_counter() - start,
+        acc_finetuned=tuned, spearman_proxy=rho_p, acc_proxy=proxy,
+        reconstruct=bool(evaluator.config.reconstruct), seconds=time.perf_counter() - start,
     )

@@ -25,6 +25,9 @@ def test_proxy_trust_on_a_trained_model(tiny_problem: Problem) -> None:
     assert len(trust.acc_raw) == len(trust.acc_recalib) == len(trust.acc_finetuned) == 6
     assert trust.spearman_recalib == pytest.approx(spearmanr(trust.acc_recalib, trust.acc_finetuned).statistic)
     assert trust.spearman_raw == pytest.approx(spearmanr(trust.acc_raw, trust.acc_finetuned).statistic)
+    # without reconstruction the evaluator's own proxy is the recalibrated one
+    assert trust.acc_proxy == trust.acc_recalib and not trust.reconstruct
+    assert trust.spearman_proxy == pytest.approx(trust.spearman_recalib)
     # the identity policy needs no recalibration: both proxies give the base accuracy
     assert trust.acc_raw[0] == trust.acc_recalib[0] == ev.base_result().metrics["acc"]
     # recalibration helps the pruned models, and fine-tuning helps them further
