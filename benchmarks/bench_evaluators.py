@@ -2,8 +2,9 @@
 
 For each model (trained on digits once, then reused from the cache), N random policies are
 evaluated at full fidelity with a fresh on-disk result cache (so every candidate is computed) and
-the per-phase seconds are summed: compress (deep copy, torch-pruning graph and surgery, SVD,
-fake-quant setup and activation-range calibration), recalibrate (adaptive-BN forward passes),
+the per-phase seconds are summed: compress (deep copy, torch-pruning graph and surgery,
+least-squares reconstruction of pruned layers from calibration activations, SVD, fake-quant setup
+and activation-range calibration), recalibrate (adaptive-BN forward passes),
 finetune (KD steps, when asked), evaluate (validation forward passes), latency (lookup-table
 prediction, or timing when measured), and bookkeeping (everything else: policy validation, the
 cost model, cache look-up and write, result records). The lookup table is built before timing.
@@ -62,12 +63,15 @@ def main() -> None:
     parser.add_argument("--latency", default="predicted", choices=["none", "predicted", "measured"])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-reconstruct", action="store_true",
+                        help="turn least-squares reconstruction off (BN recalibration then runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"threads={args.threads} candidates={args.candidates} latency={args.latency} "
-          f"finetune_steps={args.finetune_steps}")
+          f"finetune_steps={args.finetune_steps} reconstruct={not args.no_reconstruct}")
     for name in args.models:
-        cfg = EvaluatorConfig(latency=args.latency, finetune_steps=args.finetune_steps)
+        cfg = EvaluatorConfig(latency=args.latency, finetune_steps=args.finetune_steps,
+                              reconstruct=not args.no_reconstruct)
         t0 = time.perf_counter()
         problem = Problem.build(name, data="digits", train_epochs=args.epochs, seed=args.seed,
                                 evaluator=cfg, progress=True)
@@ -105,9 +109,9 @@ def main() -> None:
         strict = (totals["bookkeeping"] / len(results) + surgery) / (total / len(results))
         print(f"  bookkeeping share {book:.1%} (target < 10%: {'met' if book < 0.10 else 'MISSED'}); "
               f"forward/backward phases {fwd:.1%}; compress {totals['compress'] / total:.1%}")
-        print(f"  inside compress: forward passes (activation-range calibration, graph tracing) "
-              f"{fwd_in_compress:.4f} s, the rest (copy, torch-pruning surgery, SVD) {surgery:.4f} s "
-              f"per candidate")
+        print(f"  inside compress: forward passes (least-squares reconstruction, activation-range "
+              f"calibration, graph tracing) {fwd_in_compress:.4f} s, the rest (copy, torch-pruning "
+              f"surgery, least-squares solves, SVD) {surgery:.4f} s per candidate")
         print(f"  everything outside forward/backward passes (bookkeeping + compress surgery): "
               f"{strict:.1%} of the total")
 
