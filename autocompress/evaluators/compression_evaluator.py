@@ -157,6 +157,7 @@ class CompressionEvaluator(BaseEvaluator):
         self._train: tuple[Tensor, Tensor] | None = None
         self._fingerprint: str | None = None
         self._base: EvalResult | None = None
+        self._lut_error: str | None = None
         self.n_computed = 0  # candidates actually evaluated (cache hits excluded)
 
         ks = (1, 5) if self.num_classes > 5 else (1,)
@@ -197,16 +198,25 @@ class CompressionEvaluator(BaseEvaluator):
                 "threads": c.latency_threads, "kind": c.latency, "clock": c.latency_clock}
 
     def get_lut(self) -> LatencyLUT:
-        """The lookup table, loaded from disk or built on first use."""
+        """The lookup table, loaded from disk or built on first use.
+
+        A build that failed is not retried for every candidate: the same error is raised again.
+        """
         if self.lut is None:
             from autocompress.evaluators.lut import LatencyLUT
 
+            if self._lut_error is not None:
+                raise RuntimeError(f"the latency lookup table could not be built: {self._lut_error}")
             c = self.config
-            self.lut = LatencyLUT.build(
-                self.model, self.space, self.example_input, backend=c.latency_backend,
-                batch=c.latency_batch, threads=c.latency_threads, cache_dir=self.lut_dir,
-                progress=self.progress, clock=c.latency_clock,
-            )
+            try:
+                self.lut = LatencyLUT.build(
+                    self.model, self.space, self.example_input, backend=c.latency_backend,
+                    batch=c.latency_batch, threads=c.latency_threads, cache_dir=self.lut_dir,
+                    progress=self.progress, clock=c.latency_clock,
+                )
+            except Exception as exc:
+                self._lut_error = f"{type(exc).__name__}: {exc}"
+                raise
         return self.lut
 
     def needs_recalibration(self, policy: CompressionPolicy, small: nn.Module) -> bool:
