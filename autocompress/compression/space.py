@@ -1060,6 +1060,55 @@ class CompressionSpace:
         """Predicted bit-operations: sum over layers of MACs x w_bits x a_bits (32 x 32 elsewhere)."""
         return self.costs(policy)["bops"]
 
+    def structure(self, policy: CompressionPolicy) -> dict[str, Any]:
+        """The model ``compress(model, policy)`` builds, as plain data (not the ratios asked for).
+
+        Two policies whose ratios round to the same channel counts, bits and ranks build the same
+        model; searches use :meth:`structure_key` to evaluate and list such a model once.
+
+        Returns:
+            ``{"removed": {group point: [units removed per atom]}, "layers": {layer: [w_bits,
+            a_bits, rank]}}`` where ``rank`` is the kept rank of a factorised layer (None when it
+            stays dense); only groups and layers that differ from the uncompressed model appear.
+        """
+        entry, vals = self._entry_and_values(policy, True)
+        removed: dict[str, list[int]] = {}
+        if self._sparse:
+            p = vals[entry["group_pos"], 0][self._col_group]
+            x = prune.removed_units_f(p, self._col_units_f, self._col_round_f)
+            for j, g in enumerate(self._col_group):
+                removed.setdefault(self._pgroups[int(g)].point, []).append(int(round(x[j])))
+            removed = {k: v for k, v in removed.items() if any(v)}
+            d = self._u_n01 - self._u_C01 @ x
+        else:
+            d = self._u_n01
+        U = self._U
+        ranks: dict[int, int] = {}
+        rkR = vals[entry["rank_pos"], 3]
+        if bool((rkR < 1.0).any()):
+            numel = self._u_const * d[:U] * d[U:]
+            dext = np.concatenate((d, self._u_rows_const))
+            m = dext[self._R_rows_idx]
+            n = numel[self._R_wt] / m
+            r = np.maximum(1.0, np.floor(rkR * np.minimum(m, n) + 0.5))
+            fact = (rkR < 1.0) & (r * (m + n) < m * n)
+            ranks = {int(self._R[i]): int(r[i]) for i in np.nonzero(fact)[0]}
+        lv = vals[entry["layer_pos"]]
+        layers: dict[str, list[Any]] = {}
+        for i, lay in enumerate(self._layer_list):
+            wb, ab, rank = int(lv[i, 1]), int(lv[i, 2]), ranks.get(i)
+            if wb < 32 or ab < 32 or rank is not None:
+                layers[lay.name] = [wb, ab, rank]
+        return {"removed": removed, "layers": layers}
+
+    def structure_key(self, policy: CompressionPolicy) -> str:
+        """Stable hash of :meth:`structure`: equal keys mean the same compressed model."""
+        import hashlib
+        import json
+
+        blob = json.dumps(self.structure(policy), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
     # ------------------------------------------------------------------------------------------
     # introspection
     def feature_matrix(self) -> np.ndarray:

@@ -3,11 +3,21 @@
 Sampling every knob of every layer independently piles candidates far below a budget: with a 50%
 MACs budget and prune ratios uniform in [0, 0.8], a typical draw keeps about a quarter of the MACs,
 so a short search never looks where accuracy is highest (just under the budget). With projection
-each trial also samples ``budget_fill`` in [``fill_low``, 1]; the per-knob values are read as
-*relative* compression (0 = untouched, 1 = most compressed) and scaled by one common factor λ so the
-policy's predicted cost on the primary hard budget is ``budget_fill`` × the budget's limit (largest
-cost not above it). The sampler still learns the per-layer allocation; ``budget_fill`` gives it a
-direct handle on the cost axis, so the front spans costs from ``fill_low`` × the limit up to it.
+each trial also samples ``budget_fill`` in [``fill_low``, 1]; the values of the knobs the budget's
+metric depends on are read as *relative* compression (0 = untouched, 1 = most compressed) and
+scaled by one common factor λ so the policy's predicted cost on the primary hard budget is the
+target (largest cost not above it). The sampler still learns the per-layer allocation;
+``budget_fill`` gives it a direct handle on the cost axis.
+
+* **Only the knobs the metric depends on are projected.** A knob counts when setting it to its
+  most compressed value everywhere lowers the predicted cost (so ``a_bits`` is left alone under a
+  size or MACs budget, and a latency table decides for a latency budget). The other knobs keep the
+  sampled value: scaling activation bits down to meet a size budget only destroyed accuracy.
+* **The target stays in the reachable range.** ``target = fill × limit`` while the shape's most
+  compressed cost (every projected knob saturated) lies below ``fill_low × limit``; when that floor
+  is higher (latency budgets: a table's floor is often close to the limit), ``fill`` spreads the
+  target over ``[floor, limit]`` instead, so proposals do not pile up saturated at the floor.
+
 The same parameters always map to the same policy (a pure function of parameters and space).
 """
 
@@ -45,19 +55,50 @@ def _value(knob: object, u: float) -> float:
     return float(least) + u * (float(most) - float(least))
 
 
+def cost_knobs(space: CompressionSpace, cost: Callable[[CompressionPolicy], float]) -> tuple[str, ...]:
+    """Knob names whose most compressed value (at every point) lowers ``cost`` below the base's."""
+    from autocompress.compression import CompressionPolicy, LayerAction
+
+    base = float(cost(space.identity()))
+    names: list[str] = []
+    for p in space.decision_points:
+        names.extend(k for k in p.knobs if k not in names)
+    out = []
+    for k in names:
+        squeezed = CompressionPolicy({
+            p.name: LayerAction(**{k: p.knobs[k].most_compressed})
+            for p in space.decision_points if k in p.knobs
+        })
+        if float(cost(squeezed)) < base * (1.0 - 1e-9):
+            out.append(k)
+    return tuple(out)
+
+
 class BudgetProjector:
-    """Scale a policy's relative compression so its predicted ``metric`` lands at a target."""
+    """Scale a policy's relative compression so its predicted ``metric`` lands at a target.
+
+    Args:
+        space: the compression space.
+        metric: the budget's metric (for messages).
+        limit: the budget's absolute limit.
+        cost: predicted ``metric`` of a policy.
+        fill_low: lowest ``budget_fill`` sampled (targets start at ``fill_low × limit``).
+        knobs: knob names to project (default: those ``cost`` depends on, see :func:`cost_knobs`).
+    """
 
     def __init__(self, space: CompressionSpace, metric: str, limit: float,
-                 cost: Callable[[CompressionPolicy], float], fill_low: float = 0.25) -> None:
+                 cost: Callable[[CompressionPolicy], float], fill_low: float = 0.25,
+                 knobs: tuple[str, ...] | None = None) -> None:
         if not 0.0 < fill_low <= 1.0:
             raise ValueError(f"fill_low={fill_low!r} must be in (0, 1]")
         self.space, self.metric, self.limit, self.cost, self.fill_low = space, metric, limit, cost, fill_low
+        self.knobs = cost_knobs(space, cost) if knobs is None else tuple(knobs)
 
-    def _scaled(self, units: Mapping[tuple[str, str], float], lam: float) -> CompressionPolicy:
+    def _scaled(self, units: Mapping[tuple[str, str], float], lam: float,
+                fixed: Mapping[str, Mapping[str, float]]) -> CompressionPolicy:
         from autocompress.compression import CompressionPolicy, LayerAction
 
-        layers: dict[str, dict[str, float]] = {}
+        layers: dict[str, dict[str, float]] = {p: dict(kw) for p, kw in fixed.items()}
         for (point, knob_name), u in units.items():
             knob = self.space_points[point].knobs[knob_name]
             layers.setdefault(point, {})[knob_name] = _value(knob, min(1.0, lam * u))
@@ -67,33 +108,58 @@ class BudgetProjector:
     def space_points(self) -> dict[str, object]:
         return {p.name: p for p in self.space.decision_points}
 
-    def __call__(self, policy: CompressionPolicy, fill: float, iters: int = 40) -> CompressionPolicy:
-        """The policy's shape scaled to cost ``fill`` × limit (the cheapest reachable if lower)."""
+    def target(self, floor: float, fill: float) -> float:
+        """The cost aimed at for ``fill`` given the shape's lowest reachable cost ``floor``."""
+        low = self.fill_low * self.limit
+        if floor <= low:
+            return fill * self.limit
+        t = 1.0 if self.fill_low >= 1.0 else (fill - self.fill_low) / (1.0 - self.fill_low)
+        return floor + min(1.0, max(0.0, t)) * (self.limit - floor)
+
+    def saturate(self, policy: CompressionPolicy) -> CompressionPolicy:
+        """The policy's shape with every projected knob at its most compressed (its floor)."""
+        units, fixed = self._split(policy)
+        positive = [u for u in units.values() if u > 0]
+        return self._scaled(units, 1.0 / min(positive), fixed) if positive else policy
+
+    def _split(self, policy: CompressionPolicy
+               ) -> tuple[dict[tuple[str, str], float], dict[str, dict[str, float]]]:
         points = self.space_points
-        units = {}
+        units: dict[tuple[str, str], float] = {}
+        fixed: dict[str, dict[str, float]] = {}
         for name, action in policy.layers.items():
             point = points.get(name)
             if point is None:
                 continue
-            for knob_name, knob in point.knobs.items():
-                units[(name, knob_name)] = _unit(knob, getattr(action, knob_name))
+            for knob_name, knob in point.knobs.items():  # type: ignore[attr-defined]
+                if knob_name in self.knobs:
+                    units[(name, knob_name)] = _unit(knob, getattr(action, knob_name))
+                else:
+                    fixed.setdefault(name, {})[knob_name] = getattr(action, knob_name)
+        return units, fixed
+
+    def __call__(self, policy: CompressionPolicy, fill: float, iters: int = 40) -> CompressionPolicy:
+        """The policy's shape scaled to the target of ``fill`` (the cheapest reachable if higher)."""
+        units, fixed = self._split(policy)
         positive = [u for u in units.values() if u > 0]
         if not positive:
             return policy
-        target = fill * self.limit
-        lam_hi = 1.0 / min(positive)  # every knob saturated at its most compressed value
-        if self.cost(self._scaled(units, lam_hi)) > target:
-            return self._scaled(units, lam_hi)  # unreachable with this shape: most compressed
+        lam_hi = 1.0 / min(positive)  # every projected knob saturated at its most compressed value
+        saturated = self._scaled(units, lam_hi, fixed)
+        floor = float(self.cost(saturated))
+        target = self.target(floor, fill)
+        if floor > target:
+            return saturated  # unreachable with this shape: most compressed
         lo, hi = 0.0, lam_hi  # cost(lo) may exceed target, cost(hi) <= target; cost falls with λ
-        if self.cost(self._scaled(units, lo)) <= target:
-            return self._scaled(units, lo)
+        if self.cost(self._scaled(units, lo, fixed)) <= target:
+            return self._scaled(units, lo, fixed)
         for _ in range(iters):
             mid = 0.5 * (lo + hi)
-            if self.cost(self._scaled(units, mid)) <= target:
+            if self.cost(self._scaled(units, mid, fixed)) <= target:
                 hi = mid
             else:
                 lo = mid
-        return self._scaled(units, hi)
+        return self._scaled(units, hi, fixed)
 
 
 def make_projector(context: SearchContext, fill_low: float = 0.25) -> BudgetProjector | None:

@@ -39,9 +39,11 @@ def test_projected_policies_land_just_under_the_target(space: CompressionSpace) 
         fill = float(rng.uniform(0.25, 1.0))
         policy = proj(shape, fill)
         macs = space.macs(policy)
-        assert macs <= fill * limit + 1e-6
+        target = proj.target(float(space.macs(proj.saturate(shape))), fill)
+        assert target >= fill * limit - 1e-6  # never aimed below the asked fill
+        assert macs <= target + 1e-6
         # the projection gets close to the target, not just under it (ResNet-8 at width 8 is coarse)
-        assert macs >= 0.75 * fill * limit, (i, macs / (fill * limit))  # channel counts are integers
+        assert macs >= 0.75 * target, (i, macs / target)  # channel counts are integers
         assert proj(shape, fill) == policy  # a pure function of shape and fill
 
 
@@ -87,3 +89,55 @@ def test_nsga2_spreads_candidates_over_the_budget(tmp_path, tiny_spec, search_pr
     fractions = [t.metrics["macs"] / base for t in result.trials if t.metrics and "macs" in t.metrics]
     assert all(f <= 0.5 + 1e-9 for f in fractions)
     assert max(fractions) > 0.4  # candidates reach up to the budget instead of piling far below it
+
+
+@pytest.fixture(scope="module")
+def bits_space() -> CompressionSpace:
+    model = create_model("test_resnet").eval()
+    return CompressionSpace.from_model(model, torch.randn(1, 3, 16, 16), knobs=("prune", "w_bits", "a_bits"))
+
+
+@pytest.mark.parametrize(("budget", "metric", "projected"), [
+    ("size=30%", "size_bytes", ("prune", "w_bits")),
+    ("params=40%", "params", ("prune",)),
+    ("macs=50%", "macs", ("prune",)),
+    ("bops=10%", "bops", ("prune", "w_bits", "a_bits")),
+])
+def test_only_the_knobs_the_budget_depends_on_are_projected(bits_space: CompressionSpace, budget: str,
+                                                            metric: str, projected: tuple) -> None:
+    b = parse_budget(budget)
+    ident = bits_space.identity()
+    base = {"acc": 0.9, **{k: float(v) for k, v in bits_space.costs(ident).items()}}
+    base["flops"] = 2 * base["macs"]
+    ctx = SearchContext(space=bits_space, objectives=[Objective("acc", "maximize")], budgets=[b],
+                        base_metrics=base, limits={b.name: b.limit(base)})
+    proj = make_projector(ctx)
+    assert proj is not None and proj.metric == metric and proj.knobs == projected
+    rng = np.random.default_rng(1)
+    for _ in range(6):
+        shape = bits_space.sample(rng)
+        policy = proj(shape, float(rng.uniform(0.25, 1.0)))
+        for name, action in shape.layers.items():
+            for knob in ("prune", "w_bits", "a_bits"):
+                if knob not in projected and knob in bits_space[name].knobs:
+                    # e.g. activation bits do not change the model's size: the sampled value stays
+                    assert getattr(policy.get(name), knob) == getattr(action, knob), (name, knob)
+        assert float(ctx.predicted_metrics(policy)[metric]) <= ctx.limits[b.name] + 1e-6
+
+
+def test_the_target_stays_above_the_reachable_floor(space: CompressionSpace) -> None:
+    # A budget just above the smallest reachable cost (as latency budgets often are): a target of
+    # fill x limit would lie below the floor for most fills, and every such proposal would be the
+    # same saturated policy; the targets are spread over [floor, limit] instead.
+    floor = float(space.macs(space.most_compressed()))
+    proj = BudgetProjector(space, "macs", 2.0 * floor, lambda p: float(space.macs(p)), knobs=("prune",))
+    shape = space.uniform(prune=0.8)
+    assert space.macs(proj.saturate(shape)) == floor
+    fills = np.linspace(0.25, 1.0, 9)
+    policies = [proj(shape, float(f)) for f in fills]
+    costs = [space.macs(p) for p in policies]
+    assert all(c <= 2.0 * floor + 1e-6 for c in costs)
+    assert costs == sorted(costs)  # a higher fill never gives a smaller model
+    # only the lowest fill sits at the floor (fill x limit < floor would saturate the first three)
+    assert [c == floor for c in costs] == [True] + [False] * 8, costs
+    assert costs[-1] >= 0.75 * 2.0 * floor
