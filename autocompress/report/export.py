@@ -349,10 +349,9 @@ def _top1(logits: np.ndarray, y: Tensor) -> float:
 
 
 def _write_atomic(path: Path, blob: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
+    from autocompress.report._io import write_bytes_atomic
+
+    write_bytes_atomic(path, blob)
 
 
 def default_export_path(run_dir: str | Path, point_id: str | int, fmt: str) -> Path:
@@ -422,6 +421,13 @@ def export_point(
     run = load_run(run_dir)
     point = run.point(point_id)
     path = Path(out) if out is not None else default_export_path(run.path, point.id, fmt)
+    if out is not None:
+        # Only the default directory (RUN/export/) is created; a typo in --out is not.
+        if not path.parent.exists():
+            raise UserInputError(f"--out {str(path)!r}: directory {str(path.parent)!r} does not "
+                                 "exist; create it first or choose another path")
+        if not path.parent.is_dir():
+            raise UserInputError(f"--out {str(path)!r}: {str(path.parent)!r} is not a directory")
     do_int8 = fmt == "onnx" and (int8_eligible(point.policy) if int8 is None else bool(int8))
     int8_path = path.with_name(path.stem + ".int8.onnx") if do_int8 else None
     for p in (path, int8_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from autocompress.report._io import atomic_path
 from autocompress.report.run import Candidate, RunRecord, layer_order, load_run
 from autocompress.report.tables import (
     METRIC_LABELS,
@@ -31,11 +32,15 @@ _AXIS_LABELS = {"macs": "MACs per sample", "flops": "FLOPs per sample (2 x MACs)
 
 @dataclass(frozen=True)
 class ReportPaths:
-    """What ``write_report`` produced: the two files and the terminal table of the front."""
+    """What ``write_report`` produced: the two files, the front's table, the run's warnings.
+
+    ``warnings`` are ``RunRecord.warnings`` (what was read but not trusted), for the caller to show.
+    """
 
     png: Path
     html: Path
     table: Table
+    warnings: tuple[str, ...] = ()
 
 
 def _axis_label(metric: str) -> str:
@@ -142,8 +147,8 @@ def pareto_png(run: RunRecord, path: str | Path) -> Path:
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    with atomic_path(out) as tmp:  # a failed write (disk full) keeps the previous file whole
+        fig.savefig(tmp, format="png")
     return out
 
 
@@ -219,8 +224,8 @@ def pareto_html(run: RunRecord, path: str | Path) -> Path:
     if _use_log(all_x):
         fig.update_xaxes(type="log")
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(out, include_plotlyjs=True, full_html=True)
+    with atomic_path(out) as tmp:  # a failed write (disk full) keeps the previous file whole
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True)
     return out
 
 
@@ -270,8 +275,8 @@ def policy_png(point: Candidate, path: str | Path, *, order: Sequence[str] | Non
     fig.suptitle(title or f"point {point.id}: {metrics}", fontsize=9)
     fig.tight_layout()
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    with atomic_path(out) as tmp:  # a failed write (disk full) keeps the previous file whole
+        fig.savefig(tmp, format="png")
     return out
 
 
@@ -285,7 +290,7 @@ def write_report(run_dir: str | Path) -> ReportPaths:
     run = load_run(run_dir)
     png = pareto_png(run, run.path / "pareto.png")
     page = pareto_html(run, run.path / "pareto.html")
-    return ReportPaths(png=png, html=page, table=front_table(run))
+    return ReportPaths(png=png, html=page, table=front_table(run), warnings=run.warnings)
 
 
 def point_png_path(run: RunRecord, point_id: str) -> Path:

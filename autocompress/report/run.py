@@ -60,6 +60,9 @@ class RunRecord:
         base_metrics: metrics of the uncompressed model (empty when the run does not record them).
         budgets: hard budgets as absolute upper bounds per cost metric (``acc`` as a lower bound).
         pareto: ``pareto.json`` as a dict (hypervolume, knee, ...).
+        warnings: what was read but not trusted, one line each (a torn last line of
+            ``trials.jsonl``, front points evaluated by processes logging elsewhere); reports
+            print them.
     """
 
     path: Path
@@ -70,6 +73,7 @@ class RunRecord:
     base_metrics: dict[str, float]
     budgets: dict[str, float]
     pareto: dict[str, Any]
+    warnings: tuple[str, ...] = ()
 
     @property
     def n_evaluated(self) -> int:
@@ -125,27 +129,114 @@ class RunRecord:
 
 
 def _read_json(path: Path, what: str) -> Any:
+    """``path`` parsed as JSON; a missing, unreadable, empty or truncated file is a user error."""
     try:
-        return json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise UserInputError(f"{str(path)!r} does not exist: {what}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserInputError(f"{str(path)!r} is not valid JSON ({exc}); {what}") from None
+    except UnicodeDecodeError:
+        raise UserInputError(f"{str(path)!r} is not valid JSON (not UTF-8 text); {what}") from None
+    except OSError as exc:
+        raise UserInputError(f"cannot read {str(path)!r} ({exc.strerror or exc}); {what}") from None
+    if not text.strip():
+        raise UserInputError(f"{str(path)!r} is empty (a search killed while writing it?); {what}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"{str(path)!r} is not valid JSON ({exc}; truncated?); {what}") from None
+    except RecursionError:
+        raise UserInputError(f"{str(path)!r} is nested too deeply to be a run file; {what}") from None
+
+
+def read_pareto(run_dir: str | Path) -> dict[str, Any]:
+    """``RUN/pareto.json`` checked for shape: a JSON object whose ``points`` is a list of objects.
+
+    ``show``, ``export`` and ``finetune`` resolve ``--point knee|best`` through it, so a missing,
+    empty, truncated or hand-broken file is a one-line ``UserInputError`` rather than a traceback.
+    """
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UserInputError(f"run directory {str(path)!r} does not exist")
+    file = path / "pareto.json"
+    if not file.is_file():
+        raise UserInputError(
+            f"{str(path)!r} has no pareto.json: not a finished search run "
+            "(run `autocompress search --out DIR` first)"
+        )
+    pareto = _read_json(file, "the Pareto front (re-run the search with the same --out to rewrite it)")
+    if not isinstance(pareto, Mapping):
+        raise UserInputError(f"{str(file)!r} does not hold a JSON object")
+    points = pareto.get("points", pareto.get("front", []))
+    if points is None:
+        points = []
+    if not isinstance(points, list) or not all(isinstance(p, Mapping) for p in points):
+        raise UserInputError(f"{str(file)!r}: 'points' must be a list of objects")
+    for i, p in enumerate(points):
+        if p.get("policy") is None:
+            raise UserInputError(f"{str(file)!r}: point #{i} ({p.get('id', '?')!r}) has no 'policy'")
+        if not isinstance(p.get("metrics", {}), Mapping):
+            raise UserInputError(f"{str(file)!r}: point #{i} ({p.get('id', '?')!r}) has no metrics object")
+    return dict(pareto)
+
+
+POINT_ALIASES: tuple[str, ...] = ("knee", "best")
+
+
+def resolve_point(run_dir: str | Path, point: str | int) -> str:
+    """The point id meant by ``point``: ``knee``, ``best`` (highest accuracy on the front) or an id.
+
+    Ids are returned as given (``RunRecord.point`` checks them); the aliases need the front, read
+    through ``read_pareto`` (so a broken ``pareto.json`` is a one-line error).
+    """
+    key = str(point).strip()
+    if key not in POINT_ALIASES:
+        return key
+    pareto = read_pareto(run_dir)
+    points = pareto.get("points", pareto.get("front")) or []
+    if not points:
+        raise UserInputError(f"--point {key}: the Pareto front of {str(run_dir)!r} is empty")
+    if key == "knee":
+        knee = pareto.get("knee")
+        if isinstance(knee, Mapping):
+            knee = knee.get("id")
+        if knee is not None:
+            return str(knee)
+
+    def acc(p: Mapping[str, Any]) -> float:
+        v = (p.get("metrics") or {}).get("acc")
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) \
+            else -math.inf
+
+    best = max(points, key=acc)
+    if "id" not in best:
+        raise UserInputError(f"{str(Path(run_dir) / 'pareto.json')!r}: the front's points have no 'id'")
+    return str(best["id"])
 
 
 def _policy(obj: Any, where: str) -> CompressionPolicy:
     """A policy from the serialised dict, a JSON string, or a bare ``{name: knobs}`` mapping."""
     if isinstance(obj, CompressionPolicy):
         return obj
-    if isinstance(obj, str):
-        return CompressionPolicy.from_json(obj)
-    if isinstance(obj, Mapping) and "_type" in obj:
-        return CompressionPolicy.from_dict(obj)
-    if isinstance(obj, Mapping):
-        layers = obj.get("layers", obj)
-        if isinstance(layers, Mapping):
-            return CompressionPolicy(dict(layers))
+    try:
+        if isinstance(obj, str):
+            return CompressionPolicy.from_json(obj)
+        if isinstance(obj, Mapping) and "_type" in obj:
+            return CompressionPolicy.from_dict(obj)
+        if isinstance(obj, Mapping):
+            layers = obj.get("layers", obj)
+            if isinstance(layers, Mapping):
+                return CompressionPolicy(dict(layers))
+    except UserInputError as exc:
+        raise UserInputError(f"{where}: {exc}") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UserInputError(f"{where}: not a valid compression policy ({type(exc).__name__}: "
+                             f"{_one_line(exc)})") from None
     raise UserInputError(f"{where}: cannot read a compression policy from {type(obj).__name__}")
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _metrics(obj: Any) -> dict[str, float]:
@@ -315,58 +406,133 @@ def _base_metrics(run_dir: Path, spec: Mapping[str, Any], pareto: Mapping[str, A
     return {}
 
 
+def _read_trials(trials_file: Path, warnings: list[str]) -> list[Candidate]:
+    """Every record of ``trials.jsonl`` with a policy, in file order.
+
+    The search appends whole lines under a lock and fsyncs each, so a kill leaves at most one
+    torn last line (no newline, not JSON): it is skipped with a warning. Damage anywhere else is
+    not a kill's signature and is an error naming the line.
+    """
+    try:
+        text = trials_file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserInputError(f"{str(trials_file)!r} is not UTF-8 text; not a trial log") from None
+    except OSError as exc:
+        raise UserInputError(f"cannot read {str(trials_file)!r} ({exc.strerror or exc})") from None
+    lines = text.split("\n")
+    trials: list[Candidate] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        last = i == len(lines) - 1  # only a line without its newline can be the last element
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            if last:
+                warnings.append(
+                    f"{str(trials_file)!r}: the last line ({len(line)} bytes, no newline) is an "
+                    "incomplete record, left by a search killed while writing it; ignored"
+                )
+                continue
+            raise UserInputError(f"{str(trials_file)!r} line {i + 1} is not valid JSON; the trial "
+                                 "log is damaged") from None
+        if isinstance(rec, Mapping) and rec.get("policy") is not None:
+            trials.append(_candidate(rec, f"{str(trials_file)!r} line {i + 1}", default_id=str(i)))
+    return trials
+
+
+def _storage_is_local(spec: Mapping[str, Any]) -> bool:
+    """Whether the run's study lives in the run directory (so every trial is in its log).
+
+    With a storage URL or journal path outside the run, other processes with other ``--out``
+    directories may share the study and put their candidates on this run's front.
+    """
+    return spec.get("storage") in (None, "journal", "sqlite")
+
+
+def _check_front_in_log(path: Path, spec: Mapping[str, Any], front: Sequence[Candidate],
+                        logged: Sequence[Candidate], has_log: bool, warnings: list[str]) -> None:
+    """Every front point must be a candidate of ``trials.jsonl`` with the same policy.
+
+    The search logs a candidate before it records it in the study and derives ``pareto.json``
+    from the study, so a front point missing from the log means the log was truncated or the
+    files belong to different runs. Rebuilding the front from the log would silently promote
+    points the study knows to be dominated, and reporting the file as it is shows points whose
+    evaluation is not on record; the report refuses and says which points.
+    """
+    trials_file = path / "trials.jsonl"
+    by_id: dict[str, list[Candidate]] = {}
+    for t in logged:
+        by_id.setdefault(t.id, []).append(t)
+    missing = [p.id for p in front if p.id not in by_id]
+    differs = [p.id for p in front
+               if p.id in by_id and all(t.policy != p.policy for t in by_id[p.id])]
+    if differs:
+        raise UserInputError(
+            f"pareto.json point(s) {', '.join(differs)} have a different policy in "
+            f"{str(trials_file)!r}: the two files belong to different runs"
+        )
+    if not missing:
+        return
+    shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    if not _storage_is_local(spec):
+        warnings.append(
+            f"front point(s) {shown} are not in {str(trials_file)!r}: the study lives in shared "
+            f"storage {spec.get('storage')!r}, where processes logging to other run directories "
+            "evaluated them"
+        )
+        return
+    where = (f"{str(trials_file)!r} does not hold" if has_log
+             else f"{str(path)!r} has no trials.jsonl for")
+    raise UserInputError(
+        f"{where} {len(missing)} of the {len(front)} point(s) in pareto.json ({shown}): the trial "
+        "log is truncated or from another run, so the front cannot be trusted; restore "
+        "trials.jsonl or run the search again into a new --out"
+    )
+
+
 def load_run(run_dir: str | Path) -> RunRecord:
     """Read ``RUN/spec.json``, ``RUN/trials.jsonl`` and ``RUN/pareto.json``.
 
-    A missing directory or ``pareto.json`` is a user error saying what is missing; a truncated
-    last line of ``trials.jsonl`` (a killed search) is skipped.
+    A missing directory or ``pareto.json``, and an empty, truncated or malformed run file are
+    user errors saying what is wrong. A torn last line of ``trials.jsonl`` (a killed search) is
+    skipped with a warning (``RunRecord.warnings``); a front point that the log does not hold is
+    an error (see ``_check_front_in_log``).
     """
     path = Path(run_dir)
-    if not path.is_dir():
-        raise UserInputError(f"run directory {str(path)!r} does not exist")
-    if not (path / "pareto.json").is_file():
-        raise UserInputError(
-            f"{str(path)!r} has no pareto.json: not a finished search run "
-            "(run `autocompress search --out DIR` first)"
-        )
+    pareto = read_pareto(path)
     spec_file = path / "spec.json"
     spec = _read_json(spec_file, "the search spec") if spec_file.is_file() else {}
-    pareto = _read_json(path / "pareto.json", "the Pareto front")
-    if not isinstance(pareto, Mapping):
-        raise UserInputError(f"{str(path / 'pareto.json')!r} does not hold a JSON object")
     spec = dict(spec) if isinstance(spec, Mapping) else {}
-    trials: list[Candidate] = []
+    warnings: list[str] = []
     trials_file = path / "trials.jsonl"
-    if trials_file.is_file():
-        lines = trials_file.read_text().splitlines()
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                if i == len(lines) - 1:
-                    continue  # half-written last line of a killed run
-                raise UserInputError(f"{str(trials_file)!r} line {i + 1} is not valid JSON") from None
-            if isinstance(rec, Mapping) and rec.get("policy") is not None:
-                trials.append(_candidate(rec, str(trials_file), default_id=str(i)))
-    trials = _latest_per_id(trials)
-    points = pareto.get("points", pareto.get("front", []))
+    logged = _read_trials(trials_file, warnings) if trials_file.is_file() else []
+    trials = _latest_per_id(logged)
+    points = pareto.get("points", pareto.get("front")) or []
     front = [
-        _candidate(p, str(path / "pareto.json"), default_id=str(i))
-        for i, p in enumerate(points or [])
-        if isinstance(p, Mapping)
+        _candidate(p, f"{str(path / 'pareto.json')!r} point #{i}", default_id=str(i))
+        for i, p in enumerate(points)
     ]
-    base = _base_metrics(path, spec, pareto)
+    _check_front_in_log(path, spec, front, logged, trials_file.is_file(), warnings)
+    try:
+        base = _base_metrics(path, spec, pareto)
+        objectives = _objectives(spec, pareto)
+        budgets = _budgets(spec, pareto, base)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        if isinstance(exc, UserInputError):
+            raise
+        raise UserInputError(f"{str(path)!r}: malformed spec.json / pareto.json / base.json "
+                             f"({type(exc).__name__}: {_one_line(exc)})") from None
     return RunRecord(
         path=path,
         spec=spec,
         trials=trials,
         front=front,
-        objectives=_objectives(spec, pareto),
+        objectives=objectives,
         base_metrics=base,
-        budgets=_budgets(spec, pareto, base),
+        budgets=budgets,
         pareto=dict(pareto),
+        warnings=tuple(warnings),
     )
 
 

@@ -48,7 +48,8 @@ def test_write_report_png_html_and_table(fake_run: Path) -> None:
 
 def test_load_run_reads_the_format(fake_run: Path) -> None:
     run = load_run(fake_run)
-    assert len(run.trials) == 25  # 24 ok + 1 failed; the half-written last line is skipped
+    assert len(run.trials) == 25  # 24 ok + 1 failed; the half-written last line is skipped...
+    assert len(run.warnings) == 1 and "last line" in run.warnings[0]  # ...and said so
     assert sum(not t.ok for t in run.trials) == 1
     assert run.objectives == {"acc": "maximize", "macs": "minimize"}
     assert run.cost_metric == "macs" and run.quality_metric == "acc"
@@ -123,8 +124,11 @@ def test_report_handles_wide_and_narrow_spreads(fake_run: Path) -> None:
 
     assert not _use_log([1e6, 2e6, 5e6])
     assert _use_log([1e4, 2e6])
-    # Empty trials file: the report still draws the front and base model.
-    (fake_run / "trials.jsonl").write_text("")
+    # A log holding only the front's candidates: the report still draws the front and base model.
+    front_ids = set(load_run(fake_run).front_ids)
+    lines = [ln for ln in (fake_run / "trials.jsonl").read_text().splitlines(keepends=True)
+             if ln.endswith("\n") and str(json.loads(ln)["id"]) in front_ids]
+    (fake_run / "trials.jsonl").write_text("".join(lines))
     paths = write_report(fake_run)
     assert paths.png.read_bytes()[:8] == PNG_MAGIC
     assert json.loads((fake_run / "pareto.json").read_text())["points"]
