@@ -166,18 +166,9 @@ POINT_ALIASES = ("knee", "best")
 
 def _resolve_point(run_dir: str, point: str) -> str:
     """``knee`` / ``best`` (highest accuracy on the front) name a point without looking its id up."""
-    if point not in POINT_ALIASES:
-        return point
-    path = Path(run_dir) / "pareto.json"
-    if not path.is_file():
-        raise UserInputError(f"run directory {run_dir!r} has no pareto.json; run `autocompress search` first")
-    pareto = json.loads(path.read_text())
-    points = pareto.get("points") or []
-    if not points:
-        raise UserInputError(f"--point {point}: the Pareto front of {run_dir!r} is empty")
-    if point == "knee" and pareto.get("knee") is not None:
-        return str(pareto["knee"])
-    return str(max(points, key=lambda p: p.get("metrics", {}).get("acc", float("-inf")))["id"])
+    from autocompress.report.run import resolve_point
+
+    return resolve_point(run_dir, point)
 
 
 @main.command()
@@ -189,6 +180,8 @@ def report(run_dir: str) -> None:
     from autocompress.report import front_table, load_run, write_report
 
     paths = write_report(run_dir)
+    for warning in paths.warnings:
+        click.echo(f"warning: {warning}", err=True)
     console = _stdout_console()
     console.print(front_table(load_run(run_dir)))
     console.print(f"report: {paths.png}  {paths.html}")
