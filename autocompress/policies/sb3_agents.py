@@ -80,6 +80,22 @@ class SB3Agent(BaseAgent):
         self.model: BaseAlgorithm = self._build(
             tensorboard_log=tensorboard_log, verbose=verbose, device=device, **settings
         )
+        self._install_logger()
+
+    def _install_logger(self) -> None:
+        """Without ``tensorboard_log``, log to stdout (``verbose``) or nowhere, never to a folder.
+
+        SB3's default logger creates an empty ``SB3-<timestamp>`` folder in the system temp
+        directory on every ``learn``; an explicit logger without a folder stops that.
+        """
+        if self._config.get("tensorboard_log"):
+            return
+        import sys
+
+        from stable_baselines3.common.logger import HumanOutputFormat, Logger
+
+        formats = [HumanOutputFormat(sys.stdout)] if int(self._config.get("verbose") or 0) >= 1 else []
+        self.model.set_logger(Logger(folder=None, output_formats=formats))
 
     def _build(self, **kw: Any) -> BaseAlgorithm:  # pragma: no cover - abstract in spirit
         raise NotImplementedError
@@ -143,6 +159,7 @@ class SB3Agent(BaseAgent):
         algo = type(self.model)
         self.model = algo.load(directory / _MODEL_FILE, env=self.env, device=self._config.get("device", "cpu"))
         self.model.set_random_seed(self.seed)
+        self._install_logger()
 
     def _policy_kwargs(self, net_arch: Any, extra: dict[str, Any] | None) -> dict[str, Any]:
         kw = dict(extra or {})

@@ -267,6 +267,23 @@ def test_tensorboard_logging(convnet_space, cost_eval, tmp_path) -> None:  # typ
     assert list(tmp_path.rglob("events.out.tfevents*"))
 
 
+@pytest.mark.parametrize("name", ["ddpg", "ppo"])
+def test_learning_leaves_no_log_folder_in_the_temp_dir(name: str, convnet_space, cost_eval, tmp_path,  # type: ignore[no-untyped-def]
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    # SB3's default logger makes an empty SB3-<timestamp> folder in the system temp dir per learn
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    agent = create_agent(name, _env(convnet_space, cost_eval(convnet_space)), seed=0,
+                         **_small(name, warmup=1))
+    agent.learn(4)
+    agent.save(tmp_path / "saved")
+    load_agent(tmp_path / "saved", _env(convnet_space, cost_eval(convnet_space))).learn(4)
+    assert not list(tmp_path.glob("SB3-*"))
+    assert len(agent.history) == 4  # it did learn
+
+
 def test_real_evaluations_through_a_problem() -> None:
     problem = Problem.build("test_mlp", data="digits", train_epochs=2,
                             evaluator=EvaluatorConfig(latency="none", low_fidelity_val_samples=64))
