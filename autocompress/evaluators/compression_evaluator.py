@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -25,7 +27,13 @@ from autocompress.evaluators.base import (
     check_fidelity,
     register_evaluator,
 )
-from autocompress.evaluators.cache import EvalCache, cache_key, model_fingerprint
+from autocompress.evaluators.cache import (
+    EvalCache,
+    cache_key,
+    class_fingerprint,
+    model_fingerprint,
+    tensors_fingerprint,
+)
 from autocompress.evaluators.config import EvaluatorConfig
 from autocompress.evaluators.latency import measure_latency
 
@@ -103,6 +111,8 @@ class CompressionEvaluator(BaseEvaluator):
             for scoring).
         config: evaluator settings.
         example_input: one input sample ``(1, ...)``; default: the first calibration sample.
+        data_source: where the data comes from (name and resolved path), part of the cache key
+            with a digest of the samples themselves; default ``data.name``.
         cache: on-disk result cache (None: no caching).
         lut: latency lookup table; built (and cached under ``lut_dir``) on first use when
             ``config.latency == "predicted"`` and none is given.
@@ -126,6 +136,7 @@ class CompressionEvaluator(BaseEvaluator):
         lut: LatencyLUT | None = None,
         lut_dir: str | Path | None = None,
         progress: bool = False,
+        data_source: str | None = None,
     ) -> None:
         config = EvaluatorConfig() if config is None else config
         if not isinstance(config, EvaluatorConfig):
@@ -139,6 +150,7 @@ class CompressionEvaluator(BaseEvaluator):
         self.lut_dir = Path(lut_dir) if lut_dir is not None else None
         self.progress = progress
         self.num_classes = int(data.num_classes)
+        self.data_source = str(data.name) if data_source is None else str(data_source)
 
         x_val, y_val = data.tensors("val")
         perm = torch.randperm(len(y_val), generator=torch.Generator().manual_seed(config.seed))
@@ -146,7 +158,8 @@ class CompressionEvaluator(BaseEvaluator):
         self._x_val, self._y_val = x_val[perm[:n_full]], y_val[perm[:n_full]]
         self._n_low = min(config.low_fidelity_val_samples, n_full)
 
-        x_cal, _ = data.tensors("calib")
+        x_cal, y_cal = data.tensors("calib")
+        self._calib_raw = (x_cal, y_cal)
         if len(x_cal) == 0:
             raise UserInputError("the calibration split is empty; raise calib_size")
         need = config.recalib_batches * config.recalib_batch_size
@@ -156,6 +169,9 @@ class CompressionEvaluator(BaseEvaluator):
         self.example_input = (x_cal[:1].clone() if example_input is None else example_input)
         self._train: tuple[Tensor, Tensor] | None = None
         self._fingerprint: str | None = None
+        self._data_fp: str | None = None
+        self._space_fp: str | None = None
+        self._settings_fp: str | None = None
         self._base: EvalResult | None = None
         self._lut_error: str | None = None
         self.n_computed = 0  # candidates actually evaluated (cache hits excluded)
@@ -170,14 +186,63 @@ class CompressionEvaluator(BaseEvaluator):
     # -- helpers ----------------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:
-        """sha256 of the base model's weights (computed once)."""
+        """sha256 of the base model's weights and code (computed once)."""
         if self._fingerprint is None:
             self._fingerprint = model_fingerprint(self.model)
         return self._fingerprint
 
+    @property
+    def data_fingerprint(self) -> str:
+        """sha256 of the data's source, class count and the samples this evaluator uses (once).
+
+        The samples are the scored validation subset (inputs and labels), the calibration split
+        and, when candidates are fine-tuned, the training split: two data sets that a model of the
+        same shape accepts never share cached results.
+        """
+        if self._data_fp is None:
+            parts = [self._x_val, self._y_val, *self._calib_raw]
+            if self.config.finetune_steps > 0:
+                parts.extend(self._train_tensors())
+            digest = tensors_fingerprint(parts)
+            self._data_fp = hashlib.sha256(
+                f"{self.data_source}|{self.num_classes}|{digest}".encode()
+            ).hexdigest()
+        return self._data_fp
+
+    @property
+    def space_fingerprint(self) -> str:
+        """sha256 of the space settings that change the compressed model (rounding, importance, ...)."""
+        if self._space_fp is None:
+            s = self.space
+            blob = json.dumps({
+                "round_to": s.round_to, "importance": s.importance, "knobs": list(s.knob_types),
+                "max_prune": s.max_prune, "bits": list(s.bits),
+                "points": [[p.name, sorted(p.knobs)] for p in s.decision_points],
+            }, sort_keys=True)
+            inputs = s.example_input if isinstance(s.example_input, tuple) else (s.example_input,)
+            ex = tensors_fingerprint(t for t in (*inputs, self.example_input) if isinstance(t, Tensor))
+            self._space_fp = hashlib.sha256(f"{blob}|{ex}".encode()).hexdigest()
+        return self._space_fp
+
     def key(self, policy: CompressionPolicy, fidelity: str = "full") -> str:
-        """Cache key of (base model, policy, settings, fidelity)."""
-        return cache_key(self.fingerprint, policy.key(), self.config.key(), check_fidelity(fidelity))
+        """Cache key of (base model and its code, data, space, policy, settings, fidelity)."""
+        return cache_key(self.fingerprint, policy.key(), self._settings_key(),
+                         check_fidelity(fidelity), data_fp=self.data_fingerprint,
+                         space_fp=self.space_fingerprint)
+
+    def _settings_key(self) -> str:
+        # A subclass (an overridden compress or score) computes other results: its code counts.
+        # The built-in class's own code is covered by the cache's logic fingerprint.
+        # Latency is the machine's: a cache shared between machines keeps theirs apart.
+        if self._settings_fp is None:
+            code = "" if type(self) is CompressionEvaluator else class_fingerprint(type(self))
+            machine = ""
+            if self.config.latency != "none":
+                from autocompress.evaluators.lut import machine_id
+
+                machine = json.dumps(machine_id(), sort_keys=True)
+            self._settings_fp = f"{self.config.key()}|{code}|{machine}"
+        return self._settings_fp
 
     @property
     def calib_batches(self) -> list[Tensor]:

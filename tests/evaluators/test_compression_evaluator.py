@@ -243,3 +243,107 @@ def test_recalibration_is_skipped_after_reconstruction(tiny_problem: Problem) ->
     assert not refit.needs_recalibration(p.space.identity(), p.model)
     assert "recalibrate" not in refit.evaluate(pruned).timings
     assert "recalibrate" in plain.evaluate(pruned).timings
+
+
+_USER_NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        if x.shape[0] > 1:
+            raise RuntimeError("old forward")
+        return self.fc(x.flatten(1))
+"""
+
+
+def _load_user_net(folder: Path, source: str) -> nn.Module:
+    """Import ``folder/usernet.py`` anew, as a user's edited model file would be."""
+    import importlib.util
+
+    path = folder / "usernet.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("usernet", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.Net().eval()
+
+
+def test_a_changed_forward_is_not_served_old_results_or_old_errors(tmp_path: Path) -> None:
+    """The same weights under another ``forward`` are another model: results are computed anew."""
+    data = load_data("digits", input_shape=(1, 8, 8), seed=0)
+    cache = EvalCache(tmp_path / "evals.sqlite")
+    torch.manual_seed(0)
+    old = _load_user_net(tmp_path, _USER_NET)
+    state = {k: v.clone() for k, v in old.state_dict().items()}
+    space = CompressionSpace.from_model(old, torch.zeros(1, 1, 8, 8))
+    first = CompressionEvaluator(old, space, data, NO_LATENCY, cache=cache).evaluate(space.identity())
+    assert first.status == "failed" and "old forward" in (first.error or "")
+
+    fixed = _load_user_net(tmp_path, _USER_NET.replace('raise RuntimeError("old forward")', "pass"))
+    fixed.load_state_dict(state)
+    ev = CompressionEvaluator(fixed, CompressionSpace.from_model(fixed, torch.zeros(1, 1, 8, 8)),
+                              data, NO_LATENCY, cache=cache)
+    second = ev.evaluate(ev.space.identity())
+    assert not second.cached and second.ok and second.error is None and ev.n_computed == 1
+    assert second.metrics["acc"] >= 0.0
+
+    again = _load_user_net(tmp_path, _USER_NET)  # the old code once more: its result is reused
+    again.load_state_dict(state)
+    hit = CompressionEvaluator(again, space, data, NO_LATENCY, cache=cache).evaluate(space.identity())
+    assert hit.cached and hit.error == first.error
+
+
+def test_other_data_of_the_same_shape_is_not_served_cached_results(
+    tiny_problem: Problem, tmp_path: Path
+) -> None:
+    """Random noise in place of digits (same shapes, same model) gets its own, near-chance scores."""
+    from torch.utils.data import TensorDataset
+
+    from autocompress.data import DataSplits
+
+    p = tiny_problem
+    cache = EvalCache(tmp_path / "evals.sqlite")
+    digits = CompressionEvaluator(p.model, p.space, p.data, NO_LATENCY, cache=cache)
+    real = digits.evaluate(p.space.identity())
+    assert not real.cached and real.metrics["acc"] > 0.9
+
+    g = torch.Generator().manual_seed(1)
+    n, shape = 400, p.data.input_shape
+    noise = TensorDataset(torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g))
+    idx = {"train": list(range(0, 300)), "calib": list(range(0, 64)), "val": list(range(300, n))}
+    from torch.utils.data import Subset
+
+    fake = DataSplits(name=p.data.name, train=Subset(noise, idx["train"]),
+                      calib=Subset(noise, idx["calib"]), val=Subset(noise, idx["val"]),
+                      num_classes=10, input_shape=shape, indices=idx)
+    other = CompressionEvaluator(p.model, p.space, fake, NO_LATENCY, cache=cache)
+    assert other.data_fingerprint != digits.data_fingerprint
+    got = other.evaluate(p.space.identity())
+    assert not got.cached and got.metrics["acc"] < 0.4
+    # the source counts too, even for identical samples
+    renamed = CompressionEvaluator(p.model, p.space, p.data, NO_LATENCY, cache=cache,
+                                   data_source="imagefolder:/elsewhere")
+    assert renamed.key(p.space.identity()) != digits.key(p.space.identity())
+    assert digits.evaluate(p.space.identity()).cached  # and the digits result is still served
+
+
+def test_space_settings_and_evaluator_subclasses_are_part_of_the_key(tiny_problem: Problem) -> None:
+    p = tiny_problem
+    policy = p.space.uniform(prune=0.25)
+    ev = CompressionEvaluator(p.model, p.space, p.data, NO_LATENCY)
+    rounded = CompressionSpace.from_model(p.model, p.example_input, round_to=4)
+    assert CompressionEvaluator(p.model, rounded, p.data, NO_LATENCY).key(policy) != ev.key(policy)
+    assert CompressionEvaluator(p.model, p.space, p.data, NO_LATENCY).key(policy) == ev.key(policy)
+
+    class Sub(CompressionEvaluator):
+        def score(self, model: nn.Module, fidelity: str = "full") -> dict[int, float]:
+            return {1: 1.0, 5: 1.0}
+
+    assert Sub(p.model, p.space, p.data, NO_LATENCY).key(policy) != ev.key(policy)
