@@ -37,16 +37,40 @@ DEFAULT_KNOBS: tuple[str, ...] = ("prune", "w_bits", "a_bits", "rank")
 
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock, so concurrent builders train a base model only once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            import fcntl
+    """An exclusive advisory lock, so concurrent builders train a base model only once.
 
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - non-POSIX: no lock, atomic writes still hold
-            pass
+    The lock file is removed when the holder is done, whether the build succeeded or failed, so
+    the cache keeps no empty lock files. Unlinking a file others may be waiting on is made safe the
+    usual way: a waiter that gets the lock checks that the path still names the file it locked, and
+    starts over on a fresh file when the holder removed (or replaced) it meanwhile. The removal
+    happens while the lock is still held, so at most one process ever works under ``path``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: no lock, atomic writes still hold
         yield
+        return
+    while True:
+        fh = open(path, "a+")  # noqa: SIM115 - closed below, after the unlink
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            fh.close()  # removed by the previous holder: lock the new file instead
+            continue
+        except BaseException:
+            fh.close()
+            raise
+        if current == os.fstat(fh.fileno()).st_ino:
+            break
+        fh.close()  # the path now names another file: lock that one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        fh.close()
 
 
 @dataclass
@@ -206,7 +230,8 @@ class Problem:
                                             importance=importance)
         cache = EvalCache(root / "evals" / "evals.sqlite")
         ev = CompressionEvaluator(net, space, splits, config, example_input=example_input,
-                                  cache=cache, lut_dir=root / "lut", progress=show)
+                                  cache=cache, lut_dir=root / "lut", progress=show,
+                                  data_source=_data_source(data, data_root))
         settings = {
             "model": name, "checkpoint": str(ckpt_path) if ckpt_path else None, "data": data,
             "data_root": data_root, "seed": seed, "num_classes": n_cls, "input_shape": list(shape),
@@ -254,6 +279,15 @@ class Problem:
     def __repr__(self) -> str:
         return (f"Problem(model={self.model_name!r}, data={self.data.name!r}, "
                 f"points={len(self.space.decision_points)}, seed={self.seed})")
+
+
+def _data_source(data: str, data_root: str | None) -> str:
+    """The data's name with any path resolved: part of the evaluation cache key."""
+    if data.startswith("imagefolder:"):
+        data = "imagefolder:" + str(Path(data.split(":", 1)[1]).expanduser().resolve())
+    if data_root:
+        data = f"{data}@{Path(data_root).expanduser().resolve()}"
+    return data
 
 
 def _trained_base(

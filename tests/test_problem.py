@@ -105,3 +105,110 @@ def test_default_problem_is_tiny_and_trained(tmp_path: Path) -> None:
     assert p.evaluator.config.latency == "none" and "latency_ms" not in p.evaluator.metrics
     assert sum(t.numel() for t in p.model.parameters()) < 100_000
     assert p.base.metrics["acc"] > 0.9
+
+
+def _noise_imagefolder(root: Path, classes: int = 10, per_class: int = 12) -> Path:
+    """An image folder of random-noise 8x8 PNGs, ``classes`` sub-directories."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=(8, 8), dtype=np.uint8)
+            Image.fromarray(pixels, mode="L").save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.timeout(300)
+def test_a_digits_checkpoint_on_other_data_is_not_served_digits_accuracies(tmp_path: Path) -> None:
+    """The evaluation cache key covers the data: noise images get their own (near-chance) scores."""
+    digits = Problem.build("test_mlp", train_epochs=3, evaluator=CFG, cache_dir=tmp_path,
+                           progress=False)
+    assert digits.base.metrics["acc"] > 0.8 and digits.checkpoint_path is not None
+    folder = _noise_imagefolder(tmp_path / "noise")
+    noise = Problem.build("test_mlp", checkpoint=digits.checkpoint_path,
+                          data=f"imagefolder:{folder}", calib_size=32, evaluator=CFG,
+                          cache_dir=tmp_path, progress=False)
+    assert noise.evaluator.fingerprint == digits.evaluator.fingerprint  # same model, same code
+    assert not noise.base.cached
+    assert noise.base.metrics["acc"] < 0.5
+    policy = digits.space.uniform(prune=0.25)
+    assert digits.evaluator.evaluate(policy).metrics["acc"] > 0.5
+    got = noise.evaluator.evaluate(policy)
+    assert not got.cached and got.metrics["acc"] < 0.5
+    # the same build again reuses its own results
+    again = Problem.build("test_mlp", checkpoint=digits.checkpoint_path,
+                          data=f"imagefolder:{folder}", calib_size=32, evaluator=CFG,
+                          cache_dir=tmp_path, progress=False)
+    assert again.base.cached and again.base.metrics == noise.base.metrics
+
+
+_TRAIN_FAILS = """
+from torch import nn
+
+
+class TrainFails(nn.Module):
+    input_shape = (1, 8, 8)
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("cannot train")
+        return self.fc(x.flatten(1))
+
+
+def build(num_classes=10):
+    return TrainFails(num_classes)
+"""
+
+
+def test_lock_files_are_removed_after_failed_and_successful_builds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "trainfails_mod.py").write_text(_TRAIN_FAILS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="cannot train"):
+        Problem.build("trainfails_mod:build", train_epochs=1, evaluator=CFG, cache_dir=cache,
+                      progress=False)
+    assert (cache / "base").is_dir()
+    assert list((cache / "base").iterdir()) == []  # no 0-byte lock file left behind
+    Problem.build("test_mlp", train_epochs=1, evaluator=CFG, cache_dir=cache, progress=False)
+    left = sorted(p.suffix for p in (cache / "base").iterdir())
+    assert ".pt" in left and ".lock" not in left  # the checkpoint (and its metadata), no lock
+
+
+def test_file_lock_excludes_while_lock_files_are_removed(tmp_path: Path) -> None:
+    """Holders unlink the lock file on exit; waiters on the removed file start over, so at most
+    one holder at a time even while files come and go."""
+    import threading
+    import time
+
+    lock = tmp_path / "locks" / "x.lock"
+    inside: list[int] = []
+    overlaps: list[int] = []
+    done: list[int] = []
+
+    def worker(i: int) -> None:
+        for _ in range(15):
+            with problem_mod._file_lock(lock):
+                inside.append(i)
+                if len(inside) > 1:
+                    overlaps.append(i)
+                time.sleep(0.001)
+                inside.remove(i)
+        done.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(done) == [0, 1, 2, 3] and overlaps == []
+    assert not lock.exists()
