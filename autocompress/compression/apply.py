@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -51,6 +52,25 @@ def _calib_inputs(calib: Any, example_input: Any, limit: int) -> tuple[list[Any]
     if not inputs:
         raise UserInputError("calib is empty; pass at least one batch or leave calib=None")
     return inputs, raw
+
+
+def _example_from_calib(calib: Any) -> Any:
+    """One sample (batch dimension 1) of the first calibration batch, to build the space on.
+
+    A ``(x, y)`` pair or list gives its first element, as ``_calib_inputs`` reads it; ``None``
+    when ``calib`` holds nothing usable (the space then reports what it needs).
+    """
+    if isinstance(calib, Tensor):
+        first: Any = calib
+    elif isinstance(calib, Iterable):
+        first = next(iter(calib), None)
+        if isinstance(first, (tuple, list)) and first:
+            first = first[0]
+    else:
+        return None
+    if isinstance(first, Tensor) and first.dim() >= 1 and first.shape[0] >= 1:
+        return first[:1].clone()
+    return None
 
 
 def _forward(model: nn.Module, x: Any) -> Any:
@@ -270,7 +290,8 @@ def compress(
             most ``max_calib_batches`` are used). Used for activation ranges, Taylor importance
             and reconstruction. When ``None``, ``space.example_input`` is used, which gives
             poor activation ranges for real data: pass real batches when ``a_bits < 32``.
-        example_input: only used to build the space when ``space`` is ``None``.
+        example_input: only used to build the space when ``space`` is ``None``; default: the
+            model's ``input_shape``, else the first sample of the first ``calib`` batch.
         importance: channel importance (``l1``, ``l2``, ``taylor``); default ``space.importance``.
         reconstruct: least-squares refit of layers whose input channels were pruned, on the
             first 256 calibration samples (two extra forward passes; AMC / He et al. 2017).
@@ -290,6 +311,12 @@ def compress(
         >>> small = compress(model, space.uniform(prune=0.5, w_bits=8, a_bits=8), space=space)
     """
     if space is None:
+        if isinstance(calib, Iterator):
+            # read once below and once here: keep the batches that will be used
+            calib = list(itertools.islice(calib, max_calib_batches))
+        no_shape = getattr(model, "input_shape", None) is None
+        if example_input is None and calib is not None and no_shape:
+            example_input = _example_from_calib(calib)
         space = CompressionSpace.from_model(model, example_input)
     space.validate(policy)
     if importance is not None and importance not in prune.IMPORTANCES:

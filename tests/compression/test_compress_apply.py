@@ -161,3 +161,48 @@ def test_quantized_and_factorised_layers_keep_their_names_and_export_to_onnx(tmp
     out = sess.run(None, {sess.get_inputs()[0].name: space.example_input.numpy()})[0]
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(out), small(space.example_input), atol=1e-4)
+
+
+class _NoShape(nn.Module):
+    """A conv net without an ``input_shape`` attribute (a user's own model)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["tensor", "list", "pairs", "generator"])
+def test_without_space_the_example_input_comes_from_the_calibration_data(kind: str) -> None:
+    """``compress(model, policy, calib=batches)`` needs neither ``space`` nor ``example_input``."""
+    torch.manual_seed(0)
+    model = _NoShape().eval()
+    xs = [torch.randn(4, 3, 12, 12) for _ in range(3)]
+    calib = {
+        "tensor": xs[0],
+        "list": xs,
+        "pairs": [(x, torch.zeros(4, dtype=torch.long)) for x in xs],
+        "generator": (x for x in xs),
+    }[kind]
+    policy = CompressionPolicy({"conv": LayerAction(prune=0.5, w_bits=8, a_bits=8)})
+    small = compress(model, policy, calib=calib)
+    assert small.conv.out_channels == 4 and small.fc.in_features == 4
+    with torch.no_grad():
+        assert small(xs[0]).shape == (4, 4)
+    assert count_macs(small, xs[0][:1]) < count_macs(model, xs[0][:1])
+    # the conv's input range was observed on every batch (a generator is read once, not lost)
+    seen = xs[:1] if kind == "tensor" else xs
+    aq = small.conv.act_quant
+    assert aq.mode == "quant"
+    assert float(aq.lo) == min(float(x.min()) for x in seen)
+    assert float(aq.hi) == max(float(x.max()) for x in seen)
+
+
+@pytest.mark.timeout(120)
+def test_without_space_and_without_any_input_the_error_says_what_is_needed() -> None:
+    with pytest.raises(UserInputError, match="example_input is required"):
+        compress(_NoShape().eval(), CompressionPolicy({"conv": LayerAction(prune=0.5)}))
