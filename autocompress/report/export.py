@@ -336,6 +336,8 @@ def _pt_bytes(model: nn.Module) -> bytes:
 def _load(fmt: str, blob: bytes) -> nn.Module:
     if fmt == "torchscript":
         return torch.jit.load(io.BytesIO(blob), map_location="cpu").eval()
+    # ``blob`` is the module this process pickled a moment ago (never bytes read from disk):
+    # unpickling it is the check that the written file loads as documented.
     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False).eval()
 
 
@@ -409,7 +411,7 @@ def export_point(
         >>> print("\\n".join(info.lines()))  # doctest: +SKIP
     """
     from autocompress.report._rebuild import rebuild_problem, scored_model
-    from autocompress.report.finetune import latest_finetune
+    from autocompress.report.finetune import latest_finetune, load_finetuned
 
     t0 = time.perf_counter()
     if fmt not in FORMATS:
@@ -443,11 +445,12 @@ def export_point(
             f"point {point.id} has no fine-tuned model in {str(run.path / 'finetune')!r}; run "
             f"`autocompress finetune {run.path} --point {point.id}` first"
         )
+    # The fine-tuned weights are checked (and refused when they are not plain tensors) before
+    # anything is rebuilt; the problem is memoised, so it is built once either way.
+    small = load_finetuned(run, point, record, progress=progress) if record is not None else None
     problem = rebuild_problem(run, progress=progress)
     example = problem.example_input
-    if record is not None:
-        small = torch.load(record["weights_path"], map_location="cpu", weights_only=False).eval()
-    else:
+    if small is None:
         small = scored_model(problem, point.policy)
     original = problem.model.eval()
     x_val, y_val = problem.data.tensors("val")

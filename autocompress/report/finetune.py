@@ -10,9 +10,12 @@ weights in the forward pass in training mode and rounds activations as ``x + (q(
 so gradients flow through the rounding; after training the latent weights are projected back onto
 their quantization grid, so the saved model holds exactly ``w_bits``-bit weights again.
 
-Results go to ``RUN/finetune/point-<id>.json`` (accuracy before/after, settings, per-epoch history)
-and ``RUN/finetune/point-<id>.pt`` (the fine-tuned module, pickled like ``export --format pt``).
-An earlier result is never overwritten: the next free name (``point-<id>-2.json``, ...) is used.
+Results go to ``RUN/finetune/point-<id>.json`` (accuracy before/after, settings, per-epoch history,
+the point's policy) and ``RUN/finetune/point-<id>.pt`` (the fine-tuned weights as a ``state_dict``
+of tensors). ``load_finetuned`` rebuilds the compressed module from the run and the policy and loads
+those weights with ``torch.load(..., weights_only=True)``: nothing read back from a run directory is
+unpickled as code, so a planted ``.pt`` file cannot run anything. An earlier result is never
+overwritten: the next free name (``point-<id>-2.json``, ...) is used.
 """
 
 from __future__ import annotations
@@ -20,18 +23,24 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
+import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autocompress.compression import CompressionPolicy
 from autocompress.errors import UserInputError
-from autocompress.report.run import load_run
+from autocompress.report._io import atomic_path, write_text_atomic
+from autocompress.report.run import Candidate, RunRecord, load_run
+
+if TYPE_CHECKING:
+    from autocompress.problem import Problem
 
 
 @dataclass(frozen=True)
@@ -258,9 +267,9 @@ def finetune_point(
     stem = _free_stem(directory, f"point-{safe}")
     weights = directory / f"{stem}.pt"
     record = directory / f"{stem}.json"
-    tmp = weights.with_name(weights.name + ".tmp")
-    torch.save(student, tmp)
-    os.replace(tmp, weights)
+    # Tensors only: the module's structure is rebuilt from the policy when it is loaded back.
+    with atomic_path(weights) as tmp:
+        torch.save(student.state_dict(), tmp)
     recorded = point.metrics.get("acc")
     result = FinetuneResult(
         point_id=point.id, acc_before=acc_before, acc_after=acc_after, teacher_acc=teacher_acc,
@@ -270,8 +279,79 @@ def finetune_point(
         seconds=time.perf_counter() - t0,
     )
     payload = {**result.to_dict(), "policy": point.policy.to_dict(), "metrics": point.metrics,
-               "weight_decay": weight_decay}
-    # Exclusive create: a concurrent fine-tune that picked the same name fails instead of overwriting.
-    with open(record, "x") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
+               "weight_decay": weight_decay, "weights_format": WEIGHTS_FORMAT,
+               "act_quant_modes": _act_quant_modes(student)}
+    # Whole or not at all (a full disk leaves no truncated record), and exclusive: a concurrent
+    # fine-tune that picked the same name fails instead of overwriting.
+    write_text_atomic(record, json.dumps(payload, indent=2, sort_keys=True), exclusive=True)
     return result
+
+
+#: ``weights_format`` of a fine-tune record whose ``.pt`` holds a ``state_dict`` of tensors.
+WEIGHTS_FORMAT = "state_dict"
+
+
+def _act_quant_modes(model: nn.Module) -> dict[str, str]:
+    """Calibration outcome of each activation quantizer (``quant`` / ``off``): not in the state_dict."""
+    from autocompress.compression import ActQuant
+
+    return {name: m.mode for name, m in model.named_modules() if isinstance(m, ActQuant)}
+
+
+def load_finetuned(run: RunRecord, point: Candidate, record: Mapping[str, Any],
+                   problem: Problem | None = None, *, progress: bool = False) -> nn.Module:
+    """The fine-tuned model of ``record`` (see ``latest_finetune``), rebuilt without unpickling code.
+
+    The compressed module is rebuilt from the run and the point's policy exactly as the search
+    scored it, then the recorded weights are loaded with ``torch.load(weights_only=True)`` and a
+    strict ``load_state_dict``. A file that is not such a state dict (a planted pickle, a whole
+    pickled module from an older version, another point's weights) is a ``UserInputError``.
+    """
+    from autocompress.report._rebuild import rebuild_problem, scored_model
+
+    path = Path(str(record.get("weights_path")))
+    where = f"{str(path)!r}"
+    if record.get("policy") is not None:
+        try:
+            same = CompressionPolicy.from_dict(record["policy"]) == point.policy
+        except (ValueError, TypeError, KeyError, AttributeError):
+            same = False
+        if not same:
+            raise UserInputError(f"{str(record.get('record_path'))!r} was recorded for another "
+                                 f"policy than point {point.id} of {str(run.path)!r}")
+    try:
+        with warnings.catch_warnings():  # torch's notes on foreign pickles: the error says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserInputError(f"{where} does not exist: the fine-tuned weights are missing") from None
+    except IsADirectoryError:
+        raise UserInputError(f"{where} is a directory, not fine-tuned weights") from None
+    except OSError:
+        raise  # a disk problem, not the file's content
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types on foreign files
+        # torch's weights-only unpickler stops at the first thing that is not a tensor, before
+        # anything is constructed: a planted pickle lands here without having run.
+        raise UserInputError(
+            f"{where} is not a state_dict of plain tensors written by torch.save "
+            f"({type(exc).__name__}); refused, since loading any other object could run code: "
+            "re-run `autocompress finetune`"
+        ) from None
+    if not isinstance(state, Mapping) or not all(
+            isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise UserInputError(f"{where} is not a state_dict (name -> tensor); re-run `autocompress finetune`")
+    problem = problem if problem is not None else rebuild_problem(run, progress=progress)
+    model = scored_model(problem, point.policy)
+    try:
+        model.load_state_dict(dict(state), strict=True)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:200]
+        raise UserInputError(f"{where} does not fit point {point.id}'s compressed model ({first})") from None
+    modes = record.get("act_quant_modes")
+    if isinstance(modes, Mapping):
+        from autocompress.compression import ActQuant
+
+        for name, m in model.named_modules():
+            if isinstance(m, ActQuant) and modes.get(name) in ("quant", "off"):
+                m.mode = str(modes[name])
+    return model.eval()

@@ -15,6 +15,16 @@ from autocompress.report.finetune import finetune_point, snap_quantized_weights_
 pytestmark = pytest.mark.timeout(300)
 
 
+def _finetuned(run_dir: Path, pid: str) -> torch.nn.Module:
+    """The latest fine-tuned model of a point, as ``export --finetuned`` loads it."""
+    from autocompress.report.finetune import latest_finetune, load_finetuned
+
+    run = load_run(run_dir)
+    record = latest_finetune(run_dir, pid)
+    assert record is not None
+    return load_finetuned(run, run.point(pid), record)
+
+
 def test_finetune_pruned_point_improves_and_is_recorded(real_run: Path) -> None:
     res = finetune_point(real_run, "1", epochs=2, kd=True, seed=0)
     # Half the hidden units pruned; the evaluator's least-squares refit already recovers most of
@@ -28,7 +38,10 @@ def test_finetune_pruned_point_improves_and_is_recorded(real_run: Path) -> None:
     assert rec["acc_before"] == res.acc_before and rec["acc_after"] == res.acc_after
     assert rec["kd"] is True and rec["temperature"] == 4.0 and rec["alpha"] == 0.9
     assert len(rec["history"]) == 2
-    model = torch.load(res.weights_path, weights_only=False)
+    # Plain tensors on disk: loads with weights_only=True, and rebuilds into the compressed model.
+    state = torch.load(res.weights_path, weights_only=True)
+    assert all(torch.is_tensor(v) for v in state.values())
+    model = _finetuned(real_run, "1")
     from autocompress.evaluators.accuracy import topk_correct
     from autocompress.report._rebuild import rebuild_problem
 
@@ -49,8 +62,8 @@ def test_finetune_never_overwrites_and_is_seeded(real_run: Path) -> None:
 @pytest.mark.parametrize("pid", ["3", "5"])
 def test_finetune_quantized_point_keeps_weights_on_grid(real_run: Path, pid: str) -> None:
     """4-bit weights (also low-rank factors) train through the STE and end on their 4-bit grid."""
-    res = finetune_point(real_run, pid, epochs=1, seed=0)
-    model = torch.load(res.weights_path, weights_only=False)
+    finetune_point(real_run, pid, epochs=1, seed=0)
+    model = _finetuned(real_run, pid)
     from autocompress.compression.quantize import quantized_weight_bytes
 
     layers = [(name, m, p) for name, m in model.named_modules() for p, _ in quantized_weight_bytes(m)]
@@ -95,3 +108,26 @@ def test_export_the_finetuned_model(real_run: Path, tmp_path: Path) -> None:
     assert info.acc == pytest.approx(res.acc_after, abs=0.005)  # ONNX Runtime scores the same model
     assert info.int8_path is not None and info.int8_agreement is not None
     assert info.int8_agreement > 0.95
+
+
+def test_kd_term_is_kl_teacher_to_student_as_documented() -> None:
+    """kd_loss computes KL(p_teacher || p_student); the README and this module say the same."""
+    from autocompress.evaluators.accuracy import kd_loss
+
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    y = torch.randint(0, 5, (6,), generator=g)
+    t, alpha = 3.0, 0.7
+    ps, pt = torch.softmax(zs / t, 1), torch.softmax(zt / t, 1)
+    kl_ts = (pt * (pt.log() - ps.log())).sum(1).mean()  # KL(teacher || student)
+    kl_st = (ps * (ps.log() - pt.log())).sum(1).mean()  # KL(student || teacher)
+    ce = torch.nn.functional.cross_entropy(zs, y)
+    got = kd_loss(zs, zt, y, alpha=alpha, temperature=t)
+    assert got == pytest.approx(float(alpha * t * t * kl_ts + (1 - alpha) * ce), rel=1e-5)
+    assert got != pytest.approx(float(alpha * t * t * kl_st + (1 - alpha) * ce), rel=1e-3)
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert "KL(softmax(z_t/T) ‖ softmax(z_s/T))" in readme
+    assert "KL(softmax(z_s/T) ‖ softmax(z_t/T))" not in readme
+    import autocompress.report.finetune as ft
+
+    assert "KL(softmax(z_t/T) || softmax(z_s/T))" in (ft.__doc__ or "")
