@@ -8,35 +8,82 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from autocompress.errors import UserInputError
+from autocompress.errors import UserInputError, disk_error_line, is_disk_error
 
 EXIT_USAGE = 2
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library input errors into one line on stderr and exit status 2."""
+    """Turn library input errors, and a disk that cannot be written, into one line on stderr and
+    exit status 2 (a full, read-only or forbidden place is the user's to fix, not a bug)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserInputError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
-        except KeyboardInterrupt:
-            click.echo("interrupted: state saved; re-run the same command to resume", err=True)
-            sys.exit(130)
+        # Warnings raised while the command runs are held back: after a failure the error line
+        # stands alone (a torch deprecation notice is not the user's problem), after success
+        # each distinct one is printed once.
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                result = fn(*args, **kwargs)
+            except UserInputError as exc:
+                click.echo(f"error: {_one_line(str(exc))}", err=True)
+                sys.exit(EXIT_USAGE)
+            except OSError as exc:
+                if not is_disk_error(exc):
+                    raise
+                click.echo(f"error: {disk_error_line(exc)}", err=True)
+                sys.exit(EXIT_USAGE)
+            except KeyboardInterrupt:
+                click.echo("interrupted: state saved; re-run the same command to resume", err=True)
+                sys.exit(130)
+        seen: set[str] = set()
+        for w in caught:
+            line = f"warning: {w.category.__name__}: {_one_line(str(w.message))}"
+            if line not in seen:
+                seen.add(line)
+                click.echo(line, err=True)
+        return result
 
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _OneLineErrors(click.Group):
+    """A group whose usage errors (bad option values, unknown options) are one ``error:`` line
+    and exit status 2, like the library's own input errors, instead of click's usage block."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """Run the command line; in standalone mode, exit with the command's status."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            ctx = getattr(exc, "ctx", None)
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            click.echo(f"error: {where}{_one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="autocompress")
 def main() -> None:
     """AutoML compression-policy search for PyTorch models."""
@@ -148,8 +195,18 @@ def search(config: str | None, no_report: bool, set_: tuple[str, ...], **options
     spec = SearchSpec.from_cli(config, options)
     console = Console(stderr=True)
     bar, update = _search_progress(console)
-    with bar:
+    if console.is_terminal:
+        with bar:
+            try:
+                result = run_search(spec, progress=update)
+            except Exception:
+                bar.live.transient = True  # a failed setup leaves its error line alone on stderr
+                raise
+    else:
+        # Not a terminal: no live display (rich would print a stray line even for a transient
+        # bar, so an error would not stand alone); the final state is printed once on success.
         result = run_search(spec, progress=update)
+        console.print(bar.get_renderable())
     out = _stdout_console()
     out.print(f"run directory: {result.run_dir}  ({result.n_evaluated} evaluated, {result.n_feasible} feasible, "
               f"{result.n_failed} failed; {result.stop_reason})")
