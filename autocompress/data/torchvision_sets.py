@@ -64,6 +64,11 @@ _register("cifar10", "CIFAR10", 10, "CIFAR-10 from --data-root (torchvision layo
 _register("cifar100", "CIFAR100", 100, "CIFAR-100 from --data-root (torchvision layout)")
 
 
+#: Folders up to this many images are fully decoded when loaded, so a corrupt file is named
+#: before any training starts; larger ones are checked lazily (each file as it is first read).
+FULL_CHECK_MAX_IMAGES = 5000
+
+
 class _FittedImageFolder(Dataset):
     """Decodes images lazily and fits them to the model input (large folders stay on disk)."""
 
@@ -82,15 +87,52 @@ class _FittedImageFolder(Dataset):
         return len(self.folder)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.folder[i]
+        try:
+            return self.folder[i]
+        except Exception as exc:  # noqa: BLE001 - a file that does not decode is the user's data
+            raise _unreadable(self.folder.samples[i][0], exc) from None
+
+
+def _unreadable(file: str, exc: BaseException) -> UserInputError:
+    line = " ".join(str(exc).split())[:160]
+    return UserInputError(f"image {file!r} cannot be read: {type(exc).__name__}: {line}; "
+                          "remove or replace the file")
+
+
+def _check_images(files: list[str], full: bool) -> None:
+    """Open every image (and decode it fully when ``full``) so a corrupt one is named up front."""
+    from PIL import Image
+
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                if full:
+                    img.load()
+                else:
+                    img.verify()
+        except Exception as exc:  # noqa: BLE001 - PIL raises several types for bad files
+            raise _unreadable(file, exc) from None
 
 
 def load_imagefolder(path: str, input_shape: tuple[int, int, int]) -> tuple[Dataset, int]:
-    """An ImageFolder (one sub-directory per class) at ``path``."""
+    """An ImageFolder (one sub-directory per class, at least two classes) at ``path``.
+
+    Every file is opened before anything trains (decoded fully for folders of up to
+    ``FULL_CHECK_MAX_IMAGES`` images): a corrupt image is reported as one line naming it.
+    """
     if not Path(path).is_dir():
         raise UserInputError(f"imagefolder path {path!r} is not a directory (expected PATH/<class>/<image>)")
     try:
         ds = _FittedImageFolder(path, input_shape)
     except (FileNotFoundError, RuntimeError) as exc:
-        raise UserInputError(f"imagefolder {path!r} holds no images in class sub-directories: {exc}") from None
-    return ds, len(ds.folder.classes)
+        line = " ".join(str(exc).split())[:200]
+        raise UserInputError(f"imagefolder {path!r} holds no images in class sub-directories: {line}") from None
+    classes = ds.folder.classes
+    if len(classes) < 2:
+        raise UserInputError(
+            f"imagefolder {path!r} has {len(classes)} class ({', '.join(classes)}); a classifier needs "
+            "at least 2 class sub-directories"
+        )
+    files = [f for f, _ in ds.folder.samples]
+    _check_images(files, full=len(files) <= FULL_CHECK_MAX_IMAGES)
+    return ds, len(classes)

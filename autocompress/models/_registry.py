@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import inspect
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,22 +98,80 @@ def _create_torchvision(name: str, num_classes: int, **kw: object) -> nn.Module:
     return model
 
 
-def _create_user(spec: str, num_classes: int, **kw: object) -> nn.Module:
+def _user_factory(spec: str) -> Callable[..., nn.Module]:
+    """Resolve ``package.module:factory`` to something that may be called to build a model.
+
+    Importing the module is the documented way to bring one's own model, so it stays; but only a
+    Python function or an ``nn.Module`` subclass is ever called, and only with ``num_classes`` and
+    the registry's own keyword arguments. Builtins (``os:system``), other classes
+    (``json:JSONDecoder``) and callables whose required arguments we cannot supply are refused
+    without being called.
+    """
     module_name, _, attr = spec.partition(":")
+    if not module_name or not attr or not all(p.isidentifier() for p in (*module_name.split("."), attr)):
+        raise UserInputError(f"model {spec!r} is not of the form 'package.module:factory'")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:  # noqa: BLE001 - an ImportError, or the module itself failing
+        line = " ".join(str(exc).split())[:200]
         raise UserInputError(
-            f"cannot import module {module_name!r} for model {spec!r}: {exc}; "
+            f"cannot import module {module_name!r} for model {spec!r}: {type(exc).__name__}: {line}; "
             "a user model is given as 'package.module:factory' importable from PYTHONPATH"
-        ) from exc
+        ) from None
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise UserInputError(f"module {module_name!r} has no callable {attr!r} (model {spec!r})")
+    if inspect.isclass(factory):
+        if not issubclass(factory, nn.Module):
+            raise UserInputError(
+                f"model {spec!r} is the class {factory.__qualname__}, not an nn.Module subclass; "
+                "a model factory must be an nn.Module class or a function returning an nn.Module"
+            )
+    elif not (inspect.isfunction(factory) or inspect.ismethod(factory)):
+        raise UserInputError(
+            f"model {spec!r} is a {type(factory).__name__}, not a Python function or nn.Module "
+            "class; a model factory must return an nn.Module"
+        )
+    return factory
+
+
+def _factory_kwargs(factory: Callable[..., nn.Module], spec: str, num_classes: int,
+                    kw: dict[str, object]) -> dict[str, object]:
+    """The keyword arguments the factory takes: ``num_classes`` if it accepts it, plus ``kw``."""
     try:
-        return factory(num_classes=num_classes, **kw)
-    except TypeError:
-        return factory(**kw)
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        raise UserInputError(f"model factory {spec!r} has no inspectable signature") from None
+    params = sig.parameters.values()
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+    call = dict(kw)
+    if takes_any or "num_classes" in sig.parameters:
+        call["num_classes"] = num_classes
+    try:
+        sig.bind(**call)
+    except TypeError as exc:
+        raise UserInputError(
+            f"model factory {spec!r} cannot be called with {sorted(call) or 'no arguments'}: {exc}; "
+            "it must build a model from keyword arguments only (num_classes optional)"
+        ) from None
+    return call
+
+
+def _create_user(spec: str, num_classes: int, **kw: object) -> nn.Module:
+    factory = _user_factory(spec)
+    call = _factory_kwargs(factory, spec, num_classes, kw)
+    try:
+        model = factory(**call)
+    except UserInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's factory failed: one line naming it
+        line = " ".join(str(exc).split())[:200]
+        raise UserInputError(f"model factory {spec!r} failed: {type(exc).__name__}: {line}") from None
+    if not isinstance(model, nn.Module):
+        raise UserInputError(
+            f"model factory {spec!r} returned a {type(model).__name__}, not an nn.Module"
+        )
+    return model
 
 
 def create_model(name: str, num_classes: int = 10, **kw: object) -> nn.Module:
@@ -146,25 +206,39 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     A mismatch raises one clear error naming the first mismatching key and shapes.
     """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise UserInputError(f"checkpoint {str(path)!r} is a directory; give the weights file inside it "
+                             "(a state_dict saved by torch.save, or a TorchScript file)")
+    if not path.exists():
         raise UserInputError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - fall back to TorchScript below
+    if not path.is_file():
+        raise UserInputError(f"checkpoint {str(path)!r} is not a regular file")
+    # torch warns about its own deprecations (torch.jit.load) and pickle details while trying the
+    # formats; the user gets the one line below, not those.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
-            scripted = torch.jit.load(str(path), map_location="cpu")
-        except Exception:
-            raise UserInputError(
-                f"cannot read checkpoint {str(path)!r}: not a state_dict saved by torch.save "
-                f"nor a TorchScript file ({type(exc).__name__})"
-            ) from None
-        state = scripted.state_dict()
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - fall back to TorchScript below
+            try:
+                scripted = torch.jit.load(str(path), map_location="cpu")
+            except Exception:
+                raise UserInputError(
+                    f"cannot read checkpoint {str(path)!r}: not a state_dict saved by torch.save "
+                    "nor a TorchScript file (nothing in it is executed: weights only)"
+                ) from None
+            state = scripted.state_dict()
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise UserInputError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, not a state_dict")
     own = model.state_dict()
     for key, value in own.items():
+        if key in state and not isinstance(state[key], torch.Tensor):
+            raise UserInputError(
+                f"checkpoint {str(path)!r} does not fit the model: key {key!r} holds a "
+                f"{type(state[key]).__name__}, not a tensor"
+            )
         if key not in state:
             raise UserInputError(
                 f"checkpoint {str(path)!r} does not fit the model: missing key {key!r} "

@@ -98,3 +98,42 @@ def test_imagefolder(tmp_path) -> None:
     assert splits.val[0][0].shape == (3, 16, 16)
     with pytest.raises(UserInputError, match="is not a directory"):
         load_data(f"imagefolder:{tmp_path / 'nope'}")
+
+
+def _folder(root, classes, n=3):
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (12, 12), (60 * c, 30 * i, 90)).save(root / name / f"{i}.jpg")
+
+
+def test_imagefolder_one_class_is_refused(tmp_path) -> None:
+    _folder(tmp_path, ["cat"])
+    with pytest.raises(UserInputError, match="at least 2 class"):
+        load_data(f"imagefolder:{tmp_path}", input_shape=(3, 8, 8), val_size=1, calib_size=1)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_imagefolder_corrupt_image_is_named_before_training(tmp_path, damage: str) -> None:
+    _folder(tmp_path, ["cat", "dog"])
+    bad = tmp_path / "dog" / "2.jpg"
+    bad.write_bytes(bad.read_bytes()[:40] if damage == "truncate" else b"no image here")
+    with pytest.raises(UserInputError, match=r"image '.*dog/2\.jpg' cannot be read") as info:
+        load_data(f"imagefolder:{tmp_path}", input_shape=(3, 8, 8), val_size=2, calib_size=2)
+    assert "\n" not in str(info.value)
+
+
+def test_imagefolder_reads_fail_naming_the_file(tmp_path) -> None:
+    """A file that breaks after the up-front check (or in a folder too large to decode up front)
+    is still named in one line when it is read."""
+    from autocompress.data import torchvision_sets
+
+    _folder(tmp_path, ["cat", "dog"])
+    ds, _ = torchvision_sets.load_imagefolder(str(tmp_path), (3, 8, 8))
+    bad = tmp_path / "cat" / "1.jpg"
+    bad.write_bytes(b"broken later")
+    idx = [f for f, _ in ds.folder.samples].index(str(bad))
+    with pytest.raises(UserInputError, match=r"cat/1\.jpg"):
+        ds[idx]

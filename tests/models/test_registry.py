@@ -115,3 +115,74 @@ def test_checkpoint_mismatch_names_first_key(tmp_path) -> None:
         load_checkpoint(create_model("test_convnet"), bad)
     with pytest.raises(UserInputError, match="does not exist"):
         load_checkpoint(create_model("test_convnet"), tmp_path / "none.pt")
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("os:system", "builtin_function_or_method"),  # never called: a builtin is refused
+        ("os:getcwd", "builtin_function_or_method"),
+        ("json:JSONDecoder", "not an nn.Module subclass"),
+        ("collections:OrderedDict", "not an nn.Module subclass"),
+        ("shutil:rmtree", "cannot be called"),  # a required argument we would not supply
+        ("os:", "package.module:factory"),
+        ("../x:y", "package.module:factory"),
+    ],
+)
+def test_user_factory_must_build_a_module(spec: str, fragment: str) -> None:
+    with pytest.raises(UserInputError, match="nn.Module|package.module|cannot be called") as info:
+        create_model(spec)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_user_factory_results_and_failures(tmp_path, monkeypatch) -> None:
+    (tmp_path / "odd_models.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+        CALLS = []
+        def not_a_model(num_classes=10):
+            CALLS.append(num_classes)
+            return "a string"
+        def broken(num_classes=10):
+            raise RuntimeError("boom inside")
+        def no_classes():
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        class Net(nn.Module):
+            def __init__(self, num_classes=10):
+                super().__init__()
+                self.fc = nn.Linear(64, num_classes)
+            def forward(self, x):
+                return self.fc(x.flatten(1))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserInputError, match="returned a str, not an nn.Module"):
+        create_model("odd_models:not_a_model", num_classes=3)
+    with pytest.raises(UserInputError, match="failed: RuntimeError: boom inside"):
+        create_model("odd_models:broken")
+    assert create_model("odd_models:no_classes")(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+    assert create_model("odd_models:Net", num_classes=4)(torch.randn(1, 1, 8, 8)).shape == (1, 4)
+    import odd_models
+
+    assert odd_models.CALLS == [3]  # called once, with the registry's own argument only
+    sys.modules.pop("odd_models", None)
+
+
+class _Plant:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204 - pickle protocol
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+def test_checkpoint_directory_planted_pickle_and_no_warnings(tmp_path, recwarn) -> None:
+    with pytest.raises(UserInputError, match="is a directory"):
+        load_checkpoint(create_model("test_convnet"), tmp_path)
+    marker = tmp_path / "ran"
+    planted = tmp_path / "planted.pt"
+    torch.save({"state_dict": _Plant(str(marker))}, planted)
+    with pytest.raises(UserInputError, match="cannot read checkpoint"):
+        load_checkpoint(create_model("test_convnet"), planted)
+    assert not marker.exists()
+    assert not [w for w in recwarn if "torch" in str(w.filename)]  # torch's notices stay inside
