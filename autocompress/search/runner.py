@@ -1035,6 +1035,7 @@ def run_search(spec: SearchSpec, progress: ProgressCallback | None = None, *,
     """
     if not isinstance(spec, SearchSpec):
         raise UserInputError(f"run_search needs a SearchSpec, got {type(spec).__name__}")
+    spec.preflight()  # paths, run directory and storage checked before anything is written
     import torch
 
     before = torch.get_num_threads()

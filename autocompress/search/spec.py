@@ -164,11 +164,183 @@ def _as_list(key: str, v: Any) -> list[Any]:
 def _budget_list(key: str, v: Any) -> tuple[Budget, ...]:
     items = _as_list(key, v)
     out = [parse_budget(x if isinstance(x, Budget) else str(x)) for x in items]
+    for b in out:
+        if b.relative and b.value > 1.0:
+            raise UserInputError(
+                f"{key}: budget {b.text!r} allows more than the uncompressed model; a relative "
+                "budget must be at most 100%"
+            )
     names = [b.name for b in out]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise UserInputError(f"{key}: budget {sorted(dup)[0]!r} is given more than once")
     return tuple(out)
+
+
+def _opt(check: Any) -> Any:
+    """A rule that also accepts null (the searcher's own default)."""
+    return lambda key, v: None if v is None else check(key, v)
+
+
+def _int_rule(lo: int, hi: int | None = None) -> Any:
+    return lambda key, v: _check_int(key, v, lo, hi)
+
+
+def _float_rule(lo: float, hi: float, lo_open: bool = False) -> Any:
+    return lambda key, v: _check_float(key, v, lo, hi, lo_open)
+
+
+def _str_rule(key: str, v: Any) -> str | None:
+    return _check_str(key, v, optional=False)
+
+
+def _choice_rule(*allowed: str) -> Any:
+    def check(key: str, v: Any) -> str:
+        if not isinstance(v, str) or v not in allowed:
+            raise UserInputError(f"{key}={v!r} is not allowed; allowed: {', '.join(allowed)}")
+        return v
+
+    return check
+
+
+def _device_rule(key: str, v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"cpu|auto|cuda(:\d+)?|mps", v):
+        raise UserInputError(f"{key}={v!r} is not allowed; allowed: cpu, cuda, cuda:N, auto")
+    return v
+
+
+def _net_arch_rule(key: str, v: Any) -> list[int]:
+    if isinstance(v, str | bytes) or not isinstance(v, Sequence) or not v:
+        raise UserInputError(f"{key}={v!r} is not allowed; allowed: a non-empty list of layer widths, e.g. [64, 64]")
+    return [_check_int(f"{key} width", x, 1, 65536) for x in v]
+
+
+def _levels_rule(key: str, v: Any) -> list[float]:
+    if isinstance(v, str | bytes) or not isinstance(v, Sequence) or not v:
+        raise UserInputError(f"{key}={v!r} is not allowed; allowed: a non-empty list of unit levels in (0, 1]")
+    return [_check_float(f"{key} level", x, 0.0, 1.0, lo_open=True) for x in v]
+
+
+def _budget_range_rule(key: str, v: Any) -> list[float]:
+    if isinstance(v, str | bytes) or not isinstance(v, Sequence) or len(v) != 2:
+        raise UserInputError(f"{key}={v!r} is not allowed; allowed: [low, high] with 0 < low <= high <= 1")
+    lo = _check_float(f"{key} low", v[0], 0.0, 1.0, lo_open=True)
+    hi = _check_float(f"{key} high", v[1], 0.0, 1.0, lo_open=True)
+    if lo > hi:
+        raise UserInputError(f"{key}={list(v)!r} is not allowed; allowed: [low, high] with 0 < low <= high <= 1")
+    return [lo, hi]
+
+
+def _mapping_rule(key: str, v: Any) -> dict[str, Any]:
+    if not isinstance(v, Mapping):
+        raise UserInputError(f"{key}={v!r} is not a mapping")
+    return dict(v)
+
+
+#: Value rules of strategy settings by name (the same name means the same thing in every
+#: searcher); each returns the normalised value or raises ``UserInputError`` naming it. A
+#: setting without a rule is checked against the type of its constructor default.
+_SETTING_RULES: dict[str, Any] = {
+    # Optuna NSGA-II / TPE
+    "population_size": _opt(_int_rule(2, 100_000)),
+    "mutation_prob": _opt(_float_rule(0.0, 1.0)),
+    "crossover_prob": _float_rule(0.0, 1.0),
+    "n_startup_trials": _opt(_int_rule(0, 1_000_000)),
+    "budget_projection": _check_bool,
+    "multivariate": _check_bool,
+    "constant_liar": _check_bool,
+    # baselines
+    "max_tries": _int_rule(1, 1_000_000),
+    "points": _opt(_int_rule(1, 1_000_000)),
+    "levels": _levels_rule,
+    "steps": _int_rule(1, 1_000_000),
+    # RL adapters and agents
+    "reward": _choice_rule("acc", "r_flops", "lagrangian", "weighted"),
+    "reward_weights": _opt(_mapping_rule),
+    "warmup_episodes": _opt(_int_rule(0, 1_000_000)),
+    "total_episodes": _opt(_int_rule(1, 100_000_000)),
+    "budget_range": _opt(_budget_range_rule),
+    "net_arch": _net_arch_rule,
+    "actor_lr": _float_rule(0.0, 10.0, lo_open=True),
+    "critic_lr": _float_rule(0.0, 10.0, lo_open=True),
+    "learning_rate": _float_rule(0.0, 10.0, lo_open=True),
+    "tau": _float_rule(0.0, 1.0, lo_open=True),
+    "batch_size": _int_rule(1, 1_000_000),
+    "gamma": _float_rule(0.0, 1.0),
+    "noise_sigma": _float_rule(0.0, 100.0),
+    "noise_decay": _float_rule(0.0, 1.0, lo_open=True),
+    "action_sigma": _float_rule(0.0, 100.0),
+    "buffer_episodes": _int_rule(1, 10_000_000),
+    "baseline_alpha": _float_rule(0.0, 1.0),
+    "episodes_per_update": _int_rule(1, 1_000_000),
+    "n_epochs": _int_rule(1, 1_000_000),
+    "gae_lambda": _float_rule(0.0, 1.0),
+    "ent_coef": _float_rule(0.0, 100.0),
+    "verbose": _int_rule(0, 2),
+    "device": _device_rule,
+    "tensorboard_log": _opt(_str_rule),
+    "policy_kwargs": _opt(_mapping_rule),
+    "agent_settings": _opt(_mapping_rule),
+}
+
+
+def _default_type_rule(default: Any) -> Any:
+    """A rule from the type of a constructor default (for settings without an explicit rule)."""
+    if isinstance(default, bool):
+        return _check_bool
+    if isinstance(default, int):
+        return lambda key, v: _check_int(key, v, -(2**63), 2**63 - 1)
+    if isinstance(default, float):
+        return lambda key, v: _check_float(key, v, -math.inf, math.inf)
+    return None
+
+
+def _setting_defaults(cls: Any) -> dict[str, Any]:
+    import inspect
+
+    out: dict[str, Any] = {}
+    fns = [cls.__init__]
+    agent_name = getattr(cls, "agent_name", "")
+    if agent_name:
+        from autocompress.policies import agent_class
+
+        klass = agent_class(agent_name)
+        fns += [klass.__init__, getattr(klass, "_build", None)]
+    for fn in fns:
+        if fn is None:
+            continue
+        for n, p in inspect.signature(fn).parameters.items():
+            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty:
+                out.setdefault(n, p.default)
+    return out
+
+
+def check_strategy_settings(strategy: str, settings: Mapping[str, Any],
+                            soft_budgets: Sequence[Budget] = ()) -> dict[str, Any]:
+    """Check the names *and values* of a strategy's settings; returns them normalised.
+
+    Runs while the spec is built, so a bad ``--set`` fails before anything is trained or
+    written (the searcher itself is only constructed once the run directory exists).
+    """
+    from autocompress.search.base import searcher_class
+
+    cls = searcher_class(strategy)
+    cls.check_settings(settings)
+    defaults: dict[str, Any] | None = None
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        rule = _SETTING_RULES.get(key)
+        if rule is None:
+            if defaults is None:
+                defaults = _setting_defaults(cls)
+            rule = _default_type_rule(defaults.get(key))
+        out[key] = value if rule is None else rule(key, value)
+    if "reward" in out or "reward_weights" in out:
+        from autocompress.envs._features import check_reward_settings
+
+        check_reward_settings(out.get("reward", "acc"), out.get("reward_weights"),
+                              {b.metric: 1.0 for b in soft_budgets})
+    return out
 
 
 @dataclass(frozen=True)
@@ -277,16 +449,15 @@ class SearchSpec:
         if both:
             raise UserInputError(f"budget {sorted(both)[0]!r} is both hard and soft; choose one")
         strategy = _check_str("strategy", self.strategy, optional=False)
-        from autocompress.search.base import list_searchers, searcher_class
+        from autocompress.search.base import list_searchers
 
         if strategy not in list_searchers():
             raise UserInputError(f"unknown strategy {strategy!r}; allowed: {', '.join(list_searchers())}")
         set_("strategy", strategy)
         if not isinstance(self.strategy_settings, Mapping):
             raise UserInputError(f"strategy_settings={self.strategy_settings!r} is not a mapping")
-        settings = dict(self.strategy_settings)
-        searcher_class(strategy).check_settings(settings)
-        set_("strategy_settings", settings)
+        set_("strategy_settings", check_strategy_settings(strategy, dict(self.strategy_settings),
+                                                           self.soft_budgets))
         set_("trials", _check_int("trials", self.trials, 1))
         set_("seed", _check_int("seed", self.seed, 0, 2**31 - 1))
         set_("multi_fidelity", _check_bool("multi_fidelity", self.multi_fidelity))
@@ -323,6 +494,30 @@ class SearchSpec:
         if self.train_epochs is not None:
             set_("train_epochs", _check_int("train_epochs", self.train_epochs, 1))
         set_("threads", _check_int("threads", self.threads, 1, 1024))
+
+    # -- checks on disk ----------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Check the paths and the storage this spec names before anything is built or written.
+
+        ``__post_init__`` checks values only (a stored spec must load on any machine); this
+        checks the machine: the checkpoint is a readable file, data paths are directories, the
+        run directory can be written, and a storage URL can be opened. ``run_search`` calls it
+        first, so a bad path fails in a second and leaves no run directory behind.
+        """
+        from autocompress.errors import check_writable
+
+        if self.checkpoint is not None:
+            check_checkpoint_path(self.checkpoint)
+        if self.data_root is not None and not Path(self.data_root).is_dir():
+            what = "does not exist" if not Path(self.data_root).exists() else "is not a directory"
+            raise UserInputError(f"--data-root {self.data_root!r} {what}")
+        if self.data.startswith("imagefolder:"):
+            folder = self.data.split(":", 1)[1]
+            if not Path(folder).is_dir():
+                raise UserInputError(
+                    f"imagefolder path {folder!r} is not a directory (expected PATH/<class>/<image>)")
+        check_writable(self.run_dir, "--out", directory=True)
+        check_storage(self.storage, self.run_dir)
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -432,7 +627,12 @@ class SearchSpec:
         if not p.is_file():
             raise UserInputError(f"config file {str(path)!r} does not exist")
         try:
-            data = yaml.safe_load(p.read_text())
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise UserInputError(f"config file {str(path)!r} cannot be read: {reason}") from None
+        try:
+            data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             line = " ".join(str(exc).split())
             raise UserInputError(f"config file {str(path)!r} is not valid YAML: {line}") from None
@@ -489,6 +689,81 @@ class SearchSpec:
                 continue
             ov[name] = value
         return cls.from_dict(base, **ov)
+
+
+def check_checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint path must name a readable regular file (a directory is named as such)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserInputError(f"checkpoint {str(path)!r} is a directory; give the weights file inside it "
+                             "(a state_dict saved by torch.save, or a TorchScript file)")
+    if not p.exists():
+        raise UserInputError(f"checkpoint {str(path)!r} does not exist")
+    if not p.is_file():
+        raise UserInputError(f"checkpoint {str(path)!r} is not a regular file")
+    try:
+        with p.open("rb"):
+            pass
+    except OSError as exc:
+        raise UserInputError(f"checkpoint {str(path)!r} cannot be read: {exc.strerror}") from None
+    return p
+
+
+_STORAGE_WORDS = ("journal", "sqlite")
+
+
+def check_storage(storage: str | None, run_dir: Path) -> None:
+    """Refuse a storage that cannot work before the run directory is created.
+
+    ``journal``/``sqlite`` live in the run directory (checked with it); a ``*.journal`` /
+    ``*.log`` path needs a writable place; a ``sqlite:///`` URL an existing, writable directory
+    (or the run directory); any other URL is connected to once (an unreachable database is
+    named now, not after the base model has been trained).
+    """
+    from autocompress.errors import check_writable
+
+    if storage is None or storage in _STORAGE_WORDS:
+        return
+    if "://" not in storage:
+        if storage.endswith((".journal", ".log")):
+            check_writable(storage, "--storage")
+            return
+        raise UserInputError(
+            f"storage {storage!r} is not allowed; allowed: journal (default), sqlite, a *.journal file "
+            "path, or an Optuna storage URL such as sqlite:///x.db or postgresql://user@host/db"
+        )
+    try:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(storage)
+    except Exception as exc:  # noqa: BLE001 - sqlalchemy raises ArgumentError and others
+        line = " ".join(str(exc).split())[:160]
+        raise UserInputError(f"storage {storage!r} is not a valid database URL: {line}") from None
+    if url.get_backend_name() == "sqlite":
+        db = url.database or ""
+        if db in ("", ":memory:"):
+            raise UserInputError(f"storage {storage!r} is an in-memory database; give a file, e.g. "
+                                 "sqlite:///runs/study.db (or --storage sqlite)")
+        db_path = Path(db)
+        if db_path.parent.absolute() == run_dir.absolute():
+            return  # created with the run directory, which is checked already
+        if not db_path.parent.is_dir():
+            raise UserInputError(f"storage {storage!r}: directory {str(db_path.parent)!r} does not exist")
+        check_writable(db_path, "--storage")
+        return
+    try:
+        from sqlalchemy import create_engine, text
+
+        connect_args = {"connect_timeout": 10} if url.get_backend_name() in ("postgresql", "mysql") else {}
+        engine = create_engine(url, connect_args=connect_args)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        finally:
+            engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - a missing driver or an unreachable database
+        line = " ".join(str(exc).split())[:200]
+        raise UserInputError(f"storage {storage!r} cannot be opened: {type(exc).__name__}: {line}") from None
 
 
 def _jsonable(v: Any) -> Any:

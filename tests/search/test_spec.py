@@ -130,3 +130,82 @@ def test_identity_ignores_run_level_fields() -> None:
     assert [d[0] for d in a.differences(c)] == ["strategy"]
     d = SearchSpec.from_dict({"evaluator": {"val_samples": 64}})
     assert [x[0] for x in a.differences(d)] == ["evaluator.val_samples"]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "settings", "fragment"),
+    [
+        ("nsga2", {"population_size": -4}, "population_size=-4"),
+        ("nsga2", {"population_size": "abc"}, "population_size='abc'"),
+        ("nsga2", {"population_size": 1}, "population_size=1"),
+        ("nsga2", {"mutation_prob": 5}, "mutation_prob=5"),
+        ("nsga2", {"crossover_prob": "high"}, "crossover_prob='high'"),
+        ("nsga2", {"budget_projection": "maybe"}, "budget_projection='maybe'"),
+        ("tpe", {"n_startup_trials": -1}, "n_startup_trials=-1"),
+        ("random", {"max_tries": 0}, "max_tries=0"),
+        ("uniform", {"points": 0}, "points=0"),
+        ("greedy", {"levels": [0.5, 2]}, "levels level=2"),
+        ("ddpg", {"warmup_episodes": -3}, "warmup_episodes=-3"),
+        ("ddpg", {"net_arch": []}, "net_arch=[]"),
+        ("ddpg", {"tau": 0}, "tau=0"),
+        ("ddpg", {"reward": "happiness"}, "happiness"),
+        ("ddpg", {"reward": "lagrangian"}, "soft_budgets"),
+        ("ddpg", {"reward_weights": {"acc": "x"}}, "reward_weights"),
+        ("ppo", {"gamma": 2}, "gamma=2"),
+        ("ppo", {"device": "tpu"}, "device='tpu'"),
+        ("ddpg_bc", {"budget_range": [0.9, 0.1]}, "budget_range"),
+    ],
+)
+def test_strategy_setting_values_are_checked(strategy: str, settings: dict, fragment: str) -> None:
+    with pytest.raises(UserInputError) as info:
+        SearchSpec.from_dict({"strategy": strategy, "strategy_settings": settings})
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_strategy_setting_values_are_normalised() -> None:
+    spec = SearchSpec.from_cli(None, {"set": ["population_size=8", "mutation_prob=0.1"]})
+    assert spec.strategy_settings == {"population_size": 8, "mutation_prob": 0.1}
+    lag = SearchSpec.from_dict({"strategy": "ddpg", "budgets": [], "soft_budgets": ["macs=50%"],
+                                "strategy_settings": {"reward": "lagrangian"}})
+    assert lag.strategy_settings == {"reward": "lagrangian"}
+
+
+@pytest.mark.parametrize("key", ["budgets", "soft_budgets"])
+def test_relative_budgets_above_100_percent_are_refused(key: str) -> None:
+    with pytest.raises(UserInputError, match="at most 100%"):
+        SearchSpec.from_dict({"budgets": [], key: ["macs=200%"]})
+    assert SearchSpec.from_dict({"budgets": [], key: ["macs=100%"]})
+
+
+def test_preflight_checks_paths_and_storage_without_writing(tmp_path: Path) -> None:
+    (tmp_path / "ckpt").mkdir()
+    cases = [
+        ({"checkpoint": str(tmp_path / "ckpt")}, "is a directory"),
+        ({"checkpoint": str(tmp_path / "none.pt")}, "does not exist"),
+        ({"data": "cifar10", "data_root": str(tmp_path / "nope")}, "does not exist"),
+        ({"data": f"imagefolder:{tmp_path / 'nope'}"}, "is not a directory"),
+        ({"out": "/sys/autocompress-run"}, "not writable"),
+        ({"storage": "bogus"}, "not allowed"),
+        ({"storage": "sqlite://"}, "in-memory"),
+        ({"storage": "sqlite:////no/such/dir/x.db"}, "does not exist"),
+        ({"storage": "postgresql://u@127.0.0.1:1/db"}, "cannot be opened"),
+    ]
+    for settings, fragment in cases:
+        spec = SearchSpec.from_dict({"out": str(tmp_path / "run"), **settings})
+        with pytest.raises(UserInputError, match=fragment):
+            spec.preflight()
+    SearchSpec.from_dict({"out": str(tmp_path / "run"), "storage": f"sqlite:///{tmp_path}/s.db"}).preflight()
+    SearchSpec.from_dict({"out": str(tmp_path / "run"), "storage": "sqlite"}).preflight()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # nothing created
+
+
+def test_config_that_is_not_text(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage\x00\x81")
+    with pytest.raises(UserInputError, match="not UTF-8"):
+        SearchSpec.from_yaml(binary)
+    tag = tmp_path / "tag.yaml"
+    tag.write_text(f"model: !!python/object/apply:os.mkdir [{str(tmp_path / 'ran')!r}]\n")
+    with pytest.raises(UserInputError, match="not valid YAML"):
+        SearchSpec.from_yaml(tag)
+    assert not (tmp_path / "ran").exists()
