@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from autocompress.data import load_data
-from autocompress.errors import UserInputError
+from autocompress.errors import UserInputError, check_writable
 from autocompress.models import create_model, default_input_shape
 from autocompress.training import TrainConfig, save_checkpoint, train_model
 
@@ -21,6 +21,10 @@ def run_train(*, model: str, data: str, data_root: str | None = None, epochs: in
     out_path = Path(out or f"runs/base-{model.replace(':', '_').replace('/', '_')}-{data.replace(':', '_').replace('/', '_')}-{seed}.pt")
     if out_path.exists() and not force:
         raise UserInputError(f"--out {str(out_path)!r} already exists; pass --force to overwrite it or choose another path")
+    # Everything that can be checked is checked before the first epoch: the output place (a
+    # read-only or full disk must not be found out after training), the model, the data.
+    check_writable(out_path, "--out")
+    check_writable(out_path.with_name(out_path.name + ".json"), "--out")
     probe = create_model(model, num_classes=10)
     shape = default_input_shape(model, probe)
     splits = load_data(data, root=data_root, input_shape=shape, seed=seed)  # type: ignore[arg-type]
@@ -31,14 +35,22 @@ def run_train(*, model: str, data: str, data_root: str | None = None, epochs: in
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    console = Console(stderr=True)
+    # Off a terminal no live display (an error line must stand alone on stderr); the final
+    # state is printed once after training instead.
+    live = show_progress and console.is_terminal
     with Progress(TextColumn("[bold]train[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} epochs"),
-                  TimeElapsedColumn(), console=Console(stderr=True), disable=not show_progress) as bar:
+                  TimeElapsedColumn(), console=console, disable=not live) as bar:
         task = bar.add_task(model, total=epochs)
 
         def on_epoch(epoch: int, loss: float, val: float) -> None:
             bar.update(task, completed=epoch, description=f"{model} loss {loss:.3f} val acc {val:.4f}")
 
-        result = train_model(net, splits, config, on_epoch=on_epoch)
+        try:
+            result = train_model(net, splits, config, on_epoch=on_epoch)
+        except Exception:
+            bar.live.transient = True  # the error line stands alone on stderr
+            raise
     meta = {
         "model": model, "data": data, "data_root": data_root, "num_classes": splits.num_classes,
         "input_shape": list(shape), "seed": seed, "train": config.__dict__, "val_acc": result.val_acc,
@@ -46,4 +58,6 @@ def run_train(*, model: str, data: str, data_root: str | None = None, epochs: in
         "machine": platform.machine(), "checkpoint": str(out_path),
     }
     save_checkpoint(net, out_path, meta)
+    if show_progress and not live:
+        console.print(bar.get_renderable())
     return {k: meta[k] for k in ("model", "data", "seed", "val_acc", "seconds", "checkpoint")}

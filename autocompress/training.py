@@ -112,13 +112,32 @@ def base_model_key(model_name: str, data_name: str, config: TrainConfig, extra: 
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: dict) -> None:
-    """Write ``state_dict`` to ``path`` and its metrics/spec next to it as ``path.json`` (atomic)."""
+    """Write ``state_dict`` to ``path`` and its metrics/spec next to it as ``path.json`` (atomic).
+
+    Each file is written to a temporary name and renamed into place; a write that fails (a full
+    or read-only disk) removes its temporary file and raises the ``OSError``, leaving no
+    truncated checkpoint behind.
+    """
+    import io
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)  # serialised in memory: torch hides write errors' errno
     meta_path = path.with_name(path.name + ".json")
-    tmp_meta = meta_path.with_suffix(".tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp_meta, meta_path)
+    files = [(path, buf.getvalue()), (meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())]
+    tmps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p, _ in files]
+    try:
+        for tmp, (target, data) in zip(tmps, files, strict=True):
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:  # name the file the user asked for, not the temporary one
+                raise OSError(exc.errno, exc.strerror, str(target)) from exc
+        for tmp, (target, _) in zip(tmps, files, strict=True):
+            os.replace(tmp, target)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
