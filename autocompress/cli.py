@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 import sys
 import warnings
 from collections.abc import Callable
@@ -39,6 +40,15 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
                 if not is_disk_error(exc):
                     raise
                 click.echo(f"error: {disk_error_line(exc)}", err=True)
+                sys.exit(EXIT_USAGE)
+            except sqlite3.OperationalError as exc:
+                # SQLite reports a full or read-only disk in words, not errno (the evaluation
+                # cache, an sqlite study storage).
+                text = str(exc)
+                if not any(w in text for w in ("disk", "readonly", "read-only", "unable to open")):
+                    raise
+                click.echo(f"error: an SQLite database cannot be written: {_one_line(text)} "
+                           "(a full or read-only disk?)", err=True)
                 sys.exit(EXIT_USAGE)
             except KeyboardInterrupt:
                 click.echo("interrupted: state saved; re-run the same command to resume", err=True)

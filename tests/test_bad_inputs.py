@@ -349,11 +349,18 @@ _DRIVER = textwrap.dedent("""
 """)
 
 
-def _drive(cases: list[list[str]], prefix: list[str] | None = None,
+def _drive(cases: list[list[str]], home: Path, prefix: list[str] | None = None,
            preexec: Callable[[], None] | None = None) -> list[dict[str, object]]:
+    """Run CLI cases in a child process. Its caches all point into ``home`` and it writes no
+    bytecode: under a file-size limit a short write would leave truncated caches (or ``.pyc``
+    files in the shared tree) behind."""
     cmd = [*(prefix or []), sys.executable, "-c", _DRIVER, json.dumps(cases)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, preexec_fn=preexec,
-                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HOME": str(home),
+           "XDG_CACHE_HOME": str(home / "xdg"), "MPLCONFIGDIR": str(home / "mpl"),
+           "AUTOCOMPRESS_CACHE": os.environ.get("AUTOCOMPRESS_CACHE", str(home / "cache"))}
+    if preexec is not None:
+        env["AUTOCOMPRESS_CACHE"] = str(home / "cache")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, preexec_fn=preexec, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS"))
     return json.loads(line[len("RESULTS"):])
@@ -385,7 +392,7 @@ def test_read_only_disk_is_one_line(ws: Path, tmp_path: Path) -> None:
              ["train", "--model", "test_mlp", "--epochs", "1", "--out", f"{ro}/base.pt"],
              ["export", str(ws / "run"), "--point", point, "--format", "pt", "--out", f"{ro}/p.pt"]]
     script = f"mount --bind -o ro {ro} {ro} && exec \"$@\""
-    results = _drive(cases, prefix=[*_unshare_prefix(), "sh", "-c", script, "sh"])
+    results = _drive(cases, tmp_path / "home", prefix=[*_unshare_prefix(), "sh", "-c", script, "sh"])
     for r in results:
         _assert_one_line(r, "Read-only file system")
     assert list(ro.iterdir()) == []
@@ -403,6 +410,6 @@ def test_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path: Path) -> Non
     out = tmp_path / "full"
     out.mkdir()
     results = _drive([["train", "--model", "test_mlp", "--epochs", "1", "--out", f"{out}/base.pt"]],
-                     preexec=limit)
+                     tmp_path / "home", preexec=limit)
     _assert_one_line(results[0], "base.pt", "EFBIG")
     assert list(out.iterdir()) == []
