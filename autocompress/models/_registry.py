@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 import inspect
 import warnings
@@ -127,7 +128,8 @@ def _user_factory(spec: str) -> Callable[..., nn.Module]:
                 f"model {spec!r} is the class {factory.__qualname__}, not an nn.Module subclass; "
                 "a model factory must be an nn.Module class or a function returning an nn.Module"
             )
-    elif not (inspect.isfunction(factory) or inspect.ismethod(factory)):
+    elif not (inspect.isfunction(factory) or inspect.ismethod(factory)
+              or isinstance(factory, functools.partial)):
         raise UserInputError(
             f"model {spec!r} is a {type(factory).__name__}, not a Python function or nn.Module "
             "class; a model factory must return an nn.Module"

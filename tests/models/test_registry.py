@@ -147,11 +147,13 @@ def test_user_factory_results_and_failures(tmp_path, monkeypatch) -> None:
         def no_classes():
             return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
         class Net(nn.Module):
-            def __init__(self, num_classes=10):
+            def __init__(self, num_classes=10, width=64):
                 super().__init__()
-                self.fc = nn.Linear(64, num_classes)
+                self.fc = nn.Linear(width, num_classes)
             def forward(self, x):
                 return self.fc(x.flatten(1))
+        import functools
+        wide = functools.partial(Net, width=64)
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(UserInputError, match="returned a str, not an nn.Module"):
@@ -160,6 +162,7 @@ def test_user_factory_results_and_failures(tmp_path, monkeypatch) -> None:
         create_model("odd_models:broken")
     assert create_model("odd_models:no_classes")(torch.randn(1, 1, 8, 8)).shape == (1, 10)
     assert create_model("odd_models:Net", num_classes=4)(torch.randn(1, 1, 8, 8)).shape == (1, 4)
+    assert create_model("odd_models:wide", num_classes=5)(torch.randn(1, 1, 8, 8)).shape == (1, 5)
     import odd_models
 
     assert odd_models.CALLS == [3]  # called once, with the registry's own argument only
