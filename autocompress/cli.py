@@ -218,8 +218,7 @@ def search(config: str | None, no_report: bool, set_: tuple[str, ...], **options
         result = run_search(spec, progress=update)
         console.print(bar.get_renderable())
     out = _stdout_console()
-    out.print(f"run directory: {result.run_dir}  ({result.n_evaluated} evaluated, {result.n_feasible} feasible, "
-              f"{result.n_failed} failed; {result.stop_reason})")
+    out.print(f"run directory: {result.run_dir}  ({result.summary()})")
     if not no_report:
         from autocompress.report import front_table, load_run, write_report
 

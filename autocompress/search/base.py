@@ -48,6 +48,9 @@ class SearchContext:
         trials: candidates the study should evaluate in total.
         run_dir: the run directory (searchers may keep checkpoints under ``run_dir/searcher``).
         predict_latency: predicted latency (ms) of a policy, when a latency predictor is on.
+        owner: the search process's worker id; searchers that create study trials tag them with
+            it at once, so a process killed before it records a candidate leaves no ownerless
+            trial behind.
     """
 
     space: CompressionSpace
@@ -62,6 +65,7 @@ class SearchContext:
     trials: int = 0
     run_dir: Path | None = None
     predict_latency: Callable[[CompressionPolicy], float] | None = None
+    owner: str | None = None
 
     def predicted_metrics(self, policy: CompressionPolicy) -> dict[str, float]:
         """Costs the space predicts for ``policy`` (and latency when a predictor is set)."""

@@ -155,6 +155,8 @@ class _OptunaSearcher(BaseSearcher):
         """Ask the study for a trial and turn its parameters into a policy."""
         trial = self.study.ask()
         self._asking = [trial]
+        if self.context.owner is not None:
+            trial.set_user_attr("worker", self.context.owner)
         policy = suggest_policy(trial, self.context.space, self.distributions, self.projector)
         self._pending.setdefault(policy.key(), []).append(trial)
         self._asking = []

@@ -153,6 +153,8 @@ class SearchResult:
         n_evaluated, n_feasible, n_failed: counts over the study.
         elapsed_s: seconds this call took.
         stop_reason: why the loop ended.
+        n_screened: candidates scored at low fidelity only (multi-fidelity: not promoted); they
+            are neither feasible nor infeasible, so the summary lists them apart.
     """
 
     run_dir: Path
@@ -169,6 +171,19 @@ class SearchResult:
     n_failed: int
     elapsed_s: float
     stop_reason: str
+    n_screened: int = 0
+
+    def summary(self) -> str:
+        """One line for the user: ``80 evaluated (44 screened out at low fidelity), 36 feasible,
+        0 failed; completed``."""
+        screened = f" ({self.n_screened} screened out at low fidelity)" if self.n_screened else ""
+        return (f"{self.n_evaluated} evaluated{screened}, {self.n_feasible} feasible, "
+                f"{self.n_failed} failed; {self.stop_reason}")
+
+
+def _screened(records: list[TrialRecord]) -> int:
+    """Candidates evaluated successfully at low fidelity only (never promoted)."""
+    return sum(r.status == "ok" and r.fidelity == "low" for r in records)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -362,8 +377,16 @@ class SearchSession:
                  problem: Problem | None = None) -> None:
         self.t_start = time.perf_counter()
         self.progress_cb = progress
+        before = st.read_spec(spec.run_dir) if spec.run_dir.is_dir() else None
         self.spec = st.prepare_run_dir(spec)
         self.run_dir = self.spec.run_dir
+        # Held while this process uses the run directory: --force elsewhere is refused meanwhile.
+        self.run_lock = st.RunLock(self.run_dir)
+        self.run_lock.acquire(create=False)
+        applied = st.applied_changes(before, self.spec) if self.spec.run_dir == spec.run_dir else []
+        if applied:
+            self._emit("setup", message=f"continuing the stored search with {', '.join(applied)} "
+                                        "(recorded in spec.json)")
         searcher_class(self.spec.strategy)  # import the strategy early (bad installs fail fast)
         self._emit("setup", message=f"building {self.spec.model} on {self.spec.data}")
         self.problem = problem if problem is not None else self._build_problem()
@@ -376,6 +399,7 @@ class SearchSession:
         self.limits = self._resolve_budgets()
         # The run directory is written only once the problem builds and the budgets are sane.
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_lock.acquire(create=True)
         self.log = st.TrialLog(self.run_dir / st.TRIALS_FILE)
         self.log.repair()
         self.storage = st.open_storage(self.spec)
@@ -444,6 +468,7 @@ class SearchSession:
             storage=getattr(self, "storage", None), study_name=self.spec.study_name,
             trials=self.spec.trials, run_dir=self.run_dir,
             predict_latency=getattr(self, "predict_latency", None),
+            owner=getattr(getattr(self, "worker", None), "uuid", None),
         )
 
     def _open_study(self) -> optuna.Study:
@@ -505,14 +530,17 @@ class SearchSession:
             status = a.get("status")
             if a.get("low_score") is not None:
                 low.append(float(a["low_score"]))
+            # Indexed by policy key and by structure key (the model it builds): a proposal
+            # matching either was evaluated already.
+            keys = [a[k] for k in ("policy_key", "structure_key") if k in a]
             if status in COUNTED_STATUSES:
                 counted += 1
-                if "policy_key" in a:
-                    final.setdefault(a["policy_key"], t)
+                for k in keys:
+                    final.setdefault(k, t)
             elif t.state == TrialState.RUNNING and status is None and owner_alive(a.get("worker")):
                 counted += 1
-                if "policy_key" in a:
-                    running.setdefault(a["policy_key"], t)
+                for k in keys:
+                    running.setdefault(k, t)
             rec = record_from_trial(t) if status in ("ok", "failed", "infeasible") else None
             if rec is not None:
                 records.append(rec)
@@ -607,6 +635,16 @@ class SearchSession:
         if records is None:
             records = self.view().records
         feasible = [r for r in records if r.feasible and r.status == "ok" and r.fidelity == "full"]
+        # One point per distinct model: candidates that build the same model (ratios rounding to
+        # the same channel counts, bits and ranks) are listed once, under the earliest id.
+        seen: set[str] = set()
+        distinct = []
+        for r in sorted(feasible, key=lambda r: r.id):
+            skey = self.structure_key(r.policy)
+            if skey not in seen:
+                seen.add(skey)
+                distinct.append(r)
+        feasible = distinct
         cands = [{"id": r.id, "policy": r.policy.to_dict(), "metrics": r.metrics,
                   "fidelity": r.fidelity, "status": r.status, "feasible": True} for r in feasible]
         objectives = [(o.name, o.direction) for o in self.spec.objectives]
@@ -620,6 +658,7 @@ class SearchSession:
             "study_name": self.spec.study_name, "storage": st.storage_url_for(self.spec),
             "n_candidates": sum(r.status in COUNTED_STATUSES for r in records),
             "n_failed": n_failed, "n_infeasible_predicted": sum(r.status == "infeasible" for r in records),
+            "n_screened_low_fidelity": _screened(records),
             "updated": _now_iso(),
         })
         if len(objectives) > 3:
@@ -660,6 +699,7 @@ class SearchSession:
             n_evaluated=sum(r.status in COUNTED_STATUSES for r in records),
             n_feasible=len(feas), n_failed=sum(r.status == "failed" for r in records),
             elapsed_s=time.perf_counter() - self.t_start, stop_reason=stop_reason,
+            n_screened=_screened(records),
         )
 
     # -- stale trials -----------------------------------------------------------------------
@@ -678,11 +718,14 @@ class SearchSession:
         now = time.time()
         finals: dict[int, dict[str, Any]] | None = None
         fixed = []
+        others_alive = any(w.uuid != self.worker.uuid and w.alive(now) for w in workers.values())
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = t.user_attrs.get("worker")
             if owner is None:
+                # Killed between creating the trial and tagging it. With no other live process
+                # on the study nobody can still own it; otherwise give its owner time to tag it.
                 started = t.datetime_start.timestamp() if t.datetime_start else now
-                if now - started < st.OWNERLESS_AFTER_S:
+                if others_alive and now - started < st.OWNERLESS_AFTER_S:
                     continue
             else:
                 w = workers.get(owner)
@@ -725,16 +768,17 @@ class SearchSession:
                 trial.set_user_attr("status", "interrupted")
                 tell_study.tell(trial, state=TrialState.FAIL)
                 if requeue and t.params:
-                    tell_study.enqueue_trial(dict(t.params), skip_if_exists=True)
+                    _requeue(tell_study, dict(t.params), t.number)
             fixed.append(t.number)
         return fixed
 
     def close(self) -> None:
-        """Unregister this worker and release the evaluator's cache connection."""
+        """Unregister this worker, release the run's lock and the evaluator's cache connection."""
         try:
             st.unregister_worker(self.study, self.worker)
         except Exception:  # noqa: BLE001 - best effort: a dead worker is detected by pid anyway
             pass
+        self.run_lock.release()
         cache = getattr(self.problem.evaluator, "cache", None)
         if cache is not None and hasattr(cache, "close"):
             cache.close()
@@ -782,7 +826,7 @@ class SearchSession:
                     if policy is None:
                         stop_reason = f"{spec.strategy} has nothing more to propose"
                         break
-                    key = policy.key()
+                    key = self.structure_key(policy)
                     otrial = searcher.optuna_trial(policy)
 
                     # 1. already evaluated in the study: answer from the record.
@@ -895,7 +939,8 @@ class SearchSession:
 
         workers = st.study_workers(self.study)
         for t in self.study.get_trials(deepcopy=False):
-            if t.number >= number or t.user_attrs.get("policy_key") != key:
+            if t.number >= number or key not in (t.user_attrs.get("structure_key"),
+                                                 t.user_attrs.get("policy_key")):
                 continue
             status = t.user_attrs.get("status")
             if status in COUNTED_STATUSES:
@@ -906,10 +951,19 @@ class SearchSession:
                     return t
         return None
 
+    def structure_key(self, policy: CompressionPolicy) -> str:
+        """Key of the model ``policy`` builds: equal for policies that compress to the same
+        channel counts, bits and ranks (they are evaluated once; see ``CompressionSpace.structure``)."""
+        try:
+            return self.problem.space.structure_key(policy)
+        except UserInputError:  # not a policy of this space: it fails on evaluation anyway
+            return policy.key()
+
     def _tag(self, trial: Any, policy: CompressionPolicy) -> None:
         trial.set_user_attr("worker", self.worker.uuid)
         trial.set_user_attr("policy", policy.to_dict())
         trial.set_user_attr("policy_key", policy.key())
+        trial.set_user_attr("structure_key", self.structure_key(policy))
         trial.set_user_attr("strategy", self.spec.strategy)
 
     def _wait_for(self, number: int, poll_s: float = 0.25) -> Any:
@@ -988,6 +1042,20 @@ class SearchSession:
             fidelity=result.fidelity, feasible=feasible, violations=dict(violations),
             error=result.error, timings=dict(result.timings), worker=self.worker.uuid,
         )
+
+
+def _requeue(study: optuna.Study, params: dict[str, Any], number: int) -> None:
+    """Queue ``params`` for evaluation again unless they are queued already.
+
+    Not ``enqueue_trial(skip_if_exists=True)``: that matches any trial with these parameters,
+    the interrupted one included, so the candidate would never be evaluated.
+    """
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if t.system_attrs.get("fixed_params", t.params) == params:
+            return
+    study.enqueue_trial(params, user_attrs={"requeued_from": number})
 
 
 def _lost(policy: CompressionPolicy) -> EvalResult:
