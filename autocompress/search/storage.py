@@ -8,6 +8,8 @@ A run directory ``RUN/`` holds:
 * ``trials.jsonl``: one JSON line per evaluation (a candidate promoted under multi-fidelity has a
   ``low`` and a ``full`` line), appended under an exclusive lock, flushed and fsync'd per line.
 * ``base.json``: the uncompressed model's metrics; ``pareto.json``: the front.
+* ``.lock``: every process searching in ``RUN`` holds a shared ``flock`` on it (several may share
+  a run); ``--force`` needs it exclusively, so it is refused while a search uses the directory.
 
 Trials record their owner (``worker`` user attribute); a ``RUNNING`` trial whose owner process is
 gone (same host: the pid is dead or reused; other hosts: no heartbeat for ``STALE_AFTER_S``) is
@@ -43,6 +45,7 @@ PARETO_FILE = "pareto.json"
 BASE_FILE = "base.json"
 JOURNAL_FILE = "study.journal"
 SQLITE_FILE = "study.db"
+LOCK_FILE = ".lock"
 RUN_SCHEMA_VERSION = 1
 TRIAL_RECORD_VERSION = 1
 
@@ -185,8 +188,11 @@ def prepare_run_dir(spec: SearchSpec) -> SearchSpec:
     * empty or missing directory: a new run.
     * ``spec.json`` with the same identity (what is searched): resume, with this spec's
       run-level fields (``trials``, ``workers``, ``backend`` ...).
-    * a different identity: ``resume`` continues the *stored* search (this spec's run-level
-      fields apply); ``force`` moves the old directory aside to ``RUN.old-N`` and starts over;
+    * a different identity: ``resume`` continues the *stored* search with this spec's run-level
+      fields; a setting that changes what is searched (model, data, seed, budgets, knobs,
+      strategy ...) given with a value other than the stored one is refused, naming it (a
+      setting left at its default is not taken as given); ``force`` moves the old directory
+      aside to ``RUN.old-N`` and starts over, refused while a live search holds the run's lock;
       otherwise ``UserInputError`` naming the differing settings.
     * a non-empty directory without ``spec.json``: refused unless ``force``.
     """
@@ -197,7 +203,7 @@ def prepare_run_dir(spec: SearchSpec) -> SearchSpec:
         raise UserInputError(f"--out {str(run)!r} is a file, not a run directory")
     stored = read_spec(run) if run.is_dir() else None
     if stored is None:
-        if run.is_dir() and any(run.iterdir()):
+        if run.is_dir() and any(p.name != LOCK_FILE for p in run.iterdir()):
             if not spec.force:
                 raise UserInputError(
                     f"--out {str(run)!r} is not empty and holds no search run; choose another --out "
@@ -208,6 +214,15 @@ def prepare_run_dir(spec: SearchSpec) -> SearchSpec:
     if stored.identity_hash() == spec.identity_hash():
         return spec
     if spec.resume:
+        changed = given_changes(spec, stored)
+        if changed:
+            shown = ", ".join(f"{k}: {_short(theirs)} stored, {_short(mine)} given"
+                              for k, mine, theirs in changed[:4])
+            raise UserInputError(
+                f"--resume {str(run)!r}: the stored search differs in {shown}; a resumed search "
+                "keeps what it searches (drop these settings to continue it, or use another --out "
+                "or --force to start a new search)"
+            )
         return stored.replace(**{k: getattr(spec, k) for k in RUN_LEVEL_FIELDS if k != "resume"},
                               resume=True)
     if spec.force:
@@ -223,6 +238,101 @@ def prepare_run_dir(spec: SearchSpec) -> SearchSpec:
     )
 
 
+def given_changes(spec: SearchSpec, stored: SearchSpec) -> list[tuple[str, Any, Any]]:
+    """Identity settings of ``spec`` that differ from ``stored`` *and* from their default value
+    (``(setting, given, stored)``): what a ``--resume`` command asked to change."""
+    from autocompress.search.spec import SearchSpec
+
+    defaults = SearchSpec().identity()
+
+    def default(path: str) -> Any:
+        v: Any = defaults
+        for part in path.split("."):
+            if not isinstance(v, Mapping) or part not in v:
+                return _MISSING
+            v = v[part]
+        return v
+
+    return [(k, mine, theirs) for k, mine, theirs in spec.differences(stored) if mine != default(k)]
+
+
+_MISSING = object()
+
+
+def applied_changes(before: SearchSpec | None, after: SearchSpec) -> list[str]:
+    """Run-level settings (``trials``, ``workers`` ...) a re-run changed, as ``"trials 3 -> 5"``."""
+    from autocompress.search.spec import RUN_LEVEL_FIELDS
+
+    if before is None:
+        return []
+    skip = {"resume", "force", "out"}
+    return [f"{k} {_short(getattr(before, k))} -> {_short(getattr(after, k))}"
+            for k in sorted(RUN_LEVEL_FIELDS - skip) if getattr(before, k) != getattr(after, k)]
+
+
+class RunLock:
+    """A shared ``flock`` on ``RUN/.lock``, held by a search for as long as it uses ``RUN``.
+
+    Several processes may search in one run directory (they share the study), so searches take
+    the lock shared; ``--force`` takes it exclusively before moving the directory aside.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self, create: bool = True) -> bool:
+        """Hold the lock (shared); ``create=False`` only when the lock file exists already (so a
+        run directory is never changed before the search is known to start)."""
+        import fcntl
+
+        if self.fd is not None:
+            return True
+        if not create and not self.path.is_file():
+            return False
+        fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        """Let go of the lock (idempotent)."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def _exclusive(run: Path) -> Iterator[None]:
+    """Hold ``RUN/.lock`` exclusively; ``UserInputError`` when a live search holds it."""
+    import fcntl
+
+    path = run / LOCK_FILE
+    if not path.is_file():
+        yield
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserInputError(
+                f"--force {str(run)!r}: a running search is using this run directory; stop it "
+                "first or choose another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def _short(v: Any) -> str:
     if isinstance(v, list) and v and isinstance(v[0], Mapping) and "name" in v[0]:
         return ",".join(str(x["name"]) for x in v)
@@ -233,13 +343,14 @@ def _short(v: Any) -> str:
 
 
 def _move_aside(run: Path) -> Path:
-    n = 1
-    while True:
-        target = run.with_name(f"{run.name}.old-{n}")
-        if not target.exists():
-            os.replace(run, target)
-            return target
-        n += 1
+    with _exclusive(run):
+        n = 1
+        while True:
+            target = run.with_name(f"{run.name}.old-{n}")
+            if not target.exists():
+                os.replace(run, target)
+                return target
+            n += 1
 
 
 # -- Optuna storage ------------------------------------------------------------------------------
