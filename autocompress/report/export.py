@@ -19,8 +19,15 @@ Formats:
       policy is 8-bit (weights and activations), an int8 model is also written next to it
       (``NAME.int8.onnx``) by ONNX Runtime static quantization (``quant_pre_process``, then
       ``quantize_static`` with QUInt8 activations and per-channel QInt8 weights, calibrated on the
-      calibration split) of the point's model with activation rounding replaced by clipping;
-      layers the policy leaves at 32 bits stay in float.
+      calibration split) of the point's model with activation rounding replaced by clipping in
+      its 8-bit layers. Only layers with 8-bit weights *and* activations run in int8; every
+      other layer stays in float (with its simulated quantization, for a mixed-precision point
+      exported with ``int8=True``). The int8 file is first built with every tensor in int8
+      (fastest); when its top-1 agreement with the PyTorch model is below
+      ``min_int8_agreement`` (95%; each extra 8-bit tensor is a rounding the model does not
+      make, which flips near-tied predictions of a weak model), it is rebuilt with only the
+      8-bit layers' inputs and weights in int8 (what the fake quantization computes; 98-99% on
+      such models). Below the threshold either way, no int8 file is written.
     * ``torchscript``: ``torch.jit.trace`` of the compressed model, saved by ``torch.jit.save``;
       loads with ``torch.jit.load(path)`` and needs neither autocompress nor the model's code.
     * ``pt``: the whole compressed ``nn.Module`` pickled by ``torch.save``; loads with
@@ -100,6 +107,10 @@ class ExportInfo:
     int8_latency_ms: float | None = None
     int8_acc: float | None = None
     int8_agreement: float | None = None
+    int8_layers: tuple[str, ...] = ()
+    int8_float_layers: tuple[str, ...] = ()
+    int8_note: str | None = None
+    int8_scheme: str | None = None
     exporter: str = ""
     finetuned: bool = False
     seconds: float = 0.0
@@ -147,9 +158,27 @@ class ExportInfo:
                 f"int8     {self.int8_path}: {_mb(self.int8_size_bytes or 0)}, "
                 f"{self.int8_latency_ms:.3f} ms ({self.original_latency_ms / (self.int8_latency_ms or math.inf):.2f}x "
                 f"faster than the original fp32), top-1 {100 * (self.int8_acc or 0):.2f}%, "
-                f"top-1 agreement with PyTorch {100 * (self.int8_agreement or 0):.1f}%"
+                f"top-1 agreement with PyTorch {100 * (self.int8_agreement or 0):.1f}% "
+                f"({_SCHEMES.get(self.int8_scheme or '', self.int8_scheme)})"
             )
+            if self.int8_float_layers:
+                out.append(
+                    f"int8 layers: {len(self.int8_layers)} with 8-bit weights and activations "
+                    f"({_names(self.int8_layers)}); kept in float with their simulated "
+                    f"quantization: {_names(self.int8_float_layers)}"
+                )
+        if self.int8_note:
+            out.append(f"int8     {self.int8_note}")
         return out
+
+
+_SCHEMES = {"full": "every tensor int8",
+            "layers": "int8 inputs and weights of the 8-bit layers, their outputs in float"}
+
+
+def _names(names: Sequence[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _mb(n: int) -> str:
@@ -168,6 +197,19 @@ def int8_eligible(policy: CompressionPolicy) -> bool:
 def float_layers(policy: CompressionPolicy) -> list[str]:
     """Layers the policy leaves in float (both bit-widths 32)."""
     return [n for n, a in policy.layers.items() if a.w_bits == 32 and a.a_bits == 32]
+
+
+def int8_layers(policy: CompressionPolicy) -> list[str]:
+    """Layers an int8 model runs in int8: 8-bit weights and 8-bit activations in the policy."""
+    return [n for n, a in policy.layers.items() if a.w_bits == 8 and a.a_bits == 8]
+
+
+def _bits(policy: CompressionPolicy, names: Sequence[str]) -> list[str]:
+    return [f"{n} (w{policy[n].w_bits}/a{policy[n].a_bits})" for n in names]
+
+
+def _within(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in prefixes)
 
 
 def onnx_node_module(node_name: str) -> str:
@@ -213,12 +255,26 @@ def _ort_logits(sess: Any, x: Tensor, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(outs, axis=0)
 
 
-def quantize_int8(blob: bytes, calib: Sequence[Tensor], *, exclude_modules: Sequence[str] = ()) -> bytes:
+#: Layer types whose inputs and weights the ``layers`` int8 scheme quantizes.
+INT8_LAYER_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
+
+
+def quantize_int8(blob: bytes, calib: Sequence[Tensor], *, exclude_modules: Sequence[str] = (),
+                  scheme: str = "full") -> bytes:
     """ONNX Runtime static int8 quantization: QUInt8 activations, per-channel QInt8 weights.
 
     Signed int8 activations ran slower than fp32 on these CPUs, QUInt8 after ``quant_pre_process``
     about 3x faster. Nodes of ``exclude_modules`` (and their children) stay in float.
+
+    Schemes: ``full`` quantizes every tensor ORT can (layer outputs, adds, pooling too), so ORT
+    fuses whole int8 kernels: the fastest file, but each extra 8-bit tensor is a rounding the
+    PyTorch model does not make. ``layers`` quantizes exactly what the compression core's
+    fake quantization does, the inputs and weights of convolution / linear layers, and keeps
+    their outputs in float: the faithful file (also for mixed precision, where the int8 layers
+    sit between float ones).
     """
+    if scheme not in ("full", "layers"):
+        raise ValueError(f"int8 scheme {scheme!r}; expected 'full' or 'layers'")
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -241,8 +297,7 @@ def quantize_int8(blob: bytes, calib: Sequence[Tensor], *, exclude_modules: Sequ
     if exclude_modules:
         graph = onnx.load_from_string(blob).graph
         for node in graph.node:
-            fqn = onnx_node_module(node.name)
-            if any(fqn == m or fqn.startswith(m + ".") for m in exclude_modules):
+            if _within(onnx_node_module(node.name), exclude_modules):
                 excluded.append(node.name)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -252,10 +307,14 @@ def quantize_int8(blob: bytes, calib: Sequence[Tensor], *, exclude_modules: Sequ
             quant_pre_process(str(src), str(pre))
         except Exception:  # noqa: BLE001 - shape inference can fail on odd graphs; quantize raw
             pre = src
+        scheme_kwargs: dict[str, Any] = {} if scheme == "full" else {
+            "op_types_to_quantize": list(INT8_LAYER_OPS),
+            "extra_options": {"OpTypesToExcludeOutputQuantization": list(INT8_LAYER_OPS)},
+        }
         quantize_static(
             str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=excluded,
+            nodes_to_exclude=excluded, **scheme_kwargs,
         )
         return out.read_bytes()
 
@@ -291,8 +350,11 @@ def _clip_forward(self: nn.Module, x: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
-def activation_quant_as_clip(model: nn.Module) -> Iterator[bool]:
+def activation_quant_as_clip(model: nn.Module, only: Sequence[str] | None = None) -> Iterator[bool]:
     """Temporarily replace rounding by clipping in the calibrated activation quantizers.
+
+    ``only``: restrict to the quantizers inside these modules (the int8 layers of a mixed
+    precision point; the others keep their rounding).
 
     Each quantizer then computes ``clamp(x, lo, hi)`` over its calibrated range: the quantized
     model without its rounding. A model fine-tuned with activation quantization relies on that
@@ -304,7 +366,8 @@ def activation_quant_as_clip(model: nn.Module) -> Iterator[bool]:
 
     from autocompress.compression import ActQuant
 
-    active = [m for m in model.modules() if isinstance(m, ActQuant) and m.mode == "quant"]
+    active = [m for name, m in model.named_modules() if isinstance(m, ActQuant) and m.mode == "quant"
+              and (only is None or _within(name, only))]
     for m in active:
         m.forward = types.MethodType(_clip_forward, m)  # type: ignore[method-assign]
     try:
@@ -374,6 +437,7 @@ def export_point(
     repeats: int = 20,
     atol: float = 1e-4,
     min_agreement: float = 0.98,
+    min_int8_agreement: float = 0.95,
     check_samples: int = 256,
     progress: bool = False,
     finetuned: bool = False,
@@ -387,11 +451,17 @@ def export_point(
         out: output file (default ``RUN/export/point-<id>.<ext>``); an existing file is refused
             unless ``force``.
         force: overwrite ``out`` (and the int8 file) if they exist.
-        int8: also write ``NAME.int8.onnx`` (ONNX only); None = when the policy is 8-bit.
+        int8: also write ``NAME.int8.onnx`` (ONNX only); None = when every quantized layer of
+            the policy is 8-bit. ``True`` on a mixed-precision point runs exactly its layers with
+            8-bit weights and activations in int8 and keeps the others in float with their
+            simulated quantization (``ExportInfo.int8_layers`` / ``int8_float_layers``).
         batch, threads, repeats: latency measurement settings (median of ``repeats``).
         atol: largest allowed output difference between the file and PyTorch.
         min_agreement: smallest allowed top-1 agreement of an ONNX file with simulated activation
             quantization (whose outputs can differ by single rounding steps; see below).
+        min_int8_agreement: smallest top-1 agreement of the int8 file with the PyTorch compressed
+            model on the validation split; below it no int8 file is written (and an explicit
+            ``int8=True`` is refused).
         check_samples: validation samples used for the output comparison.
         progress: show progress while a missing base model is trained.
         finetuned: export the point's latest fine-tuned model (``finetune_point``) instead of
@@ -401,8 +471,9 @@ def export_point(
         ``ExportInfo`` with sizes, latencies (original alongside), accuracy and the check result.
 
     Raises:
-        UserInputError: unknown format, point not on the front, ``out`` exists, int8 asked of a
-            non-ONNX format.
+        UserInputError: unknown format, point not on the front, ``out`` exists or its directory
+            does not, int8 asked of a non-ONNX format or of a point without 8-bit layers, or an
+            asked-for int8 model that does not agree with PyTorch (nothing is written).
         ExportMismatchError: the file's outputs differ from PyTorch by more than ``atol`` (nothing
             is left at ``out``).
 
@@ -431,6 +502,14 @@ def export_point(
         if not path.parent.is_dir():
             raise UserInputError(f"--out {str(path)!r}: {str(path.parent)!r} is not a directory")
     do_int8 = fmt == "onnx" and (int8_eligible(point.policy) if int8 is None else bool(int8))
+    q_layers = int8_layers(point.policy)
+    if do_int8 and not q_layers:
+        quantized = [n for n, a in point.policy.layers.items() if a.w_bits < 32 or a.a_bits < 32]
+        raise UserInputError(
+            f"--int8: point {point.id} has no layer with 8-bit weights and activations "
+            f"({_names(_bits(point.policy, quantized), 6) if quantized else 'it is not quantized'}); "
+            "an int8 model would run layers at bit-widths the search did not score"
+        )
     int8_path = path.with_name(path.stem + ".int8.onnx") if do_int8 else None
     for p in (path, int8_path):
         if p is not None and p.exists() and not force:
@@ -502,28 +581,52 @@ def export_point(
             f"the {fmt} export of point {point.id} differs from the PyTorch compressed model by "
             f"{diff:.3g} (> {atol:g}); nothing was written"
         )
-    _write_atomic(path, blob)
-
     int8_fields: dict[str, Any] = {}
+    q_blob: bytes | None = None
     if do_int8 and int8_path is not None:
-        # The int8 source is this very model with activation rounding replaced by clipping: its
-        # 8-bit weights already sit on the symmetric per-channel grid ORT quantizes them to, and
-        # ORT's calibration finds the clipped ranges the model was scored (or fine-tuned) with.
-        with activation_quant_as_clip(small):
+        # Only the layers the policy runs at 8-bit weights and activations become int8. Their
+        # source is this very model with their activation rounding replaced by clipping: 8-bit
+        # weights already sit on the symmetric per-channel grid ORT quantizes them to, and ORT's
+        # calibration finds the clipped ranges the model was scored (or fine-tuned) with. Every
+        # other layer of the policy stays in float with its simulated quantization (rounding
+        # included), as the search scored it.
+        keep_float = [n for n in point.policy.layers if n not in q_layers]
+        simulated = [n for n in keep_float
+                     if point.policy[n].w_bits < 32 or point.policy[n].a_bits < 32]
+        with activation_quant_as_clip(small, only=q_layers):
             float_blob = onnx_bytes(small, example)[0]
-        q_blob = quantize_int8(float_blob, problem.evaluator.calib_batches,
-                               exclude_modules=float_layers(point.policy))
-        q_sess = _session(q_blob, threads)
-        q_logits = _ort_logits(q_sess, x_val)
         ref_val = _torch_logits(small, x_val)
+        # The fast all-int8 graph when every quantized layer is 8-bit and it agrees with the
+        # model; else (and for mixed precision) only the 8-bit layers' inputs and weights.
+        schemes = ("full", "layers") if int8_eligible(point.policy) else ("layers",)
+        for scheme in schemes:
+            q_blob = quantize_int8(float_blob, problem.evaluator.calib_batches,
+                                   exclude_modules=keep_float, scheme=scheme)
+            q_logits = _ort_logits(_session(q_blob, threads), x_val)
+            agreement = float((q_logits.argmax(1) == ref_val.argmax(1)).mean()) if len(x_val) else 1.0
+            if agreement >= min_int8_agreement:
+                break
+        if agreement < min_int8_agreement:
+            msg = (f"the int8 model of point {point.id} agrees with the PyTorch compressed model on "
+                   f"{100 * agreement:.1f}% of top-1 predictions (< {100 * min_int8_agreement:g}%)")
+            if int8:  # asked for: refuse the whole export rather than write a model that lies
+                raise UserInputError(f"{msg}; nothing was written (export without --int8)")
+            q_blob = None
+            int8_fields = {"int8_note": f"{msg}; no int8 file written"}
+        else:
+            int8_fields = {
+                "int8_path": int8_path,
+                "int8_size_bytes": len(q_blob),
+                "int8_acc": _top1(q_logits, y_val),
+                "int8_agreement": agreement,
+                "int8_layers": tuple(q_layers),
+                "int8_float_layers": tuple(_bits(point.policy, simulated)),
+                "int8_scheme": scheme,
+            }
+    _write_atomic(path, blob)
+    if q_blob is not None and int8_path is not None:
         _write_atomic(int8_path, q_blob)
-        int8_fields = {
-            "int8_path": int8_path,
-            "int8_size_bytes": len(q_blob),
-            "int8_latency_ms": _ort_latency(q_blob, x_lat, threads, repeats),
-            "int8_acc": _top1(q_logits, y_val),
-            "int8_agreement": float((q_logits.argmax(1) == ref_val.argmax(1)).mean()),
-        }
+        int8_fields["int8_latency_ms"] = _ort_latency(q_blob, x_lat, threads, repeats)
     recorded = point.metrics.get("acc") if record is None else record.get("acc_after")
     info = ExportInfo(
         point_id=point.id, format=fmt, path=path, size_bytes=len(blob),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -82,7 +84,10 @@ REAL_POINTS = {
 
 def write_real_run(root: Path, model: str = "test_mlp", points: dict | None = None,
                    train_epochs: int = 4, seed: int = 0) -> Path:
-    """Evaluate uniform policies on a really trained ``model``; write them as the engine does.
+    """Evaluate policies on a really trained ``model``; write them as the engine does.
+
+    A ``points`` value is the knobs of a uniform policy, or a function of the space returning
+    the policy (per-layer, mixed precision).
 
     ``spec.json``, ``base.json`` and ``pareto.json`` come from the search engine's own writers
     (``write_spec``, ``pareto_report``); each ``points`` entry becomes a front point with that id.
@@ -101,7 +106,7 @@ def write_real_run(root: Path, model: str = "test_mlp", points: dict | None = No
     base = problem.base.metrics
     records = []
     for pid, knobs in points.items():
-        policy = problem.space.uniform(**knobs)
+        policy = knobs(problem.space) if callable(knobs) else problem.space.uniform(**knobs)
         res = problem.evaluator.evaluate(policy)
         assert res.ok, res.error
         records.append({"v": 1, "id": int(pid), "trial": int(pid), "policy": policy.to_dict(),
@@ -131,9 +136,28 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_real_run(tmp_path_factory.mktemp("real") / "run")
 
 
-CONV_POINTS = {
+def mixed_precision(pattern: list[tuple[int, int]], every: int) -> Callable[[Any], CompressionPolicy]:
+    """A policy builder: prune 0.1 and w8/a8 everywhere, except every ``every``-th decision point
+    (from the second on), which takes the next (w_bits, a_bits) of ``pattern`` in turn."""
+
+    def build(space: Any) -> CompressionPolicy:
+        policy = space.uniform(prune=0.1, w_bits=8, a_bits=8)
+        for i, dp in enumerate(space.decision_points):
+            if i % every == 1:
+                w, a = pattern[(i // every) % len(pattern)]
+                old = policy.get(dp.name)
+                policy = policy.with_layer(dp.name, LayerAction(prune=old.prune, w_bits=w, a_bits=a,
+                                                                rank=old.rank))
+        return policy
+
+    return build
+
+
+CONV_POINTS: dict[str, Any] = {
     "1": dict(prune=0.1, w_bits=8, a_bits=8),      # conv + BN + residual, 8-bit: int8 export
     "2": dict(prune=0.3),                          # pruned conv net
+    "3": mixed_precision([(4, 4)], every=3),       # mixed: a third of the layers at w4/a4
+    "4": mixed_precision([(4, 4), (2, 2), (8, 8), (1, 1), (6, 6)], every=2),  # down to 1 bit
 }
 
 

@@ -87,6 +87,7 @@ def test_int8_export_for_8bit_point(real_run: Path, tmp_path: Path) -> None:
     assert float((logits.argmax(1) == y.numpy()).mean()) > 0.85
     assert info.int8_agreement is not None and info.int8_agreement > 0.95
     assert info.int8_acc is not None and info.int8_latency_ms is not None and info.int8_latency_ms > 0
+    assert info.int8_layers and not info.int8_float_layers  # every layer of the point is w8/a8
 
 
 def test_no_int8_for_4bit_point_unless_asked(real_run: Path, tmp_path: Path) -> None:
@@ -180,3 +181,61 @@ def test_conv_net_onnx_int8_and_torchscript(conv_run: Path, tmp_path: Path) -> N
     with torch.inference_mode():
         got = torch.jit.load(str(tmp_path / "c.ts"))(x).numpy()
     assert np.max(np.abs(got - _reference(conv_run, "2", x))) <= 1e-4
+
+
+def _weight_producers(path: Path) -> dict[str, str]:
+    """Module FQN of each Conv/Gemm node of an ONNX file -> op type producing its weight input."""
+    graph = onnx.load(str(path)).graph
+    producer = {out: n.op_type for n in graph.node for out in n.output}
+    return {onnx_node_module(n.name): producer.get(n.input[1], "initializer")
+            for n in graph.node if n.op_type in ("Conv", "Gemm")}
+
+
+@pytest.mark.slow
+def test_int8_export_of_a_mixed_point_runs_only_its_8bit_layers_in_int8(conv_run: Path,
+                                                                        tmp_path: Path) -> None:
+    """--int8 on a point with w4/a4 layers: those stay in float (simulated), the w8/a8 ones run
+    in int8, and the file agrees with the PyTorch compressed model (was: every layer forced to
+    int8, ~87% agreement on this model, 12.8% on the issue's)."""
+    from click.testing import CliRunner
+
+    from autocompress.cli import main
+
+    run = load_run(conv_run)
+    policy = run.point("3").policy
+    w4 = {n for n, a in policy.layers.items() if (a.w_bits, a.a_bits) == (4, 4)}
+    w8 = {n for n, a in policy.layers.items() if (a.w_bits, a.a_bits) == (8, 8)}
+    assert w4 and w8
+    out = tmp_path / "mixed.onnx"
+    res = CliRunner().invoke(main, ["export", str(conv_run), "--point", "3", "--int8", "--out", str(out)])
+    assert res.exit_code == 0, res.output[-3000:]
+    assert "int8 layers: " in res.stdout and all(f"{n} (w4/a4)" in res.stdout for n in w4)
+    info = json.loads((conv_run / "export" / "exports.jsonl").read_text().splitlines()[-1])
+    assert set(info["int8_layers"]) == w8
+    assert info["int8_agreement"] >= 0.95  # measured 98.1% (fallback scheme: layer inputs+weights)
+    assert abs(info["int8_acc"] - info["acc"]) <= 0.03
+    producers = _weight_producers(tmp_path / "mixed.int8.onnx")
+    for fqn, op in producers.items():
+        layer = next((n for n in policy.layers if fqn == n or fqn.startswith(n + ".")), None)
+        if layer in w4:
+            assert op != "DequantizeLinear", fqn  # float weights (on their 4-bit grid)
+        elif layer in w8:
+            assert op == "DequantizeLinear", fqn  # int8 weights
+    assert any(op == "DequantizeLinear" for op in producers.values())
+
+
+@pytest.mark.slow
+def test_int8_export_that_disagrees_is_refused(conv_run: Path, tmp_path: Path) -> None:
+    """1- and 2-bit layers around the int8 ones: the int8 model would disagree, nothing is written."""
+    with pytest.raises(UserInputError, match=r"agrees .* on \d+\.\d% .*< 95%.*nothing was written"):
+        export_point(conv_run, "4", "onnx", tmp_path / "low.onnx", int8=True, repeats=1)
+    assert not list(tmp_path.iterdir())
+
+
+def test_int8_asked_of_a_point_without_8bit_layers_is_refused(real_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match=r"point 3 has no layer with 8-bit weights and "
+                                             r"activations \(.*w4/a8"):
+        export_point(real_run, "3", "onnx", tmp_path / "w4.onnx", int8=True)
+    with pytest.raises(UserInputError, match="point 1 has no layer .*not quantized"):
+        export_point(real_run, "1", "onnx", tmp_path / "f.onnx", int8=True)
+    assert not list(tmp_path.iterdir())
