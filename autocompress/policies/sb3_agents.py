@@ -23,6 +23,28 @@ from autocompress.policies.base import BaseAgent, EpisodeCallback, register_agen
 _MODEL_FILE = "sb3_model.zip"
 
 
+def _no_unpickling(path: Path, model: BaseAlgorithm) -> dict[str, Any]:
+    """``custom_objects`` replacing every cloudpickled entry of an SB3 save by ``model``'s own value.
+
+    SB3 stores attributes that are not JSON (spaces, classes, schedules, the action noise) as
+    base64 cloudpickle and unpickles them on load, which runs whatever code a planted file holds.
+    The agent being restored was just built from the same JSON settings (``agent.json``), so its
+    own values are the right ones; learned state lives in the tensors (loaded weights-only by
+    SB3) and in ``state_dict``.
+    """
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            data = json.loads(archive.read("data"))
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"{str(path)!r} is not a saved stable-baselines3 model ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{str(path)!r} is not a saved stable-baselines3 model")
+    return {k: getattr(model, k, None) for k, v in data.items() if isinstance(v, dict) and ":serialized:" in v}
+
+
 class _EpisodeHook(BaseCallback):
     """Turns every evaluated episode end into an ``EpisodeRecord`` and honours the user's stop."""
 
@@ -105,13 +127,23 @@ class SB3Agent(BaseAgent):
         return _jsonable(self._config)
 
     def state_dict(self) -> dict[str, Any]:
-        """The warm-up actually used."""
-        return {"warmup_episodes": self.warmup_episodes}
+        """The warm-up actually used, and AMC's exploration noise (episodes seen, generator)."""
+        state: dict[str, Any] = {"warmup_episodes": self.warmup_episodes}
+        noise = getattr(self.model, "action_noise", None)
+        if isinstance(noise, TruncatedNormalActionNoise):
+            state["noise"] = {"episodes": noise.episodes, "rng": noise._rng.bit_generator.state}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict`` output."""
         if state.get("warmup_episodes") is not None:
             self._set_warmup(int(state["warmup_episodes"]))
+        noise = getattr(self.model, "action_noise", None)
+        saved = state.get("noise")
+        if isinstance(noise, TruncatedNormalActionNoise) and isinstance(saved, dict):
+            noise.episodes = int(saved.get("episodes", 0))
+            if isinstance(saved.get("rng"), dict):
+                noise._rng.bit_generator.state = saved["rng"]
 
     def _set_warmup(self, episodes: int) -> None:
         self.warmup_episodes = episodes
@@ -157,7 +189,9 @@ class SB3Agent(BaseAgent):
 
     def _load_extra(self, directory: Path) -> None:
         algo = type(self.model)
-        self.model = algo.load(directory / _MODEL_FILE, env=self.env, device=self._config.get("device", "cpu"))
+        path = directory / _MODEL_FILE
+        self.model = algo.load(path, env=self.env, device=self._config.get("device", "cpu"),
+                               custom_objects=_no_unpickling(path, self.model))
         self.model.set_random_seed(self.seed)
         self._install_logger()
 

@@ -144,3 +144,58 @@ def test_search_checkpoint_and_config_do_not_run_code(tmp_path: Path) -> None:
     evil.write_text(f'model: !!python/object/apply:builtins.open ["{marker}", "w"]\n')
     _one_line_exit_2(_cli("search", "--config", evil, "--out", tmp_path / "run2"))
     assert not marker.exists()
+
+
+def _plant_in_sb3_zip(zip_path: Path, marker: Path) -> None:
+    """Rewrite a stable-baselines3 save so that two of its cloudpickled entries run code."""
+    import base64
+    import zipfile
+
+    with zipfile.ZipFile(zip_path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    data = json.loads(members["data"])
+    evil = base64.b64encode(pickle.dumps(Planted(marker))).decode()
+    assert ":serialized:" in data["observation_space"]
+    data["observation_space"] = {":type:": "<class 'x'>", ":serialized:": evil}
+    data["planted_extra"] = {":type:": "<class 'x'>", ":serialized:": evil}
+    members["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(zip_path, "w") as z:
+        for name, blob in members.items():
+            z.writestr(name, blob)
+
+
+def test_saved_rl_agent_with_planted_pickles_loads_without_running_them(tmp_path: Path) -> None:
+    """SB3 saves non-JSON attributes as cloudpickle and unpickles them on load: the agent
+    loader replaces every such entry by the freshly built agent's own value instead."""
+    from autocompress.compression import CompressionSpace
+    from autocompress.envs import Budget, CompressionEnv
+    from autocompress.models import create_model
+    from autocompress.policies import create_agent, load_agent
+
+    model = create_model("test_convnet").eval()
+    space = CompressionSpace.from_model(model, torch.randn(1, *model.input_shape), knobs=("prune",))
+    base = space.costs(space.identity())
+
+    def evaluate(policy: object) -> dict[str, float]:
+        c = space.costs(policy)  # type: ignore[arg-type]
+        return {**c, "acc": 0.5 + 0.5 * c["macs"] / base["macs"]}
+
+    def env() -> CompressionEnv:
+        return CompressionEnv(space=space, evaluate_fn=evaluate, budgets={"macs": Budget(0.5)})
+
+    agent = create_agent("ddpg", env(), seed=0, net_arch=[16], warmup_episodes=2, batch_size=8)
+    agent.learn(6)
+    before = agent.propose()
+    agent.save(tmp_path / "agent")
+    marker = tmp_path / "pwned"
+    _plant_in_sb3_zip(tmp_path / "agent" / "sb3_model.zip", marker)
+    loaded = load_agent(tmp_path / "agent", env())
+    assert not marker.exists()
+    assert loaded.propose() == before  # the learned networks came back
+    # AMC's exploration schedule continues where it stopped (it was a cloudpickled object).
+    assert loaded.model.action_noise.episodes == agent.model.action_noise.episodes > 0
+    loaded.learn(2)
+    assert not marker.exists()
+    (tmp_path / "agent" / "sb3_model.zip").write_bytes(b"not a zip")
+    with pytest.raises(UserInputError, match="not a saved stable-baselines3 model"):
+        load_agent(tmp_path / "agent", env())
