@@ -111,8 +111,8 @@ def latest_finetune(run_dir: str | Path, point_id: str | int) -> dict[str, Any] 
     for _, path in reversed(_records(directory, str(point_id))):
         try:
             rec = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            continue  # an unreadable or torn record: an older one may still serve
         weights = path.with_suffix(".pt")  # written next to its record, same stem
         if isinstance(rec, dict) and weights.is_file():
             rec["weights_path"] = str(weights)
