@@ -10,7 +10,11 @@
 
 Each Tune trial evaluates one candidate on a worker that builds the problem once (loading the
 driver's trained checkpoint; evaluations share the on-disk cache) and asks Ray for ``threads``
-CPUs (``SearchSpec.threads``, default 1). Tune's ``OptunaSearch`` proposes without the local
+CPUs (``SearchSpec.threads``, default 1). Workers get only a picklable payload (the spec as a
+dict with its paths made absolute, the checkpoint and cache paths; the driver's ``PYTHONPATH``
+goes along as the job's environment); the driver-side searchers, which hold the problem, the
+storage and the progress bar, pickle to a :class:`DetachedSearcher` stub when Tune writes its
+``tuner.pkl`` (resume goes through the study, never through Tune's checkpoints). Tune's ``OptunaSearch`` proposes without the local
 loop's duplicate check, so an exact repeat of an earlier policy is evaluated (a cache hit) and
 counted; a proposal whose predicted costs break a hard budget is recorded ``infeasible`` without
 evaluation but takes a Tune sample, and the driver runs further Tune rounds until the study holds
@@ -61,6 +65,29 @@ RAY_ENV_DEFAULTS: dict[str, str] = {
 _WORKER_PROBLEMS: dict[str, Any] = {}
 
 
+class DetachedSearcher:
+    """What a pickled autocompress Tune searcher becomes when unpickled: a stub that says why.
+
+    ``tune.Tuner`` pickles its search algorithm into ``tuner.pkl`` for ``Tuner.restore``. Our
+    searchers hold driver-side objects (the problem, the study's storage, the CLI's progress bar
+    with its locks) that neither can nor should travel; resume goes through the Optuna study
+    instead, so a searcher pickles to this stub (workers only ever get the picklable ``payload``).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        raise RuntimeError(f"{self.name} lives in the autocompress driver and cannot be restored from "
+                           "a pickle; re-run the same `autocompress search` command to resume")
+
+
+def _detached(name: str) -> DetachedSearcher:
+    return DetachedSearcher(name)
+
+
 def apply_ray_env() -> None:
     """Set the loopback / no-telemetry defaults (values already set by the user win)."""
     for k, v in RAY_ENV_DEFAULTS.items():
@@ -78,16 +105,46 @@ def init_ray(cpus: int, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     try:
+        env = worker_env()
+        runtime_env = {"env_vars": env} if env else None
         if address:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR",
+                     runtime_env=runtime_env)
         else:
             ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                      object_store_memory=256 * 1024 * 1024, log_to_driver=False,
-                     logging_level="ERROR")
+                     logging_level="ERROR", runtime_env=runtime_env)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         line = " ".join(str(exc).split())[:240]
         raise UserInputError(f"cannot start or reach Ray at {address or 'a local node'}: {line}") from None
     return True
+
+
+def worker_env() -> dict[str, str]:
+    """Environment a Ray worker needs to import what the driver imports (``--model pkg.mod:fn``).
+
+    Workers of a cluster started elsewhere (``ray start``) do not inherit the driver's
+    ``PYTHONPATH``, and Tune runs each trial in its own directory, so relative entries are
+    made absolute.
+    """
+    entries = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    return {"PYTHONPATH": os.pathsep.join(str(Path(e).resolve()) for e in entries)} if entries else {}
+
+
+def worker_spec_dict(spec: SearchSpec) -> dict[str, Any]:
+    """``spec.to_dict()`` with every path a worker reads made absolute.
+
+    Tune runs each trial in its own directory (and a joined cluster's workers start wherever
+    ``ray start`` ran), so a relative ``--checkpoint``, ``--data-root`` or ``imagefolder:PATH``
+    would name a different file there.
+    """
+    out = spec.to_dict()
+    for key in ("checkpoint", "data_root"):
+        if out.get(key):
+            out[key] = str(Path(out[key]).expanduser().resolve())
+    if str(out.get("data", "")).startswith("imagefolder:"):
+        out["data"] = "imagefolder:" + str(Path(out["data"].split(":", 1)[1]).expanduser().resolve())
+    return out
 
 
 # -- the worker side -------------------------------------------------------------------------------
@@ -259,6 +316,9 @@ def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> An
     class RecordingOptunaSearch(OptunaSearch):
         """OptunaSearch that tags, pre-screens and records each trial in the autocompress run."""
 
+        def __reduce__(self) -> tuple[Any, tuple[str]]:
+            return _detached, ("RecordingOptunaSearch",)
+
         def save(self, checkpoint_path: str) -> None:
             """Nothing to save: the state lives in the Optuna study (resume goes through it)."""
 
@@ -319,6 +379,9 @@ def _asktell_search(session: SearchSession, recorder: _Recorder, searcher: BaseS
 
     class AskTellSearcher(Searcher):
         """Tune searcher over an autocompress ``BaseSearcher`` (suggest = ask, complete = tell)."""
+
+        def __reduce__(self) -> tuple[Any, tuple[str]]:
+            return _detached, ("AskTellSearcher",)
 
         def save(self, checkpoint_path: str) -> None:
             """Nothing to save: the state lives in the Optuna study (resume goes through it)."""
@@ -409,11 +472,12 @@ def run_ray(spec: SearchSpec, progress: ProgressCallback | None = None, *,
         from autocompress.training import cache_dir
 
         cache_root = getattr(session.problem.evaluator.cache, "path", None)
+        checkpoint = session.problem.checkpoint_path
         payload = {
-            "key": f"{spec.identity_hash()}-{session.problem.checkpoint_path}",
-            "spec": spec.to_dict(),
-            "checkpoint": str(session.problem.checkpoint_path) if session.problem.checkpoint_path else None,
-            "cache_dir": str(Path(cache_root).parent.parent) if cache_root else str(cache_dir()),
+            "key": f"{spec.identity_hash()}-{checkpoint}",
+            "spec": worker_spec_dict(spec),
+            "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+            "cache_dir": str(Path(cache_root).parent.parent.resolve()) if cache_root else str(cache_dir()),
             "objectives": spec.objective_names, "multi_fidelity": spec.multi_fidelity,
         }
         if not cls.uses_optuna_study:
@@ -475,4 +539,13 @@ def run_ray(spec: SearchSpec, progress: ProgressCallback | None = None, *,
             ray.shutdown()
 
 
-__all__ = ["RAY_ENV_DEFAULTS", "apply_ray_env", "evaluate_trial", "init_ray", "run_ray"]
+__all__ = [
+    "RAY_ENV_DEFAULTS",
+    "DetachedSearcher",
+    "apply_ray_env",
+    "evaluate_trial",
+    "init_ray",
+    "run_ray",
+    "worker_env",
+    "worker_spec_dict",
+]

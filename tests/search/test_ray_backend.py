@@ -112,3 +112,99 @@ def test_ray_backend_joins_an_existing_cluster_with_optuna_and_asha(
     # the same storage as a local run: a local resume continues the very same study
     more = run_search(spec.replace(backend="local", trials=5), problem=search_problem)
     assert more.n_evaluated == 5
+
+
+def test_tune_pickles_our_searchers_without_the_driver_state(search_problem: Problem, tmp_path: Path,
+                                                             tiny_spec: Callable) -> None:
+    """``tune.Tuner`` pickles its search algorithm (``tuner.pkl``); ours hold the problem, the
+    storage and the CLI's progress bar (locks), none of which may travel: they pickle to a stub."""
+    import threading
+
+    from ray import cloudpickle
+    from ray.tune.search import ConcurrencyLimiter
+
+    from autocompress.search.base import create_searcher
+    from autocompress.search.ray_backend import (
+        DetachedSearcher,
+        _asktell_search,
+        _optuna_search,
+        _Recorder,
+    )
+    from autocompress.search.runner import SearchSession
+
+    lock = threading.RLock()  # what a rich progress bar holds
+
+    def progress(_event: object) -> None:
+        with lock:
+            pass
+
+    for strategy in ("nsga2", "random"):
+        spec = tiny_spec(tmp_path / strategy, strategy=strategy, backend="ray")
+        session = SearchSession(spec, progress, problem=search_problem)
+        try:
+            recorder = _Recorder(session, time.perf_counter())
+            if strategy == "nsga2":
+                alg = _optuna_search(session, recorder, 0)
+            else:
+                alg = _asktell_search(session, recorder, create_searcher(
+                    "random", session.make_context(), seed=0))
+            blob = cloudpickle.dumps(ConcurrencyLimiter(alg, max_concurrent=2))
+        finally:
+            session.close()
+        assert len(blob) < 20_000  # no model, data or study inside
+        stub = cloudpickle.loads(blob).searcher
+        assert isinstance(stub, DetachedSearcher)
+        with pytest.raises(RuntimeError, match="re-run the same `autocompress search`"):
+            stub.suggest("t1")
+
+
+_USER_MODEL = '''"""A user's model: a factory called with num_classes=, returning an nn.Module."""
+import torch.nn as nn
+
+
+def build_net(num_classes: int = 10) -> nn.Module:
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+    net.input_shape = (1, 8, 8)
+    return net
+'''
+
+
+def test_cli_search_on_ray_with_a_users_model_and_relative_paths(tmp_path: Path) -> None:
+    """The command line on a local Ray (the README's form): an ask/tell strategy, a model from a
+    relative PYTHONPATH and a relative checkpoint, which Ray's workers (running in Tune's trial
+    directories) must still find. nsga2 from the CLI runs in tests/test_readme.py."""
+    import torch
+
+    (tmp_path / "src" / "userpkg").mkdir(parents=True)
+    (tmp_path / "src" / "userpkg" / "__init__.py").write_text("")
+    (tmp_path / "src" / "userpkg" / "nets.py").write_text(_USER_MODEL)
+    sys.path.insert(0, str(tmp_path / "src"))
+    try:
+        from userpkg.nets import build_net
+
+        torch.manual_seed(0)
+        torch.save(build_net(10).state_dict(), tmp_path / "net.pt")
+    finally:
+        sys.path.remove(str(tmp_path / "src"))
+        sys.modules.pop("userpkg.nets", None)
+        sys.modules.pop("userpkg", None)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": "src", "HOME": str(tmp_path / "home")}
+    before = set(os.listdir(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "autocompress.cli", "search", "--backend", "ray", "--workers", "2",
+         "--config", str(root / "configs" / "quick.yaml"), "--model", "userpkg.nets:build_net",
+         "--checkpoint", "net.pt", "--strategy", "random", "--trials", "3", "--out", "runs/r",
+         "--no-report"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=380)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "(3 evaluated, 3 feasible, 0 failed; completed)" in proc.stdout
+    run = tmp_path / "runs" / "r"
+    finals = _check_run(run, 3)
+    assert all(r["status"] == "ok" and r["error"] is None for r in finals), finals
+    assert list((run / "ray").glob("*/tuner.pkl"))  # Tune's files land inside the run directory
+    assert set(os.listdir(tmp_path)) - before == {"runs"}
+    assert not (tmp_path / "home" / "ray_results").exists()
