@@ -42,7 +42,6 @@ import contextlib
 import io
 import json
 import math
-import os
 import tempfile
 import time
 import warnings

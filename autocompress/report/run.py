@@ -174,7 +174,7 @@ def read_pareto(run_dir: str | Path) -> dict[str, Any]:
     for i, p in enumerate(points):
         if p.get("policy") is None:
             raise UserInputError(f"{str(file)!r}: point #{i} ({p.get('id', '?')!r}) has no 'policy'")
-        if not isinstance(p.get("metrics", {}), Mapping):
+        if not isinstance(p.get("metrics") or {}, Mapping):
             raise UserInputError(f"{str(file)!r}: point #{i} ({p.get('id', '?')!r}) has no metrics object")
     return dict(pareto)
 
