@@ -13,6 +13,10 @@ target (largest cost not above it). The sampler still learns the per-layer alloc
   most compressed value everywhere lowers the predicted cost (so ``a_bits`` is left alone under a
   size or MACs budget, and a latency table decides for a latency budget). The other knobs keep the
   sampled value: scaling activation bits down to meet a size budget only destroyed accuracy.
+* **Knobs nothing rewards are not searched.** A knob that neither the budget nor any objective
+  or other budget depends on (``a_bits`` when only accuracy, size and MACs count) can only cost
+  accuracy; it is held at its least compressed value (``held``) and gets no sampler parameter.
+  Add ``bops`` or a predicted latency to the objectives to search it.
 * **The target stays in the reachable range.** ``target = fill × limit`` while the shape's most
   compressed cost (every projected knob saturated) lies below ``fill_low × limit``; when that floor
   is higher (latency budgets: a table's floor is often close to the limit), ``fill`` spreads the
@@ -84,15 +88,17 @@ class BudgetProjector:
         cost: predicted ``metric`` of a policy.
         fill_low: lowest ``budget_fill`` sampled (targets start at ``fill_low × limit``).
         knobs: knob names to project (default: those ``cost`` depends on, see :func:`cost_knobs`).
+        held: knob names held at their least compressed value (nothing rewards them).
     """
 
     def __init__(self, space: CompressionSpace, metric: str, limit: float,
                  cost: Callable[[CompressionPolicy], float], fill_low: float = 0.25,
-                 knobs: tuple[str, ...] | None = None) -> None:
+                 knobs: tuple[str, ...] | None = None, held: tuple[str, ...] = ()) -> None:
         if not 0.0 < fill_low <= 1.0:
             raise ValueError(f"fill_low={fill_low!r} must be in (0, 1]")
         self.space, self.metric, self.limit, self.cost, self.fill_low = space, metric, limit, cost, fill_low
         self.knobs = cost_knobs(space, cost) if knobs is None else tuple(knobs)
+        self.held = tuple(k for k in held if k not in self.knobs)
 
     def _scaled(self, units: Mapping[tuple[str, str], float], lam: float,
                 fixed: Mapping[str, Mapping[str, float]]) -> CompressionPolicy:
@@ -134,6 +140,8 @@ class BudgetProjector:
             for knob_name, knob in point.knobs.items():  # type: ignore[attr-defined]
                 if knob_name in self.knobs:
                     units[(name, knob_name)] = _unit(knob, getattr(action, knob_name))
+                elif knob_name in self.held:
+                    fixed.setdefault(name, {})[knob_name] = knob.least_compressed
                 else:
                     fixed.setdefault(name, {})[knob_name] = getattr(action, knob_name)
         return units, fixed
@@ -162,8 +170,28 @@ class BudgetProjector:
         return self._scaled(units, hi, fixed)
 
 
+def rewarded_knobs(context: SearchContext) -> tuple[str, ...] | None:
+    """Knobs some objective or budget depends on; None when one of them cannot be predicted
+    (a measured latency: then every knob may matter)."""
+    metrics = [o.name for o in context.objectives if o.name not in ("acc", "acc_top5")]
+    metrics += [b.metric for b in (*context.budgets, *context.soft_budgets) if b.name != "acc-drop"]
+    out: list[str] = []
+    for metric in dict.fromkeys(metrics):
+        if metric not in PROJECTABLE or (metric == "latency_ms" and context.predict_latency is None):
+            return None
+
+        def cost(policy: CompressionPolicy, _m: str = metric) -> float:
+            return float(context.predicted_metrics(policy)[_m])
+
+        out.extend(k for k in cost_knobs(context.space, cost) if k not in out)
+    return tuple(out)
+
+
 def make_projector(context: SearchContext, fill_low: float = 0.25) -> BudgetProjector | None:
     """A projector onto the first hard budget the space can predict; None without one."""
+    rewarded = rewarded_knobs(context)
+    names = list(dict.fromkeys(k for p in context.space.decision_points for k in p.knobs))
+    held = () if rewarded is None else tuple(k for k in names if k not in rewarded)
     for budget in context.budgets:
         metric = budget.metric
         if metric not in PROJECTABLE or budget.name not in context.limits:
@@ -175,5 +203,5 @@ def make_projector(context: SearchContext, fill_low: float = 0.25) -> BudgetProj
         def cost(policy: CompressionPolicy, _m: str = metric) -> float:
             return float(context.predicted_metrics(policy)[_m])
 
-        return BudgetProjector(context.space, metric, limit, cost, fill_low)
+        return BudgetProjector(context.space, metric, limit, cost, fill_low, held=held)
     return None

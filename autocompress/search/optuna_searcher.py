@@ -39,13 +39,16 @@ def space_distributions(space: CompressionSpace, projector: BudgetProjector | No
     """Optuna distributions for every (decision point, knob) of ``space``, in space order.
 
     With a budget ``projector``, one more parameter, ``budget_fill``, sets where on the budget
-    the policy is placed (see ``_projection``).
+    the policy is placed, and knobs it holds get no parameter (see ``_projection``).
     """
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
+    held = projector.held if projector is not None else ()
     out: dict[str, Any] = {}
     for point in space.decision_points:
         for knob_name, knob in point.knobs.items():
+            if knob_name in held:
+                continue  # nothing rewards it: held at its least compressed value
             choices = getattr(knob, "choices", None)
             if choices:
                 out[param_name(point.name, knob_name)] = CategoricalDistribution(tuple(choices))

@@ -801,6 +801,10 @@ class SearchSession:
         searcher = create_searcher(spec.strategy, self.make_context(),
                                    seed=self.searcher_seed(cls.uses_optuna_study),
                                    **dict(spec.strategy_settings))
+        held = getattr(getattr(searcher, "projector", None), "held", ())
+        if held:
+            self._emit("setup", message=f"{', '.join(held)}: no objective or budget depends on it; "
+                                        "held uncompressed (add bops or latency to search it)")
         tell_study = getattr(searcher, "study", None) or self.study
         self.reconcile(tell_study, requeue=cls.uses_optuna_study)
         prescreen = bool(getattr(searcher, "prescreen", True)) and bool(spec.budgets)

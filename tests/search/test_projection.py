@@ -109,8 +109,9 @@ def test_only_the_knobs_the_budget_depends_on_are_projected(bits_space: Compress
     ident = bits_space.identity()
     base = {"acc": 0.9, **{k: float(v) for k, v in bits_space.costs(ident).items()}}
     base["flops"] = 2 * base["macs"]
-    ctx = SearchContext(space=bits_space, objectives=[Objective("acc", "maximize")], budgets=[b],
-                        base_metrics=base, limits={b.name: b.limit(base)})
+    # (BOPs as an objective: every knob pays off somewhere, so none is held)
+    ctx = SearchContext(space=bits_space, objectives=[Objective("acc", "maximize"), Objective("bops", "minimize")],
+                        budgets=[b], base_metrics=base, limits={b.name: b.limit(base)})
     proj = make_projector(ctx)
     assert proj is not None and proj.metric == metric and proj.knobs == projected
     rng = np.random.default_rng(1)
@@ -141,3 +142,23 @@ def test_the_target_stays_above_the_reachable_floor(space: CompressionSpace) -> 
     # only the lowest fill sits at the floor (fill x limit < floor would saturate the first three)
     assert [c == floor for c in costs] == [True] + [False] * 8, costs
     assert costs[-1] >= 0.75 * 2.0 * floor
+
+
+def test_knobs_nothing_rewards_are_held_and_not_sampled(bits_space: CompressionSpace) -> None:
+    # acc, size and MACs: activation bits change neither cost, so they could only lose accuracy
+    b = parse_budget("size=30%")
+    base = {"acc": 0.9, **{k: float(v) for k, v in bits_space.costs(bits_space.identity()).items()}}
+    objectives = [Objective("acc", "maximize"), Objective("size_bytes", "minimize"),
+                  Objective("macs", "minimize")]
+    ctx = SearchContext(space=bits_space, objectives=objectives, budgets=[b], base_metrics=base,
+                        limits={b.name: b.limit(base)})
+    proj = make_projector(ctx)
+    assert proj is not None and proj.held == ("a_bits",)
+    assert not [n for n in space_distributions(bits_space, proj) if n.endswith(":a_bits")]
+    policy = proj(bits_space.sample(2), 0.8)
+    assert all(policy.get(p.name).a_bits == 32 for p in bits_space.decision_points)
+    # with BOPs among the objectives activation bits pay off, so they are searched
+    ctx.objectives = [*objectives, Objective("bops", "minimize")]
+    proj = make_projector(ctx)
+    assert proj is not None and proj.held == ()
+    assert [n for n in space_distributions(bits_space, proj) if n.endswith(":a_bits")]
