@@ -183,7 +183,7 @@ def _search_progress(console: Any) -> tuple[Any, Callable[[Any], None]]:
 @click.option("--backend", default=None, type=click.Choice(["local", "ray"]), help="run trials here or as Ray Tune trials")
 @click.option("--workers", default=None, type=int, help="concurrent Ray trials (--backend ray)")
 @click.option("--ray-address", default=None, help="existing Ray cluster, 127.0.0.1:PORT or auto (default: start a local one)")
-@click.option("--resume", is_flag=True, default=None, help="continue the search stored in --out even if this spec differs")
+@click.option("--resume", is_flag=True, default=None, help="continue the search stored in --out (a new --trials applies; settings that change what is searched are refused)")
 @click.option("--force", is_flag=True, default=None, help="start over when --out holds another search (old dir kept as OUT.old-N)")
 @click.option("--no-report", is_flag=True, help="skip writing pareto.png / pareto.html")
 @_friendly
