@@ -7,6 +7,11 @@ Public surface::
     table, png = show_point("runs/NAME", 7)            # per-layer policy table and bar chart
     info = export_point("runs/NAME", 7, "onnx", "m.onnx")   # checked against PyTorch; int8 too
     result = finetune_point("runs/NAME", 7, epochs=3)  # KD fine-tune, recorded in RUN/finetune/
+    run = load_run("runs/NAME")                        # spec, trials, front (validated)
+    model = load_finetuned(run, run.point(7), latest_finetune(run.path, 7))  # weights-only load
+
+Run files are validated as they are read (``load_run``, ``read_pareto``): a damaged file is a
+one-line ``UserInputError``; every file a report writes is replaced atomically.
 
 Export and fine-tuning (torch, ONNX Runtime) load on first use of their names.
 """
@@ -24,7 +29,7 @@ from autocompress.report.plots import (
     show_point,
     write_report,
 )
-from autocompress.report.run import Candidate, RunRecord, load_run
+from autocompress.report.run import Candidate, RunRecord, load_run, read_pareto, resolve_point
 from autocompress.report.tables import format_metric, front_table, policy_table
 
 _LAZY: dict[str, str] = {
@@ -35,6 +40,7 @@ _LAZY: dict[str, str] = {
     "FinetuneResult": "autocompress.report.finetune",
     "finetune_point": "autocompress.report.finetune",
     "latest_finetune": "autocompress.report.finetune",
+    "load_finetuned": "autocompress.report.finetune",
 }
 
 __all__ = [
@@ -50,11 +56,14 @@ __all__ = [
     "format_metric",
     "front_table",
     "latest_finetune",
+    "load_finetuned",
     "load_run",
     "pareto_html",
     "pareto_png",
     "policy_png",
     "policy_table",
+    "read_pareto",
+    "resolve_point",
     "show_point",
     "write_report",
 ]

@@ -2,7 +2,10 @@
 
 A run directory ``RUN/`` holds ``spec.json`` (the search spec), ``trials.jsonl`` (one JSON record per
 evaluated candidate) and ``pareto.json`` (the front). Reports, ``show``, ``export`` and ``finetune``
-all start from the ``RunRecord`` read here, so the on-disk format is interpreted in one place.
+all start from the ``RunRecord`` read here, so the on-disk format is interpreted in one place,
+and checked there: an empty, truncated or malformed file is a one-line ``UserInputError``, a torn
+last line of ``trials.jsonl`` (a killed search) is skipped with a warning, and a front point the
+log does not hold is refused (see ``load_run``).
 """
 
 from __future__ import annotations
