@@ -9,9 +9,12 @@ several processes (or a resumed process) share:
   because its *predicted* costs break a hard budget is recorded as ``infeasible`` and does not
   count. A process whose new trial would exceed the count (a race with another process) marks it
   ``surplus`` and stops, so the study ends with exactly ``trials`` candidates.
-* **No duplicates.** A proposal whose policy was already evaluated in the study is answered with
-  the recorded result and not evaluated again; one that another live process is evaluating right
-  now is skipped (or, for strategies that need every result in order, waited for).
+* **No duplicates.** A proposal that builds a model already evaluated in the study (the same
+  ``CompressionSpace.structure_key``: kept channel counts, bits and ranks after rounding, so
+  ratios that round alike count as one model) is answered with the recorded result and not
+  evaluated again, and ``pareto.json`` lists each model once; one that another live process is
+  evaluating right now is skipped (or, for strategies that need every result in order, waited
+  for).
 * **Resume.** Re-running the same command continues to ``spec.trials``. A ``RUNNING`` trial of a
   killed process is finished from its final ``trials.jsonl`` line, or marked ``interrupted``
   (Optuna strategies get its parameters re-queued); a deterministic strategy restarted with the
