@@ -177,10 +177,10 @@ class SearchResult:
     n_screened: int = 0
 
     def summary(self) -> str:
-        """One line for the user: ``80 evaluated (44 screened out at low fidelity), 36 feasible,
-        0 failed; completed``."""
-        screened = f" ({self.n_screened} screened out at low fidelity)" if self.n_screened else ""
-        return (f"{self.n_evaluated} evaluated{screened}, {self.n_feasible} feasible, "
+        """One line for the user: ``80 evaluated, 44 screened out at low fidelity, 36 feasible,
+        0 failed; completed`` (screened-out candidates are neither feasible nor infeasible)."""
+        screened = f"{self.n_screened} screened out at low fidelity, " if self.n_screened else ""
+        return (f"{self.n_evaluated} evaluated, {screened}{self.n_feasible} feasible, "
                 f"{self.n_failed} failed; {self.stop_reason}")
 
 

@@ -328,7 +328,7 @@ def test_summary_lists_candidates_screened_out_at_low_fidelity(search_problem: P
     pareto = json.loads((tmp_path / "run" / PARETO_FILE).read_text())
     feasible = sum(1 for r in lines if r["final"] and r["feasible"])
     assert screened and pareto["n_screened_low_fidelity"] == len(screened)
-    assert (f"6 evaluated ({len(screened)} screened out at low fidelity), {feasible} feasible"
+    assert (f"6 evaluated, {len(screened)} screened out at low fidelity, {feasible} feasible"
             in " ".join(res.output.split()))
 
 
