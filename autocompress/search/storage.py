@@ -306,6 +306,11 @@ class RunLock:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy in another process (pickled along with a session) holds no lock: never let it
+        # close a descriptor number that means something else there.
+        return {"path": self.path, "fd": None}
+
     def __del__(self) -> None:
         self.release()
 
