@@ -82,8 +82,14 @@ def test_cifar10_loads_from_torchvision_layout(tmp_path, monkeypatch) -> None:
     # our synthetic files have other checksums than the real archive
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
     splits = load_data("cifar10", root=str(tmp_path), input_shape=(3, 32, 32), val_size=6, calib_size=4)
-    assert len(splits.train) + len(splits.val) == 24
+    # The 20 training images are split into train/val; the 4 test images are held out as given.
+    assert len(splits.train) + len(splits.val) == 20 and len(splits.test) == 4
     assert splits.train[0][0].shape == (3, 32, 32)
+    assert splits.augment and splits.flip_invariant and splits.schedule == "cosine"
+    x_test, _ = splits.tensors("test")
+    raw = torch.as_tensor(np.stack([pickle.load(open(base / "test_batch", "rb"))["data"]])).reshape(4, 3, 32, 32)
+    mean, std = (torch.tensor(v).reshape(3, 1, 1) for v in splits.norm_stats)
+    assert torch.allclose(x_test, (raw.float() / 255 - mean) / std, atol=1e-5)
 
 
 def test_imagefolder(tmp_path) -> None:
@@ -125,15 +131,17 @@ def test_imagefolder_corrupt_image_is_named_before_training(tmp_path, damage: st
     assert "\n" not in str(info.value)
 
 
-def test_imagefolder_reads_fail_naming_the_file(tmp_path) -> None:
-    """A file that breaks after the up-front check (or in a folder too large to decode up front)
-    is still named in one line when it is read."""
-    from autocompress.data import torchvision_sets
+def test_imagefolder_reads_fail_naming_the_file(tmp_path, monkeypatch) -> None:
+    """In a folder too large to hold in memory, a file that breaks after the up-front check is
+    still named in one line when it is read."""
+    from autocompress.data import _images, torchvision_sets
 
+    monkeypatch.setattr(_images, "MAX_IN_MEMORY_BYTES", 100)
     _folder(tmp_path, ["cat", "dog"])
-    ds, _ = torchvision_sets.load_imagefolder(str(tmp_path), (3, 8, 8))
+    ds = torchvision_sets.load_imagefolder(str(tmp_path), (3, 8, 8)).train
     bad = tmp_path / "cat" / "1.jpg"
     bad.write_bytes(b"broken later")
+    assert isinstance(ds, torchvision_sets._FittedImageFolder)
     idx = [f for f, _ in ds.folder.samples].index(str(bad))
     with pytest.raises(UserInputError, match=r"cat/1\.jpg"):
         ds[idx]
