@@ -109,14 +109,15 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", default=None, help="checkpoint path [default: runs/base-MODEL-DATA-SEED.pt]")
 @click.option("--force", is_flag=True, help="overwrite an existing checkpoint at --out")
+@click.option("--augment/--no-augment", default=None, help="random crops (and flips where classes allow) on training batches [default: on for photos, off for digits]")
 @_friendly
 def train(model: str, data: str, data_root: str | None, epochs: int, lr: float, batch_size: int,
-          seed: int, out: str | None, force: bool) -> None:
+          seed: int, out: str | None, force: bool, augment: bool | None) -> None:
     """Train a base model (a model must be trained before it is compressed)."""
     from autocompress.train_cli import run_train
 
     result = run_train(model=model, data=data, data_root=data_root, epochs=epochs, lr=lr,
-                       batch_size=batch_size, seed=seed, out=out, force=force)
+                       batch_size=batch_size, seed=seed, out=out, force=force, augment=augment)
     click.echo(json.dumps(result, indent=2))
 
 

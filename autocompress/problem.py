@@ -299,6 +299,8 @@ def _trained_base(
     config = TrainConfig(epochs=epochs, seed=seed)
     extra = {"data_root": data_root, "num_classes": splits.num_classes, "input_shape": list(shape),
              "val_size": val_size, "calib_size": calib_size}
+    if splits.norm_stats is not None:  # standardised with training-split statistics, own recipe
+        extra["recipe"] = {"schedule": splits.schedule, "augment": splits.augment, "norm": "train-split"}
     key = base_model_key(name, data, config, extra)
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
     path = root / "base" / f"{safe}-{key}.pt"

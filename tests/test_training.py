@@ -59,3 +59,101 @@ def test_train_cli_bad_model_is_one_line(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown model 'resnet21'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_digits_keep_their_schedule_and_base_model_key() -> None:
+    """The bundled digits train exactly as before: one-cycle schedule, no augmentation, same key."""
+    import hashlib
+
+    from autocompress.training import base_model_key
+
+    data = load_data("digits", input_shape=(1, 8, 8), seed=0)
+    models = []
+    for schedule in (None, "onecycle"):
+        torch.manual_seed(0)
+        m = create_model("test_mlp")
+        result = train_model(m, data, TrainConfig(epochs=1, seed=2, schedule=schedule))
+        assert result.schedule == "onecycle" and result.augment is False and result.test_acc is None
+        models.append(m)
+    assert all(torch.equal(p, q) for p, q in zip(*(m.state_dict().values() for m in models), strict=True))
+    torch.manual_seed(0)
+    cosine = create_model("test_mlp")
+    train_model(cosine, data, TrainConfig(epochs=1, seed=2, schedule="cosine"))
+    assert not all(torch.equal(p, q) for p, q in zip(cosine.state_dict().values(),
+                                                      models[0].state_dict().values(), strict=True))
+    old = {"model": "resnet20", "data": "digits", "extra": {},
+           "train": {"epochs": 10, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 64, "seed": 0}}
+    expected = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    assert base_model_key("resnet20", "digits", TrainConfig()) == expected
+    assert base_model_key("resnet20", "digits", TrainConfig(augment=True)) != expected
+
+
+def test_step_callback_and_bad_schedule() -> None:
+    import pytest
+
+    from autocompress.errors import UserInputError
+
+    data = load_data("digits", input_shape=(1, 8, 8), seed=0)
+    steps: list[tuple[int, int]] = []
+    train_model(create_model("test_mlp"), data, TrainConfig(epochs=2, batch_size=256, seed=0),
+                on_step=lambda step, total: steps.append((step, total)))
+    per_epoch = -(-len(data.train) // 256)
+    assert steps == [(s, per_epoch) for s in range(1, per_epoch + 1)] * 2
+    with pytest.raises(UserInputError, match="schedule='linear'; expected one of onecycle, cosine"):
+        TrainConfig(schedule="linear")
+
+
+def _heldout_folder(root: Path) -> Path:
+    from PIL import Image
+
+    for split, n in (("train", 6), ("test", 2)):
+        for c, name in enumerate(("cat", "dog")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (16, 16), (120 * c, 20 * i, 90)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_train_cli_reports_test_top1_for_a_held_out_folder(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from autocompress.cli import main
+
+    folder = _heldout_folder(tmp_path / "data")
+    out = tmp_path / "m.pt"
+    args = ["train", "--model", "test_convnet", "--data", f"imagefolder:{folder}", "--epochs", "1",
+            "--out", str(out)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout)
+    assert 0 <= record["test_acc"] <= 1 and 0 <= record["val_acc"] <= 1
+    meta = json.loads(out.with_name("m.pt.json").read_text())
+    assert meta["test_acc"] == record["test_acc"]
+    assert meta["train"]["augment"] is True and meta["train"]["schedule"] == "cosine"
+    assert len(meta["norm_stats"][0]) == 3 and meta["seconds_per_epoch"] > 0
+    res = CliRunner().invoke(main, [*args, "--force", "--no-augment"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.with_name("m.pt.json").read_text())["train"]["augment"] is False
+    digits = CliRunner().invoke(main, ["train", "--model", "test_mlp", "--epochs", "1", "--augment",
+                                       "--out", str(tmp_path / "d.pt")])
+    assert digits.exit_code == 0, digits.output
+    assert "test_acc" not in json.loads(digits.stdout)
+    assert json.loads((tmp_path / "d.pt.json").read_text())["train"]["augment"] is True
+
+
+def test_cached_base_of_a_held_out_folder_is_keyed_by_its_recipe(tmp_path: Path) -> None:
+    """Image folders are now standardised with training-split statistics and trained with their own
+    recipe: a base cached under the earlier key must not be served for them."""
+    from autocompress import problem as problem_mod
+    from autocompress.training import base_model_key
+
+    folder = _heldout_folder(tmp_path / "data")
+    splits = load_data(f"imagefolder:{folder}", input_shape=(1, 8, 8), val_size=2, calib_size=2)
+    path = problem_mod._trained_base(create_model("test_mlp", num_classes=2), "test_mlp", splits,
+                                     data=f"imagefolder:{folder}", data_root=None, seed=0, epochs=1,
+                                     val_size=2, calib_size=2, shape=(1, 8, 8), root=tmp_path / "cache",
+                                     progress=False)
+    meta = json.loads(path.with_name(path.name + ".json").read_text())
+    assert meta["recipe"] == {"schedule": "cosine", "augment": True, "norm": "train-split"}
+    plain = {"data_root": None, "num_classes": 2, "input_shape": [1, 8, 8], "val_size": 2, "calib_size": 2}
+    assert base_model_key("test_mlp", f"imagefolder:{folder}", TrainConfig(epochs=1, seed=0), plain) not in path.name
