@@ -37,7 +37,13 @@ def run_train(*, model: str, data: str, data_root: str | None = None, epochs: in
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, augment=augment)
 
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
     # Off a terminal no live display (an error line must stand alone on stderr); the final

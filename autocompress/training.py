@@ -17,7 +17,6 @@ from torch import nn
 from autocompress.data import DataSplits
 from autocompress.errors import UserInputError
 
-
 SCHEDULES = ("onecycle", "cosine")
 
 

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
 from autocompress.data import _images
 from autocompress.data._images import ImageTensors, NormalisedImages, fit_uint8

@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from autocompress.data import Augmentation, load_data
-from autocompress.data import _images
+from autocompress.data import Augmentation, _images, load_data
 from autocompress.errors import UserInputError
 
 CLASSES = ("cat", "dog", "frog")
