@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from autocompress.errors import UserInputError, disk_error_line, is_disk_error
+from autocompress.errors import CheckFailedError, UserInputError, disk_error_line, is_disk_error
 
 EXIT_USAGE = 2
 
@@ -36,6 +36,9 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             except UserInputError as exc:
                 click.echo(f"error: {_one_line(str(exc))}", err=True)
                 sys.exit(EXIT_USAGE)
+            except CheckFailedError as exc:
+                click.echo(f"error: {_one_line(str(exc))}", err=True)
+                sys.exit(1)
             except OSError as exc:
                 if not is_disk_error(exc):
                     raise

@@ -13,6 +13,12 @@ class UserInputError(ValueError):
     """Bad input from the user: the message is one line naming the value and what is allowed."""
 
 
+class CheckFailedError(RuntimeError):
+    """A result failed one of the engine's own checks (an exported file that does not compute
+    what the PyTorch model computes): not a bug to show as a traceback, not bad input either.
+    The CLI prints the one-line message and exits with status 1; nothing was written."""
+
+
 #: ``OSError`` numbers that mean "this place cannot be written" (the disk, the mount or the
 #: permissions), reported as one line instead of a traceback.
 DISK_ERRNOS: frozenset[int] = frozenset(

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from autocompress.errors import UserInputError
+from autocompress.errors import CheckFailedError, UserInputError
 from autocompress.report.run import load_run
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ _SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "pt": ".pt"}
 ONNX_OPSET = 17
 
 
-class ExportMismatchError(RuntimeError):
+class ExportMismatchError(CheckFailedError):
     """The exported file does not compute what the PyTorch compressed model computes."""
 
 

@@ -239,3 +239,24 @@ def test_int8_asked_of_a_point_without_8bit_layers_is_refused(real_run: Path, tm
     with pytest.raises(UserInputError, match="point 1 has no layer .*not quantized"):
         export_point(real_run, "1", "onnx", tmp_path / "f.onnx", int8=True)
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_export_whose_file_fails_the_check_is_one_line_exit_1(
+        real_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An export that fails its own PyTorch-vs-file check is reported in one line (status 1), not
+    as a traceback, and writes nothing."""
+    from click.testing import CliRunner
+
+    from autocompress.cli import main
+    from autocompress.report import export as export_mod
+
+    # The file's outputs, as ONNX Runtime returns them, are off by one: the check must fail.
+    real = export_mod._ort_logits
+    monkeypatch.setattr(export_mod, "_ort_logits", lambda sess, x: real(sess, x) + 1.0)
+    out = tmp_path / "x.onnx"
+    res = CliRunner().invoke(main, ["export", str(real_run), "--point", "1", "--no-int8", "--out", str(out)])
+    assert res.exit_code == 1, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the onnx export of point 1 differs"), res.stderr
+    assert "Traceback" not in res.output
+    assert not out.exists()
