@@ -1,19 +1,37 @@
 """The README's promises: its set-up commands exist as written, and every command it shows runs.
 
-The walk-through's ``autocompress`` commands are executed in order in a scratch directory (with the
-repository's ``configs/``); the remaining ``autocompress`` lines (your-own-model and Ray-cluster
-examples that name files or clusters a test machine lacks) are parsed by the real command-line parser,
-so a renamed or removed option fails here. ``make demo`` / ``make test`` are checked with ``make -n``.
+Every ``autocompress`` line of README.md is *executed* (each also goes through the real parser first,
+so a renamed option fails fast), each section in a scratch directory holding the repository's
+``configs/`` and the files the lines name:
+
+* the walk-through, in order (search, report, show, finetune, export, train, listings);
+* "Bring your own model and data": a user's model module on ``PYTHONPATH``, its checkpoint, MNIST in
+  torchvision's on-disk layout (written from the bundled digits) and an ImageFolder tree, all made
+  here;
+* "Ray clusters", line by line: the local-Ray search, the ``export``, the README's own ``ray start``
+  line (on a free loopback port, with private ports and temp dir so parallel runs do not collide),
+  the ``--ray-address`` search against it, then the claims around it (a re-run resumes, a local run
+  continues the same study, Tune's files land under ``OUT/ray``). ``ray stop`` is replaced by
+  stopping exactly the head this test started: ``ray stop`` stops every Ray process of the user.
+
+``test_every_readme_command_is_executed`` fails when a README command sits in a section none of these
+tests runs. ``make demo`` / ``make test`` are checked with ``make -n``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
+import signal
+import socket
+import struct
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,20 +39,40 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 CLI = [sys.executable, "-m", "autocompress.cli"]
+_ENV_WORD = re.compile(r"^[A-Z_][A-Z0-9_]*=")
 
 
 def _bash_blocks(text: str) -> list[str]:
     return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
 
 
-def _commands(block: str) -> list[str]:
-    joined = block.replace("\\\n", " ")
+def _lines(block: str) -> list[str]:
+    """A block's shell lines: continuations joined, comments and blank lines dropped."""
     out = []
-    for line in joined.splitlines():
-        line = line.split("  #")[0].strip()
-        if line.startswith("autocompress "):
-            out.append(line)
+    for line in block.replace("\\\n", " ").splitlines():
+        line = "" if line.lstrip().startswith("#") else line.split("  #")[0].strip()
+        if line:
+            out.append(" ".join(line.split()))
     return out
+
+
+def _split(command: str) -> tuple[dict[str, str], list[str]]:
+    """``VAR=value ... prog args`` -> ({VAR: value}, [prog, args...])."""
+    words = shlex.split(command)
+    env: dict[str, str] = {}
+    while words and _ENV_WORD.match(words[0]):
+        key, value = words.pop(0).split("=", 1)
+        env[key] = value
+    return env, words
+
+
+def _is_autocompress(line: str) -> bool:
+    words = _split(line)[1]
+    return bool(words) and words[0] == "autocompress"
+
+
+def _commands(block: str) -> list[str]:
+    return [ln for ln in _lines(block) if _is_autocompress(ln)]
 
 
 def _section(title: str) -> str:
@@ -43,10 +81,57 @@ def _section(title: str) -> str:
     return README[start: nxt if nxt != -1 else len(README)]
 
 
-WALKTHROUGH = [c for b in _bash_blocks(_section("## Walk-through")) for c in _commands(b)]
+def _section_commands(title: str) -> list[str]:
+    return [c for b in _bash_blocks(_section(title)) for c in _commands(b)]
+
+
+WALKTHROUGH = _section_commands("## Walk-through")
+BRING_YOUR_OWN = _section_commands("## Bring your own model and data")
+RAY_LINES = [ln for b in _bash_blocks(_section("## Ray clusters")) for ln in _lines(b)]
 ALL = [c for b in _bash_blocks(README) for c in _commands(b)]
 
 
+def _parse(command: str) -> None:
+    from autocompress.cli import main
+
+    args = _split(command)[1][1:]
+    ctx = main.make_context("autocompress", list(args), resilient_parsing=False)
+    sub = main.get_command(ctx, args[0])
+    assert sub is not None, command
+    sub.make_context(args[0], args[1:])  # raises on an unknown option or a bad value
+
+
+def _run(command: str, cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run one README ``autocompress`` line as written (its ``VAR=value`` prefix included)."""
+    _parse(command)
+    extra, words = _split(command)
+    proc = subprocess.run(CLI + words[1:], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**env, **extra})
+    assert proc.returncode == 0, (command, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, (command, proc.stderr[-3000:])
+    return proc
+
+
+def _scratch(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A working directory holding ``configs/``, and an environment with a private HOME (so a file
+    Ray or Tune would drop in the user's home is seen, and not left there)."""
+    cwd = tmp_path / "work"
+    shutil.copytree(ROOT / "configs", cwd / "configs")
+    (tmp_path / "home").mkdir()
+    return cwd, {**os.environ, "COLUMNS": "160", "HOME": str(tmp_path / "home")}
+
+
+def _finals(run: Path) -> list[dict]:
+    lines = [json.loads(ln) for ln in (run / "trials.jsonl").read_text().splitlines() if ln.strip()]
+    return [r for r in lines if r["final"] and r["status"] in ("ok", "failed")]
+
+
+def _option(command: str, name: str, default: str | None = None) -> str | None:
+    words = _split(command)[1]
+    return words[words.index(name) + 1] if name in words else default
+
+
+# -- the set-up lines and the parser -------------------------------------------------------------
 def test_readme_opens_with_the_two_setup_commands() -> None:
     first = _bash_blocks(README)[0].strip().splitlines()
     assert [ln.split("#")[0].strip() for ln in first] == ["make demo", "make test"]
@@ -59,28 +144,226 @@ def test_readme_opens_with_the_two_setup_commands() -> None:
 
 
 def test_every_readme_command_parses() -> None:
-    from autocompress.cli import main
-
     assert len(ALL) >= 10
     for command in ALL:
-        args = shlex.split(command)[1:]
-        ctx = main.make_context("autocompress", list(args), resilient_parsing=False)
-        sub = main.get_command(ctx, ctx.protected_args[0] if ctx.protected_args else args[0])
-        assert sub is not None, command
-        sub.make_context(args[0], args[1:])  # raises on an unknown option or a bad value
+        _parse(command)
 
 
+def test_every_readme_command_is_executed() -> None:
+    """Each command belongs to a section that a test below runs line by line."""
+    ray_commands = [ln for ln in RAY_LINES if _is_autocompress(ln)]
+    assert sorted(ALL) == sorted(WALKTHROUGH + BRING_YOUR_OWN + ray_commands)
+    assert any("--ray-address" in c for c in ray_commands)
+    assert any(_split(ln)[1][:2] == ["ray", "start"] for ln in RAY_LINES)
+    assert any(c.startswith("PYTHONPATH=") for c in BRING_YOUR_OWN)
+
+
+# -- the walk-through ----------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_walkthrough_runs_in_order(tmp_path: Path) -> None:
     assert WALKTHROUGH[0].startswith("autocompress search --config configs/quick.yaml")
-    shutil.copytree(ROOT / "configs", tmp_path / "configs")
-    env = {**os.environ, "COLUMNS": "160"}
+    cwd, env = _scratch(tmp_path)
     for command in WALKTHROUGH:
-        proc = subprocess.run(CLI + shlex.split(command)[1:], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=600, env=env)
-        assert proc.returncode == 0, (command, proc.stderr[-3000:])
-    run = tmp_path / "runs" / "quick"
+        _run(command, cwd, env)
+    run = cwd / "runs" / "quick"
     assert (run / "pareto.png").is_file() and (run / "pareto.html").is_file()
     assert (run / "knee.onnx").is_file() and list((run / "finetune").glob("*.json"))
-    assert (tmp_path / "runs" / "base-resnet20.pt").is_file()
+    assert (cwd / "runs" / "base-resnet20.pt").is_file()
+
+
+# -- bring your own model and data ---------------------------------------------------------------
+_USER_MODULE = '''"""A user's own network: a factory called with num_classes=, returning an nn.Module."""
+import torch.nn as nn
+
+
+def build_net(num_classes: int = 10) -> nn.Module:
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
+    )
+    net.input_shape = (1, 28, 28)
+    return net
+'''
+
+
+def _make_user_files(cwd: Path) -> None:
+    """What the README's lines name: mypkg.models:build_net, net.pt, data/MNIST/raw, data/flowers,
+    mnv3.pt (small real equivalents: MNIST files written from the bundled digits, a 2-class folder)."""
+    import numpy as np
+    import torch
+    import torchvision
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    (cwd / "mypkg").mkdir()
+    (cwd / "mypkg" / "__init__.py").write_text("")
+    (cwd / "mypkg" / "models.py").write_text(_USER_MODULE)
+    namespace: dict[str, object] = {}
+    exec(compile(_USER_MODULE, "mypkg/models.py", "exec"), namespace)  # the very module, not a copy
+    torch.manual_seed(0)
+    torch.save(namespace["build_net"](10).state_dict(), cwd / "net.pt")  # type: ignore[operator]
+
+    digits = load_digits()
+    images = np.zeros((len(digits.images), 28, 28), np.uint8)
+    images[:, 2:26, 2:26] = (np.kron(digits.images, np.ones((3, 3))) * 255 / 16).astype(np.uint8)
+    raw = cwd / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, sl in (("train", slice(0, 1500)), ("t10k", slice(1500, None))):
+        x, y = images[sl], digits.target[sl].astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, len(x), 28, 28) + x.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(y)) + y.tobytes())
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("daisy", "tulip")):
+        folder = cwd / "data" / "flowers" / name
+        folder.mkdir(parents=True)
+        for i in range(16):
+            pixels = rng.integers(0, 128, (32, 32, 3), dtype=np.uint8) + np.uint8(100 * k)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    torch.save(torchvision.models.mobilenet_v3_small(num_classes=2).state_dict(), cwd / "mnv3.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_bring_your_own_model_lines_run(tmp_path: Path) -> None:
+    assert len(BRING_YOUR_OWN) == 2
+    cwd, env = _scratch(tmp_path)
+    _make_user_files(cwd)
+    for command in BRING_YOUR_OWN:
+        proc = _run(command, cwd, env)
+        trials = int(_option(command, "--trials", "40") or 40)
+        assert f"({trials} evaluated, " in proc.stdout and " 0 failed;" in proc.stdout, proc.stdout
+    runs = sorted(p for p in (cwd / "runs").iterdir() if p.is_dir())
+    assert len(runs) == 2
+    for run in runs:
+        assert all(r["status"] == "ok" for r in _finals(run))
+        assert json.loads((run / "pareto.json").read_text())["points"]
+    user = next(r for r in runs if "mypkg" in r.name)
+    spec = json.loads((user / "spec.json").read_text())
+    assert spec["strategy"] == "tpe" and spec["data"] == "mnist"
+    assert all("latency_ms" in r["metrics"] for r in _finals(user))
+
+
+# -- Ray clusters --------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Head:
+    """The README's ``ray start`` line, run with ``--block`` in its own process group so that
+    exactly this head (and its workers) can be stopped."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.temp_dir: Path | None = None
+
+    def start(self, words: list[str], readme_port: str, env: dict[str, str], log: Path) -> str:
+        port = _free_port()
+        self.temp_dir = Path(f"/tmp/ac-ray-{os.getpid()}-{port}")  # short: Ray puts sockets in it
+        args = [a.replace(f"--port={readme_port}", f"--port={port}") for a in words[1:]]
+        args += ["--block", f"--temp-dir={self.temp_dir}", "--object-store-memory=200000000",
+                 f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}",
+                 f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+        ray_bin = str(Path(sys.executable).with_name("ray"))
+        with open(log, "w") as fh:
+            self.proc = subprocess.Popen([ray_bin, *args], env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.time() + 120
+        while "Ray runtime started" not in log.read_text():
+            assert self.proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, "ray start did not come up in 120 s"
+            time.sleep(0.2)
+        return f"127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        time.sleep(1)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # anything of the group still around
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture()
+def head() -> Iterator[_Head]:
+    h = _Head()
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_ray_cluster_lines_run(tmp_path: Path, head: _Head, monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd, env = _scratch(tmp_path)
+    before = set(os.listdir(cwd))
+    readme_address: str | None = None
+    address: str | None = None
+    ran: list[str] = []
+    for line in RAY_LINES:
+        extra, words = _split(line)
+        if words[0] == "export":
+            env.update(dict(w.split("=", 1) for w in words[1:]))
+        elif words[:2] == ["ray", "start"]:
+            readme_port = next(w.split("=", 1)[1] for w in words if w.startswith("--port="))
+            readme_address = f"127.0.0.1:{readme_port}"
+            address = head.start(words, readme_port, {**env, **extra}, tmp_path / "ray-head.log")
+        elif words[:2] == ["ray", "stop"]:
+            head.stop()
+        else:
+            assert words[0] == "autocompress", line
+            command = line.replace(readme_address, address) if readme_address and address else line
+            proc = _run(command, cwd, env)
+            assert " 0 failed;" in proc.stdout, proc.stdout
+            if "--ray-address" in command:
+                # re-running the same command resumes: nothing left to do, nothing evaluated again
+                out = Path(_option(command, "--out") or "")
+                lines_before = (cwd / out / "trials.jsonl").read_text()
+                again = _run(command, cwd, env)
+                assert "completed" in again.stdout
+                assert (cwd / out / "trials.jsonl").read_text() == lines_before
+            ran.append(command)
+    assert head.proc is None and len(ran) == 2  # the README stops its head; both searches ran
+
+    for command in ran:
+        run = cwd / (_option(command, "--out") or "")
+        trials = int(_option(command, "--trials", "16") or 16)
+        finals = _finals(run)
+        assert len(finals) == trials and all(r["status"] == "ok" for r in finals)
+        for name in ("trials.jsonl", "study.journal", "pareto.json", "spec.json", "pareto.html"):
+            assert (run / name).is_file(), name
+        assert list((run / "ray").glob("*/tuner.pkl"))  # Tune's own files, inside the run
+    assert set(os.listdir(cwd)) - before == {"runs"}  # nothing else in the working directory
+    assert not list((tmp_path / "home").glob("ray_results*"))
+
+    # ... and a local run continues the study the Ray run wrote (one more candidate)
+    from click.testing import CliRunner
+
+    from autocompress.cli import main
+
+    local = _split(ran[0])[1][1:]
+    i = local.index("--backend")
+    local = local[:i] + local[i + 2:]
+    i = local.index("--workers")
+    local = local[:i] + local[i + 2:] + ["--trials", "17", "--no-report"]
+    monkeypatch.chdir(cwd)
+    result = CliRunner().invoke(main, local, catch_exceptions=False)
+    assert result.exit_code == 0, result.output[-3000:]
+    assert "(17 evaluated, " in result.output
+    assert len(_finals(cwd / "runs" / "ray")) == 17
