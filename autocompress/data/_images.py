@@ -142,13 +142,15 @@ class Augmentation:
             padded = F.pad(x, (p, p, p, p))
             oy = torch.randint(0, 2 * p + 1, (n,), generator=generator)
             ox = torch.randint(0, 2 * p + 1, (n,), generator=generator)
-            rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-            cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-            out = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+            cols = torch.arange(w).expand(n, w)
             if self.flip:
                 flip = torch.rand(n, generator=generator) < 0.5
-                out = torch.where(flip[:, None, None, None], out.flip(-1), out)
-            return out
+                cols = torch.where(flip[:, None], cols.flip(-1), cols)
+            # Two gathers (rows, then columns with the flip folded in): one kernel each, no loop.
+            c = x.shape[1]
+            rows = (oy[:, None] + torch.arange(h))[:, None, :, None].expand(n, c, h, w + 2 * p)
+            cropped = padded.gather(2, rows)
+            return cropped.gather(3, (ox[:, None] + cols)[:, None, None, :].expand(n, c, h, w))
         lo, hi = self.scale
         area = torch.empty(n).uniform_(lo, hi, generator=generator)
         log_ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator)
