@@ -90,3 +90,21 @@ def check_writable(path: str | os.PathLike[str], option: str = "--out", *, direc
             os.unlink(probe)
         except OSError:
             pass
+
+
+def check_checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint path must name a readable regular file (a directory is named as such)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserInputError(f"checkpoint {str(path)!r} is a directory; give the weights file inside it "
+                             "(a state_dict saved by torch.save, or a TorchScript file)")
+    if not p.exists():
+        raise UserInputError(f"checkpoint {str(path)!r} does not exist")
+    if not p.is_file():
+        raise UserInputError(f"checkpoint {str(path)!r} is not a regular file")
+    try:
+        with p.open("rb"):
+            pass
+    except OSError as exc:
+        raise UserInputError(f"checkpoint {str(path)!r} cannot be read: {exc.strerror}") from None
+    return p

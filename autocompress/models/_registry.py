@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autocompress.errors import UserInputError
+from autocompress.errors import UserInputError, check_checkpoint_path
 
 InputShape = tuple[int, ...]
 
@@ -207,14 +207,7 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
 
     A mismatch raises one clear error naming the first mismatching key and shapes.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise UserInputError(f"checkpoint {str(path)!r} is a directory; give the weights file inside it "
-                             "(a state_dict saved by torch.save, or a TorchScript file)")
-    if not path.exists():
-        raise UserInputError(f"checkpoint {str(path)!r} does not exist")
-    if not path.is_file():
-        raise UserInputError(f"checkpoint {str(path)!r} is not a regular file")
+    path = check_checkpoint_path(path)
     # torch warns about its own deprecations (torch.jit.load) and pickle details while trying the
     # formats; the user gets the one line below, not those.
     with warnings.catch_warnings():

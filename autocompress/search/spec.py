@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from autocompress.errors import UserInputError
+from autocompress.errors import UserInputError, check_checkpoint_path
 from autocompress.evaluators.config import EvaluatorConfig
 from autocompress.search.budgets import Budget, parse_budget
 
@@ -689,24 +689,6 @@ class SearchSpec:
                 continue
             ov[name] = value
         return cls.from_dict(base, **ov)
-
-
-def check_checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint path must name a readable regular file (a directory is named as such)."""
-    p = Path(path)
-    if p.is_dir():
-        raise UserInputError(f"checkpoint {str(path)!r} is a directory; give the weights file inside it "
-                             "(a state_dict saved by torch.save, or a TorchScript file)")
-    if not p.exists():
-        raise UserInputError(f"checkpoint {str(path)!r} does not exist")
-    if not p.is_file():
-        raise UserInputError(f"checkpoint {str(path)!r} is not a regular file")
-    try:
-        with p.open("rb"):
-            pass
-    except OSError as exc:
-        raise UserInputError(f"checkpoint {str(path)!r} cannot be read: {exc.strerror}") from None
-    return p
 
 
 _STORAGE_WORDS = ("journal", "sqlite")
