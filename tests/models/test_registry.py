@@ -10,7 +10,13 @@ import torch
 import torchvision.models as tvm
 
 from autocompress.errors import UserInputError
-from autocompress.models import create_model, default_input_shape, list_models, load_checkpoint, register_model
+from autocompress.models import (
+    create_model,
+    default_input_shape,
+    list_models,
+    load_checkpoint,
+    register_model,
+)
 
 
 @pytest.mark.parametrize("name", list_models())

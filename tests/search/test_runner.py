@@ -311,9 +311,8 @@ def test_ctrl_c_mid_evaluation_then_resume_evaluates_the_candidate(
 # -- multi-fidelity summary ------------------------------------------------------------------------
 def test_summary_lists_candidates_screened_out_at_low_fidelity(search_problem: Problem, tmp_path: Path,
                                                                tiny_spec: Callable) -> None:
-    from click.testing import CliRunner
-
     import yaml
+    from click.testing import CliRunner
 
     from autocompress.cli import main
 
