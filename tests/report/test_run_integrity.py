@@ -14,6 +14,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from _cli_checks import assert_one_line_error
 from click.testing import CliRunner, Result
 
 from autocompress.cli import main
@@ -31,16 +32,6 @@ def _tree(root: Path) -> dict[str, str]:
     """Every file under ``root`` with a hash of its content (to prove nothing was touched)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _assert_one_line_error(res: Result, *needles: str) -> str:
-    assert res.exit_code == 2, (res.exit_code, res.stdout[-2000:], res.stderr[-2000:])
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    assert "Traceback" not in res.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # -- trials.jsonl -------------------------------------------------------------------------------
@@ -71,10 +62,10 @@ def test_truncated_log_missing_front_points_is_refused(fake_run: Path) -> None:
         load_run(fake_run)
     assert all(pid in str(err.value) for pid in lost) and "\n" not in str(err.value)
     before = _tree(fake_run)
-    line = _assert_one_line_error(_cli("report", fake_run), "pareto.json", "truncated")
+    line = assert_one_line_error(_cli("report", fake_run), "pareto.json", "truncated")
     assert f"({', '.join(lost)})" in line
     assert _tree(fake_run) == before  # no pareto.png / pareto.html written from a damaged run
-    _assert_one_line_error(_cli("show", fake_run, "--point", run.front_ids[0]), "truncated")
+    assert_one_line_error(_cli("show", fake_run, "--point", run.front_ids[0]), "truncated")
 
 
 def test_missing_log_with_a_front_is_refused(fake_run: Path) -> None:
@@ -151,7 +142,7 @@ def test_broken_pareto_json_is_one_line(fake_run: Path, kind: str, command: tupl
     _break(fake_run, kind)
     before = _tree(fake_run)
     res = _cli(command[0], fake_run, *command[1:])
-    _assert_one_line_error(res, "pareto.json")
+    assert_one_line_error(res, "pareto.json")
     assert _tree(fake_run) == before
 
 
@@ -225,7 +216,7 @@ def test_export_out_into_a_missing_directory_is_refused(fake_run: Path, tmp_path
     pid = load_run(fake_run).front_ids[0]
     target = tmp_path / "no" / "such" / "dir" / "x.onnx"
     before = _tree(tmp_path)
-    _assert_one_line_error(_cli("export", fake_run, "--point", pid, "--out", target),
+    assert_one_line_error(_cli("export", fake_run, "--point", pid, "--out", target),
                            "does not exist")
     assert not (tmp_path / "no").exists() and _tree(tmp_path) == before
     from autocompress.report.export import export_point

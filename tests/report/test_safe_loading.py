@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cli_checks import assert_one_line_error
 from click.testing import CliRunner, Result
 
 from autocompress.cli import main
@@ -43,16 +44,6 @@ def _plant(path: Path, marker: Path, how: str) -> None:
 
 def _cli(*args: object) -> Result:
     return CliRunner().invoke(main, [str(a) for a in args], env={"COLUMNS": "160"})
-
-
-def _one_line_exit_2(res: Result, *needles: str) -> str:
-    assert res.exit_code == 2, (res.exit_code, res.stdout[-2000:], res.stderr[-2000:])
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    assert "Traceback" not in res.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def test_planted_pickle_round_trip_runs_code(tmp_path: Path) -> None:
@@ -90,7 +81,7 @@ def test_export_finetuned_refuses_a_planted_pickle(run_copy: Path, tmp_path: Pat
     marker = tmp_path / "pwned"
     _plant_finetune(run_copy, "1", marker, how)
     out = tmp_path / "m.onnx"
-    line = _one_line_exit_2(_cli("export", run_copy, "--point", "1", "--finetuned", "--out", out),
+    line = assert_one_line_error(_cli("export", run_copy, "--point", "1", "--finetuned", "--out", out),
                             "point-1.pt", "could run code")
     assert "autocompress finetune" in line
     assert not marker.exists() and not out.exists()
@@ -137,12 +128,12 @@ def test_search_checkpoint_and_config_do_not_run_code(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     ckpt = tmp_path / "evil.pt"
     _plant(ckpt, marker, "torch_save")
-    _one_line_exit_2(_cli("search", "--model", "test_mlp", "--checkpoint", ckpt, "--trials", "2",
+    assert_one_line_error(_cli("search", "--model", "test_mlp", "--checkpoint", ckpt, "--trials", "2",
                           "--out", tmp_path / "run"))
     assert not marker.exists()
     evil = tmp_path / "evil.yaml"
     evil.write_text(f'model: !!python/object/apply:builtins.open ["{marker}", "w"]\n')
-    _one_line_exit_2(_cli("search", "--config", evil, "--out", tmp_path / "run2"))
+    assert_one_line_error(_cli("search", "--config", evil, "--out", tmp_path / "run2"))
     assert not marker.exists()
 
 
