@@ -216,8 +216,7 @@ def prepare_run_dir(spec: SearchSpec) -> SearchSpec:
     if spec.resume:
         changed = given_changes(spec, stored)
         if changed:
-            shown = ", ".join(f"{k}: {_short(theirs)} stored, {_short(mine)} given"
-                              for k, mine, theirs in changed[:4])
+            shown = _shown_differences(changed, 4)
             raise UserInputError(
                 f"--resume {str(run)!r}: the stored search differs in {shown}; a resumed search "
                 "keeps what it searches (drop these settings to continue it, or use another --out "
@@ -229,8 +228,7 @@ def prepare_run_dir(spec: SearchSpec) -> SearchSpec:
         _move_aside(run)
         return spec
     diffs = spec.differences(stored)
-    shown = ", ".join(f"{k}: {_short(theirs)} stored, {_short(mine)} given"
-                      for k, mine, theirs in diffs[:3])
+    shown = _shown_differences(diffs, 3)
     raise UserInputError(
         f"--out {str(run)!r} holds a different search (differs in {shown}); use another --out, "
         "--resume to continue the stored search, or --force to start over (the old run is kept "
@@ -336,6 +334,12 @@ def _exclusive(run: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _shown_differences(diffs: list[tuple[str, object, object]], limit: int) -> str:
+    """``key: STORED stored, GIVEN given`` for the first ``limit`` differences (one error line)."""
+    return ", ".join(f"{k}: {_short(theirs)} stored, {_short(mine)} given"
+                     for k, mine, theirs in diffs[:limit])
 
 
 def _short(v: Any) -> str:
