@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ def run_train(*, model: str, data: str, data_root: str | None = None, epochs: in
     torch.manual_seed(seed)
     net = create_model(model, num_classes=splits.num_classes)
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, augment=augment)
+    # An interrupted run left its per-epoch state next to --out: the same command continues it.
+    state_path = out_path.with_name(out_path.name + ".partial")
+    resumed_from = _check_state(state_path, config, force)
 
     from rich.console import Console
     from rich.progress import (
@@ -55,8 +59,15 @@ def run_train(*, model: str, data: str, data_root: str | None = None, epochs: in
         task = bar.add_task(model, total=epochs, unit="epochs")
         steps = bar.add_task("epoch 1", total=None, unit="steps")
 
+        t_start = time.perf_counter()
+
         def on_epoch(epoch: int, loss: float, val: float) -> None:
             bar.update(task, completed=epoch, description=f"{model} loss {loss:.3f} val acc {val:.4f}")
+            if show_progress and not live:  # a log file gets one line per epoch with its ETA
+                done = epoch - resumed_from
+                per = (time.perf_counter() - t_start) / max(done, 1)
+                console.print(f"epoch {epoch}/{epochs} loss {loss:.4f} val acc {val:.4f} "
+                              f"{per:.0f} s/epoch eta {per * (epochs - epoch) / 60:.1f} min", highlight=False)
             if epoch < epochs:
                 bar.reset(steps, total=None, description=f"epoch {epoch + 1}")
 
@@ -64,7 +75,9 @@ def run_train(*, model: str, data: str, data_root: str | None = None, epochs: in
             bar.update(steps, completed=step, total=total)
 
         try:
-            result = train_model(net, splits, config, on_epoch=on_epoch, on_step=on_step)
+            if resumed_from:
+                bar.update(task, completed=resumed_from, description=f"{model} resumed after epoch {resumed_from}")
+            result = train_model(net, splits, config, on_epoch=on_epoch, on_step=on_step, state_path=state_path)
         except Exception:
             bar.live.transient = True  # the error line stands alone on stderr
             raise
@@ -75,11 +88,40 @@ def run_train(*, model: str, data: str, data_root: str | None = None, epochs: in
         "val_acc": result.val_acc, "test_acc": result.test_acc, "norm_stats": splits.norm_stats,
         "history": result.history, "seconds": round(result.seconds, 2),
         "seconds_per_epoch": round(result.seconds / max(epochs, 1), 2), "torch": torch.__version__,
-        "machine": platform.machine(), "checkpoint": str(out_path),
+        "machine": platform.machine(), "checkpoint": str(out_path), "resumed_after_epoch": resumed_from,
     }
     save_checkpoint(net, out_path, meta)
+    state_path.unlink(missing_ok=True)
     if show_progress and not live:
         console.print(bar.get_renderable())
     keys = ["model", "data", "seed", "val_acc", *(["test_acc"] if result.test_acc is not None else []),
             "seconds", "checkpoint"]
     return {k: meta[k] for k in keys}
+
+
+def _check_state(state_path: Path, config: TrainConfig, force: bool) -> int:
+    """Epochs an interrupted run already finished (0 when there is none to continue).
+
+    A state written by other settings is refused (it would silently mix two trainings) unless
+    ``force``, which discards it.
+    """
+    from dataclasses import asdict
+
+    if not state_path.exists():
+        return 0
+    try:
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable state is reported the same way
+        if force:
+            state_path.unlink()
+            return 0
+        raise UserInputError(f"training state {str(state_path)!r} cannot be read ({type(exc).__name__}); "
+                             "remove it or pass --force to start over") from None
+    if saved.get("config") != asdict(config):
+        if force:
+            state_path.unlink()
+            return 0
+        raise UserInputError(
+            f"training state {str(state_path)!r} belongs to an interrupted run with other settings; "
+            "repeat that run's command to continue it, or pass --force to start over")
+    return int(saved.get("epoch", 0))

@@ -89,14 +89,25 @@ def train_model(
     config: TrainConfig,
     on_epoch: Callable[[int, float, float], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    state_path: str | Path | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with SGD; report (epoch, loss, val acc) and (step, steps per epoch).
 
     Augmentation is applied to training batches only (evaluation always sees the plain split);
     the held-out test split, when there is one, is scored once at the end.
+
+    ``state_path``: after every epoch the whole training state (weights, optimiser, schedule,
+    random generators, history) is written there, and a run started with an existing state file
+    continues after its last finished epoch with the same result as an uninterrupted run; long
+    real-data trainings survive an interruption. The caller removes the file when done.
     """
     seed_everything(config.seed)
     start = time.perf_counter()
+    # Channels-last convolutions are ~20% faster on CPU for images of 16x16 and more; the 8x8
+    # digits keep the default layout (and their exact cached base models).
+    channels_last = data.input_shape[-1] * data.input_shape[-2] >= 256
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     schedule = config.schedule or data.schedule
     augment = data.augmentation(config.augment)
     aug_gen = torch.Generator().manual_seed(config.seed)
@@ -112,12 +123,29 @@ def train_model(
     else:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     history: list[dict[str, float]] = []
-    for epoch in range(config.epochs):
+    first_epoch, elapsed_before = 0, 0.0
+    if state_path is not None and Path(state_path).exists():
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        if saved.get("config") != asdict(config):
+            raise UserInputError(
+                f"training state {str(state_path)!r} was written by other settings ({saved.get('config')}); "
+                "remove it or train with the same settings")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        aug_gen.set_state(saved["aug_rng"])
+        loader.generator.set_state(saved["loader_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        history, first_epoch = list(saved["history"]), int(saved["epoch"])
+        elapsed_before = float(saved.get("seconds", 0.0))
+    for epoch in range(first_epoch, config.epochs):
         model.train()
         total_loss = n = 0.0
         for step, (x, y) in enumerate(loader, 1):
             if augment is not None:
                 x = augment(x, aug_gen)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y)
             loss.backward()
@@ -129,13 +157,33 @@ def train_model(
                 on_step(step, len(loader))
         val = accuracy(model, data, "val")
         history.append({"epoch": epoch + 1, "loss": total_loss / max(n, 1), "val_acc": val})
+        if state_path is not None and epoch + 1 < config.epochs:
+            _save_state(state_path, {
+                "config": asdict(config), "epoch": epoch + 1, "history": history,
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "aug_rng": aug_gen.get_state(), "loader_rng": loader.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "seconds": elapsed_before + time.perf_counter() - start})
         if on_epoch is not None:
             on_epoch(epoch + 1, total_loss / max(n, 1), val)
     model.eval()
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     final = history[-1]["val_acc"] if history else accuracy(model, data, "val")
     test = accuracy(model, data, "test") if data.test is not None else None
-    return TrainResult(final, history, time.perf_counter() - start, test_acc=test, schedule=schedule,
+    return TrainResult(final, history, elapsed_before + time.perf_counter() - start, test_acc=test, schedule=schedule,
                        augment=augment is not None)
+
+
+def _save_state(path: str | Path, state: dict) -> None:
+    """Write a training state atomically (a torn state file would lose the run it protects)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cache_dir() -> Path:

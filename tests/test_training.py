@@ -157,3 +157,64 @@ def test_cached_base_of_a_held_out_folder_is_keyed_by_its_recipe(tmp_path: Path)
     assert meta["recipe"] == {"schedule": "cosine", "augment": True, "norm": "train-split"}
     plain = {"data_root": None, "num_classes": 2, "input_shape": [1, 8, 8], "val_size": 2, "calib_size": 2}
     assert base_model_key("test_mlp", f"imagefolder:{folder}", TrainConfig(epochs=1, seed=0), plain) not in path.name
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """A run stopped after epoch 1 and started again with its state file ends where an
+    uninterrupted run ends: weights, history and test top-1 alike."""
+    folder = _heldout_folder(tmp_path / "data")
+    data = load_data(f"imagefolder:{folder}", input_shape=(3, 16, 16), val_size=2, calib_size=2)
+    config = TrainConfig(epochs=3, seed=4, batch_size=4)
+    torch.manual_seed(0)
+    whole = create_model("test_convnet", num_classes=data.num_classes)
+    expected = train_model(whole, data, config)
+
+    def stop_after_first(epoch: int, loss: float, val: float) -> None:
+        if epoch == 1:
+            raise _Stop
+
+    state = tmp_path / "m.pt.partial"
+    torch.manual_seed(0)
+    first = create_model("test_convnet", num_classes=data.num_classes)
+    try:
+        train_model(first, data, config, on_epoch=stop_after_first, state_path=state)
+    except _Stop:
+        pass
+    assert state.is_file()
+    torch.manual_seed(1)  # a different initialisation: everything must come from the state file
+    resumed = create_model("test_convnet", num_classes=data.num_classes)
+    result = train_model(resumed, data, config, state_path=state)
+    assert result.history == expected.history and result.test_acc == expected.test_acc
+    assert all(torch.equal(p, q) for p, q in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True))
+    assert all(p.is_contiguous() for p in resumed.parameters())  # handed back in the default layout
+
+
+def test_train_cli_refuses_a_state_of_other_settings_and_force_starts_over(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from autocompress.cli import main
+
+    out = tmp_path / "m.pt"
+    data = load_data("digits", input_shape=(1, 8, 8), seed=0)
+    state = tmp_path / "m.pt.partial"
+    try:
+        train_model(create_model("test_mlp"), data, TrainConfig(epochs=2, seed=0),
+                    on_epoch=lambda e, loss, v: (_ for _ in ()).throw(_Stop()), state_path=state)
+    except _Stop:
+        pass
+    args = ["train", "--model", "test_mlp", "--epochs", "3", "--out", str(out)]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and "other settings" in refused.output and str(state) in refused.output
+    assert not out.exists() and state.is_file()  # nothing lost, nothing written
+    same = CliRunner().invoke(main, ["train", "--model", "test_mlp", "--epochs", "2", "--out", str(out)])
+    assert same.exit_code == 0, same.output
+    assert json.loads(same.stdout)["checkpoint"] == str(out) and not state.exists()
+    assert json.loads(out.with_name("m.pt.json").read_text())["resumed_after_epoch"] == 1
+    state.write_bytes(b"torn")
+    forced = CliRunner().invoke(main, [*args, "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert json.loads(out.with_name("m.pt.json").read_text())["resumed_after_epoch"] == 0
