@@ -189,6 +189,8 @@ def _search_progress(console: Any) -> tuple[Any, Callable[[Any], None]]:
 @click.option("--ray-address", default=None, help="existing Ray cluster, 127.0.0.1:PORT or auto (default: start a local one)")
 @click.option("--resume", is_flag=True, default=None, help="continue the search stored in --out (a new --trials applies; settings that change what is searched are refused)")
 @click.option("--force", is_flag=True, default=None, help="start over when --out holds another search (old dir kept as OUT.old-N)")
+@click.option("--finetune-top", "finetune_top", default=None, type=int, metavar="K", help="at the end, fine-tune (KD, as `finetune`) the K front points of highest search accuracy (ties: lower cost first); with --resume, those not fine-tuned yet")
+@click.option("--finetune-epochs", "finetune_epochs", default=None, type=int, help="epochs of each --finetune-top fine-tune [default: 3]")
 @click.option("--no-report", is_flag=True, help="skip writing pareto.png / pareto.html")
 @_friendly
 def search(config: str | None, no_report: bool, set_: tuple[str, ...], **options: Any) -> None:
@@ -228,7 +230,12 @@ def search(config: str | None, no_report: bool, set_: tuple[str, ...], **options
 
         paths = write_report(result.run_dir)
         out.print(front_table(load_run(result.run_dir)))
+        if paths.finetuned is not None:
+            out.print(paths.finetuned)
         out.print(f"report: {paths.png}  {paths.html}")
+    elif result.finetuned:
+        for res in result.finetuned:
+            out.print("\n".join(res.lines()))
 
 
 POINT_ALIASES = ("knee", "best")
@@ -254,6 +261,8 @@ def report(run_dir: str) -> None:
         click.echo(f"warning: {warning}", err=True)
     console = _stdout_console()
     console.print(front_table(load_run(run_dir)))
+    if paths.finetuned is not None:
+        console.print(paths.finetuned)
     console.print(f"report: {paths.png}  {paths.html}")
 
 
@@ -295,7 +304,9 @@ def export(run_dir: str, point: str, fmt: str, out: str | None, int8: bool | Non
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--point", "point", required=True, help="id of a Pareto point, or knee / best")
+@click.option("--point", "point", default=None, help="id of a Pareto point, or knee / best")
+@click.option("--front", is_flag=True, help="fine-tune every feasible front point")
+@click.option("--top", default=None, type=int, metavar="K", help="fine-tune the K front points of highest search accuracy (ties: lower cost first)")
 @click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--kd/--no-kd", default=True, show_default=True, help="distil from the original model")
 @click.option("--temperature", default=4.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
@@ -303,14 +314,33 @@ def export(run_dir: str, point: str, fmt: str, out: str | None, int8: bool | Non
 @click.option("--lr", default=0.01, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--seed", default=0, show_default=True, type=int)
 @_friendly
-def finetune(run_dir: str, point: str, epochs: int, kd: bool, temperature: float, alpha: float,
-             lr: float, seed: int) -> None:
-    """Fine-tune a Pareto point's compressed model (optionally with KD); records acc before/after."""
-    from autocompress.report.finetune import finetune_point
+def finetune(run_dir: str, point: str | None, front: bool, top: int | None, epochs: int, kd: bool,
+             temperature: float, alpha: float, lr: float, seed: int) -> None:
+    """Fine-tune a Pareto point's compressed model, or the front's (--front, --top K), with KD;
+    records top-1 before/after (val, and test where the data has a test split)."""
+    chosen = [name for name, given in (("--point", point is not None), ("--front", front),
+                                       ("--top", top is not None)) if given]
+    if len(chosen) != 1:
+        raise UserInputError(f"give exactly one of --point, --front, --top K (got {', '.join(chosen) or 'none'})")
+    if top is not None and top < 1:
+        raise UserInputError(f"--top {top}; allowed: an integer >= 1")
+    from autocompress.report.finetune import finetune_front, finetune_point
 
-    res = finetune_point(run_dir, _resolve_point(run_dir, point), epochs, kd=kd, temperature=temperature, alpha=alpha, lr=lr,
-                         seed=seed, progress=True)
-    click.echo("\n".join(res.lines()))
+    if point is not None:
+        results = [finetune_point(run_dir, _resolve_point(run_dir, point), epochs, kd=kd,
+                                  temperature=temperature, alpha=alpha, lr=lr, seed=seed, progress=True)]
+    else:
+        results = finetune_front(run_dir, top=top, epochs=epochs, kd=kd, temperature=temperature,
+                                 alpha=alpha, lr=lr, seed=seed, progress=True,
+                                 on_point=lambda i, n, pid: click.echo(f"[{i + 1}/{n}] point {pid}", err=True))
+    click.echo("\n".join(line for res in results for line in res.lines()))
+    if point is None:
+        from autocompress.report import load_run
+        from autocompress.report.tables import finetune_table
+
+        table = finetune_table(load_run(run_dir))
+        if table is not None:
+            _stdout_console().print(table)
 
 
 @main.command("models")

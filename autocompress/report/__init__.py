@@ -7,6 +7,7 @@ Public surface::
     table, png = show_point("runs/NAME", 7)            # per-layer policy table and bar chart
     info = export_point("runs/NAME", 7, "onnx", "m.onnx")   # checked against PyTorch; int8 too
     result = finetune_point("runs/NAME", 7, epochs=3)  # KD fine-tune, recorded in RUN/finetune/
+    results = finetune_front("runs/NAME", top=3)       # the 3 best front points, same schedule
     run = load_run("runs/NAME")                        # spec, trials, front (validated)
     model = load_finetuned(run, run.point(7), latest_finetune(run.path, 7))  # weights-only load
 
@@ -39,6 +40,7 @@ _LAZY: dict[str, str] = {
     "export_point": "autocompress.report.export",
     "FinetuneResult": "autocompress.report.finetune",
     "finetune_point": "autocompress.report.finetune",
+    "finetune_front": "autocompress.report.finetune",
     "latest_finetune": "autocompress.report.finetune",
     "load_finetuned": "autocompress.report.finetune",
 }
@@ -52,6 +54,7 @@ __all__ = [
     "ReportPaths",
     "RunRecord",
     "export_point",
+    "finetune_front",
     "finetune_point",
     "format_metric",
     "front_table",

@@ -113,6 +113,9 @@ class ExportInfo:
     exporter: str = ""
     finetuned: bool = False
     seconds: float = 0.0
+    #: The exported file's top-1 on the held-out test split (None when the data has none).
+    test_acc: float | None = None
+    test_samples: int = 0
 
     @property
     def size_ratio(self) -> float:
@@ -146,6 +149,9 @@ class ExportInfo:
             + (f"{100 * self.recorded_acc:.2f}%)" if self.recorded_acc is not None else "nothing)")
             + f"; max |diff| vs PyTorch {self.max_abs_diff:.2e}",
         ]
+        if self.test_acc is not None:
+            out.append(f"test top-1 {100 * self.test_acc:.2f}% (held-out test split, "
+                       f"{self.test_samples} samples, scored by the exported file)")
         if self.quant_agreement is not None:
             out.append(
                 f"simulated quantization: top-1 agreement with PyTorch {100 * self.quant_agreement:.1f}%, "
@@ -532,6 +538,8 @@ def export_point(
         small = scored_model(problem, point.policy)
     original = problem.model.eval()
     x_val, y_val = problem.data.tensors("val")
+    test = problem.data.tensors("test") if getattr(problem.data, "test", None) is not None else None
+    test_acc: float | None = None
     x_check = x_val[:check_samples]
     x_lat = example[:1].expand(batch, *example.shape[1:]).contiguous()
     ref = _torch_logits(small, x_check)
@@ -543,6 +551,8 @@ def export_point(
         sess = _session(blob, threads)
         got = _ort_logits(sess, x_check)
         acc = _top1(_ort_logits(sess, x_val), y_val)
+        if test is not None:
+            test_acc = _top1(_ort_logits(sess, test[0]), test[1])
         with activation_quant_as_clip(small) as had_quant:
             if had_quant:
                 # Activation rounding is discontinuous: ~1e-6 float noise between ONNX Runtime's
@@ -571,6 +581,8 @@ def export_point(
         loaded = _load(fmt, blob)
         got = _torch_logits(loaded, x_check)
         acc = _top1(_torch_logits(loaded, x_val), y_val)
+        if test is not None:
+            test_acc = _top1(_torch_logits(loaded, test[0]), test[1])
         latency = _torch_latency(loaded, x_lat, threads, repeats)
         orig_latency = _torch_latency(_load(fmt, orig_blob), x_lat, threads, repeats)
         backend = "torch"
@@ -633,6 +645,7 @@ def export_point(
         backend=backend, batch=batch, threads=threads, max_abs_diff=diff, acc=acc,
         recorded_acc=None if recorded is None or not math.isfinite(recorded) else recorded,
         metrics=dict(point.metrics), exporter=exporter, finetuned=record is not None, seconds=time.perf_counter() - t0,
+        test_acc=test_acc, test_samples=0 if test is None else len(test[1]),
         **quant, **int8_fields,
     )
     write_export_record(info, run.path)

@@ -25,7 +25,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +37,13 @@ from torch import nn
 from autocompress.compression import CompressionPolicy
 from autocompress.errors import UserInputError
 from autocompress.report._io import atomic_path, write_text_atomic
-from autocompress.report.run import Candidate, RunRecord, load_run
+from autocompress.report.run import (
+    Candidate,
+    RunRecord,
+    latest_finetune,  # noqa: F401 - re-exported: the fine-tune API names it here
+    load_run,
+    safe_point_name,
+)
 
 if TYPE_CHECKING:
     from autocompress.problem import Problem
@@ -49,7 +55,9 @@ class FinetuneResult:
 
     ``acc_before`` is the compressed model as the search scored it (recomputed now on the whole
     validation split), ``acc_after`` the same model after fine-tuning; ``teacher_acc`` is the
-    original model's.
+    original model's. ``test_before`` / ``test_after`` / ``teacher_test_acc`` are the same three
+    on the held-out test split, when the data has one (else None); the test split is only
+    measured, never used to choose anything.
     """
 
     point_id: str
@@ -68,6 +76,19 @@ class FinetuneResult:
     record_path: Path | None = None
     weights_path: Path | None = None
     seconds: float = 0.0
+    test_before: float | None = None
+    test_after: float | None = None
+    teacher_test_acc: float | None = None
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> FinetuneResult:
+        """The result a fine-tune record (``RUN/finetune/point-<id>.json``) holds."""
+        names = {f for f in cls.__dataclass_fields__}
+        kw = {k: v for k, v in rec.items() if k in names}
+        for k in ("record_path", "weights_path"):
+            kw[k] = None if kw.get(k) is None else Path(str(kw[k]))
+        kw.setdefault("history", [])
+        return cls(**kw)
 
     @property
     def gain(self) -> float:
@@ -89,36 +110,13 @@ class FinetuneResult:
             f"point {self.point_id}: {self.epochs} epoch(s), {how}, lr {self.lr:g}, seed {self.seed}",
             f"top-1 before {100 * self.acc_before:.2f}% -> after {100 * self.acc_after:.2f}% "
             f"({100 * self.gain:+.2f} points; original model {100 * self.teacher_acc:.2f}%)",
+        ] + ([
+            f"test top-1 before {100 * self.test_before:.2f}% -> after {100 * self.test_after:.2f}% "
+            f"({100 * (self.test_after - self.test_before):+.2f} points; original model "
+            + (f"{100 * self.teacher_test_acc:.2f}%)" if self.teacher_test_acc is not None else "-)")
+        ] if self.test_before is not None and self.test_after is not None else []) + [
             f"recorded in {self.record_path}, weights in {self.weights_path}",
         ]
-
-
-def _records(directory: Path, point_id: str) -> list[tuple[int, Path]]:
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in point_id)
-    out = []
-    for f in directory.glob(f"point-{safe}*.json"):
-        suffix = f.stem[len(f"point-{safe}"):]
-        if suffix == "":
-            out.append((1, f))
-        elif suffix.startswith("-") and suffix[1:].isdigit():
-            out.append((int(suffix[1:]), f))
-    return sorted(out)
-
-
-def latest_finetune(run_dir: str | Path, point_id: str | int) -> dict[str, Any] | None:
-    """The most recent fine-tune record of a point (``RUN/finetune/point-<id>[-n].json``), or None."""
-    directory = Path(run_dir) / "finetune"
-    for _, path in reversed(_records(directory, str(point_id))):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            continue  # an unreadable or torn record: an older one may still serve
-        weights = path.with_suffix(".pt")  # written next to its record, same stem
-        if isinstance(rec, dict) and weights.is_file():
-            rec["weights_path"] = str(weights)
-            rec["record_path"] = str(path)
-            return rec
-    return None
 
 
 def _free_stem(directory: Path, stem: str) -> str:
@@ -177,8 +175,12 @@ def finetune_point(
     weight_decay: float = 5e-4,
     seed: int = 0,
     progress: bool = False,
+    problem: Problem | None = None,
 ) -> FinetuneResult:
     """Fine-tune point ``point_id``'s compressed model and record accuracy before and after.
+
+    Accuracy is recorded on the validation split and, when the data has a held-out test split
+    (an image folder's ``test/``, torchvision's test files), on the test split too.
 
     Args:
         run_dir: the search run directory.
@@ -192,6 +194,8 @@ def finetune_point(
         weight_decay: L2 penalty.
         seed: seed of the batch order (same seed, same result).
         progress: show progress while a missing base model is trained.
+        problem: the run's already built ``Problem`` (the search passes its own); by default it
+            is rebuilt from the run directory.
 
     Returns:
         ``FinetuneResult``; the record and weights are written under ``RUN/finetune/``.
@@ -221,12 +225,17 @@ def finetune_point(
     run = load_run(run_dir)
     point = run.point(point_id)
 
-    problem = rebuild_problem(run, progress=progress)
+    problem = problem if problem is not None else rebuild_problem(run, progress=progress)
     teacher = problem.model.eval()
     student = scored_model(problem, point.policy)
     x_val, y_val = problem.data.tensors("val")
     teacher_acc = _accuracy(teacher, x_val, y_val)
     acc_before = _accuracy(student, x_val, y_val)
+    test = test_tensors(problem)
+    teacher_test = test_before = None
+    if test is not None:
+        teacher_test = _accuracy(teacher, *test)
+        test_before = _accuracy(student, *test)
 
     seed_everything(seed)
     loader = problem.data.loader("train", batch_size, shuffle=True, seed=seed)
@@ -260,10 +269,11 @@ def finetune_point(
     student.eval()
     snap_quantized_weights_(student)
     acc_after = _accuracy(student, x_val, y_val)
+    test_after = _accuracy(student, *test) if test is not None else None
 
     directory = run.path / "finetune"
     directory.mkdir(parents=True, exist_ok=True)
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in point.id)
+    safe = safe_point_name(point.id)
     stem = _free_stem(directory, f"point-{safe}")
     weights = directory / f"{stem}.pt"
     record = directory / f"{stem}.json"
@@ -276,7 +286,8 @@ def finetune_point(
         recorded_acc=None if recorded is None or not math.isfinite(recorded) else recorded,
         epochs=epochs, kd=kd, temperature=temperature, alpha=alpha, lr=lr, batch_size=batch_size,
         seed=seed, history=history, record_path=record, weights_path=weights,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, test_before=test_before, test_after=test_after,
+        teacher_test_acc=teacher_test,
     )
     payload = {**result.to_dict(), "policy": point.policy.to_dict(), "metrics": point.metrics,
                "weight_decay": weight_decay, "weights_format": WEIGHTS_FORMAT,
@@ -285,6 +296,155 @@ def finetune_point(
     # fine-tune that picked the same name fails instead of overwriting.
     write_text_atomic(record, json.dumps(payload, indent=2, sort_keys=True), exclusive=True)
     return result
+
+
+def test_tensors(problem: Problem) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The whole held-out test split as (inputs, labels), or None when the data has none."""
+    if getattr(problem.data, "test", None) is None:
+        return None
+    return problem.data.tensors("test")
+
+
+def _check_top(top: Any) -> int | None:
+    if top is None:
+        return None
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise UserInputError(f"top={top!r}; allowed: an integer >= 1 (or None for every front point)")
+    return int(top)
+
+
+def finetune_front(
+    run_dir: str | Path,
+    top: int | None = None,
+    epochs: int = 3,
+    kd: bool = True,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    lr: float = 0.01,
+    *,
+    batch_size: int = 64,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    skip_done: bool = False,
+    progress: bool = False,
+    problem: Problem | None = None,
+    on_point: Callable[[int, int, str], None] | None = None,
+) -> list[FinetuneResult]:
+    """Fine-tune every feasible front point (``top=None``) or the ``top`` best, one by one.
+
+    "Best" is ``RunRecord.by_proxy_rank``: highest accuracy as the search scored it, ties broken
+    by lower cost, then by id. Each point goes through ``finetune_point`` (the same KD schedule and
+    settings) and gets its own record under ``RUN/finetune/``; nothing is overwritten.
+
+    Args:
+        run_dir: the search run directory.
+        top: how many points (an integer >= 1), or None for all.
+        epochs, kd, temperature, alpha, lr, batch_size, weight_decay, seed: as ``finetune_point``.
+        skip_done: keep a point's existing fine-tune record instead of fine-tuning it again (a
+            resumed ``search --finetune-top K`` fine-tunes only what is missing); its recorded
+            result is returned.
+        progress: show progress while a missing base model is trained.
+        problem: the run's already built ``Problem`` (default: rebuilt from the run).
+        on_point: called with ``(i, n, point_id)`` before each point is fine-tuned.
+
+    Returns:
+        One ``FinetuneResult`` per selected point, best first.
+
+    Example:
+        >>> results = finetune_front("runs/demo", top=3, epochs=3)  # doctest: +SKIP
+    """
+    top = _check_top(top)
+    run = load_run(run_dir)
+    chosen = run.by_proxy_rank()
+    if top is not None:
+        chosen = chosen[:top]
+    if not chosen:
+        raise UserInputError(f"the Pareto front of {str(run.path)!r} has no feasible point to fine-tune")
+    out: list[FinetuneResult] = []
+    for i, point in enumerate(chosen):
+        done = run.finetuned.get(point.id) if skip_done else None
+        if done is not None:
+            out.append(FinetuneResult.from_record(done))
+            continue
+        if on_point is not None:
+            on_point(i, len(chosen), point.id)
+        out.append(finetune_point(run.path, point.id, epochs, kd, temperature, alpha, lr,
+                                  batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+                                  progress=progress, problem=problem))
+    return out
+
+
+#: Test top-1 of searched models, by policy key, kept across rewrites of ``pareto.json``.
+TEST_CACHE_FILE = "test_top1.json"
+
+
+def measure_front_test(run_dir: str | Path, problem: Problem) -> tuple[dict[str, float], float | None]:
+    """Top-1 on the held-out test split of the base model and of every front point; recorded.
+
+    Each point is the model the search scored (compressed, BatchNorm recalibrated, its short
+    fine-tune), i.e. what ``export`` hands over. The numbers go into ``RUN/pareto.json`` (each
+    point's ``test_acc``, the base model's under ``test.base``) and are remembered by policy in
+    ``RUN/test_top1.json``, so a resumed search measures only new points. Without a test split
+    nothing is measured or written: ``({}, None)``.
+    """
+    from autocompress.report._rebuild import scored_model
+    from autocompress.report.run import read_pareto
+
+    test = test_tensors(problem)
+    if test is None:
+        return {}, None
+    path = Path(run_dir)
+    pareto = read_pareto(path)
+    cache_file = path / TEST_CACHE_FILE
+    try:
+        cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        cache = {}
+    cache = cache if isinstance(cache, dict) else {}
+    if not isinstance(cache.get("_base"), int | float):
+        cache["_base"] = _accuracy(problem.model.eval(), *test)
+    out: dict[str, float] = {}
+    points = pareto.get("points") or []
+    for p in points:
+        policy = CompressionPolicy.from_dict(p["policy"])
+        key = policy.key()
+        if not isinstance(cache.get(key), int | float):
+            cache[key] = _accuracy(scored_model(problem, policy), *test)
+        p["test_acc"] = float(cache[key])
+        out[str(p.get("id"))] = float(cache[key])
+    pareto["test"] = {"base": float(cache["_base"]), "samples": int(len(test[1])),
+                      "split": "held-out test split (never used to choose anything)"}
+    write_text_atomic(cache_file, json.dumps(cache, indent=2, sort_keys=True))
+    write_text_atomic(path / "pareto.json", json.dumps(pareto, indent=2, sort_keys=True) + "\n")
+    return out, float(cache["_base"])
+
+
+@dataclass(frozen=True)
+class FrontFinish:
+    """What ``finish_search`` adds to a search's result: test top-1 and fine-tuned points."""
+
+    test_acc: dict[str, float] = field(default_factory=dict)
+    base_test_acc: float | None = None
+    finetuned: tuple[FinetuneResult, ...] = ()
+
+
+def finish_search(run_dir: str | Path, problem: Problem, *, finetune_top: int | None = None,
+                  finetune_epochs: int = 3, seed: int = 0,
+                  on_message: Callable[[str], None] | None = None) -> FrontFinish:
+    """The end of a search: test top-1 of the front (data with a test split), then the
+    fine-tune of the ``finetune_top`` best front points not fine-tuned yet (see ``finetune_front``).
+    """
+    test_acc, base_test = measure_front_test(run_dir, problem)
+    finetuned: list[FinetuneResult] = []
+    if finetune_top is not None and load_run(run_dir).front:
+
+        def say(i: int, n: int, pid: str) -> None:
+            if on_message is not None:
+                on_message(f"fine-tuning point {pid} ({i + 1}/{n}, {finetune_epochs} epoch(s))")
+
+        finetuned = finetune_front(run_dir, top=finetune_top, epochs=finetune_epochs, seed=seed,
+                                   skip_done=True, problem=problem, on_point=say)
+    return FrontFinish(test_acc=test_acc, base_test_acc=base_test, finetuned=tuple(finetuned))
 
 
 #: ``weights_format`` of a fine-tune record whose ``.pt`` holds a ``state_dict`` of tensors.

@@ -18,10 +18,12 @@ from autocompress.report._io import atomic_path
 from autocompress.report.run import Candidate, RunRecord, layer_order, load_run
 from autocompress.report.tables import (
     METRIC_LABELS,
+    finetune_table,
     format_metric,
     front_table,
     metric_names,
     ordered_layers,
+    point_notes,
     policy_table,
 )
 
@@ -32,7 +34,8 @@ _AXIS_LABELS = {"macs": "MACs per sample", "flops": "FLOPs per sample (2 x MACs)
 
 @dataclass(frozen=True)
 class ReportPaths:
-    """What ``write_report`` produced: the two files, the front's table, the run's warnings.
+    """What ``write_report`` produced: the two files, the front's table, the run's warnings and
+    the fine-tuned points' table.
 
     ``warnings`` are ``RunRecord.warnings`` (what was read but not trusted), for the caller to show.
     """
@@ -41,6 +44,8 @@ class ReportPaths:
     html: Path
     table: Table
     warnings: tuple[str, ...] = ()
+    #: Proxy vs fine-tuned accuracy of the fine-tuned front points (None when none is).
+    finetuned: Table | None = None
 
 
 def _axis_label(metric: str) -> str:
@@ -84,6 +89,26 @@ def _groups(run: RunRecord) -> tuple[list[Candidate], list[Candidate], list[Cand
     return infeasible, low, feasible, list(run.front)
 
 
+def finetuned_pairs(run: RunRecord) -> list[tuple[Candidate, float, float, float]]:
+    """``(point, cost, proxy y, fine-tuned y)`` of each fine-tuned front point, by cost.
+
+    The y values are on the plot's scale (percent for accuracies); the fine-tuned y is the
+    point's val top-1 after fine-tuning, the same split the proxy is scored on.
+    """
+    x, y = run.cost_metric, run.quality_metric
+    if y not in ("acc",):
+        return []  # fine-tuning records top-1: drawn only against a top-1 axis
+    out = []
+    for p in run.front:
+        rec = run.finetuned.get(p.id)
+        after = rec.get("acc_after") if rec is not None else None
+        vx, vy = p.metrics.get(x), p.metrics.get(y)
+        if (isinstance(after, int | float) and vx is not None and vy is not None
+                and math.isfinite(after) and math.isfinite(vx) and math.isfinite(vy)):
+            out.append((p, vx, _y(y, vy), _y(y, float(after))))
+    return sorted(out, key=lambda t: (t[1], t[0].id))
+
+
 def pareto_png(run: RunRecord, path: str | Path) -> Path:
     """Accuracy against the cost objective: every candidate, the front, budgets and the base model."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -117,6 +142,16 @@ def pareto_png(run: RunRecord, path: str | Path) -> Path:
             if c.metrics.get(x) is not None and c.metrics.get(y) is not None:
                 ax.annotate(c.id, (c.metrics[x], _y(y, c.metrics[y])), textcoords="offset points",
                             xytext=(4, 4), fontsize=7, color="tab:red")
+    tuned = finetuned_pairs(run)
+    if tuned:
+        # The fine-tuned front beside the proxy one: each fine-tuned point with an arrow from
+        # the accuracy the search scored to its accuracy after fine-tuning.
+        for _, vx, before, after in tuned:
+            ax.annotate("", xy=(vx, after), xytext=(vx, before), zorder=3,
+                        arrowprops=dict(arrowstyle="->", color="darkorange", lw=1.0, alpha=0.8))
+        ax.plot([t[1] for t in tuned], [t[3] for t in tuned], color="darkorange", marker="D",
+                markersize=6, linewidth=1.2, linestyle="--",
+                label=f"after fine-tuning ({len(tuned)})", zorder=4)
     knee = next((c for c in front if c.id == run.knee_id), None)
     if knee is not None and x in knee.metrics and y in knee.metrics:
         ax.scatter([knee.metrics[x]], [_y(y, knee.metrics[y])], s=160, facecolors="none",
@@ -152,10 +187,12 @@ def pareto_png(run: RunRecord, path: str | Path) -> Path:
     return out
 
 
-def _hover(c: Candidate, names: Sequence[str], order: Sequence[str] | None, max_layers: int = 60) -> str:
+def _hover(c: Candidate, names: Sequence[str], order: Sequence[str] | None, max_layers: int = 60,
+           notes: Sequence[str] = ()) -> str:
     lines = [f"<b>point {html.escape(c.id)}</b>"]
     lines += [f"{METRIC_LABELS.get(m, m)}: {format_metric(m, c.metrics.get(m))}" for m in names
               if m in c.metrics]
+    lines += [html.escape(n) for n in notes]
     layers = ordered_layers(c.policy, order)
     lines.append("<i>layer: prune / w bits / a bits / rank</i>")
     for name in layers[:max_layers]:
@@ -176,6 +213,7 @@ def pareto_html(run: RunRecord, path: str | Path) -> Path:
     x, y = run.cost_metric, run.quality_metric
     order = layer_order(run)
     infeasible, low, feasible, front = _groups(run)
+    front_ids = set(run.front_ids)
     names = metric_names(run.trials + run.front, run.base_metrics)
     fig = go.Figure()
     all_x: list[float] = []
@@ -196,8 +234,26 @@ def pareto_html(run: RunRecord, path: str | Path) -> Path:
             x=xs, y=[_y(y, c.metrics[y]) for c in pts], mode=mode, name=f"{label} ({len(pts)})",
             marker=marker, line=dict(shape="hv") if mode != "markers" else None,
             text=[c.id for c in pts], customdata=[c.id for c in pts],
-            hovertext=[_hover(c, names, order) for c in pts], hoverinfo="text",
+            hovertext=[_hover(c, names, order, notes=point_notes(run, c) if c.id in front_ids else ())
+                       for c in pts], hoverinfo="text",
         ))
+    tuned = finetuned_pairs(run)
+    if tuned:
+        def tuned_hover(p: Candidate) -> str:
+            return "<br>".join([f"<b>point {html.escape(p.id)} after fine-tuning</b>",
+                                *(html.escape(n) for n in point_notes(run, p))])
+
+        fig.add_trace(go.Scatter(
+            x=[t[1] for t in tuned], y=[t[3] for t in tuned], mode="lines+markers",
+            name=f"after fine-tuning ({len(tuned)})",
+            marker=dict(color="seagreen", size=10, symbol="diamond"), line=dict(dash="dash"),
+            text=[t[0].id for t in tuned], customdata=[t[0].id for t in tuned],
+            hovertext=[tuned_hover(t[0]) for t in tuned], hoverinfo="text",
+        ))
+        for _, vx, before, after in tuned:
+            fig.add_annotation(x=vx, y=after, ax=vx, ay=before, xref="x", yref="y", axref="x",
+                               ayref="y", showarrow=True, arrowhead=2, arrowcolor="seagreen",
+                               text="")
     base = run.base_metrics
     if x in base and y in base:
         all_x.append(base[x])
@@ -290,7 +346,8 @@ def write_report(run_dir: str | Path) -> ReportPaths:
     run = load_run(run_dir)
     png = pareto_png(run, run.path / "pareto.png")
     page = pareto_html(run, run.path / "pareto.html")
-    return ReportPaths(png=png, html=page, table=front_table(run), warnings=run.warnings)
+    return ReportPaths(png=png, html=page, table=front_table(run), warnings=run.warnings,
+                       finetuned=finetune_table(run))
 
 
 def point_png_path(run: RunRecord, point_id: str) -> Path:
@@ -308,6 +365,6 @@ def show_point(run_dir: str | Path, point_id: str | int) -> tuple[Table, Path]:
     run = load_run(run_dir)
     point = run.point(point_id)
     order = layer_order(run)
-    table = policy_table(point, base=run.base_metrics, order=order)
+    table = policy_table(point, base=run.base_metrics, order=order, notes=point_notes(run, point))
     png = policy_png(point, point_png_path(run, point.id), order=order)
     return table, png

@@ -66,6 +66,8 @@ class RunRecord:
         warnings: what was read but not trusted, one line each (a torn last line of
             ``trials.jsonl``, front points evaluated by processes logging elsewhere); reports
             print them.
+        finetuned: front point id -> its latest fine-tune record (``RUN/finetune/point-<id>.json``
+            of the same policy, with its weights next to it), for the points that have one.
     """
 
     path: Path
@@ -77,6 +79,7 @@ class RunRecord:
     budgets: dict[str, float]
     pareto: dict[str, Any]
     warnings: tuple[str, ...] = ()
+    finetuned: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def n_evaluated(self) -> int:
@@ -115,6 +118,42 @@ class RunRecord:
                 return name
         return "acc"
 
+    @property
+    def base_test_acc(self) -> float | None:
+        """The uncompressed model's top-1 on the held-out test split, when the search measured it."""
+        test = self.pareto.get("test")
+        value = test.get("base") if isinstance(test, Mapping) else None
+        return _finite_or_none(value)
+
+    def test_acc(self, point: Candidate) -> float | None:
+        """A front point's top-1 on the held-out test split (the searched model, not fine-tuned),
+        when the search measured it (data with a test split only)."""
+        return _finite_or_none(point.extra.get("test_acc"))
+
+    @property
+    def has_test(self) -> bool:
+        """Whether any test top-1 is on record (search's front or a fine-tune record)."""
+        return (self.base_test_acc is not None or any(self.test_acc(p) is not None for p in self.front)
+                or any(_finite_or_none(r.get("test_before")) is not None for r in self.finetuned.values()))
+
+    def by_proxy_rank(self) -> list[Candidate]:
+        """The front's feasible points, best first: highest search accuracy (the quality
+        objective, as scored during the search), ties broken by lower cost, then by id.
+
+        This is the order ``--finetune-top K`` and ``finetune --top K`` take points in.
+        """
+        q, cost = self.quality_metric, self.cost_metric
+        sign = -1.0 if self.objectives.get(q, "maximize") == "maximize" else 1.0
+
+        def key(c: Candidate) -> tuple[float, float, int, str]:
+            acc = c.metrics.get(q, math.nan)
+            c_v = c.metrics.get(cost, math.nan)
+            return (sign * acc if math.isfinite(acc) else math.inf,
+                    c_v if math.isfinite(c_v) else math.inf,
+                    int(c.id) if c.id.isdigit() else 1 << 62, c.id)
+
+        return sorted((p for p in self.front if p.feasible and p.ok), key=key)
+
     def point(self, point_id: str | int) -> Candidate:
         """The front point with this id; any other id is a user error listing the valid ids."""
         key = str(point_id).strip()
@@ -129,6 +168,69 @@ class RunRecord:
 
 
 # -- reading ------------------------------------------------------------------------------------
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def safe_point_name(point_id: str | int) -> str:
+    """A point id as it appears in file names (``point-<id>.json``)."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(point_id))
+
+
+def finetune_record_files(directory: Path, point_id: str | int) -> list[tuple[int, Path]]:
+    """``(n, path)`` of ``point-<id>.json`` (n = 1) and ``point-<id>-<n>.json``, oldest first."""
+    safe = safe_point_name(point_id)
+    out = []
+    for f in directory.glob(f"point-{safe}*.json"):
+        suffix = f.stem[len(f"point-{safe}"):]
+        if suffix == "":
+            out.append((1, f))
+        elif suffix.startswith("-") and suffix[1:].isdigit():
+            out.append((int(suffix[1:]), f))
+    return sorted(out)
+
+
+def latest_finetune(run_dir: str | Path, point_id: str | int) -> dict[str, Any] | None:
+    """The most recent fine-tune record of a point (``RUN/finetune/point-<id>[-n].json``), or None.
+
+    Only a record whose weights file (same stem, ``.pt``) exists counts; ``weights_path`` and
+    ``record_path`` are set to where they are now.
+    """
+    directory = Path(run_dir) / "finetune"
+    for _, path in reversed(finetune_record_files(directory, point_id)):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            continue  # an unreadable or torn record: an older one may still serve
+        weights = path.with_suffix(".pt")  # written next to its record, same stem
+        if isinstance(rec, dict) and weights.is_file():
+            rec["weights_path"] = str(weights)
+            rec["record_path"] = str(path)
+            return rec
+    return None
+
+
+def _finetuned(path: Path, front: Sequence[Candidate]) -> dict[str, dict[str, Any]]:
+    """The latest fine-tune record of each front point that has one for the same policy."""
+    if not (path / "finetune").is_dir():
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for p in front:
+        rec = latest_finetune(path, p.id)
+        if rec is None:
+            continue
+        try:
+            same = CompressionPolicy.from_dict(rec["policy"]) == p.policy
+        except Exception:  # noqa: BLE001 - a record we cannot read as a policy is not this point's
+            same = False
+        if same and _finite_or_none(rec.get("acc_after")) is not None:
+            out[p.id] = rec
+    return out
+
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -536,6 +638,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         budgets=budgets,
         pareto=dict(pareto),
         warnings=tuple(warnings),
+        finetuned=_finetuned(path, front),
     )
 
 

@@ -24,6 +24,7 @@ METRIC_LABELS: dict[str, str] = {
     "size_bytes": "size",
     "bops": "BOPs",
     "latency_ms": "latency",
+    "test_acc": "test top-1",
 }
 #: Order of metric columns in every table.
 METRIC_ORDER: tuple[str, ...] = tuple(METRIC_LABELS)
@@ -40,7 +41,7 @@ def format_metric(name: str, value: float | None) -> str:
     """A metric value with its unit: ``98.61%``, ``12.30M``, ``1.23 ms``, ``45.2 KB``."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
-    if name in ("acc", "acc_top5"):
+    if name in ("acc", "acc_top5", "test_acc"):
         return f"{100.0 * value:.2f}%"
     if name == "latency_ms":
         return f"{value:.3f} ms"
@@ -92,7 +93,9 @@ def front_table(run: RunRecord) -> Table:
     """The Pareto front as a rich table, sorted by the cost objective, with the base model first.
 
     Columns: the objectives plus top-1, MACs, parameters, size and latency where recorded. The
-    knee point is starred; ``QoM`` (quality of model) is shown where the run records it.
+    knee point is starred; ``QoM`` (quality of model) is shown where the run records it. When
+    the data has a held-out test split, ``test top-1`` (the searched model on the whole test
+    split) follows the metrics; without one there is no such column.
     """
     cost = run.cost_metric
     names = [m for m in metric_names(run.front, run.base_metrics)
@@ -107,6 +110,9 @@ def front_table(run: RunRecord) -> Table:
     table.add_column("point", justify="right", style="bold")
     for m in names:
         table.add_column(METRIC_LABELS.get(m, m), justify="right")
+    has_test = run.base_test_acc is not None or any(run.test_acc(p) is not None for p in run.front)
+    if has_test:
+        table.add_column(METRIC_LABELS["test_acc"], justify="right")
     if run.base_metrics.get(cost):
         table.add_column(f"{METRIC_LABELS.get(cost, cost)} vs base", justify="right")
     has_qom = any("qom" in p.extra or "qom" in p.metrics for p in run.front)
@@ -115,6 +121,8 @@ def front_table(run: RunRecord) -> Table:
     table.add_column("policy")
     if run.base_metrics:
         row = ["base"] + [format_metric(m, run.base_metrics.get(m)) for m in names]
+        if has_test:
+            row.append(format_metric("test_acc", run.base_test_acc))
         if run.base_metrics.get(cost):
             row.append("1.00x")
         if has_qom:
@@ -124,6 +132,8 @@ def front_table(run: RunRecord) -> Table:
     for p in sorted(run.front, key=lambda c: (c.metrics.get(cost, math.inf), c.id)):
         label = p.id + (" *" if p.id == run.knee_id else "")
         row = [label] + [format_metric(m, p.metrics.get(m)) for m in names]
+        if has_test:
+            row.append(format_metric("test_acc", run.test_acc(p)))
         if run.base_metrics.get(cost):
             v = p.metrics.get(cost)
             row.append(f"{v / run.base_metrics[cost]:.2f}x" if v is not None else "-")
@@ -135,6 +145,75 @@ def front_table(run: RunRecord) -> Table:
     return table
 
 
+def _rec_float(rec: Mapping[str, object], key: str) -> float | None:
+    v = rec.get(key)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def finetune_table(run: RunRecord) -> Table | None:
+    """The proxy front next to the fine-tuned one: one row per fine-tuned front point.
+
+    Columns: the cost, the accuracy the search scored (``proxy``: after BN recalibration and its
+    short fine-tune), val top-1 before and after fine-tuning (latest record of the point), and,
+    when the data has a held-out test split, test top-1 before and after. None when no front
+    point has been fine-tuned.
+    """
+    if not run.finetuned:
+        return None
+    cost, q = run.cost_metric, run.quality_metric
+    has_test = any(_rec_float(r, "test_before") is not None for r in run.finetuned.values())
+    table = Table(title=f"Fine-tuned front: {run.path}",
+                  caption=f"{len(run.finetuned)} of {len(run.front)} front points fine-tuned "
+                          "(latest record of each, RUN/finetune/)")
+    table.add_column("point", justify="right", style="bold")
+    table.add_column(METRIC_LABELS.get(cost, cost), justify="right")
+    table.add_column(f"proxy {METRIC_LABELS.get(q, q)}", justify="right")
+    table.add_column("val before", justify="right")
+    table.add_column("val after", justify="right")
+    if has_test:
+        table.add_column("test before", justify="right")
+        table.add_column("test after", justify="right")
+    table.add_column("epochs", justify="right")
+    for p in run.by_proxy_rank():
+        rec = run.finetuned.get(p.id)
+        if rec is None:
+            continue
+        row = [p.id + (" *" if p.id == run.knee_id else ""), format_metric(cost, p.metrics.get(cost)),
+               format_metric(q, p.metrics.get(q)),
+               format_metric("acc", _rec_float(rec, "acc_before")),
+               format_metric("acc", _rec_float(rec, "acc_after"))]
+        if has_test:
+            row += [format_metric("test_acc", _rec_float(rec, "test_before")),
+                    format_metric("test_acc", _rec_float(rec, "test_after"))]
+        epochs = rec.get("epochs")
+        row.append(str(epochs) if isinstance(epochs, int) else "-")
+        table.add_row(*row)
+    return table
+
+
+def point_notes(run: RunRecord, point: Candidate) -> list[str]:
+    """What ``show`` adds to a point's metrics: its test top-1 (searched model; data with a
+    held-out test split) and its latest fine-tune (val and test top-1 before -> after)."""
+    notes = []
+    test = run.test_acc(point)
+    if test is not None:
+        base = run.base_test_acc
+        notes.append(f"test top-1 {format_metric('test_acc', test)}"
+                     + (f" (base {format_metric('test_acc', base)})" if base is not None else ""))
+    rec = run.finetuned.get(point.id)
+    if rec is not None:
+        line = (f"fine-tuned ({rec.get('epochs', '?')} epoch(s)): top-1 "
+                f"{format_metric('acc', _rec_float(rec, 'acc_before'))} -> "
+                f"{format_metric('acc', _rec_float(rec, 'acc_after'))}")
+        if _rec_float(rec, "test_before") is not None:
+            line += (f", test top-1 {format_metric('test_acc', _rec_float(rec, 'test_before'))} -> "
+                     f"{format_metric('test_acc', _rec_float(rec, 'test_after'))}")
+        notes.append(line)
+    return notes
+
+
 def ordered_layers(policy: CompressionPolicy, order: Sequence[str] | None = None) -> list[str]:
     """Layer names in model order when ``order`` is known, else in natural-sort order."""
     if order:
@@ -144,14 +223,15 @@ def ordered_layers(policy: CompressionPolicy, order: Sequence[str] | None = None
 
 
 def policy_table(point: Candidate, *, base: Mapping[str, float] | None = None,
-                 order: Sequence[str] | None = None) -> Table:
-    """One point's per-layer policy (prune ratio, bit-widths, rank) with its metrics as caption."""
-    metrics = "; ".join(
+                 order: Sequence[str] | None = None, notes: Sequence[str] = ()) -> Table:
+    """One point's per-layer policy (prune ratio, bit-widths, rank) with its metrics as caption;
+    ``notes`` (test top-1, fine-tuned accuracy) are appended to the caption."""
+    metrics = "; ".join([
         f"{METRIC_LABELS.get(m, m)} {format_metric(m, point.metrics.get(m))}"
         + (f" (base {format_metric(m, base[m])})" if base and m in base else "")
         for m in metric_names([point])
         if m in point.metrics
-    )
+    ] + list(notes))
     table = Table(title=f"point {point.id}: per-layer policy", caption=metrics)
     acts = list(point.policy.layers.values())
     # A knob no layer uses (e.g. bits in a pruning-only search) gets no column.

@@ -158,6 +158,9 @@ class SearchResult:
         stop_reason: why the loop ended.
         n_screened: candidates scored at low fidelity only (multi-fidelity: not promoted); they
             are neither feasible nor infeasible, so the summary lists them apart.
+        test_acc: front point id -> top-1 on the data's held-out test split (empty without one).
+        base_test_acc: the uncompressed model's test top-1 (None without a test split).
+        finetuned: ``FinetuneResult`` of the ``spec.finetune_top`` best front points, best first.
     """
 
     run_dir: Path
@@ -175,6 +178,9 @@ class SearchResult:
     elapsed_s: float
     stop_reason: str
     n_screened: int = 0
+    test_acc: dict[str, float] = field(default_factory=dict)
+    base_test_acc: float | None = None
+    finetuned: tuple[Any, ...] = ()
 
     def summary(self) -> str:
         """One line for the user: ``80 evaluated, 44 screened out at low fidelity, 36 feasible,
@@ -687,9 +693,20 @@ class SearchSession:
         )
 
     def result(self, stop_reason: str) -> SearchResult:
-        """The ``SearchResult`` of the study as it stands (and ``pareto.json`` written)."""
+        """The ``SearchResult`` of the study as it stands (and ``pareto.json`` written), with the
+        front's test top-1 and the ``finetune_top`` fine-tunes (``report.finetune.finish_search``)."""
+        from autocompress.report.finetune import finish_search
+
         records = self.view().records
         report = self.write_pareto(records)
+        done = sum(r.status in COUNTED_STATUSES for r in records)
+        finish = finish_search(self.run_dir, self.problem, finetune_top=self.spec.finetune_top,
+                               finetune_epochs=self.spec.finetune_epochs, seed=self.spec.seed,
+                               on_message=lambda m: self._emit("finetune", done=done, message=m))
+        if finish.test_acc:  # each point now carries its test_acc
+            import json
+
+            report = json.loads((self.run_dir / st.PARETO_FILE).read_text())
         by_id = {r.id: r for r in records}
         front = tuple(by_id[p["id"]] for p in report["points"] if p["id"] in by_id)
         feas = [r for r in records if r.feasible and r.status == "ok" and r.fidelity == "full"]
@@ -702,7 +719,8 @@ class SearchSession:
             n_evaluated=sum(r.status in COUNTED_STATUSES for r in records),
             n_feasible=len(feas), n_failed=sum(r.status == "failed" for r in records),
             elapsed_s=time.perf_counter() - self.t_start, stop_reason=stop_reason,
-            n_screened=_screened(records),
+            n_screened=_screened(records), test_acc=dict(finish.test_acc),
+            base_test_acc=finish.base_test_acc, finetuned=finish.finetuned,
         )
 
     # -- stale trials -----------------------------------------------------------------------

@@ -50,7 +50,8 @@ BACKENDS: tuple[str, ...] = ("local", "ray")
 #: Fields that do not change *what* is searched, only how far or where it runs: a run directory
 #: whose spec differs only in these resumes instead of being refused.
 RUN_LEVEL_FIELDS: frozenset[str] = frozenset(
-    {"trials", "workers", "backend", "ray_address", "resume", "force", "out", "threads"}
+    {"trials", "workers", "backend", "ray_address", "resume", "force", "out", "threads",
+     "finetune_top", "finetune_epochs"}
 )
 
 
@@ -387,6 +388,10 @@ class SearchSpec:
             One is the default: evaluating one small candidate gains little from more, and
             several threads per process slow down badly when the machine is shared; parallelism
             comes from workers. Raise it on a dedicated many-core machine.
+        finetune_top: at the end of the search, fine-tune (KD, as ``autocompress finetune``) the
+            K front points of highest search accuracy (ties: lower cost first); None: none. A
+            resumed search fine-tunes those not fine-tuned yet.
+        finetune_epochs: epochs of each of those fine-tunes.
     """
 
     model: str = "resnet20"
@@ -417,6 +422,8 @@ class SearchSpec:
     cache: bool = True
     train_epochs: int | None = None
     threads: int = 1
+    finetune_top: int | None = None
+    finetune_epochs: int = 3
 
     schema_version: ClassVar[int] = 1
 
@@ -494,6 +501,9 @@ class SearchSpec:
         if self.train_epochs is not None:
             set_("train_epochs", _check_int("train_epochs", self.train_epochs, 1))
         set_("threads", _check_int("threads", self.threads, 1, 1024))
+        if self.finetune_top is not None:
+            set_("finetune_top", _check_int("finetune_top", self.finetune_top, 1))
+        set_("finetune_epochs", _check_int("finetune_epochs", self.finetune_epochs, 1))
 
     # -- checks on disk ----------------------------------------------------------------------
     def preflight(self) -> None:
