@@ -85,7 +85,9 @@ def _section_commands(title: str) -> list[str]:
     return [c for b in _bash_blocks(_section(title)) for c in _commands(b)]
 
 
-WALKTHROUGH = _section_commands("## Walk-through")
+REAL_DATA_LINES = [ln for b in _bash_blocks(_section("### Real data")) for ln in _lines(b)]
+REAL_DATA = [ln for ln in REAL_DATA_LINES if _is_autocompress(ln)]
+WALKTHROUGH = [c for c in _section_commands("## Walk-through") if c not in REAL_DATA]
 BRING_YOUR_OWN = _section_commands("## Bring your own model and data")
 RAY_LINES = [ln for b in _bash_blocks(_section("## Ray clusters")) for ln in _lines(b)]
 ALL = [c for b in _bash_blocks(README) for c in _commands(b)]
@@ -152,7 +154,7 @@ def test_every_readme_command_parses() -> None:
 def test_every_readme_command_is_executed() -> None:
     """Each command belongs to a section that a test below runs line by line."""
     ray_commands = [ln for ln in RAY_LINES if _is_autocompress(ln)]
-    assert sorted(ALL) == sorted(WALKTHROUGH + BRING_YOUR_OWN + ray_commands)
+    assert sorted(ALL) == sorted(WALKTHROUGH + REAL_DATA + BRING_YOUR_OWN + ray_commands)
     assert any("--ray-address" in c for c in ray_commands)
     assert any(_split(ln)[1][:2] == ["ray", "start"] for ln in RAY_LINES)
     assert any(c.startswith("PYTHONPATH=") for c in BRING_YOUR_OWN)
@@ -170,6 +172,80 @@ def test_walkthrough_runs_in_order(tmp_path: Path) -> None:
     assert (run / "pareto.png").is_file() and (run / "pareto.html").is_file()
     assert (run / "knee.onnx").is_file() and list((run / "finetune").glob("*.json"))
     assert (cwd / "runs" / "base-resnet20.pt").is_file()
+
+
+# -- real data: an image folder with train/ and test/ -------------------------------------------
+def _cifar_like_tarball(path: Path) -> None:
+    """A tiny stand-in for cifar10-jpeg.tar.gz: cifar10/{train,test}/<class>/*.jpg, 3 colour classes."""
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    src = path.parent / "tar-src"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 6)):
+        for c, name in enumerate(("airplane", "bird", "ship")):
+            folder = src / "cifar10" / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.full((32, 32, 3), 40, np.uint8)
+                pixels[..., c] = 220
+                noise = rng.integers(-15, 16, pixels.shape)
+                Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8)).save(folder / f"{i:04d}.jpg")
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(src / "cifar10", arcname="cifar10")
+    shutil.rmtree(src)
+
+
+def _tiny(command: str) -> str:
+    """A README real-data line at test size: a tiny model, few epochs and candidates."""
+    words = _split(command)[1]
+    if "--model" in words:
+        words[words.index("--model") + 1] = "test_convnet"
+    if "--epochs" in words:
+        words[words.index("--epochs") + 1] = "6"
+    if words[1] == "search":
+        words += ["--strategy", "uniform", "--trials", "4", "--finetune-epochs", "1"]
+    return shlex.join(words)
+
+
+def test_real_data_section_says_where_its_figures_come_from() -> None:
+    section = _section("### Real data")
+    assert "(figures: see benchmarks/README.md, section CIFAR-10)" in section
+    assert "CIFAR-10" in section and "test top-1" in section
+    assert any("tar xzf cifar10-jpeg.tar.gz" in ln for ln in REAL_DATA_LINES)
+    assert [_split(c)[1][1] for c in REAL_DATA] == ["train", "search", "report"]
+    assert all("imagefolder:$HOME/data/cifar10" in c for c in REAL_DATA[:2])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_real_data_lines_run(tmp_path: Path) -> None:
+    """The section line by line: the tarball (a tiny stand-in) unpacked under a private HOME, then
+    train, search --finetune-top 3 and report on it, at test size."""
+    cwd, env = _scratch(tmp_path)
+    home = Path(env["HOME"])
+    _cifar_like_tarball(cwd / "cifar10-jpeg.tar.gz")
+    outputs = {}
+    for line in REAL_DATA_LINES:
+        if not _is_autocompress(line):
+            proc = subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True,
+                                  text=True, timeout=120)
+            assert proc.returncode == 0, (line, proc.stderr)
+            continue
+        command = _tiny(line.replace("$HOME", str(home)))
+        outputs[_split(command)[1][1]] = _run(command, cwd, env).stdout
+    assert (home / "data" / "cifar10" / "test" / "ship" / "0000.jpg").is_file()
+    assert "test_acc" in outputs["train"] and (cwd / "base.pt").is_file()
+    run = cwd / "runs" / "cifar10"
+    pareto = json.loads((run / "pareto.json").read_text())
+    assert pareto["points"] and all("test_acc" in p for p in pareto["points"])
+    records = [json.loads(p.read_text()) for p in (run / "finetune").glob("*.json")]
+    assert len(records) == min(3, len(pareto["points"]))
+    assert all(r["test_before"] is not None and r["test_after"] is not None for r in records)
+    for out in (outputs["search"], outputs["report"]):
+        assert "test top-1" in out and "Fine-tuned front" in out and "test after" in out
 
 
 # -- bring your own model and data ---------------------------------------------------------------
