@@ -16,6 +16,13 @@ of tensors). ``load_finetuned`` rebuilds the compressed module from the run and 
 those weights with ``torch.load(..., weights_only=True)``: nothing read back from a run directory is
 unpickled as code, so a planted ``.pt`` file cannot run anything. An earlier result is never
 overwritten: the next free name (``point-<id>-2.json``, ...) is used.
+
+``finetune_front`` runs the same loop over the front's feasible points, all of them or the K of
+highest search accuracy (ties: lower cost first); ``search --finetune-top K`` calls it through
+``finish_search`` at the end of a search, skipping points already fine-tuned (a resumed search
+fine-tunes what is missing). When the data has a held-out test split, every record also holds
+test top-1 before and after, and ``finish_search`` records each front point's test top-1 in
+``pareto.json``; the test split is measured only, never used to choose anything.
 """
 
 from __future__ import annotations
