@@ -180,7 +180,7 @@ def _search_progress(console: Any) -> tuple[Any, Callable[[Any], None]]:
 @click.option("--seed", default=None, type=int, help="seed of the search, base training and subsets [default: 0]")
 @click.option("--multi-fidelity/--no-multi-fidelity", default=None, help="score cheaply first, promote the best to full fidelity")
 @click.option("--max-prune", default=None, type=float, help="largest prune ratio per layer [default: 0.8]")
-@click.option("--round-to", default=None, type=int, help="round kept channel counts to a multiple of this [default: 1]")
+@click.option("--round-to", default=None, help="kept channel counts are multiples of this: auto = the CPU's SIMD width in floats (16 AVX-512, 8 AVX2), 1 = exact ratios [default: auto]")
 @click.option("--storage", default=None, help="Optuna storage: journal (default), sqlite, a *.journal path, or a storage URL")
 @click.option("--study-name", default=None, help="Optuna study name (processes sharing storage and name share work)")
 @click.option("--out", default=None, help="run directory [default: runs/MODEL-DATA-STRATEGY-sSEED]")

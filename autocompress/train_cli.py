@@ -63,9 +63,11 @@ def run_train(*, model: str, data: str, data_root: str | None = None, epochs: in
 
         def on_epoch(epoch: int, loss: float, val: float) -> None:
             bar.update(task, completed=epoch, description=f"{model} loss {loss:.3f} val acc {val:.4f}")
-            if show_progress and not live:  # a log file gets one line per epoch with its ETA
-                done = epoch - resumed_from
-                per = (time.perf_counter() - t_start) / max(done, 1)
+            done = epoch - resumed_from
+            per = (time.perf_counter() - t_start) / max(done, 1)
+            # Off a terminal (a background run's log) a slow epoch gets one line with the ETA;
+            # quick runs print nothing, so an error after them stays the only stderr line.
+            if show_progress and not live and per >= 10.0:
                 console.print(f"epoch {epoch}/{epochs} loss {loss:.4f} val acc {val:.4f} "
                               f"{per:.0f} s/epoch eta {per * (epochs - epoch) / 60:.1f} min", highlight=False)
             if epoch < epochs:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-STRATEGIES = ["nsga2", "tpe", "ddpg", "ddpg_bc", "random", "uniform"]
+STRATEGIES = ["ladder", "nsga2", "tpe", "ddpg", "ddpg_bc", "random", "uniform"]
 
 
 def _spec(out: Path, strategy: str, seed: int, trials: int, **kw: Any) -> Any:
@@ -38,6 +38,11 @@ def _spec(out: Path, strategy: str, seed: int, trials: int, **kw: Any) -> Any:
                                  "trials": trials, "out": str(out), **kw})
 
 
+def _space_kw(args: argparse.Namespace) -> dict[str, Any]:
+    """Space settings given on the command line (the problem and every spec must agree)."""
+    return {} if args.round_to is None else {"round_to": args.round_to}
+
+
 def quality(args: argparse.Namespace, problem: Any) -> dict[str, Any]:
     from autocompress.search import run_search
 
@@ -46,7 +51,7 @@ def quality(args: argparse.Namespace, problem: Any) -> dict[str, Any]:
         rows[strategy] = {"hv": [], "best": [], "n": [], "seconds": []}
         for seed in args.seeds:
             out = args.out / "quality" / f"{strategy}-s{seed}"
-            spec = _spec(out, strategy, seed, args.evals)
+            spec = _spec(out, strategy, seed, args.evals, **_space_kw(args))
             t0 = time.perf_counter()
             res = run_search(spec, problem=problem)
             dt = time.perf_counter() - t0
@@ -94,6 +99,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--strategies", nargs="+", default=STRATEGIES)
     ap.add_argument("--ray-trials", type=int, default=16, help="trials per Ray throughput run (0: skip)")
+    ap.add_argument("--round-to", type=int, default=None, help="channel rounding of the space [default: the engine's]")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the local evaluations")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-search"))
     args = ap.parse_args()
@@ -107,7 +113,7 @@ def main() -> None:
     from autocompress.search.runner import build_problem
 
     t0 = time.perf_counter()
-    problem = build_problem(SearchSpec(), progress=False)
+    problem = build_problem(SearchSpec(**_space_kw(args)), progress=False)
     base = problem.base.metrics
     print(f"resnet20/digits base: acc {base['acc']:.4f}, {base['macs'] / 1e6:.2f}M MACs "
           f"(built in {time.perf_counter() - t0:.0f} s); {os.cpu_count()} CPUs, "

@@ -187,15 +187,19 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("objective-repeat", [*S, "--objective", "acc", "--objective", "acc"], ["repeat"]),
     ("knob-unknown", [*S, "--knob", "teleport"], ["teleport", "prune"]),
     ("strategy-unknown", [*S, "--strategy", "annealing"], ["annealing", "nsga2"]),
-    ("set-population-negative", [*S, "--set", "population_size=-4"], ["population_size=-4"]),
-    ("set-population-word", [*S, "--set", "population_size=abc"], ["population_size='abc'"]),
-    ("set-mutation-prob", [*S, "--set", "mutation_prob=5"], ["mutation_prob=5"]),
-    ("set-crossover-prob", [*S, "--set", "crossover_prob=-0.1"], ["crossover_prob"]),
-    ("set-unknown-key", [*S, "--set", "nonsense=1"], ["nonsense", "population_size"]),
+    ("set-population-negative", [*S, "--strategy", "nsga2", "--set", "population_size=-4"], ["population_size=-4"]),
+    ("set-population-word", [*S, "--strategy", "nsga2", "--set", "population_size=abc"], ["population_size='abc'"]),
+    ("set-mutation-prob", [*S, "--strategy", "nsga2", "--set", "mutation_prob=5"], ["mutation_prob=5"]),
+    ("set-crossover-prob", [*S, "--strategy", "nsga2", "--set", "crossover_prob=-0.1"], ["crossover_prob"]),
+    ("set-unknown-key", [*S, "--strategy", "nsga2", "--set", "nonsense=1"], ["nonsense", "population_size"]),
     ("set-no-equals", [*S, "--set", "population_size"], ["KEY=VALUE"]),
-    ("set-bool", [*S, "--set", "budget_projection=maybe"], ["budget_projection"]),
+    ("set-bool", [*S, "--strategy", "nsga2", "--set", "budget_projection=maybe"], ["budget_projection"]),
     ("set-tpe-startup", [*S, "--strategy", "tpe", "--set", "n_startup_trials=-1"], ["n_startup_trials"]),
     ("set-random-tries", [*S, "--strategy", "random", "--set", "max_tries=0"], ["max_tries"]),
+    ("set-ladder-sigma", [*S, "--set", "sigma=2"], ["sigma=2"]),
+    ("set-ladder-fraction", [*S, "--set", "ladder_fraction=-0.5"], ["ladder_fraction"]),
+    ("set-ladder-unknown", [*S, "--set", "population_size=8"], ["population_size", "ladder_fraction"]),
+    ("round-to-word", [*S, "--round-to", "fast"], ["round_to='fast'", "auto"]),
     ("set-uniform-points", [*S, "--strategy", "uniform", "--set", "points=x"], ["points"]),
     ("set-greedy-levels", [*S, "--strategy", "greedy", "--set", "levels=[0, 2]"], ["levels"]),
     ("set-ddpg-warmup", [*S, "--strategy", "ddpg", "--set", "warmup_episodes=-3"], ["warmup_episodes=-3"]),
@@ -325,9 +329,9 @@ def test_corrected_commands_work_after_refusals(ws: Path, monkeypatch: pytest.Mo
     out = ws / "corrected"
     for bad in (["--set", "population_size=-4"], ["--storage", "sqlite:////no/such/dir/x.db"],
                 ["--set", "mutation_prob=5"]):
-        res = CliRunner().invoke(main, ["search", *TINY, "--out", str(out), "--no-report", *bad])
+        res = CliRunner().invoke(main, ["search", *TINY, "--strategy", "nsga2", "--out", str(out), "--no-report", *bad])
         assert res.exit_code == 2 and not out.exists(), res.stderr
-    res = CliRunner().invoke(main, ["search", *TINY, "--out", str(out), "--no-report",
+    res = CliRunner().invoke(main, ["search", *TINY, "--strategy", "nsga2", "--out", str(out), "--no-report",
                                     "--set", "population_size=4", "--storage", f"sqlite:///{out}/study.db"])
     assert res.exit_code == 0, (res.stderr[-2000:], res.exception)
     spec = json.loads((out / "spec.json").read_text())

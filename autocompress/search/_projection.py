@@ -148,6 +148,12 @@ class BudgetProjector:
 
     def __call__(self, policy: CompressionPolicy, fill: float, iters: int = 40) -> CompressionPolicy:
         """The policy's shape scaled to the target of ``fill`` (the cheapest reachable if higher)."""
+        return self.to_cost(policy, lambda floor: self.target(floor, fill), iters)
+
+    def to_cost(self, policy: CompressionPolicy, target: float | Callable[[float], float],
+                iters: int = 40) -> CompressionPolicy:
+        """The policy's shape scaled so its cost is the largest not above ``target`` (a number, or
+        a function of the shape's floor, its most compressed cost); the floor if unreachable."""
         units, fixed = self._split(policy)
         positive = [u for u in units.values() if u > 0]
         if not positive:
@@ -155,7 +161,7 @@ class BudgetProjector:
         lam_hi = 1.0 / min(positive)  # every projected knob saturated at its most compressed value
         saturated = self._scaled(units, lam_hi, fixed)
         floor = float(self.cost(saturated))
-        target = self.target(floor, fill)
+        target = float(target(floor)) if callable(target) else float(target)
         if floor > target:
             return saturated  # unreachable with this shape: most compressed
         lo, hi = 0.0, lam_hi  # cost(lo) may exceed target, cost(hi) <= target; cost falls with λ

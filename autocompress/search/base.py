@@ -270,6 +270,7 @@ for _name, _entry in {
     "tpe": "autocompress.search.optuna_searcher:TPESearcher",
     "random": "autocompress.search.baseline_searchers:RandomSearcher",
     "uniform": "autocompress.search.baseline_searchers:UniformSearcher",
+    "ladder": "autocompress.search.ladder_searcher:LadderSearcher",
     "greedy": "autocompress.search.baseline_searchers:GreedySearcher",
     "ddpg": "autocompress.search.rl_searcher:DDPGSearcher",
     "td3": "autocompress.search.rl_searcher:TD3Searcher",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from autocompress.compression.hardware import resolve_round_to
 from autocompress.errors import UserInputError, check_checkpoint_path
 from autocompress.evaluators.config import EvaluatorConfig
 from autocompress.search.budgets import Budget, parse_budget
@@ -252,6 +253,10 @@ _SETTING_RULES: dict[str, Any] = {
     "constant_liar": _check_bool,
     # baselines
     "max_tries": _int_rule(1, 1_000_000),
+    "ladder_fraction": _float_rule(0.0, 1.0),
+    "sigma": _float_rule(0.0, 1.0),
+    "best_share": _float_rule(0.0, 1.0),
+    "cost_jitter": _float_rule(0.0, 1.0),
     "points": _opt(_int_rule(1, 1_000_000)),
     "levels": _levels_rule,
     "steps": _int_rule(1, 1_000_000),
@@ -355,7 +360,9 @@ class SearchSpec:
         data_root: directory holding a local data set.
         knobs: which compression knobs the space offers (``prune``, ``w_bits``, ``a_bits``, ``rank``).
         max_prune: largest prune ratio offered per decision point.
-        round_to: channel counts are rounded to a multiple of this.
+        round_to: kept channel counts are rounded to a multiple of this; ``"auto"`` (the
+            default) resolves to the CPU's SIMD width in floats (16 with AVX-512, 8 with AVX2;
+            see ``autocompress.compression.hardware``), 1 keeps exact ratios.
         objectives: metrics optimised, each with a direction (at most 3 for the exact hypervolume
             written to ``pareto.json``; more are searched but get no hypervolume).
         budgets: hard budgets (an infeasible candidate is never on the front).
@@ -400,11 +407,11 @@ class SearchSpec:
     data_root: str | None = None
     knobs: tuple[str, ...] = ("prune",)
     max_prune: float = 0.8
-    round_to: int = 1
+    round_to: int | str = "auto"
     objectives: tuple[Objective, ...] = (Objective("acc", "maximize"), Objective("macs", "minimize"))
     budgets: tuple[Budget, ...] = field(default_factory=lambda: (parse_budget("macs=50%"),))
     soft_budgets: tuple[Budget, ...] = ()
-    strategy: str = "nsga2"
+    strategy: str = "ladder"
     strategy_settings: Mapping[str, Any] = field(default_factory=dict)
     trials: int = 40
     seed: int = 0
@@ -442,7 +449,7 @@ class SearchSpec:
                 raise UserInputError(f"unknown knob {k!r}; allowed: {', '.join(KNOBS)}")
         set_("knobs", tuple(k for k in KNOBS if k in knobs))
         set_("max_prune", _check_float("max_prune", self.max_prune, 0.0, 0.99, lo_open=True))
-        set_("round_to", _check_int("round_to", self.round_to, 1))
+        set_("round_to", resolve_round_to(self.round_to))
         objectives = tuple(parse_objective(o) for o in _as_list("objectives", self.objectives))
         if not objectives:
             raise UserInputError("objectives is empty; give at least one, e.g. acc and macs")

@@ -13,11 +13,13 @@ from autocompress.problem import Problem
 from autocompress.search import SearchSpec
 from autocompress.search.runner import build_problem
 
-#: Settings every search test shares: a 3-point pruning space, a short training, small subsets.
+#: Settings every search test shares: a 3-point pruning space, a short training, small subsets;
+#: exact channel ratios (``round_to`` 1), so these tests do not depend on the machine's SIMD width.
 TINY: dict[str, Any] = {
     "model": "test_convnet",
     "data": "digits",
     "knobs": ["prune"],
+    "round_to": 1,
     "train_epochs": 4,
     "evaluator": {"val_samples": 96, "low_fidelity_val_samples": 48, "recalib_batches": 2},
     "trials": 3,

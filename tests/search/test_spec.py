@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from autocompress.errors import UserInputError
 from autocompress.search import SearchSpec, list_searchers
@@ -17,11 +18,25 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 
 def test_defaults_are_the_embedded_default_and_match_default_yaml() -> None:
     spec = SearchSpec()
-    assert spec.model == "resnet20" and spec.data == "digits" and spec.strategy == "nsga2"
+    assert spec.model == "resnet20" and spec.data == "digits" and spec.strategy == "ladder"
     assert [b.text for b in spec.budgets] == ["macs=50%"]
     assert spec.objectives == (Objective("acc", "maximize"), Objective("macs", "minimize"))
     assert SearchSpec.from_yaml(CONFIGS[0].parent / "default.yaml") == spec
-    assert spec.run_dir == Path("runs/resnet20-digits-nsga2-s0")
+    assert spec.run_dir == Path("runs/resnet20-digits-ladder-s0")
+
+
+def test_round_to_auto_is_the_cpu_simd_width_and_recorded_as_a_number() -> None:
+    from autocompress.compression.hardware import auto_round_to, cpu_simd_floats
+
+    lanes = {"AVX512": 16, "AVX2": 8}.get(str(torch.backends.cpu.get_cpu_capability()))
+    assert auto_round_to() == cpu_simd_floats() == (lanes or cpu_simd_floats()) in (4, 8, 16)
+    assert SearchSpec().round_to == auto_round_to()  # the default
+    assert SearchSpec(round_to="auto").round_to == auto_round_to()
+    assert SearchSpec(round_to=1).round_to == 1 and SearchSpec(round_to="16").round_to == 16
+    assert SearchSpec().to_dict()["round_to"] == auto_round_to()  # spec.json says what was used
+    for bad in (0, -8, 2.5, "fast", True):
+        with pytest.raises(UserInputError, match=r"round_to=.*expected a positive integer or auto"):
+            SearchSpec(round_to=bad)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -163,7 +178,7 @@ def test_strategy_setting_values_are_checked(strategy: str, settings: dict, frag
 
 
 def test_strategy_setting_values_are_normalised() -> None:
-    spec = SearchSpec.from_cli(None, {"set": ["population_size=8", "mutation_prob=0.1"]})
+    spec = SearchSpec.from_cli(None, {"strategy": "nsga2", "set": ["population_size=8", "mutation_prob=0.1"]})
     assert spec.strategy_settings == {"population_size": 8, "mutation_prob": 0.1}
     lag = SearchSpec.from_dict({"strategy": "ddpg", "budgets": [], "soft_budgets": ["macs=50%"],
                                 "strategy_settings": {"reward": "lagrangian"}})
