@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -198,7 +199,7 @@ def load_data(
     if name.startswith("imagefolder:"):
         from autocompress.data.torchvision_sets import load_imagefolder
 
-        loaded = load_imagefolder(name.split(":", 1)[1], input_shape)
+        loaded = load_imagefolder(str(Path(name.split(":", 1)[1]).expanduser()), input_shape)
     else:
         entry = dataset_entry(name)
         if entry.needs_root and not root:

@@ -530,7 +530,7 @@ class SearchSpec:
             raise UserInputError(f"--data-root {self.data_root!r} {what}")
         if self.data.startswith("imagefolder:"):
             folder = self.data.split(":", 1)[1]
-            if not Path(folder).is_dir():
+            if not Path(folder).expanduser().is_dir():
                 raise UserInputError(
                     f"imagefolder path {folder!r} is not a directory (expected PATH/<class>/<image>)")
         check_writable(self.run_dir, "--out", directory=True)

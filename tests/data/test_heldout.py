@@ -192,3 +192,14 @@ def test_a_planted_cache_file_is_never_unpickled(tmp_path: Path) -> None:
     assert _images.load_cached(bad, 1, (3, 2, 2)) is None
     bad.write_bytes(pickle.dumps(object()))
     assert _images.load_cached(bad, 1, (3, 2, 2)) is None
+
+
+def test_a_home_relative_folder_is_expanded(layout: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``imagefolder:~/data`` as typed (no shell expands ``~`` after the colon) names HOME/data."""
+    from autocompress.search import SearchSpec
+
+    monkeypatch.setenv("HOME", str(layout.parent))
+    home = load_data("imagefolder:~/data", input_shape=(3, 12, 12), val_size=6, calib_size=4, seed=0)
+    plain = load_data(f"imagefolder:{layout}", input_shape=(3, 12, 12), val_size=6, calib_size=4, seed=0)
+    assert home.num_classes == 3 and torch.equal(home.tensors("test")[0], plain.tensors("test")[0])
+    SearchSpec(data="imagefolder:~/data", out=str(layout.parent / "run")).preflight()  # accepted
