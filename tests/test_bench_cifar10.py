@@ -1,0 +1,123 @@
+"""benchmarks/bench_cifar10.py end to end on a tiny image folder (train/ + test/ of 16x16 PNGs):
+a base trained by ``autocompress train``, 2 strategies x 3 evaluations x 1 seed, 1 fine-tune epoch."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from autocompress.cli import main as cli_main
+from autocompress.errors import UserInputError
+
+pytestmark = pytest.mark.timeout(300)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_cifar10", ROOT / "benchmarks" / "bench_cifar10.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_cifar10"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _image_folder(root: Path, per_class: int, seed: int, classes: int = 4) -> None:
+    """16x16 PNGs, one colour per class with a little noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / f"class{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        colour = np.array([(c * 60) % 256, (c * 97) % 256, (c * 151) % 256])
+        for i in range(per_class):
+            arr = np.clip(colour[None, None, :] + rng.integers(-20, 21, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(folder / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str, Path]:
+    root = tmp_path_factory.mktemp("bench-cifar10")
+    _image_folder(root / "data" / "train", 24, seed=0)
+    _image_folder(root / "data" / "test", 5, seed=1)
+    data = f"imagefolder:{root / 'data'}"
+    ckpt = root / "base.pt"
+    res = CliRunner().invoke(cli_main, ["train", "--model", "test_convnet", "--data", data, "--epochs", "10", "--lr", "0.1",
+                                        "--out", str(ckpt)])
+    assert res.exit_code == 0, (res.stdout[-2000:], res.stderr[-2000:])
+    bench = _bench()
+    out_json = root / "bench.json"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        result = bench.main(["--checkpoint", str(ckpt), "--data", data, "--model", "test_convnet",
+                             "--strategies", "ladder", "uniform", "--evals", "3", "--seeds", "0",
+                             "--finetune-epochs", "1", "--val-samples", "40", "--threads", "1",
+                             "--latency-rounds", "1", "--out", str(root / "runs"), "--json", str(out_json)])
+    return result, buf.getvalue(), out_json
+
+
+def test_rows_and_values_are_sane(bench_run: tuple[dict[str, Any], str, Path]) -> None:
+    result, stdout, out_json = bench_run
+    assert json.loads(out_json.read_text())["table"] == result["table"]
+    base = result["base"]
+    assert base["epochs"] == 10 and base["minutes"] > 0 and base["record"] == "found"
+    assert 0.5 < base["test_acc"] <= 1.0  # the colours are easy: the base learnt them
+    assert base["latency"]["b1_ms"] > 0 and base["latency"]["b64_ms"] > base["latency"]["b1_ms"]
+    assert list(result["runs"]) == ["ladder", "uniform"]
+    for rows in result["runs"].values():
+        (row,) = rows
+        # the uniform sweep of so small a model has few distinct structures: it may stop early
+        assert 1 <= row["evaluated"] <= 3 and 0.0 < row["hypervolume"] <= 1.0
+        assert 0.0 < row["macs_ratio"] <= 0.5 + 1e-9  # feasible under macs=50%
+        assert 0.0 < row["params_ratio"] < 1.0
+        for k in ("proxy_acc", "test_before", "test_after", "val_before", "val_after"):
+            assert 0.0 <= row[k] <= 1.0, k
+        assert row["onnx_max_abs_diff"] < 1e-3  # the exported file computes the fine-tuned model
+        assert row["b1_ms"] > 0 and row["b64_speedup"] > 0 and row["base_b64_ms"] > 0
+        assert row["onnx_bytes"] < row["base_onnx_bytes"]  # really fewer weights, not masks
+        assert len(list(Path(row["run_dir"], "finetune").glob("point-*.json"))) == 1
+    assert result["runs"]["ladder"][0]["evaluated"] == 3
+    assert result["summary"]["ladder"]["test_after"]["n"] == 1
+    assert result["load_start"] and result["load_end"]
+
+
+def test_markdown_table_has_our_rows_and_the_anchors(bench_run: tuple[dict[str, Any], str, Path]) -> None:
+    result, stdout, _ = bench_run
+    lines = [ln for ln in result["table"].splitlines() if ln.startswith("|")]
+    assert lines[0].startswith("| strategy | HV | proxy top-1 | test top-1 before FT | after FT |")
+    assert "ORT ms b64 (speed-up)" in lines[0] and "FT epochs" in lines[0]
+    assert set(lines[1]) <= set("|-")
+    names = [ln.split("|")[1].strip() for ln in lines[2:]]
+    assert names[0].startswith("base (10 epochs)")
+    assert names[1:3] == ["ladder (1 seed)", "uniform (1 seed)"]
+    assert any("FastNAS" in n for n in names) and any("AMC" in n for n in names)
+    assert sum("survey Table 5" in n for n in names) == 2
+    assert all(ln.count("|") == lines[0].count("|") for ln in lines)
+    fastnas = next(ln for ln in lines if "FastNAS" in ln)
+    assert "| 60.4 | 90.30 | -0.60 | 0.729× |" in fastnas and fastnas.rstrip().endswith("| 120 |")
+    assert re.search(r"\| ladder \(1 seed\) \| 0\.\d{3} \| \d+\.\d\d \|", result["table"])
+    assert result["table"] in stdout and "load average at start" in stdout
+
+
+def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:
+    bench = _bench()
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"x")
+    with pytest.raises(UserInputError, match="--strategies 'nope'"):
+        bench.main(["--checkpoint", str(ckpt), "--data", f"imagefolder:{tmp_path}", "--strategies", "nope"])
+    with pytest.raises(UserInputError, match="--evals=0"):
+        bench.main(["--checkpoint", str(ckpt), "--data", f"imagefolder:{tmp_path}", "--evals", "0"])
+    assert not (tmp_path / "runs").exists()
