@@ -100,7 +100,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-rounds", type=int, default=None, help="interleaved timing rounds (9; quick 3)")
     p.add_argument("--clock", default="cpu", choices=["cpu", "wall"],
                    help="cpu: CPU time of the single inference thread (robust on a shared machine)")
-    p.add_argument("--fastnas-row", action="store_true", help="add a ladder search at macs=73%%, round_to 16")
+    p.add_argument("--fastnas-row", action="store_true",
+                   help="add a ladder search at macs=73%%, channels in multiples of --fastnas-round-to")
+    p.add_argument("--fastnas-round-to", type=int, default=16, help="channel multiple of the FastNAS row (16)")
     p.add_argument("--out", default="/tmp/bench-cifar10", help="directory of the run directories")
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.add_argument("--quick", action="store_true", help="smoke run: 8 evals, 1 seed, 2 strategies")
@@ -127,7 +129,7 @@ def check_args(args: argparse.Namespace) -> None:
     from autocompress.search.base import list_searchers
 
     check_checkpoint_path(args.checkpoint)
-    for name in ("evals", "finetune_epochs", "val_samples", "threads", "latency_rounds"):
+    for name in ("evals", "finetune_epochs", "val_samples", "threads", "latency_rounds", "fastnas_round_to"):
         v = getattr(args, name)
         if v < 1:
             raise UserInputError(f"--{name.replace('_', '-')}={v}; allowed: an integer >= 1")
@@ -334,7 +336,8 @@ def run_one(args: argparse.Namespace, problem: Any, ft_problem: Any, timer: Time
     small = load_finetuned(run, point, rec, problem=problem)
     row.update(timer.versus(small))
     shown = ft.test_after if ft.test_after is not None else ft.acc_after
-    print(f"  {name} seed {seed}: {result.summary()}; HV {row['hypervolume']}; point {point.id} proxy "
+    hv = "-" if row["hypervolume"] is None else f"{row['hypervolume']:.3f}"
+    print(f"  {name} seed {seed}: {result.summary()}; HV {hv}; point {point.id} proxy "
           f"{100 * row['proxy_acc']:.2f}% at {row['macs_ratio']:.3f}x MACs; after FT {100 * shown:.2f}%; "
           f"ORT b64 {row['b64_speedup']:.2f}x ({search_s:.0f} s search, {row['finetune_s']:.0f} s FT)",
           flush=True)
@@ -376,12 +379,15 @@ def table(groups: dict[str, list[dict[str, Any]]], base: dict[str, Any], ft_epoc
             "params | ORT ms b1 (speed-up) | ORT ms b64 (speed-up) | FT epochs |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     if base_acc is not None:
-        lines.append(f"| base ({base.get('epochs', '?')} epochs) | – | – | {100 * base_acc:.2f} | – | – | 1.00× | "
+        lines.append(f"| base ({base.get('epochs') or '?'} epochs) | – | – | {100 * base_acc:.2f} | – | – | 1.00× | "
                      f"1.00× | {base['latency']['b1_ms']:.3f} | {base['latency']['b64_ms']:.2f} | – |")
     for name, rows in groups.items():
         n = len(rows)
-        deltas = [100 * (r[acc_after] - base_acc) for r in rows
-                  if base_acc is not None and isinstance(r.get(acc_after), int | float)]
+        # Against the base scored on the same samples as the fine-tuned model (the fine-tune
+        # record's teacher figure), so a cut --finetune-eval-samples compares like with like.
+        teacher = "teacher_test" if has_test else "teacher_val"
+        deltas = [100 * (r[acc_after] - r[teacher]) for r in rows
+                  if isinstance(r.get(acc_after), int | float) and isinstance(r.get(teacher), int | float)]
         lines.append(
             f"| {name} ({n} seed{'s' if n > 1 else ''}) | {_ms([r.get('hypervolume') for r in rows], 1, '.3f')} "
             f"| {_ms([r.get('proxy_acc') for r in rows], 100)} | {_ms([r.get(acc_before) for r in rows], 100)} "
@@ -437,12 +443,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         groups[strategy] = [run_one(args, problem, ft_problem, timer, strategy, seed, args.budget, strategy)
                             for seed in args.seeds]
 
-    # 4. FastNAS row: ladder at 73% of the MACs, channels in multiples of 16
+    # 4. FastNAS row: ladder at 73% of the MACs, channels in multiples of 16 (as FastNAS)
     if args.fastnas_row:
-        p16 = problem if problem.settings["round_to"] == 16 else build(args, round_to=16)
-        name = "ladder @73%, ×16 ch"
-        groups[name] = [run_one(args, p16, finetune_problem(p16, args), timer, "ladder", args.seeds[0],
-                                "macs=73%", "ladder-macs73-r16")]
+        r = args.fastnas_round_to
+        p_r = problem if problem.settings["round_to"] == r else build(args, round_to=r)
+        groups[f"ladder @73%, ×{r} ch"] = [run_one(args, p_r, finetune_problem(p_r, args), timer, "ladder",
+                                                   args.seeds[0], "macs=73%", f"ladder-macs73-r{r}")]
 
     # 5. Table
     ft_note = f" (on {100 * args.finetune_fraction:g}% of train)" if args.finetune_fraction < 1 else ""

@@ -65,7 +65,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
         result = bench.main(["--checkpoint", str(ckpt), "--data", data, "--model", "test_convnet",
                              "--strategies", "ladder", "uniform", "--evals", "3", "--seeds", "0",
                              "--finetune-epochs", "1", "--val-samples", "40", "--threads", "1",
-                             "--latency-rounds", "1", "--out", str(root / "runs"), "--json", str(out_json)])
+                             "--latency-rounds", "1", "--fastnas-row", "--fastnas-round-to", "2", "--out", str(root / "runs"), "--json", str(out_json)])
     return result, buf.getvalue(), out_json
 
 
@@ -76,12 +76,13 @@ def test_rows_and_values_are_sane(bench_run: tuple[dict[str, Any], str, Path]) -
     assert base["epochs"] == 10 and base["minutes"] > 0 and base["record"] == "found"
     assert 0.5 < base["test_acc"] <= 1.0  # the colours are easy: the base learnt them
     assert base["latency"]["b1_ms"] > 0 and base["latency"]["b64_ms"] > base["latency"]["b1_ms"]
-    assert list(result["runs"]) == ["ladder", "uniform"]
-    for rows in result["runs"].values():
+    assert list(result["runs"]) == ["ladder", "uniform", "ladder @73%, ×2 ch"]
+    for name, rows in result["runs"].items():
         (row,) = rows
+        budget = 0.73 if "73%" in name else 0.5
         # the uniform sweep of so small a model has few distinct structures: it may stop early
         assert 1 <= row["evaluated"] <= 3 and 0.0 < row["hypervolume"] <= 1.0
-        assert 0.0 < row["macs_ratio"] <= 0.5 + 1e-9  # feasible under macs=50%
+        assert 0.0 < row["macs_ratio"] <= budget + 1e-9  # feasible under the budget
         assert 0.0 < row["params_ratio"] < 1.0
         for k in ("proxy_acc", "test_before", "test_after", "val_before", "val_after"):
             assert 0.0 <= row[k] <= 1.0, k
@@ -90,6 +91,14 @@ def test_rows_and_values_are_sane(bench_run: tuple[dict[str, Any], str, Path]) -
         assert row["onnx_bytes"] < row["base_onnx_bytes"]  # really fewer weights, not masks
         assert len(list(Path(row["run_dir"], "finetune").glob("point-*.json"))) == 1
     assert result["runs"]["ladder"][0]["evaluated"] == 3
+    fastnas = result["runs"]["ladder @73%, ×2 ch"][0]
+    assert fastnas["budget"] == "macs=73%" and fastnas["run_dir"].endswith("ladder-macs73-r2-s0")
+    spec = json.loads(Path(fastnas["run_dir"], "spec.json").read_text())
+    assert json.dumps(spec).count('"round_to": 2') == 1  # channels in the multiple asked for
+    ladder = result["runs"]["ladder"][0]
+    assert ladder["test_after"] - ladder["teacher_test"] == pytest.approx(
+        float(re.search(r"\| ladder \(1 seed\) (?:\|[^|]*){4}\| ([+-][\d.]+) \|", result["table"])[1]) / 100,
+        abs=1e-4)
     assert result["summary"]["ladder"]["test_after"]["n"] == 1
     assert result["load_start"] and result["load_end"]
 
@@ -102,7 +111,7 @@ def test_markdown_table_has_our_rows_and_the_anchors(bench_run: tuple[dict[str, 
     assert set(lines[1]) <= set("|-")
     names = [ln.split("|")[1].strip() for ln in lines[2:]]
     assert names[0].startswith("base (10 epochs)")
-    assert names[1:3] == ["ladder (1 seed)", "uniform (1 seed)"]
+    assert names[1:4] == ["ladder (1 seed)", "uniform (1 seed)", "ladder @73%, ×2 ch (1 seed)"]
     assert any("FastNAS" in n for n in names) and any("AMC" in n for n in names)
     assert sum("survey Table 5" in n for n in names) == 2
     assert all(ln.count("|") == lines[0].count("|") for ln in lines)
