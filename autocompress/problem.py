@@ -130,7 +130,7 @@ class Problem:
         input_shape: Sequence[int] | None = None,
         knobs: Sequence[str] = DEFAULT_KNOBS,
         max_prune: float = 0.8,
-        round_to: int = 1,
+        round_to: int | str = 1,
         importance: str = "l1",
         train_epochs: int = 10,
         evaluator: EvaluatorConfig | None = None,
@@ -152,7 +152,8 @@ class Problem:
             seed: seed of the data split, the initialisation and the training run.
             num_classes: classifier size (default: the data set's class count; must match it).
             input_shape: (C, H, W) fed to the model (default: the model's own).
-            knobs, max_prune, round_to, importance: passed to ``CompressionSpace.from_model``.
+            knobs, max_prune, round_to, importance: passed to ``CompressionSpace.from_model``
+                (``round_to="auto"``: ``compression.hardware.auto_round_to`` of the model).
             train_epochs: epochs of base-model training when no checkpoint is given.
             evaluator: evaluator settings (default ``EvaluatorConfig()``).
             cache_dir: cache root for base models, lookup tables and results
@@ -225,6 +226,10 @@ class Problem:
                 f"data set {data!r}"
             )
 
+        if round_to == "auto":  # the CPU's SIMD width, as far as the narrowest layer allows
+            from autocompress.compression.hardware import auto_round_to
+
+            round_to = auto_round_to(net, n_cls)
         space = CompressionSpace.from_model(net, example_input, knobs=tuple(knobs),
                                             max_prune=max_prune, round_to=round_to,
                                             importance=importance)

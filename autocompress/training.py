@@ -103,9 +103,9 @@ def train_model(
     """
     seed_everything(config.seed)
     start = time.perf_counter()
-    # Channels-last convolutions are ~20% faster on CPU for images of 16x16 and more; the 8x8
-    # digits keep the default layout (and their exact cached base models).
-    channels_last = data.input_shape[-1] * data.input_shape[-2] >= 256
+    # Channels-last convolutions are ~20% faster on CPU for 32x32 images and larger (measured on
+    # ResNet-20); smaller inputs keep the default layout (and their exact cached base models).
+    channels_last = data.input_shape[-1] * data.input_shape[-2] >= 1024
     if channels_last:
         model.to(memory_format=torch.channels_last)
     schedule = config.schedule or data.schedule

@@ -167,7 +167,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> Non
     """A run stopped after epoch 1 and started again with its state file ends where an
     uninterrupted run ends: weights, history and test top-1 alike."""
     folder = _heldout_folder(tmp_path / "data")
-    data = load_data(f"imagefolder:{folder}", input_shape=(3, 16, 16), val_size=2, calib_size=2)
+    data = load_data(f"imagefolder:{folder}", input_shape=(3, 32, 32), val_size=2, calib_size=2)
     config = TrainConfig(epochs=3, seed=4, batch_size=4)
     torch.manual_seed(0)
     whole = create_model("test_convnet", num_classes=data.num_classes)

@@ -59,6 +59,12 @@ def _build(run: RunRecord, progress: bool) -> Problem:
                     recorded = None
                 if isinstance(recorded, str) and Path(recorded).is_file():
                     checkpoint = recorded
+            used = run.spec.get("round_to_used")
+            if stored.round_to == "auto" and isinstance(used, int) and not isinstance(used, bool):
+                # The channel multiple the search resolved, not this machine's: the same models.
+                import dataclasses
+
+                stored = dataclasses.replace(stored, round_to=used)
             return build_problem(stored, checkpoint=checkpoint, progress=progress)
     return _build_from_settings(run, progress)
 

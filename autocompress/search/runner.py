@@ -414,7 +414,9 @@ class SearchSession:
         self.storage = st.open_storage(self.spec)
         self.study = self._open_study()
         st.write_spec(self.run_dir, self.spec, {"num_classes": self.problem.num_classes,
-                                                "input_shape": list(self.problem.input_shape)})
+                                                "input_shape": list(self.problem.input_shape),
+                                                # what round_to "auto" resolved to on this machine
+                                                "round_to_used": self.problem.space.round_to})
         st.atomic_write_text(self.run_dir / st.BASE_FILE, _json({
             "metrics": self.base_metrics, "latency_info": dict(base.latency_info),
             "timings": dict(base.timings), "model": self.spec.model, "data": self.spec.data,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from autocompress.compression.hardware import resolve_round_to
+from autocompress.compression.hardware import check_round_to
 from autocompress.errors import UserInputError, check_checkpoint_path
 from autocompress.evaluators.config import EvaluatorConfig
 from autocompress.search.budgets import Budget, parse_budget
@@ -361,8 +361,9 @@ class SearchSpec:
         knobs: which compression knobs the space offers (``prune``, ``w_bits``, ``a_bits``, ``rank``).
         max_prune: largest prune ratio offered per decision point.
         round_to: kept channel counts are rounded to a multiple of this; ``"auto"`` (the
-            default) resolves to the CPU's SIMD width in floats (16 with AVX-512, 8 with AVX2;
-            see ``autocompress.compression.hardware``), 1 keeps exact ratios.
+            default) resolves, per model, to the CPU's SIMD width in floats (16 with AVX-512, 8
+            with AVX2), halved while the narrowest layer could not lose half its channels (see
+            ``autocompress.compression.hardware``); 1 keeps exact ratios.
         objectives: metrics optimised, each with a direction (at most 3 for the exact hypervolume
             written to ``pareto.json``; more are searched but get no hypervolume).
         budgets: hard budgets (an infeasible candidate is never on the front).
@@ -449,7 +450,7 @@ class SearchSpec:
                 raise UserInputError(f"unknown knob {k!r}; allowed: {', '.join(KNOBS)}")
         set_("knobs", tuple(k for k in KNOBS if k in knobs))
         set_("max_prune", _check_float("max_prune", self.max_prune, 0.0, 0.99, lo_open=True))
-        set_("round_to", resolve_round_to(self.round_to))
+        set_("round_to", check_round_to(self.round_to))
         objectives = tuple(parse_objective(o) for o in _as_list("objectives", self.objectives))
         if not objectives:
             raise UserInputError("objectives is empty; give at least one, e.g. acc and macs")
