@@ -48,7 +48,7 @@ def quality(args: argparse.Namespace, problem: Any) -> dict[str, Any]:
 
     rows: dict[str, dict[str, list[float]]] = {}
     for strategy in args.strategies:
-        rows[strategy] = {"hv": [], "best": [], "n": [], "seconds": []}
+        rows[strategy] = {"hv": [], "best": [], "n": [], "seconds": [], "finetuned": []}
         for seed in args.seeds:
             out = args.out / "quality" / f"{strategy}-s{seed}"
             spec = _spec(out, strategy, seed, args.evals, **_space_kw(args))
@@ -60,8 +60,15 @@ def quality(args: argparse.Namespace, problem: Any) -> dict[str, Any]:
             rows[strategy]["best"].append(float(best))
             rows[strategy]["n"].append(res.n_evaluated)
             rows[strategy]["seconds"].append(dt)
+            tuned = ""
+            if args.finetune_epochs and res.best is not None:
+                from autocompress.report import finetune_front
+
+                ft = finetune_front(res.run_dir, top=1, epochs=args.finetune_epochs, seed=seed)[0]
+                rows[strategy]["finetuned"].append(float(ft.acc_after))
+                tuned = f"  fine-tuned {ft.acc_after:.4f}"
             print(f"  {strategy:8s} seed {seed}: hv {res.hypervolume:.4f}  best acc@<=50% MACs "
-                  f"{best:.4f}  ({res.n_evaluated} evaluations, {len(res.front)} front points, "
+                  f"{best:.4f}{tuned}  ({res.n_evaluated} evaluations, {len(res.front)} front points, "
                   f"{dt:.0f} s)", flush=True)
     return rows
 
@@ -101,6 +108,8 @@ def main() -> None:
     ap.add_argument("--ray-trials", type=int, default=16, help="trials per Ray throughput run (0: skip)")
     ap.add_argument("--round-to", type=int, default=None, help="channel rounding of the space [default: the engine's]")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the local evaluations")
+    ap.add_argument("--finetune-epochs", type=int, default=0,
+                    help="KD fine-tune the best point of each run this many epochs (0: no fine-tune)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-search"))
     args = ap.parse_args()
     if args.out.exists() and any(args.out.iterdir()):
@@ -115,7 +124,8 @@ def main() -> None:
     t0 = time.perf_counter()
     problem = build_problem(SearchSpec(**_space_kw(args)), progress=False)
     base = problem.base.metrics
-    print(f"resnet20/digits base: acc {base['acc']:.4f}, {base['macs'] / 1e6:.2f}M MACs "
+    print(f"resnet20/digits base: acc {base['acc']:.4f}, {base['macs'] / 1e6:.2f}M MACs, "
+          f"round_to {problem.space.round_to} "
           f"(built in {time.perf_counter() - t0:.0f} s); {os.cpu_count()} CPUs, "
           f"torch threads {torch.get_num_threads()}", flush=True)
     print(f"quality: {args.evals} evaluations x seeds {args.seeds}", flush=True)
@@ -125,10 +135,11 @@ def main() -> None:
         sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
         return f"{statistics.mean(xs):.4f} +- {sd:.4f}"
 
-    print("\n| strategy | hypervolume (mean +- sd) | best acc at <= 50% MACs | s per run |")
-    print("|---|---|---|---|")
+    print("\n| strategy | hypervolume (mean +- sd) | best acc at <= 50% MACs | after fine-tune | s per run |")
+    print("|---|---|---|---|---|")
     for s, r in rows.items():
-        print(f"| {s} | {ms(r['hv'])} | {ms(r['best'])} | {statistics.mean(r['seconds']):.0f} |")
+        tuned = ms(r["finetuned"]) if r["finetuned"] else "-"
+        print(f"| {s} | {ms(r['hv'])} | {ms(r['best'])} | {tuned} | {statistics.mean(r['seconds']):.0f} |")
     summary: dict[str, Any] = {"evals": args.evals, "seeds": args.seeds, "base": dict(base),
                                "quality": rows}
     if "random" in rows:
