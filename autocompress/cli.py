@@ -111,12 +111,16 @@ def main() -> None:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", default=None, help="checkpoint path [default: runs/base-MODEL-DATA-SEED.pt]")
-@click.option("--force", is_flag=True, help="overwrite an existing checkpoint at --out")
+@click.option("--force", is_flag=True, help="overwrite an existing checkpoint at --out (and discard an interrupted run's OUT.partial of other settings)")
 @click.option("--augment/--no-augment", default=None, help="random crops (and flips where classes allow) on training batches [default: on for photos, off for digits]")
 @_friendly
 def train(model: str, data: str, data_root: str | None, epochs: int, lr: float, batch_size: int,
           seed: int, out: str | None, force: bool, augment: bool | None) -> None:
-    """Train a base model (a model must be trained before it is compressed)."""
+    """Train a base model (a model must be trained before it is compressed).
+
+    After every epoch the training state is kept in OUT.partial: the same command run again after
+    an interruption continues from the last finished epoch, with the same result.
+    """
     from autocompress.train_cli import run_train
 
     result = run_train(model=model, data=data, data_root=data_root, epochs=epochs, lr=lr,
