@@ -193,11 +193,16 @@ def rewarded_knobs(context: SearchContext) -> tuple[str, ...] | None:
     return tuple(out)
 
 
-def make_projector(context: SearchContext, fill_low: float = 0.25) -> BudgetProjector | None:
-    """A projector onto the first hard budget the space can predict; None without one."""
+def held_knobs(context: SearchContext) -> tuple[str, ...]:
+    """Knobs no objective or budget depends on: held at their least compressed value."""
     rewarded = rewarded_knobs(context)
     names = list(dict.fromkeys(k for p in context.space.decision_points for k in p.knobs))
-    held = () if rewarded is None else tuple(k for k in names if k not in rewarded)
+    return () if rewarded is None else tuple(k for k in names if k not in rewarded)
+
+
+def make_projector(context: SearchContext, fill_low: float = 0.25) -> BudgetProjector | None:
+    """A projector onto the first hard budget the space can predict; None without one."""
+    held = held_knobs(context)
     for budget in context.budgets:
         metric = budget.metric
         if metric not in PROJECTABLE or budget.name not in context.limits:

@@ -34,8 +34,8 @@ from autocompress.search._projection import (
     BudgetProjector,
     _unit,
     _value,
+    held_knobs,
     make_projector,
-    rewarded_knobs,
 )
 from autocompress.search.base import BaseSearcher, SearchContext, register_searcher
 from autocompress.search.baseline_searchers import (
@@ -54,9 +54,7 @@ def _cost_projector(context: SearchContext) -> BudgetProjector | None:
     projector = make_projector(context)
     if projector is not None:
         return projector
-    rewarded = rewarded_knobs(context)
-    names = list(dict.fromkeys(k for p in context.space.decision_points for k in p.knobs))
-    held = () if rewarded is None else tuple(k for k in names if k not in rewarded)
+    held = held_knobs(context)
     for objective in context.objectives:
         metric = objective.name
         if metric not in PROJECTABLE or objective.direction != "minimize":
