@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import io
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+# The ONNX conversions are shared with ``export``; their names stay importable from here.
+from autocompress.deploy import export_onnx, export_onnx_with, ort_session, quantize_int8  # noqa: F401
 from autocompress.errors import UserInputError
 from autocompress.evaluators.config import LATENCY_BACKENDS, LATENCY_CLOCKS
 
@@ -85,92 +83,6 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def export_onnx_with(model: nn.Module, example_input: Tensor, *, opset: int = 17) -> tuple[bytes, str]:
-    """The model as ONNX bytes with a dynamic batch axis (weights embedded), and the exporter used.
-
-    Uses the TorchScript-based exporter (about 20x faster than the dynamo exporter on small CNNs,
-    which matters when a lookup table exports hundreds of single layers) and falls back to the
-    dynamo exporter when the graph does not trace.
-    """
-    model = model.eval()
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                model, (example_input,), buf, dynamo=False, opset_version=opset,
-                input_names=["input"], output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            )
-            return buf.getvalue(), "torch.onnx (TorchScript)"
-        except Exception:  # noqa: BLE001 - try the other exporter before giving up
-            pass
-        program = torch.onnx.export(
-            model, (example_input,), dynamo=True, external_data=False,
-            input_names=["input"], output_names=["output"],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False,
-        )
-        assert program is not None
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.onnx"
-            program.save(str(path), external_data=False)
-            return path.read_bytes(), "torch.onnx (dynamo)"
-
-
-def export_onnx(model: nn.Module, example_input: Tensor, *, opset: int = 17) -> bytes:
-    """The model as ONNX bytes (see ``export_onnx_with``)."""
-    return export_onnx_with(model, example_input, opset=opset)[0]
-
-
-def quantize_onnx_int8(onnx_bytes: bytes, calib_inputs: Sequence[np.ndarray]) -> bytes:
-    """ORT static quantization: int8 per-channel weights, **QUInt8** activations, after pre-processing.
-
-    Signed int8 activations ran slower than fp32 on these CPUs; QUInt8 after ``quant_pre_process``
-    runs about 3x faster (see the project's dependency notes).
-    """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter([{"input": x} for x in calib_inputs])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._it, None)
-
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        src, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
-        src.write_bytes(onnx_bytes)
-        try:
-            quant_pre_process(str(src), str(pre))
-        except Exception:  # noqa: BLE001 - shape inference can fail on odd graphs; quantize raw
-            pre = src
-        quantize_static(
-            str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        )
-        return out.read_bytes()
-
-
-def ort_session(onnx_bytes: bytes, threads: int) -> Any:
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full graph optimisation."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
-
-
 def make_runner(
     model: nn.Module, example_input: Tensor, *, backend: str, batch: int, threads: int,
     calib: Sequence[Tensor] | None = None,
@@ -200,8 +112,7 @@ def make_ort_runner(
 ) -> Callable[[], Any]:
     """Like ``make_runner`` for an ONNX graph with one input named ``input`` (dynamic batch)."""
     if backend == "ort-int8":
-        samples = [c.detach().numpy().astype(np.float32) for c in (calib or [example_input[:1]])]
-        onnx_bytes = quantize_onnx_int8(onnx_bytes, samples)
+        onnx_bytes = quantize_int8(onnx_bytes, list(calib or [example_input[:1]]))
     elif backend != "ort":
         raise UserInputError(f"backend {backend!r} does not run ONNX graphs; allowed: ort, ort-int8")
     sess = ort_session(onnx_bytes, threads)

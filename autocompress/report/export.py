@@ -42,9 +42,7 @@ import contextlib
 import io
 import json
 import math
-import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +52,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+# The ONNX / int8 / TorchScript conversions are shared with latency measurement; the names tests
+# and benchmarks import from here stay importable.
+from autocompress.deploy import (  # noqa: F401
+    INT8_LAYER_OPS,
+    ONNX_OPSET,
+    export_onnx_with,
+    onnx_node_module,
+    ort_session,
+    pt_bytes,
+    quantize_int8,
+    torchscript_bytes,
+    within_modules,
+)
 from autocompress.errors import CheckFailedError, UserInputError
 from autocompress.report.run import load_run
 
@@ -62,7 +73,6 @@ if TYPE_CHECKING:
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "pt")
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "pt": ".pt"}
-ONNX_OPSET = 17
 
 
 class ExportMismatchError(CheckFailedError):
@@ -213,25 +223,6 @@ def _bits(policy: CompressionPolicy, names: Sequence[str]) -> list[str]:
     return [f"{n} (w{policy[n].w_bits}/a{policy[n].a_bits})" for n in names]
 
 
-def _within(name: str, prefixes: Sequence[str]) -> bool:
-    return any(name == m or name.startswith(m + ".") for m in prefixes)
-
-
-def onnx_node_module(node_name: str) -> str:
-    """The module FQN of a node named by the TorchScript ONNX exporter.
-
-    ``/layer2/layer2.0/shortcut/shortcut.0/Conv`` -> ``layer2.0.shortcut.0``: the exporter
-    writes one scope per module, children of containers as ``parent.index``.
-    """
-    comps = [c for c in node_name.split("/") if c][:-1]
-    parts: list[str] = []
-    prev: str | None = None
-    for c in comps:
-        parts.append(c[len(prev) + 1:] if prev is not None and c.startswith(prev + ".") else c)
-        prev = c
-    return ".".join(parts)
-
-
 # -- ONNX -----------------------------------------------------------------------------------
 
 
@@ -242,15 +233,7 @@ def onnx_bytes(model: nn.Module, example_input: Tensor) -> tuple[bytes, str]:
     keep float layers out of int8 quantization); the dynamo exporter is the fallback for graphs
     that do not trace.
     """
-    from autocompress.evaluators.latency import export_onnx_with
-
     return export_onnx_with(model, example_input, opset=ONNX_OPSET)
-
-
-def _session(blob: bytes, threads: int) -> Any:
-    from autocompress.evaluators.latency import ort_session
-
-    return ort_session(blob, threads)
 
 
 def _ort_logits(sess: Any, x: Tensor, batch_size: int = 256) -> np.ndarray:
@@ -258,70 +241,6 @@ def _ort_logits(sess: Any, x: Tensor, batch_size: int = 256) -> np.ndarray:
     outs = [sess.run(None, {name: x[i:i + batch_size].numpy().astype(np.float32)})[0]
             for i in range(0, len(x), batch_size)]
     return np.concatenate(outs, axis=0)
-
-
-#: Layer types whose inputs and weights the ``layers`` int8 scheme quantizes.
-INT8_LAYER_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
-
-
-def quantize_int8(blob: bytes, calib: Sequence[Tensor], *, exclude_modules: Sequence[str] = (),
-                  scheme: str = "full") -> bytes:
-    """ONNX Runtime static int8 quantization: QUInt8 activations, per-channel QInt8 weights.
-
-    Signed int8 activations ran slower than fp32 on these CPUs, QUInt8 after ``quant_pre_process``
-    about 3x faster. Nodes of ``exclude_modules`` (and their children) stay in float.
-
-    Schemes: ``full`` quantizes every tensor ORT can (layer outputs, adds, pooling too), so ORT
-    fuses whole int8 kernels: the fastest file, but each extra 8-bit tensor is a rounding the
-    PyTorch model does not make. ``layers`` quantizes exactly what the compression core's
-    fake quantization does, the inputs and weights of convolution / linear layers, and keeps
-    their outputs in float: the faithful file (also for mixed precision, where the int8 layers
-    sit between float ones).
-    """
-    if scheme not in ("full", "layers"):
-        raise ValueError(f"int8 scheme {scheme!r}; expected 'full' or 'layers'")
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    batches = [c.detach().numpy().astype(np.float32) for c in calib]
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._it = iter([{"input": b} for b in batches])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._it, None)
-
-    excluded = []
-    if exclude_modules:
-        graph = onnx.load_from_string(blob).graph
-        for node in graph.node:
-            if _within(onnx_node_module(node.name), exclude_modules):
-                excluded.append(node.name)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        src, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
-        src.write_bytes(blob)
-        try:
-            quant_pre_process(str(src), str(pre))
-        except Exception:  # noqa: BLE001 - shape inference can fail on odd graphs; quantize raw
-            pre = src
-        scheme_kwargs: dict[str, Any] = {} if scheme == "full" else {
-            "op_types_to_quantize": list(INT8_LAYER_OPS),
-            "extra_options": {"OpTypesToExcludeOutputQuantization": list(INT8_LAYER_OPS)},
-        }
-        quantize_static(
-            str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=excluded, **scheme_kwargs,
-        )
-        return out.read_bytes()
 
 
 def _time(run: Any, threads: int, repeats: int) -> float:
@@ -333,7 +252,7 @@ def _time(run: Any, threads: int, repeats: int) -> float:
 
 
 def _ort_latency(blob: bytes, x: Tensor, threads: int, repeats: int) -> float:
-    sess = _session(blob, threads)
+    sess = ort_session(blob, threads)
     feed = {sess.get_inputs()[0].name: x.numpy().astype(np.float32)}
     return _time(lambda: sess.run(None, feed), threads, repeats)
 
@@ -372,7 +291,7 @@ def activation_quant_as_clip(model: nn.Module, only: Sequence[str] | None = None
     from autocompress.compression import ActQuant
 
     active = [m for name, m in model.named_modules() if isinstance(m, ActQuant) and m.mode == "quant"
-              and (only is None or _within(name, only))]
+              and (only is None or within_modules(name, only))]
     for m in active:
         m.forward = types.MethodType(_clip_forward, m)  # type: ignore[method-assign]
     try:
@@ -383,22 +302,6 @@ def activation_quant_as_clip(model: nn.Module, only: Sequence[str] | None = None
 
 
 # -- TorchScript / pickled module -------------------------------------------------------------
-
-
-def _torchscript_bytes(model: nn.Module, example_input: Tensor) -> bytes:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.no_grad():
-            traced = torch.jit.trace(model.eval(), (example_input,), check_trace=False)
-    buf = io.BytesIO()
-    torch.jit.save(traced, buf)
-    return buf.getvalue()
-
-
-def _pt_bytes(model: nn.Module) -> bytes:
-    buf = io.BytesIO()
-    torch.save(model.eval(), buf)
-    return buf.getvalue()
 
 
 def _load(fmt: str, blob: bytes) -> nn.Module:
@@ -548,7 +451,7 @@ def export_point(
     if fmt == "onnx":
         blob, exporter = onnx_bytes(small, example)
         orig_blob, _ = onnx_bytes(original, example)
-        sess = _session(blob, threads)
+        sess = ort_session(blob, threads)
         got = _ort_logits(sess, x_check)
         acc = _top1(_ort_logits(sess, x_val), y_val)
         if test is not None:
@@ -564,7 +467,7 @@ def export_point(
                          "quant_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
                          "quant_match_fraction": float((flips <= atol).mean())}
                 ref = _torch_logits(small, x_check)
-                got = _ort_logits(_session(onnx_bytes(small, example)[0], threads), x_check)
+                got = _ort_logits(ort_session(onnx_bytes(small, example)[0], threads), x_check)
         if quant and quant["quant_agreement"] < min_agreement:
             raise ExportMismatchError(
                 f"the onnx export of point {point.id} agrees with the PyTorch compressed model on "
@@ -575,8 +478,8 @@ def export_point(
         orig_latency = _ort_latency(orig_blob, x_lat, threads, repeats)
         backend = "ort"
     else:
-        blob = _torchscript_bytes(small, example) if fmt == "torchscript" else _pt_bytes(small)
-        orig_blob = _torchscript_bytes(original, example) if fmt == "torchscript" else _pt_bytes(original)
+        blob = torchscript_bytes(small, example) if fmt == "torchscript" else pt_bytes(small)
+        orig_blob = torchscript_bytes(original, example) if fmt == "torchscript" else pt_bytes(original)
         exporter = "torch.jit.trace" if fmt == "torchscript" else "torch.save (pickled module)"
         loaded = _load(fmt, blob)
         got = _torch_logits(loaded, x_check)
@@ -613,7 +516,7 @@ def export_point(
         for scheme in schemes:
             q_blob = quantize_int8(float_blob, problem.evaluator.calib_batches,
                                    exclude_modules=keep_float, scheme=scheme)
-            q_logits = _ort_logits(_session(q_blob, threads), x_val)
+            q_logits = _ort_logits(ort_session(q_blob, threads), x_val)
             agreement = float((q_logits.argmax(1) == ref_val.argmax(1)).mean()) if len(x_val) else 1.0
             if agreement >= min_int8_agreement:
                 break
