@@ -1,8 +1,10 @@
-"""The knowledge-distillation loop: the evaluator's short fine-tune gives what it always gave.
+"""The one knowledge-distillation loop: both fine-tunes give what they always gave.
 
-``_reference_kd_finetune`` is the evaluator's loop as it was written before the shared loop
-existed, kept verbatim: the shared loop must reproduce it bit for bit (same seed, same weights,
-same BatchNorm statistics, same loss).
+``_reference_kd_finetune`` (the evaluator's short fine-tune) and ``_reference_epoch`` (an epoch of
+``finetune_point``) are the loops as they were written before ``autocompress.distill`` existed,
+kept verbatim: the shared loop must reproduce them bit for bit (same seed, same weights, same
+BatchNorm statistics, same losses). ``tests/report/test_finetune_loop.py`` checks
+``finetune_point`` itself the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from autocompress.distill import distill
 from autocompress.evaluators.accuracy import kd_finetune, kd_loss
 from autocompress.evaluators.latency import torch_threads
 from autocompress.models import create_model
@@ -115,3 +118,78 @@ def test_kd_finetune_is_bit_identical_to_the_reference_loop(
     after = got.state_dict()
     moved = {k for k in after if not torch.equal(after[k], before[k])}
     assert any(k.endswith("running_mean") for k in moved) and any(k.endswith("weight") for k in moved)
+
+
+def _reference_epoch(student: nn.Module, teacher: nn.Module, batches: list[tuple[Tensor, Tensor]],
+                     opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, *,
+                     kd: bool, alpha: float, temperature: float) -> float:
+    """One epoch of ``finetune_point``'s loop as it was written before the shared loop."""
+    student.train()
+    total = n = 0.0
+    for x, y in batches:
+        out = student(x)
+        if kd and alpha > 0:
+            with torch.no_grad():
+                t_out = teacher(x)
+            loss = kd_loss(out, t_out, y, alpha=alpha, temperature=temperature)
+        else:
+            loss = F.cross_entropy(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += float(loss.detach()) * len(y)
+        n += len(y)
+    return total / max(n, 1.0)
+
+
+@pytest.mark.parametrize("kd", [True, False])
+def test_distill_with_a_schedule_matches_the_point_fine_tune_loop(
+    teacher_and_data: tuple[nn.Module, Tensor, Tensor], kd: bool,
+) -> None:
+    """The point fine-tune's recipe (Nesterov, weight decay, cosine schedule, epochs of a ragged
+    loader) through ``distill`` equals the loop it replaced, with a BatchNorm student."""
+    teacher, x, y = teacher_and_data
+    batches = [(x[i:i + 24], y[i:i + 24]) for i in range(0, len(y), 24)]  # last batch of 4
+    students = [_student(teacher), _student(teacher)]
+    opts = [torch.optim.SGD(s.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+            for s in students]
+    scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=2 * len(batches)) for o in opts]
+    for _ in range(2):
+        steps = distill(students[0], teacher if kd else None, batches, opts[0], alpha=0.9,
+                        temperature=4.0, scheduler=scheds[0])
+        total = n = 0.0
+        for loss, size in steps:
+            total += loss * size
+            n += size
+        ref = _reference_epoch(students[1], teacher, batches, opts[1], scheds[1], kd=kd, alpha=0.9,
+                               temperature=4.0)
+        assert [s for _, s in steps] == [len(b[1]) for b in batches]
+        assert total / max(n, 1.0) == ref
+    _assert_same_state(students[0], students[1])
+    assert opts[0].param_groups[0]["lr"] == opts[1].param_groups[0]["lr"] < 0.05
+
+
+def test_teacher_is_not_run_for_cross_entropy_and_student_ends_in_eval(
+    teacher_and_data: tuple[nn.Module, Tensor, Tensor],
+) -> None:
+    teacher, x, y = teacher_and_data
+    student = _student(teacher)  # before the hook: a deep copy would carry it
+    calls: list[int] = []
+    hook = teacher.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        opt = torch.optim.SGD(student.parameters(), lr=0.01)
+        distill(student, teacher, [(x[:8], y[:8])], opt, alpha=0.0)
+        assert calls == [] and not student.training
+        distill(student, teacher, [(x[:8], y[:8])], opt, alpha=0.5)
+        assert calls == [1] and not teacher.training
+    finally:
+        hook.remove()
+
+    def broken() -> Iterator[tuple[Tensor, Tensor]]:
+        yield x[:8], y[:8]
+        raise RuntimeError("data loader failed")
+
+    with pytest.raises(RuntimeError, match="data loader failed"):
+        distill(student, None, broken(), opt)
+    assert not student.training  # a failed fine-tune leaves no model in train mode behind

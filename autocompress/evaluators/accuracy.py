@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+# The KD loss and loop are shared with ``finetune``; ``kd_loss`` stays importable from here.
+from autocompress.distill import distill, kd_loss  # noqa: F401
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -70,21 +73,6 @@ def topk_correct(
     return {k: correct[k] / max(n, 1) for k in ks}
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, *, alpha: float,
-            temperature: float) -> Tensor:
-    """Hinton (2015) distillation: ``a*T^2*KL(softmax(zt/T) || softmax(zs/T)) + (1-a)*CE(zs, y)``.
-
-    The T^2 factor keeps the soft-target gradients on the scale of the hard-target ones.
-    """
-    t = temperature
-    soft = F.kl_div(
-        F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-        reduction="batchmean", log_target=True,
-    )
-    hard = F.cross_entropy(student_logits, target)
-    return alpha * t * t * soft + (1.0 - alpha) * hard
-
-
 def _cycle_batches(x: Tensor, y: Tensor, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
     gen = torch.Generator().manual_seed(seed)
     while True:
@@ -110,33 +98,17 @@ def kd_finetune(
     """Fine-tune ``student`` in place for ``steps`` SGD steps, distilling from ``teacher``.
 
     Without a teacher (or with ``alpha=0``) it is plain cross-entropy. BatchNorm layers train with
-    the rest, so their statistics follow the weights. The batch order is seeded so the same
-    candidate always gets the same fine-tune. Returns the mean loss of the last 10 steps.
+    the rest, so their statistics follow the weights (the loop is ``autocompress.distill``'s).
+    The batch order is seeded so the same candidate always gets the same fine-tune. SGD with
+    momentum 0.9 at a constant ``lr``; the ragged tail of each pass is dropped. Returns the mean
+    loss of the last 10 steps; the student is left in eval mode.
     """
     if steps <= 0:
         return math.nan
-    if teacher is not None:
-        teacher.eval()
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
-    student.train()
-    losses: list[float] = []
-    batches = _cycle_batches(x, y, min(batch_size, len(y)), seed)
-    try:
-        for _ in range(steps):
-            xb, yb = next(batches)
-            out = student(xb)
-            if teacher is not None and alpha > 0:
-                with torch.no_grad():
-                    t_out = teacher(xb)
-                loss = kd_loss(out, t_out, yb, alpha=alpha, temperature=temperature)
-            else:
-                loss = F.cross_entropy(out, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-    finally:
-        student.eval()
+    batches = itertools.islice(_cycle_batches(x, y, min(batch_size, len(y)), seed), steps)
+    losses = [loss for loss, _ in distill(student, teacher, batches, opt, alpha=alpha,
+                                          temperature=temperature)]
     tail = losses[-10:]
     return sum(tail) / len(tail)

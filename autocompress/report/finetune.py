@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from autocompress.compression import CompressionPolicy
+from autocompress.distill import distill
 from autocompress.errors import UserInputError
 from autocompress.report._io import atomic_path, write_text_atomic
 from autocompress.report.run import (
@@ -214,7 +214,6 @@ def finetune_point(
         >>> r = finetune_point("runs/demo", 3, epochs=5)  # doctest: +SKIP
         >>> r.acc_before, r.acc_after  # doctest: +SKIP
     """
-    from autocompress.evaluators.accuracy import kd_loss
     from autocompress.report._rebuild import rebuild_problem, scored_model
     from autocompress.training import seed_everything
 
@@ -252,22 +251,11 @@ def finetune_point(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     history: list[dict[str, float]] = []
     for epoch in range(epochs):
-        student.train()
         total = n = 0.0
-        for x, y in loader:
-            out = student(x)
-            if kd and alpha > 0:
-                with torch.no_grad():
-                    t_out = teacher(x)
-                loss = kd_loss(out, t_out, y, alpha=alpha, temperature=temperature)
-            else:
-                loss = F.cross_entropy(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(y)
-            n += len(y)
+        for loss, size in distill(student, teacher if kd else None, loader, opt, alpha=alpha,
+                                  temperature=temperature, scheduler=sched):
+            total += loss * size
+            n += size
         # Score a snapped copy: the latent weights keep training unprojected.
         scored = copy.deepcopy(student).eval()
         snap_quantized_weights_(scored)

@@ -1,0 +1,76 @@
+"""Knowledge distillation: Hinton's loss and the one training loop every fine-tune runs.
+
+Both the evaluator's short fine-tune of a candidate (``evaluators.accuracy.kd_finetune``) and the
+fine-tune of a front point (``report.finetune.finetune_point``) train through ``distill``; they
+differ only in the batches, optimizer and schedule they hand it. It imports nothing of the package,
+so every layer may use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, *, alpha: float,
+            temperature: float) -> Tensor:
+    """Hinton (2015) distillation: ``a*T^2*KL(softmax(zt/T) || softmax(zs/T)) + (1-a)*CE(zs, y)``.
+
+    The T^2 factor keeps the soft-target gradients on the scale of the hard-target ones.
+    """
+    t = temperature
+    soft = F.kl_div(
+        F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean", log_target=True,
+    )
+    hard = F.cross_entropy(student_logits, target)
+    return alpha * t * t * soft + (1.0 - alpha) * hard
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    alpha: float = 0.9,
+    temperature: float = 4.0,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> list[tuple[float, int]]:
+    """Train ``student`` in place: one optimizer step (then one ``scheduler`` step) per batch.
+
+    The loss is ``kd_loss`` against ``teacher``'s logits, or plain cross-entropy without a teacher
+    or with ``alpha=0`` (the teacher is then not run). The teacher runs in eval mode without
+    gradients; the student trains in train mode, so its BatchNorm statistics follow its weights,
+    and is left in eval mode, also when a step raises.
+
+    Returns:
+        ``(loss, batch size)`` of every step, in order.
+    """
+    use_teacher = teacher is not None and alpha > 0
+    if teacher is not None:
+        teacher.eval()
+    student.train()
+    steps: list[tuple[float, int]] = []
+    try:
+        for x, y in batches:
+            out = student(x)
+            if use_teacher:
+                assert teacher is not None
+                with torch.no_grad():
+                    t_out = teacher(x)
+                loss = kd_loss(out, t_out, y, alpha=alpha, temperature=temperature)
+            else:
+                loss = F.cross_entropy(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            steps.append((float(loss.detach()), len(y)))
+    finally:
+        student.eval()
+    return steps
