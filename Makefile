@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean postgres-bin
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,8 +14,21 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/autocompress search
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed postgres-bin
 	PYTHONHASHSEED=0 $(BIN)/python -m pytest
+
+# The PostgreSQL storage tests start their own server (tests/_postgres.py): on a fresh Debian/Ubuntu
+# machine, as root, install its binaries when initdb/pg_ctl are found neither on PATH nor under
+# /usr/lib/postgresql; elsewhere those tests fail and say what is missing.
+postgres-bin:
+	@if ! { command -v initdb && command -v pg_ctl; } >/dev/null 2>&1 \
+	    && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	    && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing the PostgreSQL server (apt-get install postgresql) for the storage tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq postgresql >/dev/null 2>&1 \
+	    || { apt-get update -qq >/dev/null && apt-get install -y -qq postgresql >/dev/null; }; \
+	fi
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check autocompress tests benchmarks

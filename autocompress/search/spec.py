@@ -576,8 +576,12 @@ class SearchSpec:
         return out
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define *what* is searched (everything but ``RUN_LEVEL_FIELDS``)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUN_LEVEL_FIELDS}
+        """The fields that define *what* is searched (everything but ``RUN_LEVEL_FIELDS``; a
+        storage URL without its password, which spec.json does not keep)."""
+        from autocompress.search.storage import mask_url
+
+        return {k: (mask_url(v) if k == "storage" and isinstance(v, str) else v)
+                for k, v in self.to_dict().items() if k not in RUN_LEVEL_FIELDS}
 
     def identity_hash(self) -> str:
         """Stable sha256 of :meth:`identity`."""
@@ -732,38 +736,9 @@ def check_storage(storage: str | None, run_dir: Path) -> None:
             f"storage {storage!r} is not allowed; allowed: journal (default), sqlite, a *.journal file "
             "path, or an Optuna storage URL such as sqlite:///x.db or postgresql://user@host/db"
         )
-    try:
-        from sqlalchemy.engine import make_url
+    from autocompress.search.storage import check_database_url
 
-        url = make_url(storage)
-    except Exception as exc:  # noqa: BLE001 - sqlalchemy raises ArgumentError and others
-        line = " ".join(str(exc).split())[:160]
-        raise UserInputError(f"storage {storage!r} is not a valid database URL: {line}") from None
-    if url.get_backend_name() == "sqlite":
-        db = url.database or ""
-        if db in ("", ":memory:"):
-            raise UserInputError(f"storage {storage!r} is an in-memory database; give a file, e.g. "
-                                 "sqlite:///runs/study.db (or --storage sqlite)")
-        db_path = Path(db)
-        if db_path.parent.absolute() == run_dir.absolute():
-            return  # created with the run directory, which is checked already
-        if not db_path.parent.is_dir():
-            raise UserInputError(f"storage {storage!r}: directory {str(db_path.parent)!r} does not exist")
-        check_writable(db_path, "--storage")
-        return
-    try:
-        from sqlalchemy import create_engine, text
-
-        connect_args = {"connect_timeout": 10} if url.get_backend_name() in ("postgresql", "mysql") else {}
-        engine = create_engine(url, connect_args=connect_args)
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        finally:
-            engine.dispose()
-    except Exception as exc:  # noqa: BLE001 - a missing driver or an unreachable database
-        line = " ".join(str(exc).split())[:200]
-        raise UserInputError(f"storage {storage!r} cannot be opened: {type(exc).__name__}: {line}") from None
+    check_database_url(storage, run_dir)
 
 
 def _jsonable(v: Any) -> Any:
