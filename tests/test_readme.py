@@ -13,6 +13,7 @@ so a renamed option fails fast), each section in a scratch directory holding the
   the ``--ray-address`` search against it, then the claims around it (a re-run resumes, a local run
   continues the same study, Tune's files land under ``OUT/ray``). ``ray stop`` is replaced by
   stopping exactly the head this test started: ``ray stop`` stops every Ray process of the user.
+  The ``--storage postgresql://`` line runs against a private server (``tests/_postgres.py``).
 
 ``test_every_readme_command_is_executed`` fails when a README command sits in a section none of these
 tests runs. ``make demo`` / ``make test`` are checked with ``make -n``.
@@ -408,6 +409,13 @@ def test_ray_cluster_lines_run(tmp_path: Path, head: _Head, monkeypatch: pytest.
             address = head.start(words, readme_port, {**env, **extra}, tmp_path / "ray-head.log")
         elif words[:2] == ["ray", "stop"]:
             head.stop()
+        elif "postgresql://" in line:  # the shared-storage line, against a private server
+            from _postgres import postgres_server
+
+            with postgres_server() as pg:
+                proc = _run(re.sub(r"postgresql://\S+", pg.createdb("autocompress"), line), cwd, env)
+            assert " 0 failed;" in proc.stdout, proc.stdout
+            assert ":***@" in (cwd / (_option(line, "--out") or "") / "spec.json").read_text()
         else:
             assert words[0] == "autocompress", line
             command = line.replace(readme_address, address) if readme_address and address else line
