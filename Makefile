@@ -20,9 +20,10 @@ test: $(VENV)/.installed postgres-bin
 # The PostgreSQL storage tests start their own server (tests/_postgres.py): on a fresh Debian/Ubuntu
 # machine, as root, install its binaries when initdb/pg_ctl are found neither on PATH nor under
 # /usr/lib/postgresql; elsewhere those tests fail and say what is missing.
+PG_BIN_GLOB ?= /usr/lib/postgresql/*/bin
 postgres-bin:
 	@if ! { command -v initdb && command -v pg_ctl; } >/dev/null 2>&1 \
-	    && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	    && ! ls $(PG_BIN_GLOB)/initdb >/dev/null 2>&1 \
 	    && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing the PostgreSQL server (apt-get install postgresql) for the storage tests"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
