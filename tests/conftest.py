@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,20 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("autocompress-cache")
     os.environ["AUTOCOMPRESS_CACHE"] = str(path)
     return path
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread for the test, the previous count restored after.
+
+    Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two threads spin
+    against each other (10x slower measured). The test directories of tiny models (compression,
+    envs, evaluators, policies, search, ``test_problem.py``) use it for every test.
+    """
+    from autocompress.evaluators.latency import torch_threads
+
+    with torch_threads(1):
+        yield
 
 
 def pytest_configure(config: pytest.Config) -> None:

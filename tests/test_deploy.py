@@ -15,6 +15,8 @@ from autocompress.evaluators import latency
 from autocompress.models import create_model
 from autocompress.report import export
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def convnet_onnx() -> tuple[bytes, torch.Tensor]:

@@ -20,14 +20,9 @@ from torch import Tensor, nn
 
 from autocompress.distill import distill
 from autocompress.evaluators.accuracy import kd_finetune, kd_loss
-from autocompress.evaluators.latency import torch_threads
 from autocompress.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _reference_cycle_batches(x: Tensor, y: Tensor, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -151,15 +151,11 @@ TINY_FAMILIES: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]] =
 }
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Tiny models run much faster on one thread, and far faster when other jobs load the CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+def one_thread() -> contextlib.AbstractContextManager[None]:
+    """One torch thread for a block (session fixtures; tests get ``one_torch_thread``)."""
+    from autocompress.evaluators.latency import torch_threads
+
+    return torch_threads(1)
 
 
 def digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

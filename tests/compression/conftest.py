@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,9 +12,8 @@ from autocompress.models import create_model
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test here runs on one torch thread (``tests/conftest.py``)."""
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-import torch
 
 from autocompress.compression import CompressionPolicy
 from autocompress.evaluators import EvaluatorConfig
@@ -17,12 +16,8 @@ TINY_EVAL = EvaluatorConfig(
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models: one thread is faster and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test here runs on one torch thread (``tests/conftest.py``)."""
 
 
 @pytest.fixture(scope="session")

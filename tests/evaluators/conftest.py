@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 
 from autocompress.evaluators import EvaluatorConfig
 from autocompress.evaluators.latency import torch_threads
@@ -13,13 +10,8 @@ from autocompress.problem import Problem
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two threads
-    spin against each other (10x slower measured); restore the suite's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test here runs on one torch thread (``tests/conftest.py``)."""
 
 
 @pytest.fixture(scope="session")

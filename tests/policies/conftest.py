@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -13,12 +13,8 @@ from autocompress.models import create_model, default_input_shape
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """The agents' networks are tiny: one thread is faster and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread: None) -> None:
+    """The agents' networks are tiny: every test here runs on one torch thread."""
 
 
 def _space(name: str, knobs: tuple[str, ...]) -> CompressionSpace:

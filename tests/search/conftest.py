@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
+from autocompress.evaluators.latency import torch_threads
 from autocompress.problem import Problem
 from autocompress.search import SearchSpec
 from autocompress.search.runner import build_problem
@@ -38,20 +38,12 @@ def tiny_spec() -> Callable[..., SearchSpec]:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest single-threaded, and far faster on a busy machine; restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test here runs on one torch thread (``tests/conftest.py``)."""
 
 
 @pytest.fixture(scope="session")
 def search_problem(_isolated_cache: object) -> Problem:
     """The problem every in-process search test runs on (trained once per session)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return build_problem(make_tiny_spec("unused"), progress=False)
-    finally:
-        torch.set_num_threads(before)

@@ -1,0 +1,16 @@
+"""The suite-wide fixtures of ``tests/conftest.py``."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def test_one_torch_thread_runs_the_test_on_one_thread(one_torch_thread: None) -> None:
+    assert torch.get_num_threads() == 1
+
+
+def test_the_suite_thread_count_is_restored_after_it() -> None:
+    # Runs after the test above (file order): the fixture gave back the suite's setting.
+    assert torch.get_num_threads() == max(1, min(2, os.cpu_count() or 1))
