@@ -15,7 +15,7 @@ demo: $(VENV)/.installed
 	$(BIN)/autocompress search
 
 test: $(VENV)/.installed postgres-bin
-	PYTHONHASHSEED=0 $(BIN)/python -m pytest
+	PYTHONHASHSEED=0 $(BIN)/python -m pytest -n 2 --dist worksteal
 
 # The PostgreSQL storage tests start their own server (tests/_postgres.py): on a fresh Debian/Ubuntu
 # machine, as root, install its binaries when initdb/pg_ctl are found neither on PATH nor under

@@ -72,14 +72,16 @@ def test_search_same_command_resumes_without_new_trials(tiny_run: Path) -> None:
 
 
 def test_report_show_export_finetune(tiny_run: Path, tmp_path: Path) -> None:
+    """The read-side commands on the real search's run, in this process (an interpreter start each
+    costs seconds; the search itself and the README tests run the real executable)."""
     pareto = json.loads((tiny_run / "pareto.json").read_text())
     point = str(pareto["points"][0]["id"])
-    rep = run("report", str(tiny_run))
+    rep = invoke("report", str(tiny_run))
     assert rep.returncode == 0 and "Pareto front" in rep.stdout
-    show = run("show", str(tiny_run), "--point", point)
+    show = invoke("show", str(tiny_run), "--point", point)
     assert show.returncode == 0 and "per-layer policy" in show.stdout
     onnx_path = tmp_path / "p.onnx"
-    exp = run("export", str(tiny_run), "--point", point, "--format", "onnx", "--out", str(onnx_path))
+    exp = invoke("export", str(tiny_run), "--point", point, "--format", "onnx", "--out", str(onnx_path))
     assert exp.returncode == 0, exp.stderr[-2000:]
     assert onnx_path.is_file() and "vs original" in exp.stdout
     import onnxruntime as ort
@@ -88,19 +90,19 @@ def test_report_show_export_finetune(tiny_run: Path, tmp_path: Path) -> None:
     (out,) = sess.run(None, {sess.get_inputs()[0].name: torch.randn(1, 1, 8, 8).numpy()})
     assert out.shape == (1, 10)
     ts_path = tmp_path / "p.ts"
-    assert run("export", str(tiny_run), "--point", point, "--format", "torchscript", "--out", str(ts_path)).returncode == 0
+    assert invoke("export", str(tiny_run), "--point", point, "--format", "torchscript", "--out", str(ts_path)).returncode == 0
     assert torch.jit.load(str(ts_path))(torch.randn(2, 1, 8, 8)).shape == (2, 10)
-    ft = run("finetune", str(tiny_run), "--point", point, "--epochs", "1")
+    ft = invoke("finetune", str(tiny_run), "--point", point, "--epochs", "1")
     assert ft.returncode == 0, ft.stderr[-2000:]
     record = json.loads((tiny_run / "finetune" / f"point-{point}.json").read_text())
     assert 0 <= record["acc_before"] <= 1 and 0 <= record["acc_after"] <= 1
 
 
 def test_models_and_datasets_listings() -> None:
-    models = run("models")
+    models = invoke("models")
     assert models.returncode == 0 and "resnet20" in models.stdout and "mobilenetv2" in models.stdout
-    assert "tv:resnet18" in run("models", "--torchvision").stdout
-    data = run("datasets")
+    assert "tv:resnet18" in invoke("models", "--torchvision").stdout
+    data = invoke("datasets")
     assert data.returncode == 0 and "digits" in data.stdout and "cifar10" in data.stdout
 
 

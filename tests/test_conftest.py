@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
+from conftest import suite_threads
 
 
 def test_one_torch_thread_runs_the_test_on_one_thread(one_torch_thread: None) -> None:
@@ -12,5 +11,6 @@ def test_one_torch_thread_runs_the_test_on_one_thread(one_torch_thread: None) ->
 
 
 def test_the_suite_thread_count_is_restored_after_it() -> None:
-    # Runs after the test above (file order): the fixture gave back the suite's setting.
-    assert torch.get_num_threads() == max(1, min(2, os.cpu_count() or 1))
+    # Whatever ran before on this process (the test above, when in file order), every fixture gave
+    # back the suite's setting.
+    assert torch.get_num_threads() == suite_threads()
