@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from autocompress.errors import UserInputError
+from autocompress.metrics import COST_METRICS, EVAL_METRICS, MAXIMIZED, Budget
 
-#: Metrics a hard or soft budget may bound (all minimised). ``latency_ms`` is the predicted latency.
-BUDGET_METRICS: tuple[str, ...] = ("macs", "flops", "params", "size_bytes", "bops", "latency_ms")
+#: Metrics a hard or soft budget may bound (every cost of the vocabulary, all minimised).
+#: ``latency_ms`` is the predicted latency.
+BUDGET_METRICS: tuple[str, ...] = COST_METRICS
 
 #: Reward functions of the environment.
 REWARDS: tuple[str, ...] = ("acc", "r_flops", "lagrangian", "weighted")
@@ -25,31 +26,11 @@ REWARDS: tuple[str, ...] = ("acc", "r_flops", "lagrangian", "weighted")
 KNOB_ORDER: tuple[str, ...] = ("prune", "w_bits", "a_bits", "rank")
 
 
-@dataclass(frozen=True)
-class Budget:
-    """A budget relative to the uncompressed base model, e.g. ``Budget(0.5)`` = 50% of its MACs.
-
-    Args:
-        fraction: the allowed fraction of the base model's value, ``0 < fraction``.
-    """
-
-    fraction: float
-
-    def __post_init__(self) -> None:
-        f = self.fraction
-        if isinstance(f, bool) or not isinstance(f, int | float) or not math.isfinite(f) or f <= 0:
-            raise UserInputError(f"Budget fraction {f!r} is not allowed; allowed: a number > 0")
-        object.__setattr__(self, "fraction", float(f))
-
-    def resolve(self, base_value: float) -> float:
-        """The absolute budget for a base model whose value is ``base_value``."""
-        return self.fraction * float(base_value)
-
-
 def resolve_budgets(
     budgets: Mapping[str, float | Budget] | None, base: Mapping[str, float], what: str = "budgets"
 ) -> dict[str, float]:
-    """Absolute budgets from a mapping of absolute values or ``Budget`` fractions; bad keys raise."""
+    """Absolute budgets from absolute values or ``Budget`` objects (``Budget(0.5)``: half the base
+    model's value of the key's metric; a named budget must bound the key's metric); bad keys raise."""
     out: dict[str, float] = {}
     for metric, value in (budgets or {}).items():
         if metric not in BUDGET_METRICS:
@@ -57,7 +38,7 @@ def resolve_budgets(
                 f"{what} metric {metric!r} is not supported; allowed: {', '.join(BUDGET_METRICS)}"
             )
         if isinstance(value, Budget):
-            out[metric] = value.resolve(base[metric])
+            out[metric] = value.bind(metric).resolve(base[metric])
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise UserInputError(
@@ -233,7 +214,7 @@ def reward_weighted(
     """
     out = 0.0
     for m, w in weights.items():
-        if m in ("acc", "acc_top5"):
+        if m in MAXIMIZED:
             out += float(w) * float(metrics[m])
         else:
             out += float(w) * (1.0 - float(metrics[m]) / float(base[m]))
@@ -266,7 +247,7 @@ def check_reward_settings(
     """Validate ``reward`` / ``reward_weights`` and return the weights actually used."""
     if kind not in REWARDS:
         raise UserInputError(f"reward={kind!r} is not supported; allowed: {', '.join(REWARDS)}")
-    allowed = ("acc", "acc_top5", *BUDGET_METRICS)
+    allowed = EVAL_METRICS
     for m, w in (weights or {}).items():
         if m not in allowed:
             raise UserInputError(f"reward_weights metric {m!r} is not supported; allowed: {', '.join(allowed)}")

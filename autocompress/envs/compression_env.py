@@ -28,6 +28,7 @@ from autocompress.envs._features import (
     to_unit,
 )
 from autocompress.errors import UserInputError
+from autocompress.metrics import MAXIMIZED, flops_from_macs
 
 if TYPE_CHECKING:
     from autocompress.evaluators import EvalResult
@@ -35,9 +36,6 @@ if TYPE_CHECKING:
 
 #: What ``evaluate_fn`` may return: an ``EvalResult`` or, for cheap/synthetic scoring, a metrics dict.
 EvalFn = Callable[[CompressionPolicy], Any]
-
-_COST_METRICS = ("macs", "flops", "params", "size_bytes", "bops")
-
 
 @dataclass(frozen=True)
 class EpisodeRecord:
@@ -92,7 +90,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     its most compressed value". If it breaks any hard budget, the action is moved along
     ``u + lam * (1 - u)`` (every knob the same share of the way to its most compressed value) and
     the smallest ``lam`` that satisfies *all* budgets at once is found by bisection. The test uses
-    the space's own predicted costs (``space.macs/params/size_bytes/bops``, ``2 * macs`` for FLOPs,
+    the space's own predicted costs (``space.macs/params/size_bytes/bops``, FLOPs from MACs,
     the latency predictor for ``latency_ms``) on the whole policy, so coupled groups (bilinear
     in/out channel costs) and interacting knobs (pruning and bit-width both shrink size) are
     accounted exactly. ``lam = 1`` is exactly the candidate the previous step accepted, so a
@@ -199,7 +197,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
             latency_fn = _find_latency_fn(problem)
         self._cost_fns: dict[str, Callable[[CompressionPolicy], float]] = {
             "macs": lambda p: float(self.space.macs(p)),
-            "flops": lambda p: 2.0 * float(self.space.macs(p)),
+            "flops": lambda p: flops_from_macs(self.space.macs(p)),
             "params": lambda p: float(self.space.params(p)),
             "size_bytes": lambda p: float(self.space.size_bytes(p)),
             "bops": lambda p: float(self.space.bops(p)),
@@ -229,7 +227,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         self.reward_kind = reward
         self.reward_weights = check_reward_settings(reward, reward_weights, self.soft_budgets)
         if reward == "weighted":
-            self._check_available({m: 0 for m in self.reward_weights if m not in ("acc", "acc_top5")}, "reward_weights")
+            self._check_available({m: 0 for m in self.reward_weights if m not in MAXIMIZED}, "reward_weights")
 
         tracked = [*self.budgets, *(m for m in self.soft_budgets if m not in self.budgets)]
         if self.budget_range is not None and "macs" not in tracked:
