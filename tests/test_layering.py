@@ -1,0 +1,131 @@
+"""The package's layering (docs/design.md, "Layers"), checked on the source: a lower layer never
+imports a higher one, in-function imports included, and the compression core stays free of the
+search frameworks.
+
+A new top-level module or subpackage fails here until it is given a place in ``LAYERS`` (and in the
+design notes), so the layering cannot drift silently.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "autocompress"
+
+#: Rank of every top-level unit of the package (lower ranks never import higher ones).
+LAYERS: dict[str, int] = {
+    "errors": 0, "metrics": 0,
+    "models": 1, "data": 1,
+    "training": 2, "deploy": 2, "distill": 2,
+    "compression": 3,
+    "evaluators": 4,
+    "problem": 5,
+    "envs": 6, "policies": 6,
+    "search": 7, "classic": 7,
+    "report": 8, "train_cli": 8, "cli": 9,
+    "__init__": 9,
+}
+
+#: Known upward imports, each with where it is documented. Keep this list short.
+EXCEPTIONS: dict[tuple[str, str], str] = {
+    # SearchSession.result scores the front on the test split and fine-tunes finetune_top points
+    # through report.finetune.finish_search (docs/design.md, "Layers").
+    ("search", "report"): "docs/design.md",
+}
+
+#: Third-party frameworks the compression core must not import (adapters import them lazily).
+COMPRESSION_FORBIDDEN = ("optuna", "ray", "stable_baselines3")
+
+
+def _unit(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 or rel.name != "__init__.py" else "__init__"
+
+
+def _module(path: Path) -> list[str]:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    return parts[:-1] if parts[-1] == "__init__" else parts
+
+
+def _imports(path: Path) -> list[tuple[str, int]]:
+    """Absolute module names imported anywhere in ``path`` (relative imports resolved), with lines."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    here = _module(path)
+    is_pkg = path.name == "__init__.py"
+    out: list[tuple[str, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here if is_pkg else here[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                name = ".".join(base + ([node.module] if node.module else []))
+                out.append((name, node.lineno))
+                if not node.module:  # from . import x: x may be a submodule
+                    out += [(f"{name}.{a.name}", node.lineno) for a in node.names]
+            else:
+                out.append((node.module or "", node.lineno))
+    return out
+
+
+def _sources() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_every_top_level_unit_has_a_layer() -> None:
+    units = {_unit(p) for p in _sources()}
+    missing = sorted(units - set(LAYERS))
+    assert not missing, f"give these a layer in LAYERS and docs/design.md: {missing}"
+
+
+def test_no_lower_layer_imports_a_higher_one() -> None:
+    bad = []
+    for path in _sources():
+        src = _unit(path)
+        for name, line in _imports(path):
+            if not name.startswith("autocompress."):
+                continue
+            dst = name.split(".")[1]
+            if dst == src or dst not in LAYERS or src not in LAYERS:
+                continue
+            if LAYERS[dst] > LAYERS[src] and (src, dst) not in EXCEPTIONS:
+                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({src}) imports {name} ({dst})")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_documented_exceptions_are_still_needed() -> None:
+    """An exception nobody uses any more is removed from the list (and from the design notes)."""
+    used = set()
+    for path in _sources():
+        src = _unit(path)
+        for name, _ in _imports(path):
+            if name.startswith("autocompress."):
+                used.add((src, name.split(".")[1]))
+    assert set(EXCEPTIONS) <= used, set(EXCEPTIONS) - used
+
+
+def test_compression_core_does_not_import_search_frameworks() -> None:
+    bad = []
+    for path in (PACKAGE / "compression").rglob("*.py"):
+        for name, line in _imports(path):
+            if name.split(".")[0] in COMPRESSION_FORBIDDEN:
+                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_checker_sees_in_function_and_relative_imports(tmp_path: Path) -> None:
+    """The checker itself: an in-function absolute import and a relative import are both found."""
+    pkg = tmp_path / "autocompress" / "compression"
+    pkg.mkdir(parents=True)
+    src = pkg / "x.py"
+    src.write_text("def f():\n    import autocompress.search.runner\n    from ..report import run\n")
+    global PACKAGE
+    saved, PACKAGE = PACKAGE, tmp_path / "autocompress"
+    try:
+        names = [n for n, _ in _imports(src)]
+    finally:
+        PACKAGE = saved
+    assert "autocompress.search.runner" in names and "autocompress.report" in names
