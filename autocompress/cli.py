@@ -196,15 +196,25 @@ def _search_progress(console: Any) -> tuple[Any, Callable[[Any], None]]:
 @click.option("--finetune-top", "finetune_top", default=None, type=int, metavar="K", help="at the end, fine-tune (KD, as `finetune`) the K front points of highest search accuracy (ties: lower cost first); with --resume, those not fine-tuned yet")
 @click.option("--finetune-epochs", "finetune_epochs", default=None, type=int, help="epochs of each --finetune-top fine-tune [default: 3]")
 @click.option("--no-report", is_flag=True, help="skip writing pareto.png / pareto.html")
+@click.option("--target", default=None, help="label column of --data csv:PATH (classic sklearn: models)")
+@click.option("--trust-pickle", "trust_pickle", is_flag=True, help="allow --model sklearn:PATH.joblib (unpickling runs code from the file)")
 @_friendly
 def search(config: str | None, no_report: bool, set_: tuple[str, ...], **options: Any) -> None:
     """Search per-layer compression policies; writes RUN/{trials.jsonl,pareto.json,pareto.png,...}.
 
     With no arguments, runs the embedded default: resnet20 trained (once, then cached) on the
-    bundled digits data, NSGA-II, a 50% MACs budget.
+    bundled digits data, NSGA-II, a 50% MACs budget. With --model sklearn:... a tree ensemble is
+    searched instead (trees kept, depth, threshold and leaf bits; see README "Classic ML models").
     """
     from rich.console import Console
 
+    from autocompress.classic.models import is_classic_model
+
+    if is_classic_model(options["model"]):
+        return _classic_search(config, set_, options)
+    if options["target"] is not None or options["trust_pickle"]:
+        raise UserInputError("--target and --trust-pickle apply to --model sklearn:... only")
+    del options["target"], options["trust_pickle"]
     from autocompress.search import SearchSpec, run_search
 
     options["set"] = list(set_)
@@ -242,6 +252,36 @@ def search(config: str | None, no_report: bool, set_: tuple[str, ...], **options
             out.print("\n".join(res.lines()))
 
 
+def _classic_search(config: str | None, set_: tuple[str, ...], options: dict[str, Any]) -> None:
+    """``search --model sklearn:...``: the classic engine (autocompress.classic)."""
+    from autocompress.classic.report import classic_front_table
+    from autocompress.classic.search import make_spec, run_classic_search
+
+    used = [f"--{k.replace('_', '-')}" for k, v in options.items()
+            if v not in (None, (), [], False) and k not in (
+                "model", "data", "target", "budget", "strategy", "trials", "seed", "out",
+                "trust_pickle", "force")]
+    if config is not None or set_ or used:
+        raise UserInputError(f"{', '.join(used + (['--config'] if config else []) + (['--set'] if set_ else []))} "
+                             "not available with --model sklearn:...; allowed: --data, --target, "
+                             "--budget, --strategy, --trials, --seed, --out, --force, --trust-pickle")
+    spec = make_spec(model=options["model"], data=options["data"], target=options["target"],
+                     budgets=list(options["budget"]), strategy=options["strategy"],
+                     trials=options["trials"], seed=options["seed"], out=options["out"],
+                     trust_pickle=options["trust_pickle"], force=bool(options["force"]))
+    result = run_classic_search(spec)
+    out = _stdout_console()
+    out.print(f"run directory: {result.run_dir}  ({result.summary()})")
+    out.print(classic_front_table(json.loads((result.run_dir / "spec.json").read_text()), result.pareto))
+
+
+def _classic_run(run_dir: str) -> Any:
+    """``(spec, pareto)`` of a classic run directory, else None."""
+    from autocompress.classic.search import read_classic_run
+
+    return read_classic_run(run_dir)
+
+
 POINT_ALIASES = ("knee", "best")
 
 
@@ -257,6 +297,12 @@ def _resolve_point(run_dir: str, point: str) -> str:
 @_friendly
 def report(run_dir: str) -> None:
     """Write RUN/pareto.png and RUN/pareto.html and print the Pareto front as a table."""
+    classic = _classic_run(run_dir)
+    if classic is not None:  # classic runs: the table only (no plots yet)
+        from autocompress.classic.report import classic_front_table
+
+        _stdout_console().print(classic_front_table(*classic))
+        return
 
     from autocompress.report import front_table, load_run, write_report
 
@@ -276,6 +322,13 @@ def report(run_dir: str) -> None:
 @_friendly
 def show(run_dir: str, point: str) -> None:
     """Show a Pareto point's per-layer policy (table and bar chart) and its metrics."""
+    classic = _classic_run(run_dir)
+    if classic is not None:
+        from autocompress.classic.report import classic_point_lines
+        from autocompress.classic.search import resolve_classic_point
+
+        click.echo("\n".join(classic_point_lines(classic[0], resolve_classic_point(classic[1], point))))
+        return
 
     from autocompress.report import show_point
 
@@ -299,6 +352,11 @@ def show(run_dir: str, point: str) -> None:
 def export(run_dir: str, point: str, fmt: str, out: str | None, int8: bool | None, batch: int,
            threads: int, finetuned: bool, force: bool) -> None:
     """Export a Pareto point as a really compressed model file (ONNX, TorchScript or pt)."""
+    if _classic_run(run_dir) is not None:
+        from autocompress.classic.export import export_classic_point
+
+        click.echo("\n".join(export_classic_point(run_dir, point, out, fmt=fmt, force=force).lines()))
+        return
     from autocompress.report.export import export_point
 
     info = export_point(run_dir, _resolve_point(run_dir, point), fmt, out, force=force, int8=int8,

@@ -1,0 +1,132 @@
+"""ONNX export of a compressed forest, checked against the artefact it comes from.
+
+The ONNX graph (``ai.onnx.ml`` ``TreeEnsembleClassifier``, built with ``onnx.helper``) holds the
+artefact's decoded thresholds (float32, ``BRANCH_LEQ``) and its leaf weights: integer codes at
+quantized leaf bits (so class scores are exact integer sums, as in the artefact) or float32
+fractions. Outputs: ``label`` (int64, argmax of the scores) and ``probabilities`` (scores divided by the artefact's
+scale). skl2onnx is not used: it converts scikit-learn estimators, and the compressed forest is
+not one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autocompress.classic.forest import PackedForest
+from autocompress.errors import CheckFailedError, UserInputError
+
+ML_OPSET = 3
+
+
+def forest_to_onnx(packed: PackedForest) -> bytes:
+    """Serialized ONNX model computing ``packed``'s predictions."""
+    from onnx import TensorProto, helper
+
+    inner = packed.feature >= 0
+    thr = np.zeros(packed.n_nodes, dtype=np.float32)
+    thr[inner] = packed.thresholds()
+    right = packed.global_right()
+    tree_of = np.repeat(np.arange(packed.n_trees), np.diff(packed.offsets.astype(np.int64)))
+    local = np.arange(packed.n_nodes) - packed.offsets[tree_of].astype(np.int64)
+    right_local = np.where(inner, right - packed.offsets[tree_of].astype(np.int64), 0)
+    weights = packed.leaf_weights()
+    k = packed.n_classes
+    leaves = np.flatnonzero(~inner)
+    node = helper.make_node(
+        "TreeEnsembleClassifier", ["X"], ["ensemble_label", "scores"], domain="ai.onnx.ml",
+        nodes_treeids=tree_of.tolist(), nodes_nodeids=local.tolist(),
+        nodes_featureids=np.maximum(packed.feature, 0).astype(int).tolist(),
+        nodes_values=thr.tolist(),
+        nodes_modes=["BRANCH_LEQ" if i else "LEAF" for i in inner],
+        nodes_truenodeids=np.where(inner, local + 1, 0).tolist(),
+        nodes_falsenodeids=right_local.tolist(),
+        class_treeids=np.repeat(tree_of[leaves], k).tolist(),
+        class_nodeids=np.repeat(local[leaves], k).tolist(),
+        class_ids=np.tile(np.arange(k), len(leaves)).tolist(),
+        class_weights=weights.astype(np.float32).ravel().tolist(),
+        classlabels_int64s=list(range(k)), post_transform="NONE",
+    )
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [1.0 / packed.leaf_scale()])
+    div = helper.make_node("Mul", ["scores", "scale"], ["probabilities"])
+    # NOTE: the label is the argmax of the scores (ties: the lowest class, as in the artefact);
+    # the ensemble's own label output decides two-class inputs by the sign of one score instead.
+    argmax = helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0)
+    graph = helper.make_graph(
+        [node, div, argmax], "autocompress_forest",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, packed.n_features])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, k])],
+        initializer=[scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def onnx_predict(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    """Labels the ONNX model predicts with ONNX Runtime (one thread)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(["label"], {"X": np.asarray(x, dtype=np.float32)})[0])
+
+
+@dataclass
+class ClassicExport:
+    """What ``export`` wrote and checked."""
+
+    point: int
+    path: Path
+    onnx_bytes: int
+    artefact_bytes: int
+    n_test: int
+    mismatches: int
+    test_acc: float
+
+    def lines(self) -> list[str]:
+        """Summary for the command line."""
+        return [f"point {self.point} -> {self.path} (onnx, ai.onnx.ml TreeEnsembleClassifier)",
+                f"size     {self.onnx_bytes} B ONNX; packed artefact {self.artefact_bytes} B",
+                f"test     accuracy {100 * self.test_acc:.2f}%; ONNX Runtime labels equal the "
+                f"artefact's on {self.n_test - self.mismatches}/{self.n_test} test samples"]
+
+
+def export_classic_point(run_dir: str | Path, point: str, out: str | None = None, *,
+                         fmt: str = "onnx", force: bool = False) -> ClassicExport:
+    """Write a front point of a classic run as ONNX, after checking ONNX Runtime's labels equal
+    the packed artefact's on the test split (``CheckFailedError`` otherwise, nothing written)."""
+    from autocompress.classic.search import read_classic_run, resolve_classic_point
+
+    if fmt != "onnx":
+        raise UserInputError(f"--format {fmt!r} for a classic model; allowed: onnx")
+    found = read_classic_run(run_dir)
+    if found is None:
+        raise UserInputError(f"{str(run_dir)!r} is not a classic search run")
+    spec, pareto = found
+    p = resolve_classic_point(pareto, point)
+    run = Path(run_dir)
+    dest = Path(out) if out else run / "export" / f"point-{p['id']}.onnx"
+    if dest.exists() and not force:
+        raise UserInputError(f"--out {str(dest)!r} exists; pass --force to overwrite it")
+    blob = (run / p["artefact"]).read_bytes()
+    packed = PackedForest.from_bytes(blob)
+    # the test split is rebuilt from the recorded data and seed; the model is not needed
+    from autocompress.classic.data import load_tabular
+
+    splits = load_tabular(spec["data"], target=spec.get("target"), seed=int(spec["seed"]))
+    model_bytes = forest_to_onnx(packed)
+    got = onnx_predict(model_bytes, splits.x_test)
+    want = packed.predict(splits.x_test)
+    mismatches = int((got != want).sum())
+    if mismatches:
+        raise CheckFailedError(f"ONNX labels differ from the artefact's on {mismatches} of "
+                               f"{len(want)} test samples; not written")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(model_bytes)
+    return ClassicExport(int(p["id"]), dest, len(model_bytes), len(blob), len(want), mismatches,
+                         float((want == splits.y_test).mean()))

@@ -1,0 +1,407 @@
+"""Tree ensembles as flat arrays, their compression, and the packed artefact format.
+
+A fitted scikit-learn forest is read once into :class:`ForestArrays` (every tree in preorder, so a
+depth cap keeps a prefix-closed subsequence of each tree's nodes). :func:`compress_forest` keeps
+some trees, caps their depth (a node at the cap becomes a leaf holding its class fractions) and
+quantizes split thresholds and leaf values; the result, :class:`PackedForest`, *is* the artefact:
+``to_bytes`` writes exactly the arrays it predicts from and :func:`packed_size` is its byte count
+in closed form (the search's cost model), so a loaded artefact predicts identically.
+
+Layout (little endian): a 32-byte header (magic ``ACTF``, version, index bytes, threshold bits,
+leaf bits, trees, features, classes, nodes, internal nodes, max depth), tree offsets (uint32 x
+trees+1), split feature per node (int16, -1 = leaf), right child per internal node (uint16 or
+uint32, tree-local; the left child is the next node), thresholds (float32 per internal node at 32
+bits, else float32 low and step per feature plus codes packed at the chosen bits), leaf class
+fractions (float32 at 32 bits, else codes ``round(p * (2^b - 1))`` packed at the chosen bits).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from autocompress.errors import UserInputError
+
+MAGIC = b"ACTF"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<4sBBBBIIIIII")  # 32 bytes
+HEADER_BYTES = _HEADER.size
+
+
+def packed_size(*, n_trees: int, n_features: int, n_classes: int, n_nodes: int, n_internal: int,
+                max_tree_nodes: int, thr_bits: int, leaf_bits: int) -> int:
+    """Bytes of the packed artefact with these counts (the cost model; equals ``len(to_bytes())``)."""
+    n_leaves = n_nodes - n_internal
+    index_bytes = 2 if max_tree_nodes <= 0xFFFF else 4
+    size = HEADER_BYTES + 4 * (n_trees + 1) + 2 * n_nodes + index_bytes * n_internal
+    size += 4 * n_internal if thr_bits == 32 else 8 * n_features + math.ceil(n_internal * thr_bits / 8)
+    n_vals = n_leaves * n_classes
+    size += 4 * n_vals if leaf_bits == 32 else math.ceil(n_vals * leaf_bits / 8)
+    return size
+
+
+def _pack_bits(codes: np.ndarray, bits: int) -> bytes:
+    arr = codes.astype(np.uint32).ravel()
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint32)
+    return np.packbits(((arr[:, None] >> shifts) & 1).astype(np.uint8).ravel()).tobytes()
+
+
+def _unpack_bits(buf: bytes, n: int, bits: int) -> np.ndarray:
+    raw = np.unpackbits(np.frombuffer(buf, dtype=np.uint8))[: n * bits].reshape(n, bits)
+    return (raw.astype(np.uint32) << np.arange(bits - 1, -1, -1, dtype=np.uint32)).sum(
+        axis=1, dtype=np.uint32)
+
+
+def float32_at_most(values: np.ndarray) -> np.ndarray:
+    """The largest float32 <= each value: for float32 inputs ``x <= t`` iff ``x <= f32(t)``."""
+    out = np.asarray(values, dtype=np.float64).astype(np.float32)
+    over = out.astype(np.float64) > np.asarray(values, dtype=np.float64)
+    out[over] = np.nextafter(out[over], np.float32(-np.inf))
+    return out
+
+
+@dataclass
+class ForestArrays:
+    """An uncompressed fitted forest: every tree in preorder, nodes of all trees concatenated.
+
+    Attributes:
+        offsets: first node of each tree (length trees + 1).
+        feature: split feature per node, -1 at leaves.
+        threshold: split threshold per node (float64; unused at leaves).
+        right: tree-local index of the right child (-1 at leaves); the left child is node + 1.
+        depth: depth per node (root 0).
+        value: class fractions per node (rows sum to 1), internal nodes included.
+        n_features: input features.
+    """
+
+    offsets: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    right: np.ndarray
+    depth: np.ndarray
+    value: np.ndarray
+    n_features: int
+
+    @property
+    def n_trees(self) -> int:
+        """Trees in the forest."""
+        return len(self.offsets) - 1
+
+    @property
+    def n_classes(self) -> int:
+        """Classes."""
+        return int(self.value.shape[1])
+
+    @property
+    def tree_depths(self) -> np.ndarray:
+        """Depth of each tree (its deepest node)."""
+        return np.array([int(self.depth[a:b].max()) for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)])
+
+    def tree(self, t: int) -> slice:
+        """The node range of tree ``t``."""
+        return slice(int(self.offsets[t]), int(self.offsets[t + 1]))
+
+    def count_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """``nodes[t, L]`` and ``internal[t, L]``: node and internal-node counts of tree ``t`` at
+        depth cap ``L`` (0..max depth), for the closed-form cost model."""
+        dmax = int(self.depth.max())
+        nodes = np.zeros((self.n_trees, dmax + 1), dtype=np.int64)
+        internal = np.zeros_like(nodes)
+        for t in range(self.n_trees):
+            d = self.depth[self.tree(t)]
+            leaf = self.feature[self.tree(t)] < 0
+            nodes[t] = np.cumsum(np.bincount(d, minlength=dmax + 1))
+            # an internal node at depth k stays internal under cap L when k < L
+            inner = np.bincount(d[~leaf], minlength=dmax + 1)
+            internal[t, 1:] = np.cumsum(inner)[:-1]
+        return nodes, internal
+
+    def threshold_grid(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-feature low and high split thresholds over the whole forest (the quantization
+        range; independent of which trees a policy keeps). Unused features get 0, 0."""
+        lo = np.zeros(self.n_features)
+        hi = np.zeros(self.n_features)
+        inner = self.feature >= 0
+        for f in range(self.n_features):
+            vals = self.threshold[inner & (self.feature == f)]
+            if len(vals):
+                lo[f], hi[f] = vals.min(), vals.max()
+        return lo, hi
+
+
+def forest_from_sklearn(model: Any, n_classes: int) -> ForestArrays:
+    """Read a fitted ``RandomForestClassifier`` / ``ExtraTreesClassifier`` /
+    ``DecisionTreeClassifier`` into preorder arrays."""
+    trees = getattr(model, "estimators_", None)
+    if trees is None:
+        trees = [model]
+    if not hasattr(trees[0], "tree_"):
+        raise UserInputError(f"model of type {type(model).__name__} is not supported; allowed: "
+                             "RandomForestClassifier, ExtraTreesClassifier, DecisionTreeClassifier")
+    feats, thrs, rights, depths, values, offsets = [], [], [], [], [], [0]
+    for est in trees:
+        tr = est.tree_
+        if tr.value.shape[1] != 1 or tr.value.shape[2] != n_classes:
+            raise UserInputError(f"model predicts {tr.value.shape[2]} classes per output "
+                                 f"({tr.value.shape[1]} outputs); the data has {n_classes} classes")
+        order: list[int] = []
+        depth_of: dict[int, int] = {0: 0}
+        stack = [0]
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            if tr.children_left[node] >= 0:
+                depth_of[tr.children_left[node]] = depth_of[tr.children_right[node]] = depth_of[node] + 1
+                stack.append(int(tr.children_right[node]))
+                stack.append(int(tr.children_left[node]))
+        pos = {n: i for i, n in enumerate(order)}
+        o = np.array(order)
+        leaf = tr.children_left[o] < 0
+        feats.append(np.where(leaf, -1, tr.feature[o]).astype(np.int64))
+        thrs.append(np.where(leaf, 0.0, tr.threshold[o]))
+        rights.append(np.array([-1 if lf else pos[int(tr.children_right[n])] for n, lf in zip(o, leaf, strict=True)]))
+        depths.append(np.array([depth_of[int(n)] for n in o]))
+        v = tr.value[o, 0, :].astype(np.float64)
+        values.append(v / np.maximum(v.sum(axis=1, keepdims=True), 1e-300))
+        offsets.append(offsets[-1] + len(o))
+    return ForestArrays(np.array(offsets), np.concatenate(feats), np.concatenate(thrs),
+                        np.concatenate(rights), np.concatenate(depths), np.concatenate(values),
+                        int(trees[0].tree_.n_features))
+
+
+@dataclass
+class PackedForest:
+    """A compressed forest holding exactly the artefact's fields (see the module docstring).
+
+    ``thr_lo``/``thr_step``/``thr_codes`` are set when ``thr_bits < 32`` (else ``thr_float``);
+    ``leaf_codes`` when ``leaf_bits < 32`` (else ``leaf_float``).
+    """
+
+    offsets: np.ndarray          # uint32 (trees + 1)
+    feature: np.ndarray          # int16 (nodes)
+    right: np.ndarray            # uint16/uint32 (internal nodes)
+    thr_bits: int
+    leaf_bits: int
+    n_features: int
+    n_classes: int
+    max_depth: int
+    thr_float: np.ndarray | None = None
+    thr_lo: np.ndarray | None = None
+    thr_step: np.ndarray | None = None
+    thr_codes: np.ndarray | None = None
+    leaf_float: np.ndarray | None = None
+    leaf_codes: np.ndarray | None = None
+
+    @property
+    def n_trees(self) -> int:
+        """Trees kept."""
+        return len(self.offsets) - 1
+
+    @property
+    def n_nodes(self) -> int:
+        """Nodes kept."""
+        return len(self.feature)
+
+    @property
+    def n_internal(self) -> int:
+        """Split nodes kept."""
+        return int((self.feature >= 0).sum())
+
+    def size_bytes(self) -> int:
+        """Closed-form artefact size (equals ``len(self.to_bytes())``)."""
+        return packed_size(n_trees=self.n_trees, n_features=self.n_features,
+                           n_classes=self.n_classes, n_nodes=self.n_nodes,
+                           n_internal=self.n_internal, max_tree_nodes=int(np.diff(self.offsets).max()),
+                           thr_bits=self.thr_bits, leaf_bits=self.leaf_bits)
+
+    # -- decoding (what prediction and export read) --------------------------------------------
+    def thresholds(self) -> np.ndarray:
+        """float32 threshold per internal node (dequantized when quantized)."""
+        if self.thr_bits == 32:
+            assert self.thr_float is not None
+            return self.thr_float
+        assert self.thr_lo is not None and self.thr_step is not None and self.thr_codes is not None
+        f = self.feature[self.feature >= 0].astype(np.int64)
+        return (self.thr_lo[f].astype(np.float64)
+                + self.thr_codes.astype(np.float64) * self.thr_step[f].astype(np.float64)).astype(np.float32)
+
+    def leaf_weights(self) -> np.ndarray:
+        """Per leaf and class: float32 fractions at 32 bits, integer codes otherwise (float64)."""
+        k = self.n_classes
+        if self.leaf_bits == 32:
+            assert self.leaf_float is not None
+            return self.leaf_float.reshape(-1, k).astype(np.float64)
+        assert self.leaf_codes is not None
+        return self.leaf_codes.reshape(-1, k).astype(np.float64)
+
+    def leaf_scale(self) -> float:
+        """Divide summed leaf weights by this to get class probabilities."""
+        return float(self.n_trees) * (1.0 if self.leaf_bits == 32 else float(2 ** self.leaf_bits - 1))
+
+    def global_right(self) -> np.ndarray:
+        """Global index of the right child per node (-1 at leaves)."""
+        inner = self.feature >= 0
+        tree_of = np.repeat(np.arange(self.n_trees), np.diff(self.offsets.astype(np.int64)))
+        out = np.full(self.n_nodes, -1, dtype=np.int64)
+        out[inner] = self.offsets[tree_of[inner]].astype(np.int64) + self.right.astype(np.int64)
+        return out
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Summed leaf weights per sample and class (argmax = predicted class)."""
+        x = np.asarray(x, dtype=np.float32)
+        inner = self.feature >= 0
+        thr = np.zeros(self.n_nodes, dtype=np.float32)
+        thr[inner] = self.thresholds()
+        right = self.global_right()
+        feat = np.maximum(self.feature.astype(np.int64), 0)
+        leaf_idx = np.cumsum(~inner) - 1
+        nodes = np.broadcast_to(self.offsets[:-1].astype(np.int64), (len(x), self.n_trees)).copy()
+        rows = np.arange(len(x))[:, None]
+        for _ in range(self.max_depth):
+            go_left = x[rows, feat[nodes]] <= thr[nodes]
+            nxt = np.where(go_left, nodes + 1, right[nodes])
+            nodes = np.where(inner[nodes], nxt, nodes)
+        return self.leaf_weights()[leaf_idx[nodes]].sum(axis=1)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predicted class index per sample (ties: the lowest class)."""
+        return np.argmax(self.scores(x), axis=1)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (mean of the trees' decoded leaf fractions)."""
+        return self.scores(x) / self.leaf_scale()
+
+    # -- the artefact ---------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """The packed artefact."""
+        index_bytes = 2 if int(np.diff(self.offsets).max()) <= 0xFFFF else 4
+        parts = [
+            _HEADER.pack(MAGIC, FORMAT_VERSION, index_bytes, self.thr_bits, self.leaf_bits,
+                         self.n_trees, self.n_features, self.n_classes, self.n_nodes,
+                         self.n_internal, self.max_depth),
+            self.offsets.astype("<u4").tobytes(),
+            self.feature.astype("<i2").tobytes(),
+            self.right.astype("<u2" if index_bytes == 2 else "<u4").tobytes(),
+        ]
+        if self.thr_bits == 32:
+            assert self.thr_float is not None
+            parts.append(self.thr_float.astype("<f4").tobytes())
+        else:
+            assert self.thr_lo is not None and self.thr_step is not None and self.thr_codes is not None
+            parts += [self.thr_lo.astype("<f4").tobytes(), self.thr_step.astype("<f4").tobytes(),
+                      _pack_bits(self.thr_codes, self.thr_bits)]
+        if self.leaf_bits == 32:
+            assert self.leaf_float is not None
+            parts.append(self.leaf_float.astype("<f4").tobytes())
+        else:
+            assert self.leaf_codes is not None
+            parts.append(_pack_bits(self.leaf_codes, self.leaf_bits))
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, buf: bytes) -> PackedForest:
+        """Read an artefact written by :meth:`to_bytes` (a wrong magic or version is refused)."""
+        if len(buf) < HEADER_BYTES:
+            raise UserInputError("not an autocompress tree artefact (too short)")
+        (magic, version, index_bytes, thr_bits, leaf_bits, n_trees, n_features, n_classes,
+         n_nodes, n_internal, max_depth) = _HEADER.unpack_from(buf, 0)
+        if magic != MAGIC or version != FORMAT_VERSION:
+            raise UserInputError(f"not an autocompress tree artefact of version {FORMAT_VERSION} "
+                                 f"(magic {magic!r}, version {version})")
+        pos = HEADER_BYTES
+
+        def take(n: int, dtype: str) -> np.ndarray:
+            nonlocal pos
+            arr = np.frombuffer(buf, dtype=dtype, count=n, offset=pos).copy()
+            pos += arr.nbytes
+            return arr
+
+        def take_bits(n: int, bits: int) -> np.ndarray:
+            nonlocal pos
+            nbytes = math.ceil(n * bits / 8)
+            out = _unpack_bits(buf[pos:pos + nbytes], n, bits)
+            pos += nbytes
+            return out
+
+        out = cls(offsets=take(n_trees + 1, "<u4"), feature=take(n_nodes, "<i2"),
+                  right=take(n_internal, "<u2" if index_bytes == 2 else "<u4"),
+                  thr_bits=thr_bits, leaf_bits=leaf_bits, n_features=n_features,
+                  n_classes=n_classes, max_depth=max_depth)
+        if thr_bits == 32:
+            out.thr_float = take(n_internal, "<f4")
+        else:
+            out.thr_lo, out.thr_step = take(n_features, "<f4"), take(n_features, "<f4")
+            out.thr_codes = take_bits(n_internal, thr_bits)
+        n_vals = (n_nodes - n_internal) * n_classes
+        if leaf_bits == 32:
+            out.leaf_float = take(n_vals, "<f4")
+        else:
+            out.leaf_codes = take_bits(n_vals, leaf_bits)
+        if pos != len(buf):
+            raise UserInputError(f"tree artefact has {len(buf) - pos} trailing bytes")
+        return out
+
+
+def compress_forest(base: ForestArrays, kept: np.ndarray, depth_cap: int, thr_bits: int,
+                    leaf_bits: int, grid: tuple[np.ndarray, np.ndarray] | None = None) -> PackedForest:
+    """Keep trees ``kept`` (in that order), cap their depth at ``depth_cap`` and quantize.
+
+    Args:
+        base: the uncompressed forest.
+        kept: tree indices to keep.
+        depth_cap: nodes deeper than this are dropped; nodes at this depth become leaves.
+        thr_bits: bits per split threshold (32 = float32, rounded down so float32 inputs take
+            the same branch as in scikit-learn).
+        leaf_bits: bits per leaf class fraction (32 = float32).
+        grid: per-feature threshold ``(low, high)``; default ``base.threshold_grid()``.
+    """
+    sel = np.concatenate([np.arange(base.offsets[t], base.offsets[t + 1]) for t in kept])
+    keep = base.depth[sel] <= depth_cap
+    idx = sel[keep]
+    sizes = [int((base.depth[base.tree(t)] <= depth_cap).sum()) for t in kept]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.uint32)
+    inner = (base.feature[idx] >= 0) & (base.depth[idx] < depth_cap)
+    feature = np.where(inner, base.feature[idx], -1).astype(np.int16)
+    # tree-local new index of each old node: rank among the kept nodes of its tree
+    right = np.empty(int(inner.sum()), dtype=np.int64)
+    j = 0
+    start = 0
+    for t, n in zip(kept, sizes, strict=True):
+        local = np.arange(base.offsets[t], base.offsets[t + 1])
+        newpos = np.cumsum(base.depth[local] <= depth_cap) - 1
+        sub = idx[start:start + n]
+        sub_inner = inner[start:start + n]
+        old_right = base.right[sub[sub_inner]]
+        right[j:j + len(old_right)] = newpos[old_right]
+        j += len(old_right)
+        start += n
+    max_nodes = max(sizes) if sizes else 0
+    out = PackedForest(offsets=offsets, feature=feature,
+                       right=right.astype(np.uint16 if max_nodes <= 0xFFFF else np.uint32),
+                       thr_bits=int(thr_bits), leaf_bits=int(leaf_bits), n_features=base.n_features,
+                       n_classes=base.n_classes,
+                       max_depth=int(min(depth_cap, base.depth[idx].max())) if len(idx) else 0)
+    thr = base.threshold[idx[inner]]
+    if thr_bits == 32:
+        out.thr_float = float32_at_most(thr)
+    else:
+        lo, hi = grid if grid is not None else base.threshold_grid()
+        levels = 2 ** thr_bits - 1
+        lo32 = lo.astype(np.float32)
+        step32 = ((hi - lo) / levels).astype(np.float32)
+        f = feature[inner].astype(np.int64)
+        st = step32[f].astype(np.float64)
+        codes = np.where(st > 0, np.round((thr - lo32[f].astype(np.float64)) / np.where(st > 0, st, 1.0)), 0)
+        out.thr_lo, out.thr_step = lo32, step32
+        out.thr_codes = np.clip(codes, 0, levels).astype(np.uint32)
+    vals = base.value[idx[~inner]]
+    if leaf_bits == 32:
+        out.leaf_float = vals.astype(np.float32).ravel()
+    else:
+        levels = 2 ** leaf_bits - 1
+        out.leaf_codes = np.clip(np.round(vals * levels), 0, levels).astype(np.uint32).ravel()
+    return out

@@ -1,0 +1,397 @@
+"""Search compression policies of a tree ensemble with the engine's strategies.
+
+The forest's space (:class:`ForestSpace`) speaks the engine's space/policy interface, so the
+engine's ``random``, ``uniform``, ``nsga2`` and ``tpe`` searchers propose its policies through the
+same ask/tell calls. This module holds the loop around them (the engine's runner builds a torch
+``Problem``, which a forest is not): ask, evaluate (build the artefact, measure bytes, validation
+accuracy and latency), tell, append to ``RUN/trials.jsonl``; at the end ``RUN/pareto.json``
+(the engine's ``pareto_report``) with test accuracy per front point and each front point's
+artefact under ``RUN/artefacts/``. Two more baselines sweep one knob: ``fewer_trees`` and
+``shallower_trees``.
+
+Not there yet: resuming a stopped search, several processes on one study, Ray, the RL
+strategies and ``greedy`` (they need the torch environment), regression, gradient boosting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from autocompress.classic.data import TabularSplits, check_data_name, load_tabular
+from autocompress.classic.forest import ForestArrays, PackedForest, forest_from_sklearn
+from autocompress.classic.models import check_model_name, create_classic_model
+from autocompress.classic.space import ForestSpace
+from autocompress.errors import UserInputError
+from autocompress.search.budgets import Budget, parse_budget
+
+if TYPE_CHECKING:
+    from autocompress.compression.policy import CompressionPolicy
+
+SCHEMA_VERSION = 1
+KIND = "classic"
+ENGINE_STRATEGIES = ("nsga2", "tpe", "random", "uniform")
+SWEEP_STRATEGIES = {"fewer_trees": "trees", "shallower_trees": "depth"}
+STRATEGIES = (*ENGINE_STRATEGIES, *SWEEP_STRATEGIES)
+#: Budgets a classic search accepts (``params`` bounds the node count).
+BUDGETS = ("size", "latency", "acc-drop", "params")
+OBJECTIVES = (("acc", "maximize"), ("size_bytes", "minimize"))
+
+
+@dataclass(frozen=True)
+class ClassicSpec:
+    """What a classic search searches (recorded in ``spec.json``).
+
+    Args:
+        model: ``sklearn:random_forest[:N]``, ``sklearn:extra_trees[:N]``,
+            ``sklearn:decision_tree`` or ``sklearn:PATH.joblib``.
+        data: ``sklearn:breast_cancer`` (wine, iris, digits) or ``csv:PATH``.
+        target: the label column of a CSV file.
+        budgets: hard budgets (``size=50%``, ``latency=0.01ms``, ``acc-drop=1%``, ``params=5K``).
+        strategy: one of ``STRATEGIES``.
+        trials: candidates to propose.
+        seed: seeds the split, the model's training and the searcher.
+        out: run directory.
+        trust_pickle: allow loading a joblib model.
+        force: replace an existing run directory.
+    """
+
+    model: str
+    data: str
+    target: str | None = None
+    budgets: tuple[Budget, ...] = ()
+    strategy: str = "nsga2"
+    trials: int = 40
+    seed: int = 0
+    out: str | None = None
+    trust_pickle: bool = False
+    force: bool = False
+
+    def run_dir(self) -> Path:
+        """``out``, or ``runs/MODEL-DATA-STRATEGY-sSEED``."""
+        if self.out:
+            return Path(self.out).expanduser()
+        def short(s: str) -> str:
+            return Path(s.split(":", 1)[1]).stem.replace(":", "") or "model"
+        return Path("runs") / f"{short(self.model)}-{short(self.data)}-{self.strategy}-s{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """``spec.json`` content."""
+        return {"kind": KIND, "schema_version": SCHEMA_VERSION, "model": self.model,
+                "data": self.data, "target": self.target,
+                "budgets": [b.to_dict() for b in self.budgets], "strategy": self.strategy,
+                "trials": self.trials, "seed": self.seed,
+                "objectives": [{"name": n, "direction": d} for n, d in OBJECTIVES]}
+
+
+def make_spec(*, model: str, data: str | None, target: str | None = None,
+              budgets: Sequence[str] = (), strategy: str | None = None, trials: int | None = None,
+              seed: int | None = None, out: str | None = None, trust_pickle: bool = False,
+              force: bool = False) -> ClassicSpec:
+    """Check every input (one-line ``UserInputError``) and build a :class:`ClassicSpec`."""
+    check_model_name(model, trust_pickle=trust_pickle)
+    if data is None:
+        raise UserInputError(f"--model {model!r} needs tabular --data: sklearn:breast_cancer, "
+                             "sklearn:wine, sklearn:iris, sklearn:digits or csv:PATH --target COL")
+    check_data_name(data, target)
+    strategy = strategy or "nsga2"
+    if strategy not in STRATEGIES:
+        raise UserInputError(f"strategy {strategy!r} is not available for classic models; "
+                             f"allowed: {', '.join(STRATEGIES)}")
+    parsed = tuple(parse_budget(b) for b in budgets)
+    for b in parsed:
+        if b.name not in BUDGETS:
+            raise UserInputError(f"budget {b.text or b.name!r} is not available for classic "
+                                 f"models; allowed: {', '.join(BUDGETS)}")
+    trials = 40 if trials is None else int(trials)
+    if trials < 1:
+        raise UserInputError(f"--trials {trials}; allowed: an integer >= 1")
+    return ClassicSpec(model=model, data=data, target=target, budgets=parsed, strategy=strategy,
+                       trials=trials, seed=0 if seed is None else int(seed), out=out,
+                       trust_pickle=trust_pickle, force=force)
+
+
+@dataclass
+class ClassicProblem:
+    """Data, fitted model, its forest arrays and the compression space."""
+
+    splits: TabularSplits
+    model: Any
+    forest: ForestArrays
+    space: ForestSpace
+
+    @classmethod
+    def build(cls, spec: ClassicSpec) -> ClassicProblem:
+        """Load the data, fit (or load) the model and build the space."""
+        splits = load_tabular(spec.data, target=spec.target, seed=spec.seed)
+        model = create_classic_model(spec.model, splits, seed=spec.seed, trust_pickle=spec.trust_pickle)
+        forest = forest_from_sklearn(model, len(splits.classes))
+        return cls(splits, model, forest, ForestSpace(forest, splits.x_val, splits.y_val))
+
+
+def measure_latency_ms(packed: PackedForest, x: np.ndarray, repeats: int = 3) -> float:
+    """Milliseconds per sample: best of ``repeats`` batched predictions over ``x``."""
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        packed.predict(x)
+        best = min(best, time.perf_counter() - t0)
+    return 1e3 * best / max(1, len(x))
+
+
+def evaluate_policy(problem: ClassicProblem, policy: CompressionPolicy) -> tuple[dict[str, float], PackedForest]:
+    """Build the artefact and measure it: ``size_bytes`` is ``len`` of its bytes (checked equal
+    to the space's prediction), ``acc`` the validation accuracy of the artefact read back."""
+    packed = problem.space.build(policy)
+    blob = packed.to_bytes()
+    loaded = PackedForest.from_bytes(blob)
+    predicted = problem.space.costs(policy)
+    if len(blob) != int(predicted["size_bytes"]):
+        raise AssertionError(f"cost model {predicted['size_bytes']} != artefact {len(blob)} bytes")
+    s = problem.splits
+    metrics = {
+        "acc": float((loaded.predict(s.x_val) == s.y_val).mean()),
+        "size_bytes": float(len(blob)),
+        "params": float(loaded.n_nodes),
+        "macs": predicted["macs"],
+        "bops": float(8 * len(blob)),
+        "latency_ms": measure_latency_ms(loaded, s.x_val),
+    }
+    return metrics, loaded
+
+
+class _SweepSearcher:
+    """``fewer_trees`` / ``shallower_trees``: one knob swept from the budget edge (or untouched)
+    to its most compressed value, in van der Corput order; every other knob untouched."""
+
+    max_pending = 1
+
+    def __init__(self, context: Any, seed: int, point: str, points: int) -> None:
+        from autocompress.search.baseline_searchers import smallest_feasible
+
+        self.context, self.point, self.points, self.index = context, point, points, 0
+        knob = next((p.knobs["prune"] for p in context.space.decision_points if p.name == point), None)
+        self.high = float(knob.most_compressed) if knob is not None else 0.0
+        lo = 0.0
+        if context.budgets and self.high > 0:
+            found = smallest_feasible(lambda u: context.predicted_feasible(self._policy(u)))
+            lo = 1.0 if found is None else found
+        self.u_min = lo
+
+    def _policy(self, u: float) -> CompressionPolicy:
+        from autocompress.compression.policy import CompressionPolicy, LayerAction
+
+        return CompressionPolicy({self.point: LayerAction(prune=min(1.0, u) * self.high)})
+
+    def ask(self) -> CompressionPolicy | None:
+        from autocompress.search.baseline_searchers import van_der_corput
+
+        if self.index >= self.points or self.high == 0.0:
+            return None
+        i = self.index
+        self.index += 1
+        u = self.u_min if i == 0 else self.u_min + (1.0 - self.u_min) * (1.0 - van_der_corput(i))
+        return self._policy(u)
+
+    def tell(self, policy: CompressionPolicy, result: Any) -> None:
+        """The sweep does not adapt."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _searcher(spec: ClassicSpec, context: Any) -> Any:
+    if spec.strategy in SWEEP_STRATEGIES:
+        return _SweepSearcher(context, spec.seed, SWEEP_STRATEGIES[spec.strategy], spec.trials)
+    from autocompress.search.base import create_searcher
+
+    return create_searcher(spec.strategy, context, seed=spec.seed)
+
+
+@dataclass
+class ClassicResult:
+    """What a classic search produced."""
+
+    run_dir: Path
+    records: list[dict[str, Any]]
+    pareto: dict[str, Any]
+    base_metrics: dict[str, float]
+    base_test_acc: float
+    stop_reason: str = "completed"
+    candidates: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """Counts line."""
+        n = len(self.records)
+        feas = sum(1 for r in self.records if r["feasible"])
+        return f"{n} evaluated, {feas} feasible; {self.stop_reason}"
+
+
+def _prepare_dir(spec: ClassicSpec) -> Path:
+    run = spec.run_dir()
+    if run.exists() and (not run.is_dir() or any(run.iterdir())):
+        if not spec.force:
+            raise UserInputError(f"--out {str(run)!r} already holds files; pass --force to replace it "
+                                 "(resuming a classic search is not supported yet)")
+        if (run / "spec.json").is_file() and json.loads((run / "spec.json").read_text()).get("kind") == KIND:
+            shutil.rmtree(run)
+        else:
+            raise UserInputError(f"--out {str(run)!r} is not a classic search run; refusing to replace it")
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def run_classic_search(spec: ClassicSpec, progress: Callable[[int, int], None] | None = None
+                       ) -> ClassicResult:
+    """Run the search ``spec`` describes and write its run directory.
+
+    Example:
+        >>> spec = make_spec(model="sklearn:random_forest:20", data="sklearn:breast_cancer",
+        ...                  budgets=["size=50%"], trials=8, out="runs/rf")  # doctest: +SKIP
+        >>> run_classic_search(spec).pareto["knee"]  # doctest: +SKIP
+    """
+    import optuna
+
+    from autocompress.evaluators.base import EvalResult
+    from autocompress.search.base import SearchContext
+    from autocompress.search.pareto import pareto_report
+    from autocompress.search.spec import Objective
+    from autocompress.search.storage import TrialLog, atomic_write_text
+
+    run = spec.run_dir()
+    if run.exists() and any(run.iterdir()) and not spec.force:
+        raise UserInputError(f"--out {str(run)!r} already holds files; pass --force to replace it "
+                             "(resuming a classic search is not supported yet)")
+    problem = ClassicProblem.build(spec)  # input errors (bad CSV column, ...) before any write
+    run = _prepare_dir(spec)
+    space = problem.space
+    base_metrics, base_packed = evaluate_policy(problem, space.identity())
+    s = problem.splits
+    base_test = float((base_packed.predict(s.x_test) == s.y_test).mean())
+    sk_agree = float((base_packed.predict(s.x_test) == problem.model.predict(s.x_test)).mean())
+    limits = {b.name: b.limit(base_metrics) for b in spec.budgets}
+    context = SearchContext(
+        space=space,  # type: ignore[arg-type]
+        objectives=[Objective(n, d) for n, d in OBJECTIVES], budgets=spec.budgets,
+        base_metrics=base_metrics, limits=limits, storage=optuna.storages.InMemoryStorage(),
+        study_name="classic", trials=spec.trials, run_dir=run)
+    atomic_write_text(run / "spec.json", json.dumps({
+        **spec.to_dict(), "base_metrics": base_metrics, "base_test_acc": base_test,
+        "base_vs_sklearn_test_agreement": sk_agree, "limits": limits,
+        "splits": s.fingerprint(), "classes": list(s.classes), "space": space.describe()},
+        indent=2, sort_keys=True))
+    searcher = _searcher(spec, context)
+    log = TrialLog(run / "trials.jsonl")
+    records: list[dict[str, Any]] = []
+    done: dict[str, dict[str, float]] = {}
+    stop = "completed"
+    try:
+        for number in range(spec.trials):
+            policy = searcher.ask()
+            if policy is None:
+                stop = "strategy has nothing more to propose"
+                break
+            space.validate(policy)
+            key = space.structure_key(policy)
+            t0 = time.perf_counter()
+            metrics = done.get(key)
+            if metrics is None:
+                metrics, _ = evaluate_policy(problem, policy)
+                done[key] = metrics
+            result = EvalResult(metrics=dict(metrics), timings={"total": time.perf_counter() - t0})
+            violations = context.violations(metrics, policy)
+            rec = {"number": number, "id": number, "policy": policy.to_dict(), "metrics": metrics,
+                   "setting": key, "feasible": all(v <= 0 for v in violations.values()),
+                   "violations": violations, "status": "ok", "strategy": spec.strategy}
+            searcher.tell(policy, result)
+            log.append(rec)
+            records.append(rec)
+            if progress is not None:
+                progress(number + 1, spec.trials)
+    finally:
+        searcher.close()
+    pareto = write_front(problem, run, records, base_metrics, spec, stop, pareto_report)
+    return ClassicResult(run, records, pareto, base_metrics, base_test, stop)
+
+
+def write_front(problem: ClassicProblem, run: Path, records: list[dict[str, Any]],
+                base_metrics: Mapping[str, float], spec: ClassicSpec, stop: str,
+                pareto_report: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """``RUN/pareto.json`` over the feasible records (first record per artefact), with test
+    accuracy and the artefact file of every front point."""
+    from autocompress.compression.policy import CompressionPolicy
+    from autocompress.search.storage import atomic_write_text
+
+    seen: set[str] = set()
+    feasible = []
+    for r in records:
+        if r["feasible"] and r["setting"] not in seen:
+            seen.add(r["setting"])
+            feasible.append({"id": r["id"], "policy": r["policy"], "metrics": r["metrics"],
+                             "setting": r["setting"]})
+    report = pareto_report(feasible, list(OBJECTIVES), base_metrics=base_metrics, extra={
+        "kind": KIND, "strategy": spec.strategy, "n_evaluated": len(records),
+        "budgets": [b.to_dict() for b in spec.budgets], "stop_reason": stop})
+    art = run / "artefacts"
+    art.mkdir(exist_ok=True)
+    s = problem.splits
+    for p in report["points"]:
+        packed = problem.space.build(CompressionPolicy.from_dict(p["policy"]))
+        path = art / f"point-{p['id']}.actf"
+        path.write_bytes(packed.to_bytes())
+        p["artefact"] = str(path.relative_to(run))
+        p["test_acc"] = float((packed.predict(s.x_test) == s.y_test).mean())
+    atomic_write_text(run / "pareto.json", json.dumps(report, indent=2, sort_keys=True))
+    return report
+
+
+def read_classic_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(spec.json, pareto.json)`` of a classic run, None when ``run_dir`` is not one."""
+    run = Path(run_dir)
+    try:
+        spec = json.loads((run / "spec.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(spec, dict) or spec.get("kind") != KIND:
+        return None
+    try:
+        pareto = json.loads((run / "pareto.json").read_text())
+    except (OSError, ValueError):
+        raise UserInputError(f"{str(run)!r} holds no pareto.json; the search did not finish") from None
+    return spec, pareto
+
+
+def resolve_classic_point(pareto: Mapping[str, Any], point: str) -> dict[str, Any]:
+    """The front point named by an id, ``knee`` or ``best`` (highest validation accuracy)."""
+    points = list(pareto.get("points", []))
+    if not points:
+        raise UserInputError("the run has no Pareto points (no feasible candidate)")
+    if point == "knee":
+        want = pareto.get("knee")
+    elif point == "best":
+        want = max(points, key=lambda p: (p["metrics"]["acc"], -p["metrics"]["size_bytes"]))["id"]
+    else:
+        try:
+            want = int(point)
+        except ValueError:
+            raise UserInputError(f"--point {point!r}; allowed: a front point id, knee, best") from None
+    for p in points:
+        if p["id"] == want:
+            return dict(p)
+    raise UserInputError(f"--point {point!r} is not on the front; front ids: "
+                         f"{', '.join(str(p['id']) for p in points)}")
+
+
+def problem_from_run(spec: Mapping[str, Any], *, trust_pickle: bool = False) -> ClassicProblem:
+    """Rebuild a run's problem (same data split and model, from the recorded seed)."""
+    cs = ClassicSpec(model=spec["model"], data=spec["data"], target=spec.get("target"),
+                     seed=int(spec["seed"]), trust_pickle=trust_pickle)
+    return ClassicProblem.build(cs)
