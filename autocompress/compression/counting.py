@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from autocompress.metrics import macs_from_flops
+
 __all__ = ["count_macs", "count_params", "count_size_bytes", "module_macs_formula"]
 
 # Modules whose MACs FlopCounterMode misses or under-counts (checked on torch 2.14): nn.LSTM runs as
@@ -144,13 +146,13 @@ def count_macs(model: nn.Module, example_input: Any) -> int:
             handles.append(m.register_forward_hook(post))
     try:
         with eval_mode(model):
-            total = _flops(model, *args) / 2.0
+            total = macs_from_flops(_flops(model, *args))
             for h in handles:
                 h.remove()
             for module, inputs, kwargs in calls:
                 with FlopCounterMode(display=False) as counter:
                     module(*inputs, **kwargs)
-                counted = counter.get_total_flops() / 2.0
+                counted = macs_from_flops(counter.get_total_flops())
                 full = _full_inputs(module, inputs, kwargs)
                 total += module_macs_formula(module, full) * _batch_size(full[0]) - counted
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import enum
 import fnmatch
 import math
 from collections.abc import Callable, Iterable
@@ -11,32 +10,19 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from autocompress.errors import UserInputError
+from autocompress.metrics import DIRECTIONS, Direction
 
 if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy
 
 
-class Direction(enum.StrEnum):
-    """Whether a metric is better when larger (``MAXIMIZE``) or smaller (``MINIMIZE``)."""
+__all__ = ["FIDELITIES", "METRICS", "STATUSES", "TIMING_PHASES", "BaseEvaluator", "Direction",
+           "EvalResult", "check_fidelity", "create_evaluator", "evaluator_class", "list_evaluators",
+           "register_evaluator"]
 
-    MAXIMIZE = "maximize"
-    MINIMIZE = "minimize"
-
-
-#: Every metric an evaluator may report, with its direction. Units: ``acc``/``acc_top5`` are
-#: fractions, ``macs``/``flops``/``bops`` are per input sample (batch 1, FLOPs = 2 x MACs),
-#: ``size_bytes`` is the weight storage at the policy's bit-widths, ``latency_ms`` is milliseconds
-#: per forward pass at the batch size recorded in ``EvalResult.latency_info``.
-METRICS: dict[str, Direction] = {
-    "acc": Direction.MAXIMIZE,
-    "acc_top5": Direction.MAXIMIZE,
-    "macs": Direction.MINIMIZE,
-    "flops": Direction.MINIMIZE,
-    "params": Direction.MINIMIZE,
-    "size_bytes": Direction.MINIMIZE,
-    "bops": Direction.MINIMIZE,
-    "latency_ms": Direction.MINIMIZE,
-}
+#: Every metric an evaluator may report, with its direction: the evaluated metrics of
+#: ``autocompress.metrics.VOCABULARY`` (units, labels and sources are declared there).
+METRICS: dict[str, Direction] = DIRECTIONS
 
 FIDELITIES: tuple[str, ...] = ("low", "full")
 STATUSES: tuple[str, ...] = ("ok", "failed")

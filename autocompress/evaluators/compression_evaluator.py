@@ -36,13 +36,15 @@ from autocompress.evaluators.cache import (
 )
 from autocompress.evaluators.config import EvaluatorConfig
 from autocompress.evaluators.latency import measure_latency
+from autocompress.metrics import PREDICTED_METRICS, predicted_costs
 
 if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy, CompressionSpace
     from autocompress.data import DataSplits
     from autocompress.evaluators.lut import LatencyLUT
 
-COST_METRICS: tuple[str, ...] = ("macs", "flops", "params", "size_bytes", "bops")
+#: The costs the space predicts (``autocompress.metrics.PREDICTED_METRICS``).
+COST_METRICS: tuple[str, ...] = PREDICTED_METRICS
 
 
 def structural_policy(policy: CompressionPolicy) -> CompressionPolicy:
@@ -63,19 +65,15 @@ def changes_structure(policy: CompressionPolicy) -> bool:
 
 
 def cost_metrics(space: CompressionSpace, policy: CompressionPolicy) -> dict[str, float]:
-    """MACs, FLOPs (2 x MACs), params, size and BOPs of a policy from the space's cost model.
+    """MACs, FLOPs, params, size and BOPs of a policy from the space's cost model.
 
     The space's predictions equal what is counted on the compressed model (checked by the
     compression core's tests), and they are orders of magnitude cheaper than counting.
     """
-    macs = float(space.macs(policy))
-    return {
-        "macs": macs,
-        "flops": 2.0 * macs,
-        "params": float(space.params(policy)),
-        "size_bytes": float(space.size_bytes(policy)),
-        "bops": float(space.bops(policy)),
-    }
+    return predicted_costs({
+        "macs": space.macs(policy), "params": space.params(policy),
+        "size_bytes": space.size_bytes(policy), "bops": space.bops(policy),
+    })
 
 
 class _PhaseTimer:

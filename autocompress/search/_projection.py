@@ -30,12 +30,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from autocompress.metrics import COST_METRICS
+
 if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy, CompressionSpace
     from autocompress.search.base import SearchContext
 
 #: Budgets the projection can aim at: costs the space (or the latency table) predicts.
-PROJECTABLE = ("macs", "flops", "params", "size_bytes", "bops", "latency_ms")
+PROJECTABLE = COST_METRICS
 BUDGET_FILL = "budget_fill"
 
 

@@ -18,16 +18,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from autocompress.errors import UserInputError
+from autocompress.metrics import PREDICTED_METRICS as _PREDICTED
+from autocompress.metrics import predicted_costs
 
 if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy, CompressionSpace
     from autocompress.evaluators import EvalResult
+    from autocompress.metrics import Budget
     from autocompress.problem import Problem
-    from autocompress.search.budgets import Budget
     from autocompress.search.spec import Objective
 
-#: Metrics the compression space predicts without building a model (cheap, monotone).
-PREDICTED_METRICS: tuple[str, ...] = ("macs", "flops", "params", "size_bytes", "bops")
+#: Metrics the compression space predicts without building a model (cheap, monotone): the
+#: ``predicted`` metrics of ``autocompress.metrics.VOCABULARY``.
+PREDICTED_METRICS: tuple[str, ...] = _PREDICTED
 
 
 @dataclass
@@ -73,14 +76,7 @@ class SearchContext:
             "macs": self.space.macs(policy), "params": self.space.params(policy),
             "size_bytes": self.space.size_bytes(policy), "bops": self.space.bops(policy),
         }
-        macs = float(costs["macs"])
-        out = {
-            "macs": macs,
-            "flops": 2.0 * macs,
-            "params": float(costs["params"]),
-            "size_bytes": float(costs["size_bytes"]),
-            "bops": float(costs["bops"]),
-        }
+        out = predicted_costs(costs)
         if self.predict_latency is not None:
             out["latency_ms"] = float(self.predict_latency(policy))
         return out

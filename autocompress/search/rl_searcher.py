@@ -18,14 +18,15 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from autocompress.errors import UserInputError
+from autocompress.metrics import COST_METRICS, macs_from_flops
 from autocompress.search.base import BaseSearcher, SearchContext, register_searcher
 
 if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy
     from autocompress.evaluators import EvalResult
 
-#: Search budgets the env can clip to (``acc-drop`` is checked on results instead).
-_ENV_BUDGET_METRICS = ("macs", "flops", "params", "size_bytes", "bops", "latency_ms")
+#: Search budgets the env can clip to: every cost (``acc-drop`` is checked on results instead).
+_ENV_BUDGET_METRICS = COST_METRICS
 
 
 class _Stop(BaseException):
@@ -142,7 +143,7 @@ class AgentSearcher(BaseSearcher):
             if "macs" in budgets:
                 hi = budgets["macs"] / base_macs
             if "flops" in budgets:
-                hi = min(hi, budgets["flops"] / 2.0 / base_macs)
+                hi = min(hi, macs_from_flops(budgets["flops"]) / base_macs)
             lo = max(floor * 1.02, hi / 4.0)
         if not (0.0 < lo <= hi <= 1.0):
             raise UserInputError(

@@ -22,22 +22,11 @@ from typing import Any, ClassVar
 from autocompress.compression.hardware import check_round_to
 from autocompress.errors import UserInputError, check_checkpoint_path
 from autocompress.evaluators.config import EvaluatorConfig
-from autocompress.search.budgets import Budget, parse_budget
+from autocompress.metrics import DIRECTIONS, Budget, parse_budget, parse_metric
 
-#: Metrics that may be objectives, with their natural direction (mirrors ``evaluators.METRICS``;
-#: kept here so that parsing a spec imports nothing heavy).
-OBJECTIVE_METRICS: dict[str, str] = {
-    "acc": "maximize",
-    "acc_top5": "maximize",
-    "macs": "minimize",
-    "flops": "minimize",
-    "params": "minimize",
-    "size_bytes": "minimize",
-    "bops": "minimize",
-    "latency_ms": "minimize",
-}
-_OBJECTIVE_ALIASES = {"size": "size_bytes", "latency": "latency_ms", "accuracy": "acc", "top1": "acc",
-                      "top5": "acc_top5"}
+#: Metrics that may be objectives (every evaluated metric of ``autocompress.metrics``), with their
+#: natural direction.
+OBJECTIVE_METRICS: dict[str, str] = {name: d.value for name, d in DIRECTIONS.items()}
 _DIRECTION_ALIASES = {"max": "maximize", "maximize": "maximize", "min": "minimize",
                       "minimize": "minimize"}
 
@@ -94,10 +83,7 @@ def parse_objective(value: str | Mapping[str, Any] | Objective) -> Objective:
         direction = direction or None
     else:
         raise UserInputError(f"objective {value!r} is not a metric name; allowed: {', '.join(OBJECTIVE_METRICS)}")
-    key = name.strip().lower()
-    key = _OBJECTIVE_ALIASES.get(key, key)
-    if key not in OBJECTIVE_METRICS:
-        raise UserInputError(f"unknown objective {name!r}; allowed: {', '.join(OBJECTIVE_METRICS)}")
+    key = parse_metric(name, what="objective", allowed=OBJECTIVE_METRICS)
     if direction is None:
         return Objective(key, OBJECTIVE_METRICS[key])
     d = _DIRECTION_ALIASES.get(str(direction).strip().lower())
