@@ -91,6 +91,7 @@ REAL_DATA = [ln for ln in REAL_DATA_LINES if _is_autocompress(ln)]
 WALKTHROUGH = [c for c in _section_commands("## Walk-through") if c not in REAL_DATA]
 BRING_YOUR_OWN = _section_commands("## Bring your own model and data")
 RAY_LINES = [ln for b in _bash_blocks(_section("## Ray clusters")) for ln in _lines(b)]
+CLASSIC = _section_commands("## Classic ML models")
 ALL = [c for b in _bash_blocks(README) for c in _commands(b)]
 
 
@@ -155,7 +156,7 @@ def test_every_readme_command_parses() -> None:
 def test_every_readme_command_is_executed() -> None:
     """Each command belongs to a section that a test below runs line by line."""
     ray_commands = [ln for ln in RAY_LINES if _is_autocompress(ln)]
-    assert sorted(ALL) == sorted(WALKTHROUGH + REAL_DATA + BRING_YOUR_OWN + ray_commands)
+    assert sorted(ALL) == sorted(WALKTHROUGH + REAL_DATA + BRING_YOUR_OWN + ray_commands + CLASSIC)
     assert any("--ray-address" in c for c in ray_commands)
     assert any(_split(ln)[1][:2] == ["ray", "start"] for ln in RAY_LINES)
     assert any(c.startswith("PYTHONPATH=") for c in BRING_YOUR_OWN)
@@ -173,6 +174,15 @@ def test_walkthrough_runs_in_order(tmp_path: Path) -> None:
     assert (run / "pareto.png").is_file() and (run / "pareto.html").is_file()
     assert (run / "knee.onnx").is_file() and list((run / "finetune").glob("*.json"))
     assert (cwd / "runs" / "base-resnet20.pt").is_file()
+
+
+# -- classic ML models ----------------------------------------------------------------------------
+def test_classic_lines_run(tmp_path: Path) -> None:
+    assert CLASSIC and CLASSIC[0].startswith("autocompress search --model sklearn:")
+    cwd, env = _scratch(tmp_path)
+    for command in CLASSIC:
+        _run(command, cwd, env)
+    assert (cwd / "runs" / "rf" / "pareto.json").is_file() and (cwd / "runs" / "rf" / "knee.onnx").is_file()
 
 
 # -- real data: an image folder with train/ and test/ -------------------------------------------
