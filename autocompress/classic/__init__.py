@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from autocompress.classic.data import BUNDLED, TabularSplits, load_tabular
 from autocompress.classic.export import export_classic_point, forest_to_onnx
-from autocompress.classic.forest import ForestArrays, PackedForest, compress_forest, forest_from_sklearn, packed_size
+from autocompress.classic.forest import (
+    ForestArrays,
+    PackedForest,
+    compress_forest,
+    forest_from_sklearn,
+    packed_size,
+)
 from autocompress.classic.models import create_classic_model, is_classic_model
 from autocompress.classic.search import (
     STRATEGIES,

@@ -3,9 +3,9 @@
 The ONNX graph (``ai.onnx.ml`` ``TreeEnsembleClassifier``, built with ``onnx.helper``) holds the
 artefact's decoded thresholds (float32, ``BRANCH_LEQ``) and its leaf weights: integer codes at
 quantized leaf bits (so class scores are exact integer sums, as in the artefact) or float32
-fractions. Outputs: ``label`` (int64, argmax of the scores) and ``probabilities`` (scores divided by the artefact's
-scale). skl2onnx is not used: it converts scikit-learn estimators, and the compressed forest is
-not one.
+fractions. Outputs: ``label`` (int64, argmax of the scores) and ``probabilities`` (scores
+divided by the artefact's scale). skl2onnx is not used: it converts scikit-learn estimators,
+and the compressed forest is not one.
 """
 
 from __future__ import annotations

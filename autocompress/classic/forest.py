@@ -99,7 +99,7 @@ class ForestArrays:
     @property
     def tree_depths(self) -> np.ndarray:
         """Depth of each tree (its deepest node)."""
-        return np.array([int(self.depth[a:b].max()) for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)])
+        return np.array([int(self.depth[self.tree(t)].max()) for t in range(self.n_trees)])
 
     def tree(self, t: int) -> slice:
         """The node range of tree ``t``."""
@@ -163,7 +163,8 @@ def forest_from_sklearn(model: Any, n_classes: int) -> ForestArrays:
         leaf = tr.children_left[o] < 0
         feats.append(np.where(leaf, -1, tr.feature[o]).astype(np.int64))
         thrs.append(np.where(leaf, 0.0, tr.threshold[o]))
-        rights.append(np.array([-1 if lf else pos[int(tr.children_right[n])] for n, lf in zip(o, leaf, strict=True)]))
+        rights.append(np.array([-1 if lf else pos[int(tr.children_right[n])]
+                                for n, lf in zip(o, leaf, strict=True)]))
         depths.append(np.array([depth_of[int(n)] for n in o]))
         v = tr.value[o, 0, :].astype(np.float64)
         values.append(v / np.maximum(v.sum(axis=1, keepdims=True), 1e-300))

@@ -147,7 +147,8 @@ def measure_latency_ms(packed: PackedForest, x: np.ndarray, repeats: int = 3) ->
     return 1e3 * best / max(1, len(x))
 
 
-def evaluate_policy(problem: ClassicProblem, policy: CompressionPolicy) -> tuple[dict[str, float], PackedForest]:
+def evaluate_policy(problem: ClassicProblem, policy: CompressionPolicy
+                    ) -> tuple[dict[str, float], PackedForest]:
     """Build the artefact and measure it: ``size_bytes`` is ``len`` of its bytes (checked equal
     to the space's prediction), ``acc`` the validation accuracy of the artefact read back."""
     packed = problem.space.build(policy)

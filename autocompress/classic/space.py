@@ -151,7 +151,8 @@ class ForestSpace:
         """Every knob uniform over its range (bit-widths uniform over the choices)."""
         from autocompress.compression.policy import CompressionPolicy, LayerAction
 
-        rng = seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
+        rng = (seed_or_rng if isinstance(seed_or_rng, np.random.Generator)
+               else np.random.default_rng(seed_or_rng))
         layers = {}
         for p in self.decision_points:
             kw: dict[str, Any] = {}
