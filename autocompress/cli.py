@@ -355,6 +355,9 @@ def export(run_dir: str, point: str, fmt: str, out: str | None, int8: bool | Non
     if _classic_run(run_dir) is not None:
         from autocompress.classic.export import export_classic_point
 
+        if int8 or finetuned:
+            raise UserInputError("--int8 and --finetuned do not apply to a classic (sklearn:) run")
+
         click.echo("\n".join(export_classic_point(run_dir, point, out, fmt=fmt, force=force).lines()))
         return
     from autocompress.report.export import export_point
@@ -384,6 +387,9 @@ def finetune(run_dir: str, point: str | None, front: bool, top: int | None, epoc
                                        ("--top", top is not None)) if given]
     if len(chosen) != 1:
         raise UserInputError(f"give exactly one of --point, --front, --top K (got {', '.join(chosen) or 'none'})")
+    if _classic_run(run_dir) is not None:
+        raise UserInputError(f"{run_dir!r} is a classic (sklearn:) run: its points are not trained "
+                             "further; finetune applies to PyTorch runs")
     if top is not None and top < 1:
         raise UserInputError(f"--top {top}; allowed: an integer >= 1")
     from autocompress.report.finetune import finetune_front, finetune_point

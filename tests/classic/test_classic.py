@@ -107,6 +107,10 @@ def test_search_cli_respects_the_budget_and_exports(tmp_path: Path) -> None:
     res = _cli("export", str(out), "--point", "knee", "--out", str(tmp_path / "k.onnx"))
     assert res.exit_code == 0, res.output
     assert "equal the artefact's on 114/114" in res.output and (tmp_path / "k.onnx").is_file()
+    res = _cli("export", str(out), "--point", "knee", "--int8", "--out", str(tmp_path / "i.onnx"))
+    assert res.exit_code == 2 and "--int8" in res.output and not (tmp_path / "i.onnx").exists()
+    res = _cli("finetune", str(out), "--point", "knee")
+    assert res.exit_code == 2 and "classic" in res.output
     res = _cli("show", str(out), "--point", "best")
     assert res.exit_code == 0 and "val acc" in res.output
     res = _cli("report", str(out))
