@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from autocompress.metrics import COST_METRICS, VOCABULARY
 from autocompress.report._io import atomic_path
 from autocompress.report.run import Candidate, RunRecord, layer_order, load_run
 from autocompress.report.tables import (
@@ -27,9 +28,7 @@ from autocompress.report.tables import (
     policy_table,
 )
 
-_AXIS_LABELS = {"macs": "MACs per sample", "flops": "FLOPs per sample (2 x MACs)",
-                "params": "parameters", "size_bytes": "weight size (bytes)",
-                "bops": "bit operations per sample", "latency_ms": "latency (ms)"}
+_AXIS_LABELS = {n: VOCABULARY[n].axis_label for n in COST_METRICS}
 
 
 @dataclass(frozen=True)

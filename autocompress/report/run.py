@@ -20,11 +20,22 @@ from typing import Any
 
 from autocompress.compression import CompressionPolicy
 from autocompress.errors import UserInputError
+from autocompress.metrics import (
+    BUDGET_ALIASES,
+    BUDGET_METRICS,
+    UNIT_SCALES,
+    VOCABULARY,
+    flops_from_macs,
+    macs_from_flops,
+    parse_budget,
+)
+from autocompress.metrics import COST_METRICS as _COSTS
+from autocompress.metrics import MAXIMIZED as _MAXIMIZED
 
 #: Metrics that are better when larger; every other metric is a cost (smaller is better).
-MAXIMIZED: frozenset[str] = frozenset({"acc", "acc_top5"})
+MAXIMIZED: frozenset[str] = _MAXIMIZED
 #: Cost metrics in the order a plot prefers them for its x axis when no objective names one.
-COST_METRICS: tuple[str, ...] = ("macs", "flops", "latency_ms", "size_bytes", "params", "bops")
+COST_METRICS: tuple[str, ...] = tuple(sorted(_COSTS, key=lambda n: VOCABULARY[n].axis_rank or 0))
 
 
 @dataclass(frozen=True)
@@ -416,12 +427,6 @@ def _objectives(spec: Mapping[str, Any], pareto: Mapping[str, Any]) -> dict[str,
     return out
 
 
-_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
-_BYTES = {"b": 1.0, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024.0, "mib": 1024.0**2, "gib": 1024.0**3}
-_BUDGET_ALIASES = {"size": "size_bytes", "latency": "latency_ms", "acc-drop": "acc_drop",
-                   "acc_drop": "acc_drop"}
-
-
 def parse_budget_value(metric: str, value: Any, base: Mapping[str, float]) -> float | None:
     """An absolute limit from ``50M``, ``50%`` (of the base model), ``2ms``, ``1.5MB`` or a number.
 
@@ -445,13 +450,20 @@ def parse_budget_value(metric: str, value: Any, base: Mapping[str, float]) -> fl
         if metric == "acc_drop":
             return number / 100.0
         return number / 100.0 * base[metric] if metric in base else None
-    if metric == "latency_ms":
-        return number * {"": 1.0, "ms": 1.0, "s": 1e3, "us": 1e-3}.get(unit, math.nan)
-    if metric == "size_bytes" and unit in _BYTES:
-        return number * _BYTES[unit]
-    if unit in _UNITS:
-        return number * _UNITS[unit]
+    kind = VOCABULARY[metric].unit if metric in VOCABULARY else "count"
+    if kind == "ms":
+        return number * UNIT_SCALES["ms"].get(unit, math.nan)
+    if kind == "bytes" and unit in UNIT_SCALES["bytes"]:
+        return number * UNIT_SCALES["bytes"][unit]
+    if unit in UNIT_SCALES["count"]:
+        return number * UNIT_SCALES["count"][unit]
     return None
+
+
+def _budget_metric(name: str) -> str:
+    """The metric a budget name bounds (``size`` -> ``size_bytes``, ``acc-drop`` -> ``acc``);
+    an unknown name is kept as written."""
+    return BUDGET_METRICS.get(BUDGET_ALIASES.get(name, name), name)
 
 
 def _budgets(spec: Mapping[str, Any], pareto: Mapping[str, Any], base: Mapping[str, float]
@@ -461,15 +473,13 @@ def _budgets(spec: Mapping[str, Any], pareto: Mapping[str, Any], base: Mapping[s
     The search engine resolves them once and stores them in ``pareto.json`` (``budget_limits``,
     keyed by budget name); older or hand-written runs give only the budget texts in the spec.
     """
-    from autocompress.search.budgets import BUDGET_METRICS, parse_budget
-
     out: dict[str, float] = {}
     limits = pareto.get("budget_limits")
     if isinstance(limits, Mapping):
         for name, limit in limits.items():
-            metric = BUDGET_METRICS.get(str(name), _BUDGET_ALIASES.get(str(name), str(name)))
+            metric = _budget_metric(str(name))
             if isinstance(limit, int | float) and not isinstance(limit, bool) and math.isfinite(limit):
-                out["acc" if metric == "acc_drop" else metric] = float(limit)
+                out[metric] = float(limit)
     else:
         raw = spec.get("budgets") or pareto.get("budgets") or []
         pairs: list[tuple[str, Any]] = []
@@ -485,14 +495,16 @@ def _budgets(spec: Mapping[str, Any], pareto: Mapping[str, Any], base: Mapping[s
                 budget = parse_budget(f"{name}={value}")
                 out[budget.metric] = budget.limit(base)
             except UserInputError:  # relative without base metrics, or not a budget we know
-                metric = _BUDGET_ALIASES.get(name, name)
+                if BUDGET_ALIASES.get(name, name) == "acc-drop":  # only the strict parser's reading
+                    continue
+                metric = _budget_metric(name)
                 limit = parse_budget_value(metric, value, base)
-                if limit is not None and math.isfinite(limit) and metric != "acc_drop":
+                if limit is not None and math.isfinite(limit):
                     out[metric] = limit
     if "flops" in out and "macs" not in out:
-        out["macs"] = out["flops"] / 2.0
+        out["macs"] = macs_from_flops(out["flops"])
     if "macs" in out and "flops" not in out:
-        out["flops"] = out["macs"] * 2.0
+        out["flops"] = flops_from_macs(out["macs"])
     return out
 
 

@@ -10,47 +10,21 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from autocompress.compression import CompressionPolicy
+from autocompress.metrics import VOCABULARY, format_value
 
 if TYPE_CHECKING:
     from autocompress.report.run import Candidate, RunRecord
 
-#: Column headers with units, so no number is shown without saying what it counts.
-METRIC_LABELS: dict[str, str] = {
-    "acc": "top-1",
-    "acc_top5": "top-5",
-    "macs": "MACs",
-    "flops": "FLOPs",
-    "params": "params",
-    "size_bytes": "size",
-    "bops": "BOPs",
-    "latency_ms": "latency",
-    "test_acc": "test top-1",
-}
+#: Column headers (``autocompress.metrics.VOCABULARY`` labels), so no number is shown without
+#: saying what it counts.
+METRIC_LABELS: dict[str, str] = {name: m.label for name, m in VOCABULARY.items()}
 #: Order of metric columns in every table.
 METRIC_ORDER: tuple[str, ...] = tuple(METRIC_LABELS)
 
 
-def _si(value: float, suffix: str = "") -> str:
-    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f}{unit}{suffix}"
-    return f"{value:.0f}{suffix}"
-
-
 def format_metric(name: str, value: float | None) -> str:
-    """A metric value with its unit: ``98.61%``, ``12.30M``, ``1.23 ms``, ``45.2 KB``."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if name in ("acc", "acc_top5", "test_acc"):
-        return f"{100.0 * value:.2f}%"
-    if name == "latency_ms":
-        return f"{value:.3f} ms"
-    if name == "size_bytes":
-        for scale, unit in ((1024.0**3, "GiB"), (1024.0**2, "MiB"), (1024.0, "KiB")):
-            if value >= scale:
-                return f"{value / scale:.1f} {unit}"
-        return f"{value:.0f} B"
-    return _si(value)
+    """A metric value with its unit: ``98.61%``, ``12.30M``, ``1.230 ms``, ``45.2 KiB``."""
+    return format_value(name, value)
 
 
 def metric_names(candidates: Sequence[Candidate], base: Mapping[str, float] | None = None) -> list[str]:
@@ -84,9 +58,9 @@ def policy_summary(policy: CompressionPolicy) -> str:
     return ", ".join(parts)
 
 
-#: Columns of the front table besides the objectives (top-5, FLOPs = 2 x MACs and BOPs only when
-#: they are objectives: ``show`` prints every metric of a point).
-FRONT_COLUMNS: frozenset[str] = frozenset({"acc", "macs", "params", "size_bytes", "latency_ms"})
+#: Columns of the front table besides the objectives (the vocabulary's ``front_column`` metrics;
+#: top-5, FLOPs and BOPs only when they are objectives: ``show`` prints every metric of a point).
+FRONT_COLUMNS: frozenset[str] = frozenset(n for n, m in VOCABULARY.items() if m.front_column)
 
 
 def front_table(run: RunRecord) -> Table:
