@@ -12,7 +12,9 @@ leaf bits, trees, features, classes, nodes, internal nodes, max depth), tree off
 trees+1), split feature per node (int16, -1 = leaf), right child per internal node (uint16 or
 uint32, tree-local; the left child is the next node), thresholds (float32 per internal node at 32
 bits, else float32 low and step per feature plus codes packed at the chosen bits), leaf class
-fractions (float32 at 32 bits, else codes ``round(p * (2^b - 1))`` packed at the chosen bits).
+fractions (float32 at 32 bits, else codes ``round(p * (2^b - 1))`` packed at the chosen bits);
+with two classes only the second class's fraction is stored and the first is its complement
+(``1 - p`` in float32, or ``2^b - 1 - code``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ _HEADER = struct.Struct("<4sBBBBIIIIII")  # 32 bytes
 HEADER_BYTES = _HEADER.size
 
 
+def stored_classes(n_classes: int) -> int:
+    """Leaf values stored per leaf: one for two classes (the other is its complement)."""
+    return 1 if n_classes == 2 else n_classes
+
+
 def packed_size(*, n_trees: int, n_features: int, n_classes: int, n_nodes: int, n_internal: int,
                 max_tree_nodes: int, thr_bits: int, leaf_bits: int) -> int:
     """Bytes of the packed artefact with these counts (the cost model; equals ``len(to_bytes())``)."""
@@ -39,7 +46,7 @@ def packed_size(*, n_trees: int, n_features: int, n_classes: int, n_nodes: int, 
     index_bytes = 2 if max_tree_nodes <= 0xFFFF else 4
     size = HEADER_BYTES + 4 * (n_trees + 1) + 2 * n_nodes + index_bytes * n_internal
     size += 4 * n_internal if thr_bits == 32 else 8 * n_features + math.ceil(n_internal * thr_bits / 8)
-    n_vals = n_leaves * n_classes
+    n_vals = n_leaves * stored_classes(n_classes)
     size += 4 * n_vals if leaf_bits == 32 else math.ceil(n_vals * leaf_bits / 8)
     return size
 
@@ -232,12 +239,18 @@ class PackedForest:
 
     def leaf_weights(self) -> np.ndarray:
         """Per leaf and class: float32 fractions at 32 bits, integer codes otherwise (float64)."""
-        k = self.n_classes
+        k = stored_classes(self.n_classes)
         if self.leaf_bits == 32:
             assert self.leaf_float is not None
-            return self.leaf_float.reshape(-1, k).astype(np.float64)
+            w = self.leaf_float.reshape(-1, k)
+            if self.n_classes == 2:
+                w = np.concatenate([np.float32(1.0) - w, w], axis=1)
+            return w.astype(np.float64)
         assert self.leaf_codes is not None
-        return self.leaf_codes.reshape(-1, k).astype(np.float64)
+        c = self.leaf_codes.reshape(-1, k).astype(np.int64)
+        if self.n_classes == 2:
+            c = np.concatenate([(2 ** self.leaf_bits - 1) - c, c], axis=1)
+        return c.astype(np.float64)
 
     def leaf_scale(self) -> float:
         """Divide summed leaf weights by this to get class probabilities."""
@@ -337,7 +350,7 @@ class PackedForest:
         else:
             out.thr_lo, out.thr_step = take(n_features, "<f4"), take(n_features, "<f4")
             out.thr_codes = take_bits(n_internal, thr_bits)
-        n_vals = (n_nodes - n_internal) * n_classes
+        n_vals = (n_nodes - n_internal) * stored_classes(n_classes)
         if leaf_bits == 32:
             out.leaf_float = take(n_vals, "<f4")
         else:
@@ -400,6 +413,8 @@ def compress_forest(base: ForestArrays, kept: np.ndarray, depth_cap: int, thr_bi
         out.thr_lo, out.thr_step = lo32, step32
         out.thr_codes = np.clip(codes, 0, levels).astype(np.uint32)
     vals = base.value[idx[~inner]]
+    if base.n_classes == 2:
+        vals = vals[:, 1:]
     if leaf_bits == 32:
         out.leaf_float = vals.astype(np.float32).ravel()
     else:

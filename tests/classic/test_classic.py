@@ -202,3 +202,29 @@ def test_bad_input_is_one_line_exit_2_nothing_created(args: list[str], words: st
 def test_make_spec_refuses_a_joblib_without_trust() -> None:
     with pytest.raises(UserInputError, match="--trust-pickle"):
         make_spec(model="sklearn:/nowhere/m.joblib", data=BC)
+
+
+def test_three_classes_store_every_fraction_and_match_sklearn_and_onnx(tmp_path: Path) -> None:
+    wine = ClassicProblem.build(make_spec(model="sklearn:random_forest:10", data="sklearn:wine",
+                                          trials=1))
+    x = wine.splits.x_test
+    for layers in ({}, {"trees": LayerAction(prune=0.5), "leaves": LayerAction(w_bits=3),
+                        "thresholds": LayerAction(w_bits=4)}):
+        policy = CompressionPolicy(layers)
+        packed = wine.space.build(policy)
+        blob = packed.to_bytes()
+        assert len(blob) == wine.space.size_bytes(policy)
+        assert packed.leaf_weights().shape == (packed.n_nodes - packed.n_internal, 3)
+        assert np.array_equal(PackedForest.from_bytes(blob).scores(x), packed.scores(x))
+        assert np.array_equal(onnx_predict(forest_to_onnx(packed), x), packed.predict(x))
+        if not layers:
+            assert np.array_equal(packed.predict(x), wine.model.predict(x))
+
+
+def test_two_classes_store_one_fraction_per_leaf(problem: ClassicProblem) -> None:
+    policy = CompressionPolicy({"leaves": LayerAction(w_bits=8)})
+    packed = problem.space.build(policy)
+    n_leaves = packed.n_nodes - packed.n_internal
+    assert packed.leaf_codes is not None and len(packed.leaf_codes) == n_leaves
+    w = packed.leaf_weights()
+    assert np.array_equal(w.sum(axis=1), np.full(n_leaves, 255.0))
