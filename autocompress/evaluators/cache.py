@@ -36,6 +36,8 @@ _LOGIC_DISTRIBUTIONS: tuple[str, ...] = ("torch", "torch-pruning", "onnx", "onnx
 
 #: Subpackages of autocompress whose source decides what an evaluation returns.
 _LOGIC_PACKAGES: tuple[str, ...] = ("compression", "evaluators")
+#: Single modules an evaluation's numbers depend on too (``metrics``: FLOPs from MACs).
+_LOGIC_MODULES: tuple[str, ...] = ("metrics.py",)
 
 
 def _update_tensor(h: Any, t: Tensor) -> None:
@@ -271,6 +273,9 @@ def logic_fingerprint() -> str:
         for path in sorted((root / pkg).rglob("*.py")):
             h.update(f"|{path.relative_to(root).as_posix()}|".encode())
             h.update(path.read_bytes())
+    for name in _LOGIC_MODULES:
+        h.update(f"|{name}|".encode())
+        h.update((root / name).read_bytes())
     return h.hexdigest()
 
 
