@@ -8,11 +8,14 @@
 * multi-fidelity: each trial reports its low-fidelity result first and its full-fidelity result
   second; Tune's ``ASHAScheduler`` (``max_t=2``) stops the unpromising ones after the first.
 
-Each Tune trial evaluates one candidate on a worker that builds the problem once (loading the
-driver's trained checkpoint; evaluations share the on-disk cache) and asks Ray for ``threads``
-CPUs (``SearchSpec.threads``, default 1). Workers get only a picklable payload (the spec as a
-dict with its paths made absolute, the checkpoint and cache paths; the driver's ``PYTHONPATH``
-goes along as the job's environment); the driver-side searchers, which hold the problem, the
+Each Tune trial evaluates one candidate and asks Ray for ``threads`` CPUs (``SearchSpec.threads``,
+default 1). The driver's built ``Problem`` (trained base model, data splits, space, evaluator with
+its latency table) goes into Ray's object store once; each worker process fetches it on its first
+trial and keeps it, so no worker trains, loads data or builds a table again (the set-up is paid once
+per search, not per worker or trial; a node of another machine receives it over the object store).
+Where the problem cannot be pickled, a worker builds it once from the payload instead: the spec as
+a dict with its paths made absolute, the checkpoint and cache paths (the driver's ``PYTHONPATH``
+goes along as the job's environment). The driver-side searchers, which hold the problem, the
 storage and the progress bar, pickle to a :class:`DetachedSearcher` stub when Tune writes its
 ``tuner.pkl`` (resume goes through the study, never through Tune's checkpoints). Tune's ``OptunaSearch`` proposes without the local
 loop's duplicate check, so an exact repeat of an earlier policy is evaluated (a cache hit) and
@@ -148,17 +151,25 @@ def worker_spec_dict(spec: SearchSpec) -> dict[str, Any]:
 
 
 # -- the worker side -------------------------------------------------------------------------------
-def _worker_problem(payload: Mapping[str, Any]) -> Problem:
+def _worker_problem(payload: Mapping[str, Any]) -> tuple[Problem, str]:
+    """This worker's problem and where it came from: ``"shipped"`` (the driver's, fetched from the
+    object store on the worker's first trial) or ``"built"`` (rebuilt here from the settings)."""
     key = payload["key"]
     if key not in _WORKER_PROBLEMS:
         import torch
 
-        from autocompress.search.runner import build_problem
-
         spec = SearchSpec.from_dict(payload["spec"])
         torch.set_num_threads(spec.threads)
-        _WORKER_PROBLEMS[key] = build_problem(spec, checkpoint=payload["checkpoint"],
-                                              cache_dir=payload["cache_dir"], progress=False)
+        ref = payload.get("problem_ref")
+        if ref is not None:
+            import ray
+
+            _WORKER_PROBLEMS[key] = (ray.get(ref), "shipped")
+        else:
+            from autocompress.search.runner import build_problem
+
+            _WORKER_PROBLEMS[key] = (build_problem(spec, checkpoint=payload["checkpoint"],
+                                                   cache_dir=payload["cache_dir"], progress=False), "built")
     return _WORKER_PROBLEMS[key]
 
 
@@ -181,7 +192,7 @@ def evaluate_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     from autocompress.compression import CompressionPolicy
     from autocompress.search.optuna_searcher import policy_from_params
 
-    problem = _worker_problem(payload)
+    problem, source = _worker_problem(payload)
     objectives = list(payload["objectives"])
     if "ac_policy" in config:
         policy = CompressionPolicy.from_json(config["ac_policy"])
@@ -193,19 +204,37 @@ def evaluate_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
         from autocompress.evaluators import EvalResult
 
         standin = EvalResult(metrics=dict(config["ac_standin"]), fidelity="low")
-        tune.report(_report_dict(policy_json, standin, objectives, "infeasible"))
+        tune.report({**_report_dict(policy_json, standin, objectives, "infeasible"), "ac_problem": source})
         return
     evaluate = problem.evaluator.evaluate
     if payload["multi_fidelity"]:
         low = safe_evaluate(evaluate, policy, "low")
-        tune.report(_report_dict(policy_json, low, objectives, "ok" if low.ok else "failed"))
+        tune.report({**_report_dict(policy_json, low, objectives, "ok" if low.ok else "failed"),
+                     "ac_problem": source})
         if not low.ok:
             return
     full = safe_evaluate(evaluate, policy, "full")
-    tune.report(_report_dict(policy_json, full, objectives, "ok" if full.ok else "failed"))
+    tune.report({**_report_dict(policy_json, full, objectives, "ok" if full.ok else "failed"),
+                 "ac_problem": source})
 
 
 # -- the driver side -------------------------------------------------------------------------------
+def _ship(problem: Problem) -> Any:
+    """The driver's problem in Ray's object store, or None (each worker then rebuilds it once) when
+    it does not pickle, e.g. a user's model holding an open file; a warning says so."""
+    import pickle
+    import warnings
+
+    import ray
+
+    try:
+        return ray.put(problem)
+    except (TypeError, AttributeError, ValueError, pickle.PicklingError) as exc:
+        warnings.warn(f"the problem does not pickle ({type(exc).__name__}: {exc}); each Ray worker "
+                      "builds it once from the settings", RuntimeWarning, stacklevel=2)
+        return None
+
+
 def _finite(v: Any) -> bool:
     try:
         return v is not None and math.isfinite(float(v))
@@ -479,6 +508,7 @@ def run_ray(spec: SearchSpec, progress: ProgressCallback | None = None, *,
             "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
             "cache_dir": str(Path(cache_root).parent.parent.resolve()) if cache_root else str(cache_dir()),
             "objectives": spec.objective_names, "multi_fidelity": spec.multi_fidelity,
+            "problem_ref": _ship(session.problem),
         }
         if not cls.uses_optuna_study:
             searcher = create_searcher(spec.strategy, session.make_context(), seed=seed,

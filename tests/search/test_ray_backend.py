@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -95,6 +96,31 @@ def test_ray_backend_on_a_local_ray_with_two_workers(search_problem: Problem, tm
     import ray
 
     assert not ray.is_initialized()  # the Ray it started is shut down
+    # Every trial ran on the driver's problem, shipped through the object store (no worker rebuilt it).
+    # (Tune's experiment state holds each trial's last report, JSON inside JSON.)
+    states = "".join(f.read_text() for f in (spec.run_dir / "ray").rglob("experiment_state*.json"))
+    sources = re.findall(r'ac_problem\\*"\s*:\s*\\*"(\w+)', states)
+    assert len(sources) == 3 and set(sources) == {"shipped"}, sources
+
+
+def test_a_worker_without_a_shipped_problem_builds_it_once(search_problem: Problem, tmp_path: Path,
+                                                          tiny_spec: Callable) -> None:
+    """The fallback when the problem does not pickle: the worker rebuilds it from the settings,
+    once per worker process, and it scores a policy as the driver's problem does."""
+    from autocompress.search import ray_backend
+
+    spec = tiny_spec(tmp_path / "run", strategy="random", trials=1)
+    payload = {"key": "fallback-test", "spec": ray_backend.worker_spec_dict(spec),
+               "checkpoint": str(search_problem.checkpoint_path) if search_problem.checkpoint_path else None,
+               "cache_dir": str(tmp_path / "cache"), "problem_ref": None}
+    try:
+        built, source = ray_backend._worker_problem(payload)
+        again, _ = ray_backend._worker_problem(payload)
+    finally:
+        ray_backend._WORKER_PROBLEMS.pop("fallback-test", None)
+    assert source == "built" and again is built
+    policy = search_problem.space.uniform(prune=0.5)
+    assert built.space.macs(policy) == search_problem.space.macs(policy)
 
 
 def test_ray_backend_joins_an_existing_cluster_with_optuna_and_asha(
