@@ -228,3 +228,13 @@ def test_two_classes_store_one_fraction_per_leaf(problem: ClassicProblem) -> Non
     assert packed.leaf_codes is not None and len(packed.leaf_codes) == n_leaves
     w = packed.leaf_weights()
     assert np.array_equal(w.sum(axis=1), np.full(n_leaves, 255.0))
+
+
+def test_acc_drop_and_node_budgets_decide_feasibility(tmp_path: Path) -> None:
+    result = run_classic_search(make_spec(model=RF20, data=BC, budgets=["acc-drop=1%", "params=300"],
+                                          strategy="random", trials=8, out=str(tmp_path / "a")))
+    base = result.base_metrics["acc"]
+    for r in result.records:
+        m = r["metrics"]
+        assert r["feasible"] == (m["acc"] >= base - 0.01 - 1e-12 and m["params"] <= 300)
+    assert all(p["metrics"]["params"] <= 300 for p in result.pareto["points"])
