@@ -177,6 +177,7 @@ def test_walkthrough_runs_in_order(tmp_path: Path) -> None:
 
 
 # -- classic ML models ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_classic_lines_run(tmp_path: Path) -> None:
     assert CLASSIC and CLASSIC[0].startswith("autocompress search --model sklearn:")
     cwd, env = _scratch(tmp_path)
