@@ -150,6 +150,9 @@ def test_parse_metric_accepts_aliases_and_names_the_allowed_values() -> None:
     assert msg.endswith("allowed: " + ", ".join(EVAL_METRICS))
     with pytest.raises(UserInputError, match="allowed: macs, flops$"):
         parse_metric("acc", allowed=("macs", "flops"))
+    assert metrics.metric("bops").unit == "count"
+    with pytest.raises(UserInputError, match=r"^unknown metric 'size'; allowed: acc, "):
+        metrics.metric("size")  # exact names only: aliases are for parse_metric
 
 
 @pytest.mark.parametrize("text", ["watts=5", "macs", "flops=fifty", "size=10XB", "acc-drop=3", "macs=0"])
