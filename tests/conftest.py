@@ -50,6 +50,13 @@ def suite_threads() -> int:
     return 1 if _WORKER else max(1, min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture
+def suite_thread_count() -> int:
+    """``suite_threads()`` for tests (a test module cannot import this conftest by name: every
+    test directory has its own ``conftest``)."""
+    return suite_threads()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if _WORKER:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -26,6 +26,10 @@ def _finetuned(run_dir: Path, pid: str) -> torch.nn.Module:
 
 
 def test_finetune_pruned_point_improves_and_is_recorded(real_run: Path) -> None:
+    # The run is shared by the session's tests, and another may have fine-tuned point 1 already:
+    # this record is then the next name in the series, never an overwrite.
+    earlier = [real_run / "finetune" / name for name in ["point-1.json"] + [f"point-1-{n}.json" for n in range(2, 50)]]
+    earlier = earlier[:next(i for i, f in enumerate(earlier) if not f.exists())]
     res = finetune_point(real_run, "1", epochs=2, kd=True, seed=0)
     # Half the hidden units pruned; the evaluator's least-squares refit already recovers most of
     # the loss, so two epochs of KD must not lose accuracy and must end close to the teacher.
@@ -33,7 +37,9 @@ def test_finetune_pruned_point_improves_and_is_recorded(real_run: Path) -> None:
     assert res.acc_after > res.teacher_acc - 0.03
     assert res.acc_after <= res.teacher_acc + 0.02
     assert res.recorded_acc == pytest.approx(res.acc_before, abs=0.02)
-    assert res.record_path == real_run / "finetune" / "point-1.json"
+    want = "point-1.json" if not earlier else f"point-1-{len(earlier) + 1}.json"
+    assert res.record_path == real_run / "finetune" / want
+    assert all(p.is_file() for p in earlier)
     rec = json.loads(res.record_path.read_text())
     assert rec["acc_before"] == res.acc_before and rec["acc_after"] == res.acc_after
     assert rec["kd"] is True and rec["temperature"] == 4.0 and rec["alpha"] == 0.9
