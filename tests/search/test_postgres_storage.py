@@ -114,13 +114,23 @@ def test_cli_search_on_postgresql_matches_the_journal_and_keeps_no_password(
 
 def _worker(spec: SearchSpec, problem: Problem, barrier: Path, n: int) -> None:
     """A search process (forked: the problem built once in the test is shared, not rebuilt)
-    that waits after its setup until ``n`` of them got there, so they really run together."""
+    that waits after its setup, and again after its first candidate, until ``n`` of them got
+    there: they really run together, and a fast one (cached evaluations) cannot take every
+    candidate before the other asks for its first."""
+    def wait_for(stage: str) -> None:
+        (barrier / f"{stage}-{os.getpid()}").touch()
+        deadline = time.time() + 120
+        while len(list(barrier.glob(f"{stage}-*"))) < n and time.time() < deadline:
+            time.sleep(0.05)
+
+    first = [True]
+
     def progress(p: Any) -> None:
         if p.phase == "start":
-            (barrier / f"ready-{os.getpid()}").touch()
-            deadline = time.time() + 120
-            while len(list(barrier.glob("ready-*"))) < n and time.time() < deadline:
-                time.sleep(0.05)
+            wait_for("ready")
+        elif p.phase == "trial" and first[0]:
+            first[0] = False
+            wait_for("first")
 
     run_search(spec, progress, problem=problem)
 
