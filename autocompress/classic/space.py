@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autocompress.classic.forest import ForestArrays, PackedForest, compress_forest, packed_size
+from autocompress.compression.space import Knob
 from autocompress.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -39,38 +40,13 @@ POINTS = ("trees", "depth", "thresholds", "leaves")
 
 
 @dataclass(frozen=True)
-class TreeKnob:
-    """A knob with the attributes the engine's searchers read (as ``compression.Knob``)."""
-
-    name: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[int, ...] | None = None
-    most_compressed: float | int = 0
-    least_compressed: float | int = 0
-
-    def contains(self, value: float) -> bool:
-        """Whether ``value`` is allowed."""
-        if self.choices is not None:
-            return value in self.choices
-        assert self.low is not None and self.high is not None
-        return self.low - 1e-12 <= value <= self.high + 1e-12
-
-    def allowed(self) -> str:
-        """Human-readable allowed values."""
-        if self.choices is not None:
-            return f"one of {tuple(self.choices)}"
-        return f"{self.low:g} <= {self.name} <= {self.high:g}"
-
-
-@dataclass(frozen=True)
 class TreePoint:
     """A decision point (attributes as ``compression.DecisionPoint``)."""
 
     name: str
     kind: str
     index: int
-    knobs: Mapping[str, TreeKnob]
+    knobs: Mapping[str, Knob]
     features: Mapping[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
@@ -113,19 +89,19 @@ class ForestSpace:
         if self.n_trees > 1:
             hi = (self.n_trees - 1) / self.n_trees
             points.append(TreePoint("trees", "forest", len(points), {
-                "prune": TreeKnob("prune", 0.0, hi, None, hi, 0.0)}))
+                "prune": Knob("prune", 0.0, hi, None, hi, 0.0)}))
         else:
             notes.append("trees: a single tree (nothing to remove)")
         if self.max_depth > 1:
             hi = (self.max_depth - 1) / self.max_depth
             points.append(TreePoint("depth", "forest", len(points), {
-                "prune": TreeKnob("prune", 0.0, hi, None, hi, 0.0)}))
+                "prune": Knob("prune", 0.0, hi, None, hi, 0.0)}))
         else:
             notes.append("depth: stumps (depth 1) cannot be made shallower")
         points.append(TreePoint("thresholds", "splits", len(points), {
-            "w_bits": TreeKnob("w_bits", None, None, THRESHOLD_BITS, min(THRESHOLD_BITS), 32)}))
+            "w_bits": Knob("w_bits", None, None, THRESHOLD_BITS, min(THRESHOLD_BITS), 32)}))
         points.append(TreePoint("leaves", "leaves", len(points), {
-            "w_bits": TreeKnob("w_bits", None, None, LEAF_BITS, min(LEAF_BITS), 32)}))
+            "w_bits": Knob("w_bits", None, None, LEAF_BITS, min(LEAF_BITS), 32)}))
         self.decision_points = points
         self.notes = tuple(notes)
         self.groups: list[Any] = []
