@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from autocompress.errors import CheckFailedError, UserInputError, disk_error_line, is_disk_error
+from autocompress.rundir import SPEC_FILE
 
 EXIT_USAGE = 2
 
@@ -272,7 +273,7 @@ def _classic_search(config: str | None, set_: tuple[str, ...], options: dict[str
     result = run_classic_search(spec)
     out = _stdout_console()
     out.print(f"run directory: {result.run_dir}  ({result.summary()})")
-    out.print(classic_front_table(json.loads((result.run_dir / "spec.json").read_text()), result.pareto))
+    out.print(classic_front_table(json.loads((result.run_dir / SPEC_FILE).read_text()), result.pareto))
 
 
 def _classic_run(run_dir: str) -> Any:

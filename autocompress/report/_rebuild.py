@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from autocompress.errors import UserInputError
+from autocompress.rundir import BASE_FILE
 
 if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy
@@ -51,7 +52,7 @@ def _build(run: RunRecord, progress: bool) -> Problem:
             # The base model the search used: its checkpoint (a cached one when the spec named
             # none) while that file exists, so a moved or cleared cache does not change weights.
             checkpoint = None
-            base_file = run.path / "base.json"
+            base_file = run.path / BASE_FILE
             if stored.checkpoint is None and base_file.is_file():
                 try:
                     recorded = json.loads(base_file.read_text()).get("checkpoint")

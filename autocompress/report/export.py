@@ -90,6 +90,7 @@ from autocompress.deploy import (  # noqa: F401
 )
 from autocompress.errors import CheckFailedError, UserInputError
 from autocompress.report.run import load_run
+from autocompress.rundir import EXPORT_DIR, EXPORT_LOG
 
 if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy
@@ -403,14 +404,14 @@ def _top1(logits: np.ndarray, y: Tensor) -> float:
 
 
 def _write_atomic(path: Path, blob: bytes) -> None:
-    from autocompress.report._io import write_bytes_atomic
+    from autocompress.rundir import write_bytes_atomic
 
     write_bytes_atomic(path, blob)
 
 
 def default_export_path(run_dir: str | Path, point_id: str | int, fmt: str) -> Path:
     """``RUN/export/point-<id>.<onnx|ts|pt>``."""
-    return Path(run_dir) / "export" / f"point-{point_id}{_SUFFIX[fmt]}"
+    return Path(run_dir) / EXPORT_DIR / f"point-{point_id}{_SUFFIX[fmt]}"
 
 
 def export_point(
@@ -653,7 +654,7 @@ def write_export_record(info: ExportInfo, run_dir: str | Path) -> Path:
 
     ``export_point`` calls it; recording the same export again adds nothing.
     """
-    log = Path(run_dir) / "export" / "exports.jsonl"
+    log = Path(run_dir) / EXPORT_DIR / EXPORT_LOG
     log.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(info.to_dict(), sort_keys=True)
     if log.is_file() and line in log.read_text().splitlines():

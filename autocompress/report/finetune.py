@@ -43,13 +43,19 @@ from torch import nn
 from autocompress.compression import CompressionPolicy
 from autocompress.distill import distill
 from autocompress.errors import UserInputError
-from autocompress.report._io import atomic_path, write_text_atomic
 from autocompress.report.run import (
     Candidate,
     RunRecord,
     latest_finetune,  # noqa: F401 - re-exported: the fine-tune API names it here
     load_run,
     safe_point_name,
+)
+from autocompress.rundir import (
+    FINETUNE_DIR,
+    PARETO_FILE,
+    TEST_CACHE_FILE,
+    atomic_path,
+    write_text_atomic,
 )
 
 if TYPE_CHECKING:
@@ -266,7 +272,7 @@ def finetune_point(
     acc_after = _accuracy(student, x_val, y_val)
     test_after = _accuracy(student, *test) if test is not None else None
 
-    directory = run.path / "finetune"
+    directory = run.path / FINETUNE_DIR
     directory.mkdir(parents=True, exist_ok=True)
     safe = safe_point_name(point.id)
     stem = _free_stem(directory, f"point-{safe}")
@@ -370,7 +376,6 @@ def finetune_front(
 
 
 #: Test top-1 of searched models, by policy key, kept across rewrites of ``pareto.json``.
-TEST_CACHE_FILE = "test_top1.json"
 
 
 def measure_front_test(run_dir: str | Path, problem: Problem) -> tuple[dict[str, float], float | None]:
@@ -410,7 +415,7 @@ def measure_front_test(run_dir: str | Path, problem: Problem) -> tuple[dict[str,
     pareto["test"] = {"base": float(cache["_base"]), "samples": int(len(test[1])),
                       "split": "held-out test split (never used to choose anything)"}
     write_text_atomic(cache_file, json.dumps(cache, indent=2, sort_keys=True))
-    write_text_atomic(path / "pareto.json", json.dumps(pareto, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path / PARETO_FILE, json.dumps(pareto, indent=2, sort_keys=True) + "\n")
     return out, float(cache["_base"])
 
 

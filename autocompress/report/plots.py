@@ -15,7 +15,6 @@ from pathlib import Path
 from rich.table import Table
 
 from autocompress.metrics import COST_METRICS, VOCABULARY
-from autocompress.report._io import atomic_path
 from autocompress.report.run import Candidate, RunRecord, layer_order, load_run
 from autocompress.report.tables import (
     METRIC_LABELS,
@@ -27,6 +26,7 @@ from autocompress.report.tables import (
     point_notes,
     policy_table,
 )
+from autocompress.rundir import PARETO_HTML, PARETO_PNG, atomic_path
 
 _AXIS_LABELS = {n: VOCABULARY[n].axis_label for n in COST_METRICS}
 
@@ -343,8 +343,8 @@ def write_report(run_dir: str | Path) -> ReportPaths:
         >>> rich.print(paths.table)  # doctest: +SKIP
     """
     run = load_run(run_dir)
-    png = pareto_png(run, run.path / "pareto.png")
-    page = pareto_html(run, run.path / "pareto.html")
+    png = pareto_png(run, run.path / PARETO_PNG)
+    page = pareto_html(run, run.path / PARETO_HTML)
     return ReportPaths(png=png, html=page, table=front_table(run), warnings=run.warnings,
                        finetuned=finetune_table(run))
 

@@ -31,6 +31,15 @@ from autocompress.metrics import (
 )
 from autocompress.metrics import COST_METRICS as _COSTS
 from autocompress.metrics import MAXIMIZED as _MAXIMIZED
+from autocompress.rundir import (
+    BASE_FILE,
+    FINETUNE_DIR,
+    PARETO_FILE,
+    SPEC_FILE,
+    TRIALS_FILE,
+    TrialLog,
+    read_json,
+)
 
 #: Metrics that are better when larger; every other metric is a cost (smaller is better).
 MAXIMIZED: frozenset[str] = _MAXIMIZED
@@ -211,7 +220,7 @@ def latest_finetune(run_dir: str | Path, point_id: str | int) -> dict[str, Any] 
     Only a record whose weights file (same stem, ``.pt``) exists counts; ``weights_path`` and
     ``record_path`` are set to where they are now.
     """
-    directory = Path(run_dir) / "finetune"
+    directory = Path(run_dir) / FINETUNE_DIR
     for _, path in reversed(finetune_record_files(directory, point_id)):
         try:
             rec = json.loads(path.read_text())
@@ -227,7 +236,7 @@ def latest_finetune(run_dir: str | Path, point_id: str | int) -> dict[str, Any] 
 
 def _finetuned(path: Path, front: Sequence[Candidate]) -> dict[str, dict[str, Any]]:
     """The latest fine-tune record of each front point that has one for the same policy."""
-    if not (path / "finetune").is_dir():
+    if not (path / FINETUNE_DIR).is_dir():
         return {}
     out: dict[str, dict[str, Any]] = {}
     for p in front:
@@ -243,27 +252,6 @@ def _finetuned(path: Path, front: Sequence[Candidate]) -> dict[str, dict[str, An
     return out
 
 
-
-def _read_json(path: Path, what: str) -> Any:
-    """``path`` parsed as JSON; a missing, unreadable, empty or truncated file is a user error."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserInputError(f"{str(path)!r} does not exist: {what}") from None
-    except UnicodeDecodeError:
-        raise UserInputError(f"{str(path)!r} is not valid JSON (not UTF-8 text); {what}") from None
-    except OSError as exc:
-        raise UserInputError(f"cannot read {str(path)!r} ({exc.strerror or exc}); {what}") from None
-    if not text.strip():
-        raise UserInputError(f"{str(path)!r} is empty (a search killed while writing it?); {what}")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"{str(path)!r} is not valid JSON ({exc}; truncated?); {what}") from None
-    except RecursionError:
-        raise UserInputError(f"{str(path)!r} is nested too deeply to be a run file; {what}") from None
-
-
 def read_pareto(run_dir: str | Path) -> dict[str, Any]:
     """``RUN/pareto.json`` checked for shape: a JSON object whose ``points`` is a list of objects.
 
@@ -273,13 +261,13 @@ def read_pareto(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir)
     if not path.is_dir():
         raise UserInputError(f"run directory {str(path)!r} does not exist")
-    file = path / "pareto.json"
+    file = path / PARETO_FILE
     if not file.is_file():
         raise UserInputError(
             f"{str(path)!r} has no pareto.json: not a finished search run "
             "(run `autocompress search --out DIR` first)"
         )
-    pareto = _read_json(file, "the Pareto front (re-run the search with the same --out to rewrite it)")
+    pareto = read_json(file, "the Pareto front (re-run the search with the same --out to rewrite it)")
     if not isinstance(pareto, Mapping):
         raise UserInputError(f"{str(file)!r} does not hold a JSON object")
     points = pareto.get("points", pareto.get("front", []))
@@ -512,8 +500,8 @@ def _base_metrics(run_dir: Path, spec: Mapping[str, Any], pareto: Mapping[str, A
     """The uncompressed model's metrics: recorded in the run, else the objectives of the reference."""
     reference = pareto.get("reference")
     ref_base = reference.get("base") if isinstance(reference, Mapping) else None
-    base_file = run_dir / "base.json"
-    file_data = _read_json(base_file, "the base model's metrics") if base_file.is_file() else None
+    base_file = run_dir / BASE_FILE
+    file_data = read_json(base_file, "the base model's metrics") if base_file.is_file() else None
     for source in (pareto.get("base"), pareto.get("base_metrics"), spec.get("base_metrics"),
                    spec.get("base"), file_data, ref_base):
         if isinstance(source, Mapping):
@@ -524,38 +512,10 @@ def _base_metrics(run_dir: Path, spec: Mapping[str, Any], pareto: Mapping[str, A
 
 
 def _read_trials(trials_file: Path, warnings: list[str]) -> list[Candidate]:
-    """Every record of ``trials.jsonl`` with a policy, in file order.
-
-    The search appends whole lines under a lock and fsyncs each, so a kill leaves at most one
-    torn last line (no newline, not JSON): it is skipped with a warning. Damage anywhere else is
-    not a kill's signature and is an error naming the line.
-    """
-    try:
-        text = trials_file.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserInputError(f"{str(trials_file)!r} is not UTF-8 text; not a trial log") from None
-    except OSError as exc:
-        raise UserInputError(f"cannot read {str(trials_file)!r} ({exc.strerror or exc})") from None
-    lines = text.split("\n")
-    trials: list[Candidate] = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        last = i == len(lines) - 1  # only a line without its newline can be the last element
-        try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            if last:
-                warnings.append(
-                    f"{str(trials_file)!r}: the last line ({len(line)} bytes, no newline) is an "
-                    "incomplete record, left by a search killed while writing it; ignored"
-                )
-                continue
-            raise UserInputError(f"{str(trials_file)!r} line {i + 1} is not valid JSON; the trial "
-                                 "log is damaged") from None
-        if isinstance(rec, Mapping) and rec.get("policy") is not None:
-            trials.append(_candidate(rec, f"{str(trials_file)!r} line {i + 1}", default_id=str(i)))
-    return trials
+    """Every record of ``trials.jsonl`` with a policy, in file order (``TrialLog.read_checked``)."""
+    return [_candidate(rec, f"{str(trials_file)!r} line {line}", default_id=str(line - 1))
+            for line, rec in TrialLog(trials_file).read_checked(warnings)
+            if rec.get("policy") is not None]
 
 
 def _storage_is_local(spec: Mapping[str, Any]) -> bool:
@@ -577,7 +537,7 @@ def _check_front_in_log(path: Path, spec: Mapping[str, Any], front: Sequence[Can
     points the study knows to be dominated, and reporting the file as it is shows points whose
     evaluation is not on record; the report refuses and says which points.
     """
-    trials_file = path / "trials.jsonl"
+    trials_file = path / TRIALS_FILE
     by_id: dict[str, list[Candidate]] = {}
     for t in logged:
         by_id.setdefault(t.id, []).append(t)
@@ -618,16 +578,16 @@ def load_run(run_dir: str | Path) -> RunRecord:
     """
     path = Path(run_dir)
     pareto = read_pareto(path)
-    spec_file = path / "spec.json"
-    spec = _read_json(spec_file, "the search spec") if spec_file.is_file() else {}
+    spec_file = path / SPEC_FILE
+    spec = read_json(spec_file, "the search spec") if spec_file.is_file() else {}
     spec = dict(spec) if isinstance(spec, Mapping) else {}
     warnings: list[str] = []
-    trials_file = path / "trials.jsonl"
+    trials_file = path / TRIALS_FILE
     logged = _read_trials(trials_file, warnings) if trials_file.is_file() else []
     trials = _latest_per_id(logged)
     points = pareto.get("points", pareto.get("front")) or []
     front = [
-        _candidate(p, f"{str(path / 'pareto.json')!r} point #{i}", default_id=str(i))
+        _candidate(p, f"{str(path / PARETO_FILE)!r} point #{i}", default_id=str(i))
         for i, p in enumerate(points)
     ]
     _check_front_in_log(path, spec, front, logged, trials_file.is_file(), warnings)

@@ -1,17 +1,13 @@
-"""Run directory, Optuna storage, the per-candidate trial log, and worker bookkeeping.
+"""The search's side of a run directory: spec checks and resume, Optuna storage, worker bookkeeping.
 
-A run directory ``RUN/`` holds:
-
-* ``spec.json``: the search spec (flat ``SearchSpec.to_dict()`` plus ``_schema_version``,
-  ``_identity`` and ``num_classes``); a directory holding a different spec is refused.
-* ``study.journal`` (default) or ``study.db``: the Optuna study, the shared ledger of trials; or
-  none, when ``--storage`` names a database that processes on several machines share
-  (``postgresql://...``; spec.json and pareto.json keep its URL with the password masked).
-* ``trials.jsonl``: one JSON line per evaluation (a candidate promoted under multi-fidelity has a
-  ``low`` and a ``full`` line), appended under an exclusive lock, flushed and fsync'd per line.
-* ``base.json``: the uncompressed model's metrics; ``pareto.json``: the front.
-* ``.lock``: every process searching in ``RUN`` holds a shared ``flock`` on it (several may share
-  a run); ``--force`` needs it exclusively, so it is refused while a search uses the directory.
+The directory's files, their names and their atomic writing are described in
+``autocompress.rundir``. Here: ``spec.json`` is compared with the spec of a new search (resume,
+``--force``); the study lives in ``study.journal`` / ``study.db`` in the run or in a database that
+several machines share (``postgresql://...``; spec.json and pareto.json keep its URL with the
+password masked); every process searching in ``RUN`` holds a shared ``flock`` on ``.lock``
+(several may share a run), and ``--force`` needs it exclusively, so it is refused while a search
+uses the directory. A candidate promoted under multi-fidelity has a ``low`` and a ``full`` line
+in ``trials.jsonl``.
 
 Trials record their owner (``worker`` user attribute); a ``RUNNING`` trial whose owner process is
 gone (same host: the pid is dead or reused; other hosts: no heartbeat for ``STALE_AFTER_S``) is
@@ -24,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 import socket
@@ -36,21 +31,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autocompress.errors import UserInputError
+from autocompress.rundir import (  # noqa: F401 - the run directory's names, re-exported for callers
+    BASE_FILE,
+    JOURNAL_FILE,
+    LOCK_FILE,
+    PARETO_FILE,
+    RUN_SCHEMA_VERSION,
+    SPEC_FILE,
+    SQLITE_FILE,
+    TRIAL_RECORD_VERSION,
+    TRIALS_FILE,
+    TrialLog,
+    atomic_write_text,
+    jsonable,
+)
 
 if TYPE_CHECKING:
     import optuna
 
     from autocompress.search.spec import SearchSpec
-
-SPEC_FILE = "spec.json"
-TRIALS_FILE = "trials.jsonl"
-PARETO_FILE = "pareto.json"
-BASE_FILE = "base.json"
-JOURNAL_FILE = "study.journal"
-SQLITE_FILE = "study.db"
-LOCK_FILE = ".lock"
-RUN_SCHEMA_VERSION = 1
-TRIAL_RECORD_VERSION = 1
 
 #: A worker on another host with no heartbeat for this long is taken to be gone.
 STALE_AFTER_S = 1800.0
@@ -58,102 +57,6 @@ STALE_AFTER_S = 1800.0
 OWNERLESS_AFTER_S = 60.0
 
 _WORKER_PREFIX = "worker:"
-
-
-# -- small file helpers ----------------------------------------------------------------------------
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _locked(fd: int) -> Iterator[None]:
-    import fcntl
-
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def jsonable(v: Any) -> Any:
-    """Non-finite floats -> None, tuples -> lists, recursively (strict JSON)."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, Mapping):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [jsonable(x) for x in v]
-    return v
-
-
-class TrialLog:
-    """``RUN/trials.jsonl``: append-only, one JSON object per line, safe for concurrent writers.
-
-    Each append opens the file with ``O_APPEND``, takes an exclusive ``flock``, writes the whole
-    line with one ``write``, and ``fsync``s before releasing the lock, so a kill leaves at most
-    one torn last line, which :meth:`repair` removes and :meth:`read` skips.
-    """
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-
-    def append(self, record: Mapping[str, Any]) -> None:
-        """Append one record (strict JSON; NaN becomes null)."""
-        line = json.dumps(jsonable(record), sort_keys=True, allow_nan=False) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            with _locked(fd):
-                os.write(fd, line.encode())
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def repair(self) -> bool:
-        """Drop a torn last line left by a killed writer; True when something was dropped."""
-        if not self.path.exists():
-            return False
-        fd = os.open(self.path, os.O_RDWR)
-        try:
-            with _locked(fd):
-                size = os.fstat(fd).st_size
-                if size == 0:
-                    return False
-                os.lseek(fd, max(0, size - 65536), os.SEEK_SET)
-                tail = os.read(fd, 65536)
-                if tail.endswith(b"\n"):
-                    return False
-                cut = tail.rfind(b"\n")
-                new_size = size - len(tail) + cut + 1 if cut >= 0 else max(0, size - len(tail))
-                os.ftruncate(fd, new_size)
-                os.fsync(fd)
-                return True
-        finally:
-            os.close(fd)
-
-    def read(self) -> list[dict[str, Any]]:
-        """Every complete record in file order (unparseable lines are skipped)."""
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-        return out
 
 
 # -- spec.json -----------------------------------------------------------------------------------
