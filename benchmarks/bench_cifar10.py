@@ -36,6 +36,11 @@ Run (the full benchmark, hours on 2 cores; in the background with its log)::
     .venv/bin/python benchmarks/bench_cifar10.py --checkpoint ~/.cache/autocompress/bench/resnet20-cifar10-e30.pt \\
         --fastnas-row --json /tmp/bench-cifar10.json > /tmp/bench-cifar10.log 2>&1 &
 
+Seeds run separately (one process each, e.g. to interleave other jobs) are merged into one table,
+mean +- sd over all their seeds, without running anything::
+
+    .venv/bin/python benchmarks/bench_cifar10.py --merge s0.json s1.json s2.json --json all.json
+
 Smoke run (8 evaluations, 1 seed, 2 strategies, fine-tune on 5% of train)::
 
     .venv/bin/python benchmarks/bench_cifar10.py --checkpoint /tmp/cifar-partial.pt --quick --threads 1
@@ -82,7 +87,7 @@ ANCHORS: tuple[dict[str, Any], ...] = (
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line settings; ``--quick`` shrinks every count for a smoke run."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="trained base weights (autocompress train --out)")
+    p.add_argument("--checkpoint", default=None, help="trained base weights (autocompress train --out)")
     p.add_argument("--data", default=DEFAULT_DATA, help="imagefolder:PATH with train/ and test/ (~ expanded)")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--evals", type=int, default=None, help="evaluated candidates per search (100; quick 8)")
@@ -106,6 +111,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="/tmp/bench-cifar10", help="directory of the run directories")
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.add_argument("--quick", action="store_true", help="smoke run: 8 evals, 1 seed, 2 strategies")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="run nothing: merge the --json files of runs made separately (e.g. one per seed) "
+                        "into one table, mean +- sd over every seed they hold")
     args = p.parse_args(argv)
     quick = args.quick
     if args.evals is None:
@@ -128,6 +136,9 @@ def check_args(args: argparse.Namespace) -> None:
     from autocompress.errors import UserInputError, check_checkpoint_path
     from autocompress.search.base import list_searchers
 
+    if args.checkpoint is None:
+        raise UserInputError("--checkpoint is missing; allowed: the weights written by `autocompress train "
+                             "--out`, or --merge JSON... to merge earlier results")
     check_checkpoint_path(args.checkpoint)
     for name in ("evals", "finetune_epochs", "val_samples", "threads", "latency_rounds", "fastnas_round_to"):
         v = getattr(args, name)
@@ -403,9 +414,59 @@ def table(groups: dict[str, list[dict[str, Any]]], base: dict[str, Any], ft_epoc
     return "\n".join(lines)
 
 
+def merge(paths: Sequence[str]) -> dict[str, Any]:
+    """One result from the ``--json`` files of separate runs of the same setting (e.g. one per seed).
+
+    Rows are grouped by table row name; a (row, seed) present in several files is kept once (the
+    last file wins), and the base, settings and anchors are the first file's. Files whose model,
+    data, budget, candidates or fine-tune settings differ are refused: their rows do not average.
+    """
+    from autocompress.errors import UserInputError
+
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append(json.loads(Path(path).expanduser().read_text()))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserInputError(f"--merge {path!r}: not a readable result file ({exc})") from None
+        if not isinstance(loaded[-1], dict) or not isinstance(loaded[-1].get("runs"), dict):
+            raise UserInputError(f"--merge {path!r}: not a bench_cifar10.py --json result (no 'runs')")
+    same = ("model", "data", "budget", "evals", "finetune_epochs", "finetune_fraction", "val_samples")
+    first = loaded[0]
+    for path, res in zip(paths, loaded, strict=True):
+        diff = [k for k in same if res.get("settings", {}).get(k) != first.get("settings", {}).get(k)]
+        if diff:
+            raise UserInputError(f"--merge {path!r} differs from {paths[0]!r} in {', '.join(diff)}; "
+                                 "allowed: results of the same setting")
+    groups: dict[str, dict[int, dict[str, Any]]] = {}
+    for res in loaded:
+        for name, rows in res["runs"].items():
+            for row in rows:
+                groups.setdefault(name, {})[int(row["seed"])] = row
+    runs = {name: [by_seed[s] for s in sorted(by_seed)] for name, by_seed in groups.items()}
+    st = first["settings"]
+    ft_note = f" (on {100 * st['finetune_fraction']:g}% of train)" if st["finetune_fraction"] < 1 else ""
+    md = table(runs, first["base"], st["finetune_epochs"], ft_note)
+    return {
+        "settings": st, "base": first["base"], "runs": runs,
+        "summary": {k: summarize(v) for k, v in runs.items()}, "anchors": first.get("anchors"),
+        "table": md, "merged_from": [str(p) for p in paths],
+        "load": [(r.get("load_start"), r.get("load_end")) for r in loaded],
+        "elapsed_s": sum(r.get("elapsed_s") or 0.0 for r in loaded),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns (and with ``--json`` writes) every figure."""
     args = parse_args(argv)
+    if args.merge:
+        result = merge(args.merge)
+        print(result["table"])
+        print(f"\nmerged from {', '.join(result['merged_from'])}; load average (start, end) per file: "
+              f"{result['load']}; {result['elapsed_s'] / 60:.1f} min in all")
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        return result
     args.data = expand_data(args.data)
     args.checkpoint = str(Path(args.checkpoint).expanduser())
     check_args(args)

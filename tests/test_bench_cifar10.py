@@ -121,6 +121,29 @@ def test_markdown_table_has_our_rows_and_the_anchors(bench_run: tuple[dict[str, 
     assert result["table"] in stdout and "load average at start" in stdout
 
 
+def test_merge_averages_seeds_of_separate_runs(bench_run: tuple[dict[str, Any], str, Path],
+                                              tmp_path: Path) -> None:
+    result, _, out_json = bench_run
+    other = json.loads(out_json.read_text())
+    for rows in other["runs"].values():
+        for row in rows:
+            row["seed"] = 1
+            row["test_after"] = row["test_after"] + 0.02  # a second seed two points higher
+    second = tmp_path / "s1.json"
+    second.write_text(json.dumps(other))
+    merged = _bench().main(["--merge", str(out_json), str(second), "--json", str(tmp_path / "all.json")])
+    assert set(merged["runs"]) == set(result["runs"])
+    ladder = merged["summary"]["ladder"]["test_after"]
+    first = result["runs"]["ladder"][0]["test_after"]
+    assert ladder["n"] == 2 and abs(ladder["mean"] - (first + 0.01)) < 1e-9
+    assert "| ladder (2 seeds) |" in merged["table"] and "| base (10 epochs) |" in merged["table"]
+    assert json.loads((tmp_path / "all.json").read_text())["table"] == merged["table"]
+    other["settings"]["evals"] = 99
+    second.write_text(json.dumps(other))
+    with pytest.raises(UserInputError, match="differs .* in evals"):
+        _bench().main(["--merge", str(out_json), str(second)])
+
+
 def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:
     bench = _bench()
     ckpt = tmp_path / "w.pt"
@@ -129,4 +152,6 @@ def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:
         bench.main(["--checkpoint", str(ckpt), "--data", f"imagefolder:{tmp_path}", "--strategies", "nope"])
     with pytest.raises(UserInputError, match="--evals=0"):
         bench.main(["--checkpoint", str(ckpt), "--data", f"imagefolder:{tmp_path}", "--evals", "0"])
+    with pytest.raises(UserInputError, match="--checkpoint is missing"):
+        bench.main(["--data", f"imagefolder:{tmp_path}"])
     assert not (tmp_path / "runs").exists()
