@@ -4,7 +4,10 @@ The ONNX graph (``ai.onnx.ml`` ``TreeEnsembleClassifier``, built with ``onnx.hel
 artefact's decoded thresholds (float32, ``BRANCH_LEQ``) and its leaf weights: integer codes at
 quantized leaf bits (so class scores are exact integer sums, as in the artefact) or float32
 fractions. Outputs: ``label`` (int64, argmax of the scores) and ``probabilities`` (scores
-divided by the artefact's scale). skl2onnx is not used: it converts scikit-learn estimators,
+divided by the artefact's scale). A boosted artefact becomes a ``TreeEnsembleRegressor`` (one target
+per output, leaf codes or float32 values summed in tree order) followed by the artefact's own
+float32 affine step and offset, then ``label`` (raw > 0 for two classes, else argmax) and
+``probabilities`` (sigmoid / softmax). skl2onnx is not used: it converts scikit-learn estimators,
 and the compressed forest is not one.
 """
 
@@ -21,9 +24,81 @@ from autocompress.errors import CheckFailedError, UserInputError
 ML_OPSET = 3
 
 
+def _tree_arrays(packed: PackedForest) -> dict[str, np.ndarray]:
+    inner = packed.feature >= 0
+    thr = np.zeros(packed.n_nodes, dtype=np.float32)
+    thr[inner] = packed.thresholds()
+    tree_of = np.repeat(np.arange(packed.n_trees), np.diff(packed.offsets.astype(np.int64)))
+    first = packed.offsets[tree_of].astype(np.int64)
+    local = np.arange(packed.n_nodes) - first
+    right_local = np.where(inner, packed.global_right() - first, 0)
+    return {"inner": inner, "thr": thr, "tree_of": tree_of, "local": local, "right": right_local}
+
+
+def _finish(nodes: list, packed: PackedForest, k: int, initializer: list, name: str) -> bytes:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, packed.n_features])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, k])],
+        initializer=initializer)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _boosted_to_onnx(packed: PackedForest) -> bytes:
+    from onnx import TensorProto, helper
+
+    assert packed.init is not None
+    a = _tree_arrays(packed)
+    n_out = len(packed.init)
+    leaves = np.flatnonzero(~a["inner"])
+    node = helper.make_node(
+        "TreeEnsembleRegressor", ["X"], ["sums"], domain="ai.onnx.ml",
+        n_targets=n_out, aggregate_function="SUM", post_transform="NONE",
+        nodes_treeids=a["tree_of"].tolist(), nodes_nodeids=a["local"].tolist(),
+        nodes_featureids=np.maximum(packed.feature, 0).astype(int).tolist(),
+        nodes_values=a["thr"].tolist(),
+        nodes_modes=["BRANCH_LEQ" if i else "LEAF" for i in a["inner"]],
+        nodes_truenodeids=np.where(a["inner"], a["local"] + 1, 0).tolist(),
+        nodes_falsenodeids=a["right"].tolist(),
+        target_treeids=a["tree_of"][leaves].tolist(), target_nodeids=a["local"][leaves].tolist(),
+        target_ids=(a["tree_of"][leaves] % n_out).tolist(),
+        target_weights=packed.leaf_weights()[:, 0].astype(np.float32).tolist())
+    init = [helper.make_tensor("offset", TensorProto.FLOAT, [n_out], packed.boost_offset().tolist())]
+    nodes = [node]
+    total = "sums"
+    if packed.leaf_bits != 32:
+        init.append(helper.make_tensor("step", TensorProto.FLOAT, [], [packed.leaf_step]))
+        nodes.append(helper.make_node("Mul", ["sums", "step"], ["scaled"]))
+        total = "scaled"
+    nodes.append(helper.make_node("Add", [total, "offset"], ["raw"]))
+    if n_out == 1:
+        init += [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+                 helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+                 helper.make_tensor("flat", TensorProto.INT64, [1], [-1])]
+        nodes += [helper.make_node("Greater", ["raw", "zero"], ["positive"]),
+                  helper.make_node("Cast", ["positive"], ["label2d"], to=TensorProto.INT64),
+                  helper.make_node("Reshape", ["label2d", "flat"], ["label"]),
+                  helper.make_node("Sigmoid", ["raw"], ["p1"]),
+                  helper.make_node("Sub", ["one", "p1"], ["p0"]),
+                  helper.make_node("Concat", ["p0", "p1"], ["probabilities"], axis=1)]
+    else:
+        nodes += [helper.make_node("ArgMax", ["raw"], ["label"], axis=1, keepdims=0),
+                  helper.make_node("Softmax", ["raw"], ["probabilities"], axis=1)]
+    return _finish(nodes, packed, packed.n_classes, init, "autocompress_boosted_trees")
+
+
 def forest_to_onnx(packed: PackedForest) -> bytes:
     """Serialized ONNX model computing ``packed``'s predictions."""
     from onnx import TensorProto, helper
+
+    if packed.boosted:
+        return _boosted_to_onnx(packed)
 
     inner = packed.feature >= 0
     thr = np.zeros(packed.n_nodes, dtype=np.float32)
@@ -87,10 +162,11 @@ class ClassicExport:
     n_test: int
     mismatches: int
     test_acc: float
+    graph: str = "ai.onnx.ml TreeEnsembleClassifier"
 
     def lines(self) -> list[str]:
         """Summary for the command line."""
-        return [f"point {self.point} -> {self.path} (onnx, ai.onnx.ml TreeEnsembleClassifier)",
+        return [f"point {self.point} -> {self.path} (onnx, {self.graph})",
                 f"size     {self.onnx_bytes} B ONNX; packed artefact {self.artefact_bytes} B",
                 f"test     accuracy {100 * self.test_acc:.2f}%; ONNX Runtime labels equal the "
                 f"artefact's on {self.n_test - self.mismatches}/{self.n_test} test samples"]
@@ -128,5 +204,6 @@ def export_classic_point(run_dir: str | Path, point: str, out: str | None = None
                                f"{len(want)} test samples; not written")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(model_bytes)
+    graph = "ai.onnx.ml TreeEnsembleRegressor" if packed.boosted else "ai.onnx.ml TreeEnsembleClassifier"
     return ClassicExport(int(p["id"]), dest, len(model_bytes), len(blob), len(want), mismatches,
-                         float((want == splits.y_test).mean()))
+                         float((want == splits.y_test).mean()), graph)

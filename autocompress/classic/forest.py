@@ -15,6 +15,15 @@ bits, else float32 low and step per feature plus codes packed at the chosen bits
 fractions (float32 at 32 bits, else codes ``round(p * (2^b - 1))`` packed at the chosen bits);
 with two classes only the second class's fraction is stored and the first is its complement
 (``1 - p`` in float32, or ``2^b - 1 - code``).
+
+A boosted ensemble (gradient boosting; magic ``ACTB``) has the same layout up to the thresholds,
+then one float32 initial score per output (one output for two classes, else one per class), then
+one value per leaf (the learning rate folded in): float32 at 32 bits, else float32 low and step
+and codes packed at the chosen bits. Tree ``t`` adds to output ``t mod outputs``.
+
+Cost-complexity pruning (``alpha``) follows scikit-learn's minimal cost-complexity (weakest-link)
+pruning on each fitted tree's own impurities: :func:`collapse_alphas` gives every internal node
+the effective alpha at which it becomes a leaf.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import numpy as np
 from autocompress.errors import UserInputError
 
 MAGIC = b"ACTF"
+BOOST_MAGIC = b"ACTB"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<4sBBBBIIIIII")  # 32 bytes
 HEADER_BYTES = _HEADER.size
@@ -39,13 +49,21 @@ def stored_classes(n_classes: int) -> int:
     return 1 if n_classes == 2 else n_classes
 
 
+def boost_outputs(n_classes: int) -> int:
+    """Raw-score outputs of a boosted classifier: one for two classes, else one per class."""
+    return 1 if n_classes == 2 else n_classes
+
+
 def packed_size(*, n_trees: int, n_features: int, n_classes: int, n_nodes: int, n_internal: int,
-                max_tree_nodes: int, thr_bits: int, leaf_bits: int) -> int:
+                max_tree_nodes: int, thr_bits: int, leaf_bits: int, boosted: bool = False) -> int:
     """Bytes of the packed artefact with these counts (the cost model; equals ``len(to_bytes())``)."""
     n_leaves = n_nodes - n_internal
     index_bytes = 2 if max_tree_nodes <= 0xFFFF else 4
     size = HEADER_BYTES + 4 * (n_trees + 1) + 2 * n_nodes + index_bytes * n_internal
     size += 4 * n_internal if thr_bits == 32 else 8 * n_features + math.ceil(n_internal * thr_bits / 8)
+    if boosted:
+        size += 4 * boost_outputs(n_classes)
+        return size + (4 * n_leaves if leaf_bits == 32 else 8 + math.ceil(n_leaves * leaf_bits / 8))
     n_vals = n_leaves * stored_classes(n_classes)
     size += 4 * n_vals if leaf_bits == 32 else math.ceil(n_vals * leaf_bits / 8)
     return size
@@ -81,8 +99,14 @@ class ForestArrays:
         threshold: split threshold per node (float64; unused at leaves).
         right: tree-local index of the right child (-1 at leaves); the left child is node + 1.
         depth: depth per node (root 0).
-        value: class fractions per node (rows sum to 1), internal nodes included.
+        value: class fractions per node (rows sum to 1), internal nodes included; for a boosted
+            ensemble one column: the leaf's raw score times the learning rate (at an internal
+            node, the sample-weighted mean over its leaves).
         n_features: input features.
+        impurity: per node, weighted by its share of the tree's training samples (the
+            cost-complexity ``R(t)``); None when unknown.
+        init: a boosted ensemble's initial raw score per output (None for a voting forest).
+        boost_classes: classes of a boosted ensemble.
     """
 
     offsets: np.ndarray
@@ -92,6 +116,14 @@ class ForestArrays:
     depth: np.ndarray
     value: np.ndarray
     n_features: int
+    impurity: np.ndarray | None = None
+    init: np.ndarray | None = None
+    boost_classes: int = 0
+
+    @property
+    def boosted(self) -> bool:
+        """True for a gradient-boosted ensemble (trees add raw scores)."""
+        return self.init is not None
 
     @property
     def n_trees(self) -> int:
@@ -101,7 +133,7 @@ class ForestArrays:
     @property
     def n_classes(self) -> int:
         """Classes."""
-        return int(self.value.shape[1])
+        return self.boost_classes if self.boosted else int(self.value.shape[1])
 
     @property
     def tree_depths(self) -> np.ndarray:
@@ -140,19 +172,69 @@ class ForestArrays:
         return lo, hi
 
 
+    def leaf_grid(self) -> tuple[float, float]:
+        """Low and high node value of a boosted ensemble (the leaf quantization range)."""
+        return float(self.value.min()), float(self.value.max())
+
+
+def collapse_alphas(feature: np.ndarray, right: np.ndarray, impurity: np.ndarray) -> np.ndarray:
+    """Per node of one preorder tree: the cost-complexity alpha at which it becomes a leaf
+    (scikit-learn's weakest-link sequence, alphas made non-decreasing); ``inf`` at leaves and at
+    the root (a pruned tree keeps its first split)."""
+    n = len(feature)
+    end = np.arange(1, n + 1)
+    for i in range(n - 1, -1, -1):  # subtree of i is [i, end[i]) in preorder
+        if feature[i] >= 0:
+            end[i] = end[int(right[i])]
+    leaf = feature < 0
+    alive = np.ones(n, dtype=bool)
+    out = np.full(n, np.inf)
+    level = -np.inf
+    while True:
+        cur_leaf = (leaf | ~np.isinf(out)) & alive
+        r = np.concatenate([[0.0], np.cumsum(np.where(cur_leaf, impurity, 0.0))])
+        c = np.concatenate([[0], np.cumsum(cur_leaf)])
+        sub_r = r[end] - r[np.arange(n)]
+        sub_leaves = c[end] - c[np.arange(n)]
+        cand = alive & ~cur_leaf
+        cand[0] = False
+        if not cand.any():
+            return out
+        g = np.where(cand, (impurity - sub_r) / np.maximum(sub_leaves - 1, 1), np.inf)
+        gmin = float(g.min())
+        level = max(level, gmin)
+        for i in np.flatnonzero(g <= gmin + 1e-15 * max(1.0, abs(gmin))):
+            if alive[i] and np.isinf(out[i]):
+                out[i] = level
+                alive[i + 1:end[i]] = False
+
+
 def forest_from_sklearn(model: Any, n_classes: int) -> ForestArrays:
     """Read a fitted ``RandomForestClassifier`` / ``ExtraTreesClassifier`` /
-    ``DecisionTreeClassifier`` into preorder arrays."""
+    ``DecisionTreeClassifier`` / ``GradientBoostingClassifier`` into preorder arrays."""
     trees = getattr(model, "estimators_", None)
+    init = None
     if trees is None:
         trees = [model]
+    elif isinstance(trees, np.ndarray) and trees.ndim == 2:  # gradient boosting: stages x outputs
+        if trees.shape[1] != boost_outputs(n_classes):
+            raise UserInputError(f"boosted model has {trees.shape[1]} trees per stage; the data "
+                                 f"has {n_classes} classes")
+        x0 = np.zeros((1, int(model.n_features_in_)), dtype=np.float32)
+        init = np.asarray(model._raw_predict_init(x0), dtype=np.float64).reshape(-1)
+        trees = list(trees.ravel())  # stage-major: tree i adds to output i % outputs
     if not hasattr(trees[0], "tree_"):
         raise UserInputError(f"model of type {type(model).__name__} is not supported; allowed: "
-                             "RandomForestClassifier, ExtraTreesClassifier, DecisionTreeClassifier")
-    feats, thrs, rights, depths, values, offsets = [], [], [], [], [], [0]
+                             "RandomForestClassifier, ExtraTreesClassifier, DecisionTreeClassifier, "
+                             "GradientBoostingClassifier")
+    lr = float(getattr(model, "learning_rate", 1.0))
+    feats, thrs, rights, depths, values, offsets, imps = [], [], [], [], [], [0], []
     for est in trees:
         tr = est.tree_
-        if tr.value.shape[1] != 1 or tr.value.shape[2] != n_classes:
+        if init is not None:
+            if tr.value.shape[1:] != (1, 1):
+                raise UserInputError("boosted model's trees must have one output each")
+        elif tr.value.shape[1] != 1 or tr.value.shape[2] != n_classes:
             raise UserInputError(f"model predicts {tr.value.shape[2]} classes per output "
                                  f"({tr.value.shape[1]} outputs); the data has {n_classes} classes")
         order: list[int] = []
@@ -173,12 +255,27 @@ def forest_from_sklearn(model: Any, n_classes: int) -> ForestArrays:
         rights.append(np.array([-1 if lf else pos[int(tr.children_right[n])]
                                 for n, lf in zip(o, leaf, strict=True)]))
         depths.append(np.array([depth_of[int(n)] for n in o]))
-        v = tr.value[o, 0, :].astype(np.float64)
-        values.append(v / np.maximum(v.sum(axis=1, keepdims=True), 1e-300))
+        w = tr.weighted_n_node_samples[o].astype(np.float64)
+        imps.append(tr.impurity[o] * w / max(w[0], 1e-300))
+        if init is None:
+            v = tr.value[o, 0, :].astype(np.float64)
+            values.append(v / np.maximum(v.sum(axis=1, keepdims=True), 1e-300))
+        else:
+            # a capped node's value: the sample-weighted mean of its leaves (boosting rewrites
+            # leaf values by a line search, so the stored internal values are on another scale)
+            r = rights[-1]
+            wsum = np.where(leaf, w, 0.0)
+            vsum = np.where(leaf, w * lr * tr.value[o, 0, 0], 0.0)
+            for i in range(len(o) - 1, -1, -1):
+                if not leaf[i]:
+                    wsum[i] = wsum[i + 1] + wsum[r[i]]
+                    vsum[i] = vsum[i + 1] + vsum[r[i]]
+            values.append((vsum / np.maximum(wsum, 1e-300))[:, None])
         offsets.append(offsets[-1] + len(o))
     return ForestArrays(np.array(offsets), np.concatenate(feats), np.concatenate(thrs),
                         np.concatenate(rights), np.concatenate(depths), np.concatenate(values),
-                        int(trees[0].tree_.n_features))
+                        int(trees[0].tree_.n_features), impurity=np.concatenate(imps), init=init,
+                        boost_classes=n_classes if init is not None else 0)
 
 
 @dataclass
@@ -186,7 +283,8 @@ class PackedForest:
     """A compressed forest holding exactly the artefact's fields (see the module docstring).
 
     ``thr_lo``/``thr_step``/``thr_codes`` are set when ``thr_bits < 32`` (else ``thr_float``);
-    ``leaf_codes`` when ``leaf_bits < 32`` (else ``leaf_float``).
+    ``leaf_codes`` when ``leaf_bits < 32`` (else ``leaf_float``). A boosted ensemble has ``init``
+    (float32 per output) and, when quantized, ``leaf_lo``/``leaf_step`` (float32).
     """
 
     offsets: np.ndarray          # uint32 (trees + 1)
@@ -203,6 +301,14 @@ class PackedForest:
     thr_codes: np.ndarray | None = None
     leaf_float: np.ndarray | None = None
     leaf_codes: np.ndarray | None = None
+    init: np.ndarray | None = None
+    leaf_lo: float = 0.0
+    leaf_step: float = 0.0
+
+    @property
+    def boosted(self) -> bool:
+        """True for a boosted ensemble (trees add raw scores)."""
+        return self.init is not None
 
     @property
     def n_trees(self) -> int:
@@ -224,7 +330,7 @@ class PackedForest:
         return packed_size(n_trees=self.n_trees, n_features=self.n_features,
                            n_classes=self.n_classes, n_nodes=self.n_nodes,
                            n_internal=self.n_internal, max_tree_nodes=int(np.diff(self.offsets).max()),
-                           thr_bits=self.thr_bits, leaf_bits=self.leaf_bits)
+                           thr_bits=self.thr_bits, leaf_bits=self.leaf_bits, boosted=self.boosted)
 
     # -- decoding (what prediction and export read) --------------------------------------------
     def thresholds(self) -> np.ndarray:
@@ -238,17 +344,18 @@ class PackedForest:
                 + self.thr_codes.astype(np.float64) * self.thr_step[f].astype(np.float64)).astype(np.float32)
 
     def leaf_weights(self) -> np.ndarray:
-        """Per leaf and class: float32 fractions at 32 bits, integer codes otherwise (float64)."""
-        k = stored_classes(self.n_classes)
+        """Per leaf and class: float32 fractions at 32 bits, integer codes otherwise (float64);
+        boosted: one column, float32 values or integer codes."""
+        k = 1 if self.boosted else stored_classes(self.n_classes)
         if self.leaf_bits == 32:
             assert self.leaf_float is not None
             w = self.leaf_float.reshape(-1, k)
-            if self.n_classes == 2:
+            if self.n_classes == 2 and not self.boosted:
                 w = np.concatenate([np.float32(1.0) - w, w], axis=1)
             return w.astype(np.float64)
         assert self.leaf_codes is not None
         c = self.leaf_codes.reshape(-1, k).astype(np.int64)
-        if self.n_classes == 2:
+        if self.n_classes == 2 and not self.boosted:
             c = np.concatenate([(2 ** self.leaf_bits - 1) - c, c], axis=1)
         return c.astype(np.float64)
 
@@ -264,8 +371,18 @@ class PackedForest:
         out[inner] = self.offsets[tree_of[inner]].astype(np.int64) + self.right.astype(np.int64)
         return out
 
-    def scores(self, x: np.ndarray) -> np.ndarray:
-        """Summed leaf weights per sample and class (argmax = predicted class)."""
+    def boost_offset(self) -> np.ndarray:
+        """float32 added per output after the (scaled) leaf sum: the initial score, plus trees
+        times the grid's low end when leaves are quantized."""
+        assert self.init is not None
+        n_out = len(self.init)
+        if self.leaf_bits == 32:
+            return self.init.astype(np.float32)
+        per_out = np.bincount(np.arange(self.n_trees) % n_out, minlength=n_out)
+        return (self.init.astype(np.float64) + per_out * float(np.float32(self.leaf_lo))).astype(np.float32)
+
+    def leaves_of(self, x: np.ndarray) -> np.ndarray:
+        """Leaf row (into ``leaf_weights``) reached per sample and tree."""
         x = np.asarray(x, dtype=np.float32)
         inner = self.feature >= 0
         thr = np.zeros(self.n_nodes, dtype=np.float32)
@@ -279,14 +396,45 @@ class PackedForest:
             go_left = x[rows, feat[nodes]] <= thr[nodes]
             nxt = np.where(go_left, nodes + 1, right[nodes])
             nodes = np.where(inner[nodes], nxt, nodes)
-        return self.leaf_weights()[leaf_idx[nodes]].sum(axis=1)
+        return leaf_idx[nodes]
+
+    def raw_scores(self, x: np.ndarray) -> np.ndarray:
+        """A boosted ensemble's float32 raw score per sample and output: leaf weights summed in
+        tree order in float32 (as ONNX Runtime's tree ensemble does), times the leaf step when
+        quantized, plus :meth:`boost_offset`."""
+        assert self.init is not None
+        n_out = len(self.init)
+        w = self.leaf_weights()[:, 0].astype(np.float32)
+        leaves = self.leaves_of(x)
+        acc = np.zeros((len(leaves), n_out), dtype=np.float32)
+        for t in range(self.n_trees):
+            acc[:, t % n_out] += w[leaves[:, t]]
+        if self.leaf_bits != 32:
+            acc = acc * np.float32(self.leaf_step)
+        return acc + self.boost_offset()
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Summed leaf weights per sample and class (argmax = predicted class); boosted: the
+        raw scores (two classes: ``[0, raw]``)."""
+        if self.boosted:
+            raw = self.raw_scores(x)
+            return np.concatenate([np.zeros_like(raw), raw], axis=1) if raw.shape[1] == 1 else raw
+        return self.leaf_weights()[self.leaves_of(x)].sum(axis=1)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Predicted class index per sample (ties: the lowest class)."""
         return np.argmax(self.scores(x), axis=1)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (mean of the trees' decoded leaf fractions)."""
+        """Class probabilities (mean of the trees' decoded leaf fractions; boosted: sigmoid or
+        softmax of the raw scores)."""
+        if self.boosted:
+            raw = self.raw_scores(x).astype(np.float64)
+            if raw.shape[1] == 1:
+                p = 1.0 / (1.0 + np.exp(-raw))
+                return np.concatenate([1.0 - p, p], axis=1)
+            e = np.exp(raw - raw.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
         return self.scores(x) / self.leaf_scale()
 
     # -- the artefact ---------------------------------------------------------------------------
@@ -294,7 +442,7 @@ class PackedForest:
         """The packed artefact."""
         index_bytes = 2 if int(np.diff(self.offsets).max()) <= 0xFFFF else 4
         parts = [
-            _HEADER.pack(MAGIC, FORMAT_VERSION, index_bytes, self.thr_bits, self.leaf_bits,
+            _HEADER.pack(BOOST_MAGIC if self.boosted else MAGIC, FORMAT_VERSION, index_bytes, self.thr_bits, self.leaf_bits,
                          self.n_trees, self.n_features, self.n_classes, self.n_nodes,
                          self.n_internal, self.max_depth),
             self.offsets.astype("<u4").tobytes(),
@@ -308,11 +456,16 @@ class PackedForest:
             assert self.thr_lo is not None and self.thr_step is not None and self.thr_codes is not None
             parts += [self.thr_lo.astype("<f4").tobytes(), self.thr_step.astype("<f4").tobytes(),
                       _pack_bits(self.thr_codes, self.thr_bits)]
+        if self.boosted:
+            assert self.init is not None
+            parts.append(self.init.astype("<f4").tobytes())
         if self.leaf_bits == 32:
             assert self.leaf_float is not None
             parts.append(self.leaf_float.astype("<f4").tobytes())
         else:
             assert self.leaf_codes is not None
+            if self.boosted:
+                parts.append(np.array([self.leaf_lo, self.leaf_step], dtype="<f4").tobytes())
             parts.append(_pack_bits(self.leaf_codes, self.leaf_bits))
         return b"".join(parts)
 
@@ -323,7 +476,7 @@ class PackedForest:
             raise UserInputError("not an autocompress tree artefact (too short)")
         (magic, version, index_bytes, thr_bits, leaf_bits, n_trees, n_features, n_classes,
          n_nodes, n_internal, max_depth) = _HEADER.unpack_from(buf, 0)
-        if magic != MAGIC or version != FORMAT_VERSION:
+        if magic not in (MAGIC, BOOST_MAGIC) or version != FORMAT_VERSION:
             raise UserInputError(f"not an autocompress tree artefact of version {FORMAT_VERSION} "
                                  f"(magic {magic!r}, version {version})")
         pos = HEADER_BYTES
@@ -350,19 +503,55 @@ class PackedForest:
         else:
             out.thr_lo, out.thr_step = take(n_features, "<f4"), take(n_features, "<f4")
             out.thr_codes = take_bits(n_internal, thr_bits)
-        n_vals = (n_nodes - n_internal) * stored_classes(n_classes)
+        boosted = magic == BOOST_MAGIC
+        n_vals = (n_nodes - n_internal) * (1 if boosted else stored_classes(n_classes))
+        if boosted:
+            out.init = take(boost_outputs(n_classes), "<f4")
         if leaf_bits == 32:
             out.leaf_float = take(n_vals, "<f4")
         else:
+            if boosted:
+                out.leaf_lo, out.leaf_step = (float(v) for v in take(2, "<f4"))
             out.leaf_codes = take_bits(n_vals, leaf_bits)
         if pos != len(buf):
             raise UserInputError(f"tree artefact has {len(buf) - pos} trailing bytes")
         return out
 
 
+def ancestor_min(base: ForestArrays, collapse: np.ndarray) -> np.ndarray:
+    """Per node: the smallest collapse alpha among its strict ancestors (``inf`` at roots)."""
+    out = np.full(len(collapse), np.inf)
+    for t in range(base.n_trees):
+        sl = base.tree(t)
+        c, r, f, o = collapse[sl], base.right[sl], base.feature[sl], out[sl]
+        for i in range(len(c)):
+            if f[i] >= 0:
+                m = min(o[i], c[i])
+                o[i + 1] = m
+                o[r[i]] = m
+    return out
+
+
+def node_masks(base: ForestArrays, depth_cap: int, alpha: float | None = None,
+               collapse: np.ndarray | None = None, anc_min: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``(present, split)`` per base node under a depth cap and a cost-complexity ``alpha``:
+    a node is present when within the cap and no ancestor collapsed; it stays a split when
+    also above the cap and not collapsed itself. Present nodes are prefix-closed in preorder."""
+    present = base.depth <= depth_cap
+    split = present & (base.feature >= 0) & (base.depth < depth_cap)
+    if alpha is not None and alpha > 0:
+        assert collapse is not None and anc_min is not None
+        present &= anc_min > alpha
+        split &= present & (collapse > alpha)
+    return present, split
+
+
 def compress_forest(base: ForestArrays, kept: np.ndarray, depth_cap: int, thr_bits: int,
-                    leaf_bits: int, grid: tuple[np.ndarray, np.ndarray] | None = None) -> PackedForest:
-    """Keep trees ``kept`` (in that order), cap their depth at ``depth_cap`` and quantize.
+                    leaf_bits: int, grid: tuple[np.ndarray, np.ndarray] | None = None, *,
+                    alpha: float | None = None, collapse: np.ndarray | None = None,
+                    anc_min: np.ndarray | None = None) -> PackedForest:
+    """Keep trees ``kept`` (in that order), prune them and quantize.
 
     Args:
         base: the uncompressed forest.
@@ -370,23 +559,24 @@ def compress_forest(base: ForestArrays, kept: np.ndarray, depth_cap: int, thr_bi
         depth_cap: nodes deeper than this are dropped; nodes at this depth become leaves.
         thr_bits: bits per split threshold (32 = float32, rounded down so float32 inputs take
             the same branch as in scikit-learn).
-        leaf_bits: bits per leaf class fraction (32 = float32).
+        leaf_bits: bits per leaf class fraction or boosted leaf value (32 = float32).
         grid: per-feature threshold ``(low, high)``; default ``base.threshold_grid()``.
+        alpha: cost-complexity pruning strength (None or 0: none); needs ``collapse``
+            (:func:`collapse_alphas` per node) and ``anc_min`` (:func:`ancestor_min`).
     """
+    present, split = node_masks(base, depth_cap, alpha, collapse, anc_min)
     sel = np.concatenate([np.arange(base.offsets[t], base.offsets[t + 1]) for t in kept])
-    keep = base.depth[sel] <= depth_cap
-    idx = sel[keep]
-    sizes = [int((base.depth[base.tree(t)] <= depth_cap).sum()) for t in kept]
+    idx = sel[present[sel]]
+    sizes = [int(present[base.tree(t)].sum()) for t in kept]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.uint32)
-    inner = (base.feature[idx] >= 0) & (base.depth[idx] < depth_cap)
+    inner = split[idx]
     feature = np.where(inner, base.feature[idx], -1).astype(np.int16)
     # tree-local new index of each old node: rank among the kept nodes of its tree
     right = np.empty(int(inner.sum()), dtype=np.int64)
     j = 0
     start = 0
     for t, n in zip(kept, sizes, strict=True):
-        local = np.arange(base.offsets[t], base.offsets[t + 1])
-        newpos = np.cumsum(base.depth[local] <= depth_cap) - 1
+        newpos = np.cumsum(present[base.tree(t)]) - 1
         sub = idx[start:start + n]
         sub_inner = inner[start:start + n]
         old_right = base.right[sub[sub_inner]]
@@ -398,7 +588,7 @@ def compress_forest(base: ForestArrays, kept: np.ndarray, depth_cap: int, thr_bi
                        right=right.astype(np.uint16 if max_nodes <= 0xFFFF else np.uint32),
                        thr_bits=int(thr_bits), leaf_bits=int(leaf_bits), n_features=base.n_features,
                        n_classes=base.n_classes,
-                       max_depth=int(min(depth_cap, base.depth[idx].max())) if len(idx) else 0)
+                       max_depth=int(base.depth[idx[inner]].max()) + 1 if inner.any() else 0)
     thr = base.threshold[idx[inner]]
     if thr_bits == 32:
         out.thr_float = float32_at_most(thr)
@@ -413,6 +603,20 @@ def compress_forest(base: ForestArrays, kept: np.ndarray, depth_cap: int, thr_bi
         out.thr_lo, out.thr_step = lo32, step32
         out.thr_codes = np.clip(codes, 0, levels).astype(np.uint32)
     vals = base.value[idx[~inner]]
+    if base.boosted:
+        assert base.init is not None
+        out.init = base.init.astype(np.float32)
+        if leaf_bits == 32:
+            out.leaf_float = vals[:, 0].astype(np.float32)
+        else:
+            vlo, vhi = base.leaf_grid()
+            levels = 2 ** leaf_bits - 1
+            out.leaf_lo = float(np.float32(vlo))
+            out.leaf_step = float(np.float32((vhi - vlo) / levels))
+            step = out.leaf_step if out.leaf_step > 0 else 1.0
+            out.leaf_codes = np.clip(np.round((vals[:, 0] - out.leaf_lo) / step), 0,
+                                     levels).astype(np.uint32)
+        return out
     if base.n_classes == 2:
         vals = vals[:, 1:]
     if leaf_bits == 32:

@@ -1,7 +1,8 @@
 """Classic models: scikit-learn tree ensembles trained here from a seed, or a trusted joblib file.
 
 ``sklearn:random_forest`` / ``sklearn:extra_trees`` (100 trees; ``sklearn:random_forest:N`` for N
-trees) and ``sklearn:decision_tree`` are fitted on the training split with ``random_state=seed``.
+trees), ``sklearn:gradient_boosting`` (100 stages; ``:N`` for N) and ``sklearn:decision_tree`` are
+fitted on the training split with ``random_state=seed``.
 ``sklearn:PATH.joblib`` loads a fitted classifier from disk: unpickling runs code from the file,
 so it is refused unless the caller passes ``trust_pickle=True`` (``--trust-pickle``).
 """
@@ -20,6 +21,7 @@ from autocompress.errors import UserInputError
 FACTORIES: dict[str, tuple[str, int | None]] = {
     "random_forest": ("sklearn.ensemble:RandomForestClassifier", 100),
     "extra_trees": ("sklearn.ensemble:ExtraTreesClassifier", 100),
+    "gradient_boosting": ("sklearn.ensemble:GradientBoostingClassifier", 100),
     "decision_tree": ("sklearn.tree:DecisionTreeClassifier", None),
 }
 
@@ -34,14 +36,14 @@ def _parse(model: str) -> tuple[str, int | None, Path | None]:
     if rest.endswith(".joblib"):
         return "joblib", None, Path(rest).expanduser()
     name, _, count = rest.partition(":")
-    allowed = ", ".join(f"sklearn:{n}" for n in FACTORIES) + ", sklearn:random_forest:N, sklearn:PATH.joblib"
+    allowed = ", ".join(f"sklearn:{n}" for n in FACTORIES) + ", sklearn:NAME:N, sklearn:PATH.joblib"
     if name not in FACTORIES:
         raise UserInputError(f"unknown model {model!r}; allowed: {allowed}")
     default = FACTORIES[name][1]
     if count:
         if default is None or not count.isdigit() or not 1 <= int(count) <= 10_000:
             raise UserInputError(f"model {model!r}: tree count {count!r}; allowed: an integer "
-                                 "1..10000 after random_forest: or extra_trees:")
+                                 "1..10000 after random_forest:, extra_trees: or gradient_boosting:")
         return name, int(count), None
     return name, default, None
 
@@ -88,7 +90,9 @@ def create_classic_model(model: str, splits: TabularSplits, *, seed: int = 0,
     cls = getattr(importlib.import_module(module), cls_name)
     kwargs: dict[str, Any] = {"random_state": seed}
     if count is not None:
-        kwargs.update(n_estimators=count, n_jobs=1)
+        kwargs.update(n_estimators=count)
+        if kind != "gradient_boosting":
+            kwargs.update(n_jobs=1)
     est = cls(**kwargs)
     est.fit(splits.x_train, splits.y_train)
     assert np.array_equal(est.classes_, np.arange(len(splits.classes)))

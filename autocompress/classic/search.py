@@ -6,11 +6,16 @@ same ask/tell calls. This module holds the loop around them (the engine's runner
 ``Problem``, which a forest is not): ask, evaluate (build the artefact, measure bytes, validation
 accuracy and latency), tell, append to ``RUN/trials.jsonl``; at the end ``RUN/pareto.json``
 (the engine's ``pareto_report``) with test accuracy per front point and each front point's
-artefact under ``RUN/artefacts/``. Two more baselines sweep one knob: ``fewer_trees`` and
-``shallower_trees``.
+artefact under ``RUN/artefacts/``. Two more baselines sweep one knob: ``fewer_trees`` (trees, or
+boosting stages) and ``shallower_trees``. ``greedy`` is sensitivity-greedy over the classic
+knobs (:class:`_GreedySearcher`).
 
-Not there yet: resuming a stopped search, several processes on one study, Ray, the RL
-strategies and ``greedy`` (they need the torch environment), regression, gradient boosting.
+The RL strategies are not offered: their environment (``autocompress.envs``) is built on a torch
+``Problem`` and walks a network layer by layer with per-layer features; a tree ensemble has four
+or five global knobs, for which the probes of ``greedy`` and the engine's black-box searchers
+already cover the space.
+
+Not there yet: resuming a stopped search, several processes on one study, Ray, regression.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ SCHEMA_VERSION = 1
 KIND = "classic"
 ENGINE_STRATEGIES = ("nsga2", "tpe", "random", "uniform")
 SWEEP_STRATEGIES = {"fewer_trees": "trees", "shallower_trees": "depth"}
-STRATEGIES = (*ENGINE_STRATEGIES, *SWEEP_STRATEGIES)
+STRATEGIES = (*ENGINE_STRATEGIES, "greedy", *SWEEP_STRATEGIES)
 #: Budgets a classic search accepts (``params`` bounds the node count).
 BUDGETS = ("size", "latency", "acc-drop", "params")
 OBJECTIVES = (("acc", "maximize"), ("size_bytes", "minimize"))
@@ -52,6 +57,7 @@ class ClassicSpec:
 
     Args:
         model: ``sklearn:random_forest[:N]``, ``sklearn:extra_trees[:N]``,
+            ``sklearn:gradient_boosting[:N]``,
             ``sklearn:decision_tree`` or ``sklearn:PATH.joblib``.
         data: ``sklearn:breast_cancer`` (wine, iris, digits) or ``csv:PATH``.
         target: the label column of a CSV file.
@@ -209,9 +215,101 @@ class _SweepSearcher:
         """Nothing to release."""
 
 
+class _GreedySearcher:
+    """``greedy``: sensitivity-greedy over the classic knobs.
+
+    First it probes every decision point alone at three levels (a third, two thirds and all of
+    the way to its most compressed value; these probes are trials and may break the budgets).
+    Then it walks from the uncompressed model, each step moving the one point whose next level
+    loses the least probed validation accuracy per predicted byte saved; it proposes the first
+    step whose predicted costs meet the hard budgets and every step after it, so the walk traces
+    a front. Deterministic (no seed is used).
+    """
+
+    max_pending = 1
+    LEVELS = (1 / 3, 2 / 3, 1.0)
+
+    def __init__(self, context: Any) -> None:
+        from autocompress.compression.policy import LayerAction
+
+        self.context = context
+        self.ladders: dict[str, list[Any]] = {}
+        for p in context.space.decision_points:
+            ((name, kn),) = p.knobs.items()
+            if kn.choices:
+                ordered = sorted(kn.choices, reverse=True)  # 32 first (untouched)
+                steps = [ordered[round(u * (len(ordered) - 1))] for u in self.LEVELS]
+                ladder = [LayerAction(**{name: int(v)}) for v in dict.fromkeys(steps)]
+            else:
+                ladder = [LayerAction(**{name: float(u * kn.most_compressed)}) for u in self.LEVELS]
+            self.ladders[p.name] = ladder
+        self.probes = [(n, i) for n, ladder in self.ladders.items() for i in range(len(ladder))]
+        self.probe_acc: dict[tuple[str, int], float] = {}
+        self.pending: tuple[str, int] | None = None
+        self.level = dict.fromkeys(self.ladders, -1)
+        self.walking = False
+
+    def _policy(self, level: Mapping[str, int]) -> CompressionPolicy:
+        from autocompress.compression.policy import CompressionPolicy
+
+        return CompressionPolicy({n: self.ladders[n][i] for n, i in level.items() if i >= 0})
+
+    def _acc(self, name: str, i: int) -> float:
+        return float(self.context.base_metrics["acc"]) if i < 0 else self.probe_acc[(name, i)]
+
+    def _step(self) -> bool:
+        """Advance the point with the least accuracy lost per byte saved (steps that save no
+        byte are never taken); False at the end."""
+        space = self.context.space
+        here = space.size_bytes(self._policy(self.level))
+        best: tuple[float, str] | None = None
+        for name, i in self.level.items():
+            if i + 1 >= len(self.ladders[name]):
+                continue
+            nxt = {**self.level, name: i + 1}
+            saved = here - space.size_bytes(self._policy(nxt))
+            if saved <= 0:  # e.g. a threshold grid costing more than it saves on a tiny model
+                continue
+            score = max(0.0, self._acc(name, i) - self._acc(name, i + 1)) / saved
+            if best is None or score < best[0]:
+                best = (score, name)
+        if best is None:
+            return False
+        self.level[best[1]] += 1
+        return True
+
+    def ask(self) -> CompressionPolicy | None:
+        if self.probes:
+            self.pending = self.probes.pop(0)
+            name, i = self.pending
+            return self._policy({name: i})
+        self.pending = None
+        if not self.walking:
+            self.walking = True
+            while True:  # the first step on the walk whose predicted costs fit the budgets
+                if not self._step():
+                    return None
+                if self.context.predicted_feasible(self._policy(self.level)):
+                    return self._policy(self.level)
+        return self._policy(self.level) if self._step() else None
+
+    def tell(self, policy: CompressionPolicy, result: Any) -> None:
+        """Record a probe's validation accuracy."""
+        if self.pending is not None:
+            self.probe_acc[self.pending] = float(result.metrics["acc"])
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
 def _searcher(spec: ClassicSpec, context: Any) -> Any:
+    if spec.strategy == "greedy":
+        return _GreedySearcher(context)
     if spec.strategy in SWEEP_STRATEGIES:
-        return _SweepSearcher(context, spec.seed, SWEEP_STRATEGIES[spec.strategy], spec.trials)
+        point = SWEEP_STRATEGIES[spec.strategy]
+        if point == "trees" and getattr(context.space, "boosted", False):
+            point = "stages"
+        return _SweepSearcher(context, spec.seed, point, spec.trials)
     from autocompress.search.base import create_searcher
 
     return create_searcher(spec.strategy, context, seed=spec.seed)
