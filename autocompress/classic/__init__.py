@@ -1,4 +1,5 @@
-"""Classic ML models (scikit-learn tree ensembles) under the same search engine (survey §4).
+"""Classic ML models under the same search engine (survey §4): scikit-learn tree ensembles
+(random forest, extra trees, gradient boosting, a decision tree), linear models, RBF SVMs, kNN.
 
 Keeps torch out of its own imports; the engine's policy and searcher types it reuses are
 imported when a search runs.
@@ -13,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from autocompress.classic.data import BUNDLED, TabularSplits, load_tabular
+from autocompress.classic.dense import DenseSpace, PackedDense, dense_to_onnx, load_artefact
 from autocompress.classic.export import export_classic_point, forest_to_onnx
 from autocompress.classic.forest import (
     ForestArrays,
@@ -40,17 +42,21 @@ __all__ = [
     "ClassicProblem",
     "ClassicResult",
     "ClassicSpec",
+    "DenseSpace",
     "ForestArrays",
     "ForestSpace",
+    "PackedDense",
     "PackedForest",
     "TabularSplits",
     "compress_forest",
     "create_classic_model",
+    "dense_to_onnx",
     "evaluate_policy",
     "export_classic_point",
     "forest_from_sklearn",
     "forest_to_onnx",
     "is_classic_model",
+    "load_artefact",
     "load_tabular",
     "make_spec",
     "packed_size",

@@ -190,12 +190,14 @@ def export_classic_point(run_dir: str | Path, point: str, out: str | None = None
     if dest.exists() and not force:
         raise UserInputError(f"--out {str(dest)!r} exists; pass --force to overwrite it")
     blob = (run / p["artefact"]).read_bytes()
-    packed = PackedForest.from_bytes(blob)
+    from autocompress.classic.dense import PackedDense, dense_to_onnx, load_artefact
+
+    packed = load_artefact(blob)
     # the test split is rebuilt from the recorded data and seed; the model is not needed
     from autocompress.classic.data import load_tabular
 
     splits = load_tabular(spec["data"], target=spec.get("target"), seed=int(spec["seed"]))
-    model_bytes = forest_to_onnx(packed)
+    model_bytes = dense_to_onnx(packed) if isinstance(packed, PackedDense) else forest_to_onnx(packed)
     got = onnx_predict(model_bytes, splits.x_test)
     want = packed.predict(splits.x_test)
     mismatches = int((got != want).sum())
@@ -204,6 +206,7 @@ def export_classic_point(run_dir: str | Path, point: str, out: str | None = None
                                f"{len(want)} test samples; not written")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(model_bytes)
-    graph = "ai.onnx.ml TreeEnsembleRegressor" if packed.boosted else "ai.onnx.ml TreeEnsembleClassifier"
+    graph = ("ai.onnx.ml TreeEnsembleRegressor" if packed.boosted else "ai.onnx.ml TreeEnsembleClassifier"
+             if isinstance(packed, PackedForest) else f"{packed.kind}: standard ONNX operators")
     return ClassicExport(int(p["id"]), dest, len(model_bytes), len(blob), len(want), mismatches,
                          float((want == splits.y_test).mean()), graph)

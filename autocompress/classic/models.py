@@ -1,8 +1,9 @@
 """Classic models: scikit-learn tree ensembles trained here from a seed, or a trusted joblib file.
 
 ``sklearn:random_forest`` / ``sklearn:extra_trees`` (100 trees; ``sklearn:random_forest:N`` for N
-trees), ``sklearn:gradient_boosting`` (100 stages; ``:N`` for N) and ``sklearn:decision_tree`` are
-fitted on the training split with ``random_state=seed``.
+trees), ``sklearn:gradient_boosting`` (100 stages; ``:N`` for N), ``sklearn:decision_tree`` and,
+after a ``StandardScaler``, ``sklearn:logistic_regression``, ``sklearn:linear_svc``, ``sklearn:svc``
+(RBF kernel) and ``sklearn:knn`` (5 neighbours) are fitted on the training split with ``random_state=seed``.
 ``sklearn:PATH.joblib`` loads a fitted classifier from disk: unpickling runs code from the file,
 so it is refused unless the caller passes ``trust_pickle=True`` (``--trust-pickle``).
 """
@@ -23,7 +24,13 @@ FACTORIES: dict[str, tuple[str, int | None]] = {
     "extra_trees": ("sklearn.ensemble:ExtraTreesClassifier", 100),
     "gradient_boosting": ("sklearn.ensemble:GradientBoostingClassifier", 100),
     "decision_tree": ("sklearn.tree:DecisionTreeClassifier", None),
+    "logistic_regression": ("sklearn.linear_model:LogisticRegression", None),
+    "linear_svc": ("sklearn.svm:LinearSVC", None),
+    "svc": ("sklearn.svm:SVC", None),
+    "knn": ("sklearn.neighbors:KNeighborsClassifier", None),
 }
+#: Factories fitted after a StandardScaler (distance- and margin-based models).
+SCALED = ("logistic_regression", "linear_svc", "svc", "knn")
 
 
 def is_classic_model(model: str | None) -> bool:
@@ -88,12 +95,19 @@ def create_classic_model(model: str, splits: TabularSplits, *, seed: int = 0,
         return est
     module, _, cls_name = FACTORIES[kind][0].partition(":")
     cls = getattr(importlib.import_module(module), cls_name)
-    kwargs: dict[str, Any] = {"random_state": seed}
+    kwargs: dict[str, Any] = {} if kind == "knn" else {"random_state": seed}
+    if kind == "logistic_regression":
+        kwargs["max_iter"] = 2000
     if count is not None:
         kwargs.update(n_estimators=count)
         if kind != "gradient_boosting":
             kwargs.update(n_jobs=1)
     est = cls(**kwargs)
+    if kind in SCALED:
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        est = make_pipeline(StandardScaler(), est)
     est.fit(splits.x_train, splits.y_train)
     assert np.array_equal(est.classes_, np.arange(len(splits.classes)))
     return est

@@ -18,7 +18,7 @@ def classic_front_table(spec: Mapping[str, Any], pareto: Mapping[str, Any]) -> A
         table.add_column(col, justify="left" if col == "setting" else "right")
     table.add_row("base", f"{100 * base.get('acc', 0):.2f}%", f"{100 * spec.get('base_test_acc', 0):.2f}%",
                   f"{base.get('size_bytes', 0):.0f}", "1.00x", f"{base.get('params', 0):.0f}",
-                  "uncompressed (float32 thresholds and leaves)")
+                  "uncompressed (float32)")
     for p in pareto["points"]:
         m = p["metrics"]
         table.add_row(f"{p['id']}{' *' if p.get('knee') else ''}", f"{100 * m['acc']:.2f}%",

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autocompress.classic.data import TabularSplits, check_data_name, load_tabular
+from autocompress.classic.dense import DenseSpace, PackedDense, dense_from_sklearn, load_artefact
 from autocompress.classic.forest import ForestArrays, PackedForest, forest_from_sklearn
 from autocompress.classic.models import check_model_name, create_classic_model
 from autocompress.classic.space import ForestSpace
@@ -57,8 +58,9 @@ class ClassicSpec:
 
     Args:
         model: ``sklearn:random_forest[:N]``, ``sklearn:extra_trees[:N]``,
-            ``sklearn:gradient_boosting[:N]``,
-            ``sklearn:decision_tree`` or ``sklearn:PATH.joblib``.
+            ``sklearn:gradient_boosting[:N]``, ``sklearn:decision_tree``,
+            ``sklearn:logistic_regression``, ``sklearn:linear_svc``, ``sklearn:svc``,
+            ``sklearn:knn`` or ``sklearn:PATH.joblib``.
         data: ``sklearn:breast_cancer`` (wine, iris, digits) or ``csv:PATH``.
         target: the label column of a CSV file.
         budgets: hard budgets (``size=50%``, ``latency=0.01ms``, ``acc-drop=1%``, ``params=5K``).
@@ -127,23 +129,27 @@ def make_spec(*, model: str, data: str | None, target: str | None = None,
 
 @dataclass
 class ClassicProblem:
-    """Data, fitted model, its forest arrays and the compression space."""
+    """Data, fitted model, its forest arrays (None for a linear model, SVM or kNN) and the
+    compression space."""
 
     splits: TabularSplits
     model: Any
-    forest: ForestArrays
-    space: ForestSpace
+    forest: ForestArrays | None
+    space: ForestSpace | DenseSpace
 
     @classmethod
     def build(cls, spec: ClassicSpec) -> ClassicProblem:
         """Load the data, fit (or load) the model and build the space."""
         splits = load_tabular(spec.data, target=spec.target, seed=spec.seed)
         model = create_classic_model(spec.model, splits, seed=spec.seed, trust_pickle=spec.trust_pickle)
+        if not (hasattr(model, "tree_") or hasattr(model, "estimators_")):
+            dense = DenseSpace(dense_from_sklearn(model, len(splits.classes)), seed=spec.seed)
+            return cls(splits, model, None, dense)
         forest = forest_from_sklearn(model, len(splits.classes))
         return cls(splits, model, forest, ForestSpace(forest, splits.x_val, splits.y_val))
 
 
-def measure_latency_ms(packed: PackedForest, x: np.ndarray, repeats: int = 3) -> float:
+def measure_latency_ms(packed: PackedForest | PackedDense, x: np.ndarray, repeats: int = 3) -> float:
     """Milliseconds per sample: best of ``repeats`` batched predictions over ``x``."""
     best = math.inf
     for _ in range(repeats):
@@ -154,12 +160,12 @@ def measure_latency_ms(packed: PackedForest, x: np.ndarray, repeats: int = 3) ->
 
 
 def evaluate_policy(problem: ClassicProblem, policy: CompressionPolicy
-                    ) -> tuple[dict[str, float], PackedForest]:
+                    ) -> tuple[dict[str, float], PackedForest | PackedDense]:
     """Build the artefact and measure it: ``size_bytes`` is ``len`` of its bytes (checked equal
     to the space's prediction), ``acc`` the validation accuracy of the artefact read back."""
     packed = problem.space.build(policy)
     blob = packed.to_bytes()
-    loaded = PackedForest.from_bytes(blob)
+    loaded = load_artefact(blob)
     predicted = problem.space.costs(policy)
     if len(blob) != int(predicted["size_bytes"]):
         raise AssertionError(f"cost model {predicted['size_bytes']} != artefact {len(blob)} bytes")
@@ -167,7 +173,7 @@ def evaluate_policy(problem: ClassicProblem, policy: CompressionPolicy
     metrics = {
         "acc": float((loaded.predict(s.x_val) == s.y_val).mean()),
         "size_bytes": float(len(blob)),
-        "params": float(loaded.n_nodes),
+        "params": float(loaded.n_nodes if isinstance(loaded, PackedForest) else loaded.params()),
         "macs": predicted["macs"],
         "bops": float(8 * len(blob)),
         "latency_ms": measure_latency_ms(loaded, s.x_val),
