@@ -261,15 +261,17 @@ def _classic_search(config: str | None, set_: tuple[str, ...], options: dict[str
     used = [f"--{k.replace('_', '-')}" for k, v in options.items()
             if v not in (None, (), [], False) and k not in (
                 "model", "data", "target", "budget", "strategy", "trials", "seed", "out",
-                "trust_pickle", "force")]
+                "trust_pickle", "force", "resume")]
     if config is not None or set_ or used:
         raise UserInputError(f"{', '.join(used + (['--config'] if config else []) + (['--set'] if set_ else []))} "
                              "not available with --model sklearn:...; allowed: --data, --target, "
-                             "--budget, --strategy, --trials, --seed, --out, --force, --trust-pickle")
+                             "--budget, --strategy, --trials, --seed, --out, --force, --resume, "
+                             "--trust-pickle")
     spec = make_spec(model=options["model"], data=options["data"], target=options["target"],
                      budgets=list(options["budget"]), strategy=options["strategy"],
                      trials=options["trials"], seed=options["seed"], out=options["out"],
-                     trust_pickle=options["trust_pickle"], force=bool(options["force"]))
+                     trust_pickle=options["trust_pickle"], force=bool(options["force"]),
+                     resume=bool(options["resume"]))
     result = run_classic_search(spec)
     out = _stdout_console()
     out.print(f"run directory: {result.run_dir}  ({result.summary()})")

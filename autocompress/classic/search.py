@@ -15,7 +15,13 @@ The RL strategies are not offered: their environment (``autocompress.envs``) is 
 or five global knobs, for which the probes of ``greedy`` and the engine's black-box searchers
 already cover the space.
 
-Not there yet: resuming a stopped search, several processes on one study, Ray, regression.
+``resume`` continues a stopped search in the same run directory: the stored spec must match
+(model, data, target, budgets, strategy, seed), the seeded strategy is replayed on the recorded
+candidates (told their recorded metrics, nothing re-evaluated, ``trials.jsonl`` only appended to)
+and only the missing candidates up to ``trials`` are evaluated; a replay that proposes anything
+else than the record is refused.
+
+Not there yet: several processes on one study, Ray, regression.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class ClassicSpec:
         out: run directory.
         trust_pickle: allow loading a joblib model.
         force: replace an existing run directory.
+        resume: continue the search stored in ``out`` (see the module docstring).
     """
 
     model: str
@@ -82,6 +89,7 @@ class ClassicSpec:
     out: str | None = None
     trust_pickle: bool = False
     force: bool = False
+    resume: bool = False
 
     def run_dir(self) -> Path:
         """``out``, or ``runs/MODEL-DATA-STRATEGY-sSEED``."""
@@ -103,7 +111,7 @@ class ClassicSpec:
 def make_spec(*, model: str, data: str | None, target: str | None = None,
               budgets: Sequence[str] = (), strategy: str | None = None, trials: int | None = None,
               seed: int | None = None, out: str | None = None, trust_pickle: bool = False,
-              force: bool = False) -> ClassicSpec:
+              force: bool = False, resume: bool = False) -> ClassicSpec:
     """Check every input (one-line ``UserInputError``) and build a :class:`ClassicSpec`."""
     check_model_name(model, trust_pickle=trust_pickle)
     if data is None:
@@ -122,9 +130,11 @@ def make_spec(*, model: str, data: str | None, target: str | None = None,
     trials = 40 if trials is None else int(trials)
     if trials < 1:
         raise UserInputError(f"--trials {trials}; allowed: an integer >= 1")
+    if resume and force:
+        raise UserInputError("--resume and --force exclude each other (continue the run, or replace it)")
     return ClassicSpec(model=model, data=data, target=target, budgets=parsed, strategy=strategy,
                        trials=trials, seed=0 if seed is None else int(seed), out=out,
-                       trust_pickle=trust_pickle, force=force)
+                       trust_pickle=trust_pickle, force=force, resume=resume)
 
 
 @dataclass
@@ -340,12 +350,34 @@ class ClassicResult:
         return f"{n} evaluated, {feas} feasible; {self.stop_reason}"
 
 
+#: ``spec.json`` fields a resumed search must share with the stored one.
+RESUME_FIELDS = ("model", "data", "target", "budgets", "strategy", "seed")
+
+
+def _stored_for_resume(spec: ClassicSpec) -> dict[str, Any]:
+    """The stored ``spec.json`` of the run ``spec`` resumes (``UserInputError`` when there is
+    none or it searched something else)."""
+    run = spec.run_dir()
+    try:
+        stored = json.loads((run / "spec.json").read_text())
+    except (OSError, ValueError):
+        raise UserInputError(f"--resume: {str(run)!r} holds no classic search to continue") from None
+    if not isinstance(stored, dict) or stored.get("kind") != KIND:
+        raise UserInputError(f"--resume: {str(run)!r} is not a classic search run")
+    mine = spec.to_dict()
+    for name in RESUME_FIELDS:
+        if mine[name] != stored.get(name):
+            raise UserInputError(f"--resume: {name} is {mine[name]!r} here but {stored.get(name)!r} in "
+                                 f"{str(run)!r}; allowed: the stored settings (only --trials may change)")
+    return stored
+
+
 def _prepare_dir(spec: ClassicSpec) -> Path:
     run = spec.run_dir()
     if run.exists() and (not run.is_dir() or any(run.iterdir())):
         if not spec.force:
-            raise UserInputError(f"--out {str(run)!r} already holds files; pass --force to replace it "
-                                 "(resuming a classic search is not supported yet)")
+            raise UserInputError(f"--out {str(run)!r} already holds files; pass --resume to continue "
+                                 "it or --force to replace it")
         if (run / "spec.json").is_file() and json.loads((run / "spec.json").read_text()).get("kind") == KIND:
             shutil.rmtree(run)
         else:
@@ -372,17 +404,23 @@ def run_classic_search(spec: ClassicSpec, progress: Callable[[int, int], None] |
     from autocompress.search.storage import TrialLog, atomic_write_text
 
     run = spec.run_dir()
-    if run.exists() and any(run.iterdir()) and not spec.force:
-        raise UserInputError(f"--out {str(run)!r} already holds files; pass --force to replace it "
-                             "(resuming a classic search is not supported yet)")
+    stored = _stored_for_resume(spec) if spec.resume else None
+    if stored is None and run.exists() and any(run.iterdir()) and not spec.force:
+        raise UserInputError(f"--out {str(run)!r} already holds files; pass --resume to continue "
+                             "it or --force to replace it")
     problem = ClassicProblem.build(spec)  # input errors (bad CSV column, ...) before any write
-    run = _prepare_dir(spec)
     space = problem.space
-    base_metrics, base_packed = evaluate_policy(problem, space.identity())
     s = problem.splits
-    base_test = float((base_packed.predict(s.x_test) == s.y_test).mean())
-    sk_agree = float((base_packed.predict(s.x_test) == problem.model.predict(s.x_test)).mean())
-    limits = {b.name: b.limit(base_metrics) for b in spec.budgets}
+    if stored is None:
+        run = _prepare_dir(spec)
+        base_metrics, base_packed = evaluate_policy(problem, space.identity())
+        base_test = float((base_packed.predict(s.x_test) == s.y_test).mean())
+        sk_agree = float((base_packed.predict(s.x_test) == problem.model.predict(s.x_test)).mean())
+        limits = {b.name: b.limit(base_metrics) for b in spec.budgets}
+    else:  # the recorded base keeps the recorded limits and feasibility
+        base_metrics, base_test = dict(stored["base_metrics"]), float(stored["base_test_acc"])
+        sk_agree = float(stored["base_vs_sklearn_test_agreement"])
+        limits = dict(stored["limits"])
     context = SearchContext(
         space=space,  # type: ignore[arg-type]
         objectives=[Objective(n, d) for n, d in OBJECTIVES], budgets=spec.budgets,
@@ -395,11 +433,21 @@ def run_classic_search(spec: ClassicSpec, progress: Callable[[int, int], None] |
         indent=2, sort_keys=True))
     searcher = _searcher(spec, context)
     log = TrialLog(run / "trials.jsonl")
+    log.repair()  # a killed run may leave one torn last line
     records: list[dict[str, Any]] = []
     done: dict[str, dict[str, float]] = {}
     stop = "completed"
     try:
-        for number in range(spec.trials):
+        for rec in log.read() if stored is not None else []:
+            policy = searcher.ask()
+            if policy is None or policy.to_dict() != rec["policy"] or rec["number"] != len(records):
+                raise UserInputError(f"--resume: the strategy's candidate {len(records)} differs from "
+                                     f"the one recorded in {str(run / 'trials.jsonl')!r}; the run "
+                                     "cannot be continued (use a new --out)")
+            done.setdefault(rec["setting"], rec["metrics"])
+            searcher.tell(policy, EvalResult(metrics=dict(rec["metrics"]), timings={}))
+            records.append(rec)
+        for number in range(len(records), spec.trials):
             policy = searcher.ask()
             if policy is None:
                 stop = "strategy has nothing more to propose"
