@@ -1,7 +1,7 @@
 """Tabular data for classic models: bundled scikit-learn sets and CSV files, split by a seed.
 
-Nothing is downloaded: ``sklearn:breast_cancer``, ``sklearn:wine``, ``sklearn:iris`` and
-``sklearn:digits`` ship inside the scikit-learn wheel; ``csv:PATH`` reads numeric feature
+Nothing is downloaded: ``sklearn:breast_cancer``, ``sklearn:wine``, ``sklearn:iris``,
+``sklearn:digits`` and the regression set ``sklearn:diabetes`` ship inside the scikit-learn wheel; ``csv:PATH`` reads numeric feature
 columns and one target column (any labels; they are encoded as class indices 0..K-1).
 """
 
@@ -21,7 +21,10 @@ BUNDLED: dict[str, str] = {
     "wine": "load_wine",
     "iris": "load_iris",
     "digits": "load_digits",
+    "diabetes": "load_diabetes",
 }
+#: Bundled sets whose target is a number (quality metric R² instead of accuracy).
+REGRESSION = ("diabetes",)
 
 #: Shares of the samples in the train / validation / test splits.
 SPLIT = (0.6, 0.2, 0.2)
@@ -43,6 +46,19 @@ class TabularSplits:
     y_test: np.ndarray
     classes: tuple[str, ...]
     feature_names: tuple[str, ...]
+
+    @property
+    def regression(self) -> bool:
+        """True when the target is a number (no classes)."""
+        return not self.classes
+
+    def score(self, pred: np.ndarray, y: np.ndarray) -> float:
+        """The quality metric: accuracy, or R² for a numeric target."""
+        pred, y = np.asarray(pred), np.asarray(y)
+        if not self.regression:
+            return float((pred == y).mean())
+        total = float(((y - y.mean()) ** 2).sum())
+        return 1.0 - float(((y - pred) ** 2).sum()) / max(total, 1e-300)
 
     @property
     def n_features(self) -> int:
@@ -118,10 +134,19 @@ def load_tabular(data: str, *, target: str | None = None, seed: int = 0) -> Tabu
     if data.startswith("sklearn:"):
         import sklearn.datasets
 
-        bunch = getattr(sklearn.datasets, BUNDLED[data.split(":", 1)[1]])()
+        name = data.split(":", 1)[1]
+        bunch = getattr(sklearn.datasets, BUNDLED[name])()
         x = np.asarray(bunch.data, dtype=np.float64)
         y_raw = np.asarray(bunch.target)
         names = tuple(str(n) for n in getattr(bunch, "feature_names", range(x.shape[1])))
+        if name in REGRESSION:  # unstratified split of a numeric target
+            x = x.astype(np.float32)
+            yf = y_raw.astype(np.float64)
+            x_train, x_rest, y_train, y_rest = train_test_split(
+                x, yf, train_size=SPLIT[0], random_state=seed)
+            x_val, x_test, y_val, y_test = train_test_split(
+                x_rest, y_rest, train_size=SPLIT[1] / (SPLIT[1] + SPLIT[2]), random_state=seed)
+            return TabularSplits(data, x_train, y_train, x_val, y_val, x_test, y_test, (), names)
         labels = tuple(str(n) for n in getattr(bunch, "target_names", sorted(set(y_raw))))
         y = y_raw.astype(np.int64)
     else:

@@ -77,6 +77,18 @@ def _boosted_to_onnx(packed: PackedForest) -> bytes:
         nodes.append(helper.make_node("Mul", ["sums", "step"], ["scaled"]))
         total = "scaled"
     nodes.append(helper.make_node("Add", [total, "offset"], ["raw"]))
+    if packed.n_classes == 0:  # regression: the value
+        init.append(helper.make_tensor("flat", TensorProto.INT64, [1], [-1]))
+        nodes.append(helper.make_node("Reshape", ["raw", "flat"], ["prediction"]))
+        graph = helper.make_graph(
+            nodes, "autocompress_tree_regressor",
+            [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, packed.n_features])],
+            [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, [None])],
+            initializer=init)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                       helper.make_opsetid("ai.onnx.ml", ML_OPSET)])
+        model.ir_version = 8
+        return model.SerializeToString()
     if n_out == 1:
         init += [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
                  helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
@@ -142,13 +154,14 @@ def forest_to_onnx(packed: PackedForest) -> bytes:
 
 
 def onnx_predict(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
-    """Labels the ONNX model predicts with ONNX Runtime (one thread)."""
+    """Labels (regression: values) the ONNX model predicts with ONNX Runtime (one thread)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
-    return np.asarray(sess.run(["label"], {"X": np.asarray(x, dtype=np.float32)})[0])
+    first = sess.get_outputs()[0].name
+    return np.asarray(sess.run([first], {"X": np.asarray(x, dtype=np.float32)})[0])
 
 
 @dataclass
@@ -163,13 +176,17 @@ class ClassicExport:
     mismatches: int
     test_acc: float
     graph: str = "ai.onnx.ml TreeEnsembleClassifier"
+    regression: bool = False
 
     def lines(self) -> list[str]:
         """Summary for the command line."""
         return [f"point {self.point} -> {self.path} (onnx, {self.graph})",
                 f"size     {self.onnx_bytes} B ONNX; packed artefact {self.artefact_bytes} B",
-                f"test     accuracy {100 * self.test_acc:.2f}%; ONNX Runtime labels equal the "
-                f"artefact's on {self.n_test - self.mismatches}/{self.n_test} test samples"]
+                (f"test     R² {self.test_acc:.4f}; ONNX Runtime predictions equal the artefact's "
+                 f"(within 1e-5 relative) on {self.n_test - self.mismatches}/{self.n_test} test samples"
+                 if self.regression else
+                 f"test     accuracy {100 * self.test_acc:.2f}%; ONNX Runtime labels equal the "
+                 f"artefact's on {self.n_test - self.mismatches}/{self.n_test} test samples")]
 
 
 def export_classic_point(run_dir: str | Path, point: str, out: str | None = None, *,
@@ -200,13 +217,16 @@ def export_classic_point(run_dir: str | Path, point: str, out: str | None = None
     model_bytes = dense_to_onnx(packed) if isinstance(packed, PackedDense) else forest_to_onnx(packed)
     got = onnx_predict(model_bytes, splits.x_test)
     want = packed.predict(splits.x_test)
-    mismatches = int((got != want).sum())
+    if splits.regression:
+        mismatches = int((~np.isclose(got, want, rtol=1e-5, atol=1e-6)).sum())
+    else:
+        mismatches = int((got != want).sum())
     if mismatches:
-        raise CheckFailedError(f"ONNX labels differ from the artefact's on {mismatches} of "
+        raise CheckFailedError(f"ONNX predictions differ from the artefact's on {mismatches} of "
                                f"{len(want)} test samples; not written")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(model_bytes)
     graph = ("ai.onnx.ml TreeEnsembleRegressor" if packed.boosted else "ai.onnx.ml TreeEnsembleClassifier"
              if isinstance(packed, PackedForest) else f"{packed.kind}: standard ONNX operators")
     return ClassicExport(int(p["id"]), dest, len(model_bytes), len(blob), len(want), mismatches,
-                         float((want == splits.y_test).mean()), graph)
+                         splits.score(want, splits.y_test), graph, splits.regression)

@@ -17,9 +17,11 @@ with two classes only the second class's fraction is stored and the first is its
 (``1 - p`` in float32, or ``2^b - 1 - code``).
 
 A boosted ensemble (gradient boosting; magic ``ACTB``) has the same layout up to the thresholds,
-then one float32 initial score per output (one output for two classes, else one per class), then
-one value per leaf (the learning rate folded in): float32 at 32 bits, else float32 low and step
-and codes packed at the chosen bits. Tree ``t`` adds to output ``t mod outputs``.
+then one float32 initial score per output (one output for two classes or a numeric target, else
+one per class), then one value per leaf (the learning rate folded in): float32 at 32 bits, else
+float32 low and step and codes packed at the chosen bits. Tree ``t`` adds to output
+``t mod outputs``. A regression forest (0 classes in the header) is stored the same way, its leaf
+means divided by the number of trees kept and an initial score of 0, so the sum is the mean.
 
 Cost-complexity pruning (``alpha``) follows scikit-learn's minimal cost-complexity (weakest-link)
 pruning on each fitted tree's own impurities: :func:`collapse_alphas` gives every internal node
@@ -50,8 +52,9 @@ def stored_classes(n_classes: int) -> int:
 
 
 def boost_outputs(n_classes: int) -> int:
-    """Raw-score outputs of a boosted classifier: one for two classes, else one per class."""
-    return 1 if n_classes == 2 else n_classes
+    """Raw-score outputs of a boosted model: one for two classes or regression (0 classes), else
+    one per class."""
+    return 1 if n_classes <= 2 else n_classes
 
 
 def packed_size(*, n_trees: int, n_features: int, n_classes: int, n_nodes: int, n_internal: int,
@@ -106,7 +109,8 @@ class ForestArrays:
         impurity: per node, weighted by its share of the tree's training samples (the
             cost-complexity ``R(t)``); None when unknown.
         init: a boosted ensemble's initial raw score per output (None for a voting forest).
-        boost_classes: classes of a boosted ensemble.
+        boost_classes: classes of a boosted ensemble (0: a numeric target).
+        averaged: a regression forest (leaf means, averaged over the trees kept).
     """
 
     offsets: np.ndarray
@@ -119,10 +123,11 @@ class ForestArrays:
     impurity: np.ndarray | None = None
     init: np.ndarray | None = None
     boost_classes: int = 0
+    averaged: bool = False
 
     @property
     def boosted(self) -> bool:
-        """True for a gradient-boosted ensemble (trees add raw scores)."""
+        """True for trees that add raw scores (gradient boosting, or a regression forest)."""
         return self.init is not None
 
     @property
@@ -214,8 +219,11 @@ def forest_from_sklearn(model: Any, n_classes: int) -> ForestArrays:
     ``DecisionTreeClassifier`` / ``GradientBoostingClassifier`` into preorder arrays."""
     trees = getattr(model, "estimators_", None)
     init = None
+    averaged = False
     if trees is None:
         trees = [model]
+    if n_classes == 0 and not (isinstance(trees, np.ndarray) and trees.ndim == 2):
+        init, averaged = np.zeros(1), True  # a regression forest or tree: mean of leaf means
     elif isinstance(trees, np.ndarray) and trees.ndim == 2:  # gradient boosting: stages x outputs
         if trees.shape[1] != boost_outputs(n_classes):
             raise UserInputError(f"boosted model has {trees.shape[1]} trees per stage; the data "
@@ -227,7 +235,7 @@ def forest_from_sklearn(model: Any, n_classes: int) -> ForestArrays:
         raise UserInputError(f"model of type {type(model).__name__} is not supported; allowed: "
                              "RandomForestClassifier, ExtraTreesClassifier, DecisionTreeClassifier, "
                              "GradientBoostingClassifier")
-    lr = float(getattr(model, "learning_rate", 1.0))
+    lr = 1.0 if averaged else float(getattr(model, "learning_rate", 1.0))
     feats, thrs, rights, depths, values, offsets, imps = [], [], [], [], [], [0], []
     for est in trees:
         tr = est.tree_
@@ -260,6 +268,8 @@ def forest_from_sklearn(model: Any, n_classes: int) -> ForestArrays:
         if init is None:
             v = tr.value[o, 0, :].astype(np.float64)
             values.append(v / np.maximum(v.sum(axis=1, keepdims=True), 1e-300))
+        elif averaged:  # every node holds the mean target of its samples
+            values.append(tr.value[o, 0, :1].astype(np.float64))
         else:
             # a capped node's value: the sample-weighted mean of its leaves (boosting rewrites
             # leaf values by a line search, so the stored internal values are on another scale)
@@ -275,7 +285,7 @@ def forest_from_sklearn(model: Any, n_classes: int) -> ForestArrays:
     return ForestArrays(np.array(offsets), np.concatenate(feats), np.concatenate(thrs),
                         np.concatenate(rights), np.concatenate(depths), np.concatenate(values),
                         int(trees[0].tree_.n_features), impurity=np.concatenate(imps), init=init,
-                        boost_classes=n_classes if init is not None else 0)
+                        boost_classes=n_classes if init is not None else 0, averaged=averaged)
 
 
 @dataclass
@@ -422,7 +432,9 @@ class PackedForest:
         return self.leaf_weights()[self.leaves_of(x)].sum(axis=1)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Predicted class index per sample (ties: the lowest class)."""
+        """Predicted class index per sample (ties: the lowest class); regression: the value."""
+        if self.boosted and self.n_classes == 0:
+            return self.raw_scores(x)[:, 0]
         return np.argmax(self.scores(x), axis=1)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
@@ -606,10 +618,12 @@ def compress_forest(base: ForestArrays, kept: np.ndarray, depth_cap: int, thr_bi
     if base.boosted:
         assert base.init is not None
         out.init = base.init.astype(np.float32)
+        div = float(len(kept)) if base.averaged else 1.0
+        vals = vals / div
         if leaf_bits == 32:
             out.leaf_float = vals[:, 0].astype(np.float32)
         else:
-            vlo, vhi = base.leaf_grid()
+            vlo, vhi = (v / div for v in base.leaf_grid())
             levels = 2 ** leaf_bits - 1
             out.leaf_lo = float(np.float32(vlo))
             out.leaf_step = float(np.float32((vhi - vlo) / levels))

@@ -29,6 +29,13 @@ FACTORIES: dict[str, tuple[str, int | None]] = {
     "svc": ("sklearn.svm:SVC", None),
     "knn": ("sklearn.neighbors:KNeighborsClassifier", None),
 }
+#: Regression counterparts of the tree factories (used on a numeric target).
+REGRESSORS: dict[str, str] = {
+    "random_forest": "sklearn.ensemble:RandomForestRegressor",
+    "extra_trees": "sklearn.ensemble:ExtraTreesRegressor",
+    "gradient_boosting": "sklearn.ensemble:GradientBoostingRegressor",
+    "decision_tree": "sklearn.tree:DecisionTreeRegressor",
+}
 #: Factories fitted after a StandardScaler (distance- and margin-based models).
 SCALED = ("logistic_regression", "linear_svc", "svc", "knn")
 
@@ -84,6 +91,11 @@ def create_classic_model(model: str, splits: TabularSplits, *, seed: int = 0,
 
         assert path is not None
         est = joblib.load(path)  # trusted explicitly by the caller (--trust-pickle)
+        if splits.regression:
+            if hasattr(est, "classes_"):
+                raise UserInputError(f"model {model!r} is a classifier; the data {splits.source!r} "
+                                     "has a numeric target (allowed: a tree-ensemble regressor)")
+            return est
         classes = [str(c) for c in getattr(est, "classes_", [])]
         k = len(splits.classes)
         if classes != [str(i) for i in range(k)] and classes != list(splits.classes):
@@ -93,7 +105,13 @@ def create_classic_model(model: str, splits: TabularSplits, *, seed: int = 0,
             raise UserInputError(f"model {model!r} takes {est.n_features_in_} features; the data "
                                  f"has {splits.n_features}")
         return est
-    module, _, cls_name = FACTORIES[kind][0].partition(":")
+    path_name = FACTORIES[kind][0]
+    if splits.regression:
+        if kind not in REGRESSORS:
+            raise UserInputError(f"model {model!r} does not fit a numeric target ({splits.source}); "
+                                 f"allowed: {', '.join('sklearn:' + n for n in REGRESSORS)}")
+        path_name = REGRESSORS[kind]
+    module, _, cls_name = path_name.partition(":")
     cls = getattr(importlib.import_module(module), cls_name)
     kwargs: dict[str, Any] = {} if kind == "knn" else {"random_state": seed}
     if kind == "logistic_regression":
@@ -109,5 +127,5 @@ def create_classic_model(model: str, splits: TabularSplits, *, seed: int = 0,
 
         est = make_pipeline(StandardScaler(), est)
     est.fit(splits.x_train, splits.y_train)
-    assert np.array_equal(est.classes_, np.arange(len(splits.classes)))
+    assert splits.regression or np.array_equal(est.classes_, np.arange(len(splits.classes)))
     return est

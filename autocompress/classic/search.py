@@ -21,7 +21,8 @@ candidates (told their recorded metrics, nothing re-evaluated, ``trials.jsonl`` 
 and only the missing candidates up to ``trials`` are evaluated; a replay that proposes anything
 else than the record is refused.
 
-Not there yet: several processes on one study, Ray, regression.
+Not there yet: several processes on one study, Ray, regression of CSV targets and of linear
+models, SVMs and kNN.
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ class ClassicProblem:
             dense = DenseSpace(dense_from_sklearn(model, len(splits.classes)), seed=spec.seed)
             return cls(splits, model, None, dense)
         forest = forest_from_sklearn(model, len(splits.classes))
-        return cls(splits, model, forest, ForestSpace(forest, splits.x_val, splits.y_val))
+        return cls(splits, model, forest, ForestSpace(forest, splits.x_val, splits.y_val,
+                                                      score=splits.score))
 
 
 def measure_latency_ms(packed: PackedForest | PackedDense, x: np.ndarray, repeats: int = 3) -> float:
@@ -181,7 +183,7 @@ def evaluate_policy(problem: ClassicProblem, policy: CompressionPolicy
         raise AssertionError(f"cost model {predicted['size_bytes']} != artefact {len(blob)} bytes")
     s = problem.splits
     metrics = {
-        "acc": float((loaded.predict(s.x_val) == s.y_val).mean()),
+        "acc": s.score(loaded.predict(s.x_val), s.y_val),
         "size_bytes": float(len(blob)),
         "params": float(loaded.n_nodes if isinstance(loaded, PackedForest) else loaded.params()),
         "macs": predicted["macs"],
@@ -318,6 +320,13 @@ class _GreedySearcher:
         """Nothing to release."""
 
 
+def _agreement(ours: np.ndarray, theirs: np.ndarray) -> float:
+    """Share of equal predictions (regression: equal within 1e-5 relative)."""
+    if np.issubdtype(np.asarray(theirs).dtype, np.floating):
+        return float(np.isclose(ours, theirs, rtol=1e-5, atol=1e-6).mean())
+    return float((ours == theirs).mean())
+
+
 def _searcher(spec: ClassicSpec, context: Any) -> Any:
     if spec.strategy == "greedy":
         return _GreedySearcher(context)
@@ -414,8 +423,8 @@ def run_classic_search(spec: ClassicSpec, progress: Callable[[int, int], None] |
     if stored is None:
         run = _prepare_dir(spec)
         base_metrics, base_packed = evaluate_policy(problem, space.identity())
-        base_test = float((base_packed.predict(s.x_test) == s.y_test).mean())
-        sk_agree = float((base_packed.predict(s.x_test) == problem.model.predict(s.x_test)).mean())
+        base_test = s.score(base_packed.predict(s.x_test), s.y_test)
+        sk_agree = _agreement(base_packed.predict(s.x_test), problem.model.predict(s.x_test))
         limits = {b.name: b.limit(base_metrics) for b in spec.budgets}
     else:  # the recorded base keeps the recorded limits and feasibility
         base_metrics, base_test = dict(stored["base_metrics"]), float(stored["base_test_acc"])
@@ -427,7 +436,8 @@ def run_classic_search(spec: ClassicSpec, progress: Callable[[int, int], None] |
         base_metrics=base_metrics, limits=limits, storage=optuna.storages.InMemoryStorage(),
         study_name="classic", trials=spec.trials, run_dir=run)
     atomic_write_text(run / "spec.json", json.dumps({
-        **spec.to_dict(), "base_metrics": base_metrics, "base_test_acc": base_test,
+        **spec.to_dict(), "task": "regression" if s.regression else "classification",
+        "base_metrics": base_metrics, "base_test_acc": base_test,
         "base_vs_sklearn_test_agreement": sk_agree, "limits": limits,
         "splits": s.fingerprint(), "classes": list(s.classes), "space": space.describe()},
         indent=2, sort_keys=True))
@@ -501,7 +511,7 @@ def write_front(problem: ClassicProblem, run: Path, records: list[dict[str, Any]
         path = art / f"point-{p['id']}.actf"
         path.write_bytes(packed.to_bytes())
         p["artefact"] = str(path.relative_to(run))
-        p["test_acc"] = float((packed.predict(s.x_test) == s.y_test).mean())
+        p["test_acc"] = s.score(packed.predict(s.x_test), s.y_test)
     atomic_write_text(run / "pareto.json", json.dumps(report, indent=2, sort_keys=True))
     return report
 

@@ -85,17 +85,24 @@ class ForestSpace:
     Args:
         base: the uncompressed forest.
         x_val: validation features (ranks the trees).
-        y_val: validation labels.
+        y_val: validation labels (or values).
+        score: quality of predictions against ``y_val`` (default: accuracy).
     """
 
-    def __init__(self, base: ForestArrays, x_val: np.ndarray, y_val: np.ndarray) -> None:
+    def __init__(self, base: ForestArrays, x_val: np.ndarray, y_val: np.ndarray,
+                 score: Any = None) -> None:
+        def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+            return float((pred == y).mean())
+
+        score = score or accuracy
         self.base = base
         self.grid = base.threshold_grid()
         self.n_trees = base.n_trees
         self.tree_depths = base.tree_depths
         self.max_depth = int(self.tree_depths.max())
-        self.boosted = base.boosted
-        self.outputs = boost_outputs(base.n_classes) if base.boosted else 1
+        # boosting stages are sequential; a regression forest's trees are ranked like a vote's
+        self.boosted = base.boosted and not base.averaged
+        self.outputs = boost_outputs(base.n_classes) if self.boosted else 1
         self.n_stages = self.n_trees // self.outputs
         points: list[TreePoint] = []
         notes: list[str] = []
@@ -110,8 +117,8 @@ class ForestSpace:
                 notes.append("stages: a single boosting stage (nothing to remove)")
         else:
             accs = np.array([
-                float((compress_forest(base, np.array([t]), self.max_depth, 32, 32, self.grid)
-                       .predict(x_val) == y_val).mean())
+                score(compress_forest(base, np.array([t]), self.max_depth, 32, 32, self.grid)
+                      .predict(x_val), y_val)
                 for t in range(self.n_trees)
             ])
             self.tree_val_acc = accs
@@ -251,7 +258,7 @@ class ForestSpace:
         size = packed_size(n_trees=len(kept), n_features=self.base.n_features,
                            n_classes=self.base.n_classes, n_nodes=n_nodes, n_internal=n_internal,
                            max_tree_nodes=int(nodes_per_tree.max()), thr_bits=s.thr_bits,
-                           leaf_bits=s.leaf_bits, boosted=self.boosted)
+                           leaf_bits=s.leaf_bits, boosted=self.base.boosted)
         # a tree's depth is that of its deepest split plus one (the leaves below it)
         split_depth = np.where(split, self.base.depth + 1, 0)
         comparisons = int(np.maximum.reduceat(split_depth, starts)[kept].sum())
