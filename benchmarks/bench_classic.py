@@ -13,6 +13,11 @@ accurate candidate (validation accuracy; ties: fewer bytes) within the target:
 Sizes are the packed artefact's bytes (``RUN/artefacts/*.actf`` format); test accuracy is
 reported for the chosen candidate of each method.
 
+Then, per data set, an RBF SVM (``sklearn:svc``, after a StandardScaler) with every support vector
+kept at each support-vector bit-width (the setting of Boni et al. 2007, who report that an 8-bit
+SVM on a microcontroller is as accurate as the floating-point one): bytes and validation / test
+accuracy.
+
 Run: nice -n 19 .venv/bin/python benchmarks/bench_classic.py [--trees 200] [--trials 60]
      [--data sklearn:breast_cancer sklearn:wine] [--targets 0.02 0.05 0.1 0.25] [--json out.json]
 """
@@ -78,6 +83,23 @@ def bench_data(data: str, trees: int, trials: int, targets: list[float], seed: i
             "sklearn_test_acc": float(np.mean(problem.model.predict(s.x_test) == s.y_test))}
 
 
+def svm_bits(data: str, seed: int) -> dict[str, Any]:
+    """RBF SVM, every support vector kept, at each support-vector bit-width."""
+    from autocompress.classic import ClassicProblem, make_spec
+    from autocompress.classic.dense import MATRIX_BITS
+    from autocompress.compression.policy import CompressionPolicy, LayerAction
+
+    problem = ClassicProblem.build(make_spec(model="sklearn:svc", data=data, seed=seed, trials=1))
+    s = problem.splits
+    rows = []
+    for bits in MATRIX_BITS:
+        packed = problem.space.build(CompressionPolicy({"matrix": LayerAction(w_bits=bits)}))
+        rows.append({"bits": bits, "size_bytes": len(packed.to_bytes()),
+                     "val_acc": s.score(packed.predict(s.x_val), s.y_val),
+                     "test_acc": s.score(packed.predict(s.x_test), s.y_test)})
+    return {"data": data, "vectors": int(problem.space.base.matrix.shape[0]), "rows": rows}
+
+
 def _cell(c: dict[str, Any] | None) -> str:
     if c is None:
         return "none fits"
@@ -93,6 +115,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--targets", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.25])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-svm", dest="svm", action="store_false", help="skip the SVM bit-width table")
     args = ap.parse_args(argv)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,6 +135,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 print(f"| {100 * r['target']:g}% ({r['limit_bytes']:.0f} B) | {_cell(r['search'])} | "
                       f"{_cell(r['fewer trees'])} | {_cell(r['shallower trees'])} | {choice} | "
                       f"{r['search_s']:.1f} s |")
+            if args.svm:
+                sv = svm_bits(data, args.seed)
+                res["svm"] = sv
+                print(f"\n{data}: RBF SVM, all {sv['vectors']} support vectors kept")
+                print("| support-vector bits | bytes | val / test acc |")
+                print("|---|---|---|")
+                for r in sv["rows"]:
+                    print(f"| {r['bits']} | {r['size_bytes']} | {100 * r['val_acc']:.1f} / "
+                          f"{100 * r['test_acc']:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return out

@@ -26,3 +26,6 @@ def test_bench_classic_picks_fit_the_size_target(tmp_path: Path,
     assert row["search"] is not None and row["fewer trees"] is not None
     assert all(p["size_bytes"] <= row["limit_bytes"] for p in picks)
     assert "| 30% (" in capsys.readouterr().out and (tmp_path / "b.json").is_file()
+    svm = {r["bits"]: r for r in res["svm"]["rows"]}
+    assert svm[8]["size_bytes"] < svm[16]["size_bytes"] < svm[32]["size_bytes"]
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in svm.values())
