@@ -97,6 +97,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out["signals"][str(steps)] = {"acc": accs, "spearman": rho, "s_per_candidate": secs}
         name = "proxy (BN recalibration / reconstruction)" if steps == 0 else f"proxy + {steps} KD steps"
         print(f"| {name}, {args.val_samples} val images | {rho:.3f} | {secs:.1f} |", flush=True)
+    # Controls: how much of the ranking the MACs alone explain, over all candidates and over the
+    # half nearest the budget (where a search decides between points of about the same cost).
+    macs = out["macs_ratio"]
+    near = sorted(range(len(policies)), key=lambda i: -macs[i])[: max(2, len(policies) // 2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out["controls"] = {
+            "macs_spearman": float(spearmanr(macs, reference).statistic),
+            "near_budget": {
+                "n": len(near),
+                "macs_spearman": float(spearmanr([macs[i] for i in near], [reference[i] for i in near]).statistic),
+                "signals": {k: float(spearmanr([v["acc"][i] for i in near], [reference[i] for i in near]).statistic)
+                            for k, v in out["signals"].items()},
+            },
+        }
+    c = out["controls"]
+    print(f"| control: MACs ratio alone | {c['macs_spearman']:.3f} | 0 |")
+    shown = ", ".join(f"{'proxy' if k == '0' else f'+{k} KD steps'} {v:.3f}" for k, v in c["near_budget"]["signals"].items())
+    print(f"\nthe {c['near_budget']['n']} candidates nearest the budget: MACs alone {c['near_budget']['macs_spearman']:.3f}, "
+          f"{shown}", flush=True)
     if args.json is not None:
         args.json.write_text(json.dumps(out, indent=2))
     return out

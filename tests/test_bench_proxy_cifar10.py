@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -55,4 +56,8 @@ def test_signals_are_ranked_against_fine_tuned_test_top1(tmp_path: Path) -> None
         assert len(signal["acc"]) == 4 and signal["s_per_candidate"] > 0
         rho = signal["spearman"]
         assert math.isnan(rho) or -1.0 <= rho <= 1.0  # NaN only when one side has no spread
-    assert (tmp_path / "trust.json").is_file()
+    controls = out["controls"]
+    assert controls["near_budget"]["n"] == 2 and set(controls["near_budget"]["signals"]) == {"0", "3"}
+    rho = controls["macs_spearman"]
+    assert math.isnan(rho) or -1.0 <= rho <= 1.0
+    assert json.loads((tmp_path / "trust.json").read_text())["controls"]["near_budget"]["n"] == 2
