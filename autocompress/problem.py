@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from autocompress.compression.space import DEFAULT_KNOBS  # the knob registry's defaults
 from autocompress.data import DataSplits, load_data
 from autocompress.errors import UserInputError
 from autocompress.evaluators import CompressionEvaluator, EvalCache, EvalResult, EvaluatorConfig
@@ -31,8 +32,6 @@ from autocompress.training import cache_dir as default_cache_dir
 
 if TYPE_CHECKING:
     from autocompress.compression import CompressionSpace
-
-DEFAULT_KNOBS: tuple[str, ...] = ("prune", "w_bits", "a_bits", "rank")
 
 
 @contextlib.contextmanager

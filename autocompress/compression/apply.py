@@ -11,19 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from autocompress.compression import lowrank, prune, quantize
+from autocompress.compression import prune, quantize
 from autocompress.compression.counting import eval_mode
+from autocompress.compression.knobs import KNOB_TYPES
 from autocompress.compression.policy import CompressionPolicy
 from autocompress.compression.space import CompressionSpace
 from autocompress.errors import UserInputError
 
 __all__ = ["compress"]
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
 
 
 def _calib_inputs(calib: Any, example_input: Any, limit: int) -> tuple[list[Any], list[Any]]:
@@ -274,10 +269,10 @@ def compress(
 ) -> nn.Module:
     """Apply ``policy`` to a copy of ``model``: a new, really smaller ``nn.Module``.
 
-    Per decision point the knobs combine in this order: channel pruning (torch-pruning groups,
-    exact channel counts as predicted by ``space``), then low-rank factorisation of the pruned
-    weight (truncated SVD), then fake quantization (weights quantized once, activation ranges
-    calibrated on ``calib``). ``model`` is left untouched; the result's train/eval flag is the
+    Per decision point the knobs combine in the registry's stage order (``compression/knobs.py``):
+    channel pruning (torch-pruning groups, exact channel counts as predicted by ``space``), then
+    low-rank factorisation of the pruned weight (truncated SVD), then fake quantization (weights
+    quantized once, activation ranges calibrated on ``calib``). ``model`` is left untouched; the result's train/eval flag is the
     model's. Quantized layers keep their module names (``layer.weight`` stays ``layer.weight``);
     a factorised layer becomes ``LowRank`` with children ``0`` and ``1``.
 
@@ -328,39 +323,12 @@ def compress(
     work = copy.deepcopy(model)
     work.eval()
 
-    # 1. prune
-    decisions = [
-        (g, policy.get(g.point).prune) for g in space._pgroups if policy.get(g.point).prune > 0
-    ]
-    if decisions:
-        DG = prune.build_graph(work, space.example_input)
-        _, out_removed = prune.prune_groups_(
-            work,
-            DG,
-            decisions,
-            round_to=space.round_to,
-            importance=importance or space.importance,
-            calib=raw,
-        )
-        del DG
-        if reconstruct:
-            _reconstruct_(model, work, out_removed, inputs)
-
-    # 2. factorise, 3. quantize
-    for point in space.decision_points:
-        action = policy.get(point.name)
-        module = work.get_submodule(point.name)
-        if "rank" in point.knobs and action.rank < 1.0:
-            m, n = lowrank._dims(module)
-            r = lowrank.factorised_rank(m, n, action.rank)
-            if r is not None:
-                module = lowrank.factorise(module, r)
-                _set_submodule(work, point.name, module)
-        if action.w_bits < 32 or action.a_bits < 32:
-            if isinstance(module, lowrank.LowRank):
-                quantize.quantize_factorised_(module[0], module[1], action.w_bits, action.a_bits)
-            else:
-                quantize.quantize_module_(module, action.w_bits, action.a_bits)
+    # Each knob type transforms the copy in its stage order: prune (torch-pruning groups, then the
+    # optional refit), factorise, quantize (compression/knobs.py).
+    ctx: dict[str, Any] = {"importance": importance, "raw": raw, "inputs": inputs,
+                           "reconstruct": reconstruct, "original": model}
+    for kt in sorted(KNOB_TYPES.values(), key=lambda kt: kt.stage):
+        kt.transform_(work, policy, space, ctx)
     quantize.calibrate_(work, inputs)
     for p in work.parameters():
         p.grad = None

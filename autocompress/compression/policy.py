@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -13,18 +12,20 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from autocompress.compression.knobs import ALLOWED_BITS, KNOB_TYPES
 from autocompress.errors import UserInputError
 
 _PACK = struct.Struct("<4d").pack
-_IDENTITY_PACKED = _PACK(0.0, 32.0, 32.0, 1.0)
-
-#: Bit-widths a policy may ask for (32 means "leave in float").
-ALLOWED_BITS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 16, 32)
+#: The knobs the space's closed-form cost model reads as one packed vector per layer.
+_VEC_KNOBS: tuple[str, ...] = ("prune", "w_bits", "a_bits", "rank")
+_IDENTITY_PACKED = _PACK(*(KNOB_TYPES[k].identity for k in _VEC_KNOBS))
+#: The other registered knobs (storage knobs): read per layer, only where not at identity.
+_EXTRA_KNOBS: tuple[str, ...] = tuple(k for k in KNOB_TYPES if k not in _VEC_KNOBS)
 
 
 @dataclass(frozen=True)
 class LayerAction:
-    """The decision taken at one decision point.
+    """The decision taken at one decision point: one field per registered knob type.
 
     Args:
         prune: fraction of the group's output channels removed, ``0 <= prune < 1``.
@@ -33,8 +34,9 @@ class LayerAction:
         rank: fraction of the full rank kept by low-rank factorisation, ``0 < rank <= 1``
             (1.0 = not factorised).
 
-    Only the range checks that hold for every layer live here; the per-layer limits
-    (``max_prune``, which knobs a layer supports) are checked by ``CompressionSpace.validate``.
+    Each field's default is its knob type's identity value, and its global range check is the
+    knob type's (``compression/knobs.py``). The per-layer limits (``max_prune``, which knobs a
+    layer supports) are checked by ``CompressionSpace.validate``.
     """
 
     prune: float = 0.0
@@ -44,51 +46,25 @@ class LayerAction:
 
     def __post_init__(self) -> None:
         # Normalise numeric types so that 8 == 8.0 policies hash and serialise identically.
-        for name in ("prune", "rank"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise UserInputError(f"LayerAction.{name}={value!r} is not a number")
-            object.__setattr__(self, name, float(value))
-        for name in ("w_bits", "a_bits"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float)
-                or value != int(value)
-            ):
-                raise UserInputError(
-                    f"LayerAction.{name}={value!r} is not an integer bit-width; allowed: {ALLOWED_BITS}"
-                )
-            object.__setattr__(self, name, int(value))
-        if not (math.isfinite(self.prune) and 0.0 <= self.prune < 1.0):
-            raise UserInputError(
-                f"LayerAction.prune={self.prune!r} is out of range; allowed: 0 <= prune < 1"
-            )
-        if not (math.isfinite(self.rank) and 0.0 < self.rank <= 1.0):
-            raise UserInputError(
-                f"LayerAction.rank={self.rank!r} is out of range; allowed: 0 < rank <= 1"
-            )
-        for name in ("w_bits", "a_bits"):
-            if getattr(self, name) not in ALLOWED_BITS:
-                raise UserInputError(
-                    f"LayerAction.{name}={getattr(self, name)!r} is not supported; allowed: {ALLOWED_BITS}"
-                )
-        # The four knobs as packed float64 bytes for the cost model's hot loop (not a field).
-        object.__setattr__(self, "_vec", _PACK(self.prune, self.w_bits, self.a_bits, self.rank))
+        for name, kt in KNOB_TYPES.items():
+            object.__setattr__(self, name, kt.check(getattr(self, name)))
+        # The closed form's knobs as packed float64 bytes for the cost model's hot loop (not a field).
+        object.__setattr__(self, "_vec", _PACK(*(getattr(self, k) for k in _VEC_KNOBS)))
+        object.__setattr__(self, "_extra", tuple(
+            (k, getattr(self, k)) for k in _EXTRA_KNOBS if getattr(self, k) != KNOB_TYPES[k].identity
+        ))
 
     @property
     def is_identity(self) -> bool:
         """True when this action leaves the layer untouched."""
-        return self.prune == 0.0 and self.w_bits == 32 and self.a_bits == 32 and self.rank == 1.0
+        return not self._extra and self._vec == _IDENTITY_PACKED  # type: ignore[attr-defined]
 
     def to_dict(self) -> dict[str, float | int]:
-        """Plain dict of the four knobs."""
-        return {
-            "prune": self.prune,
-            "w_bits": self.w_bits,
-            "a_bits": self.a_bits,
-            "rank": self.rank,
-        }
+        """Plain dict of the knobs: the four structural ones always, any other where it is not at
+        its identity value (so policies without them keep their JSON and ``key()``)."""
+        out: dict[str, float | int] = {k: getattr(self, k) for k in _VEC_KNOBS}
+        out.update(self._extra)  # type: ignore[attr-defined]
+        return out
 
     def replace(self, **changes: float | int) -> LayerAction:
         """A copy with some knobs changed (validated again)."""
@@ -128,7 +104,7 @@ class CompressionPolicy:
                     action = LayerAction(**action)
                 except TypeError as exc:
                     raise UserInputError(
-                        f"layer {name!r}: {exc}; allowed knobs: prune, w_bits, a_bits, rank"
+                        f"layer {name!r}: {exc}; allowed knobs: {', '.join(KNOB_TYPES)}"
                     ) from None
                 except UserInputError as exc:
                     raise UserInputError(f"layer {name!r}: {exc}") from None
@@ -178,6 +154,15 @@ class CompressionPolicy:
             object.__setattr__(self, "_vectors_cache", cached)
         return cached
 
+    def _extras(self) -> dict[str, tuple[tuple[str, float | int], ...]]:
+        """``{name: ((knob, value), ...)}`` of the knobs outside the packed vector that are not at
+        their identity value, memoised (empty for a policy of the four structural knobs only)."""
+        cached = self.__dict__.get("_extras_cache")
+        if cached is None:
+            cached = {n: a._extra for n, a in self.layers.items() if a._extra}  # type: ignore[attr-defined]
+            object.__setattr__(self, "_extras_cache", cached)
+        return cached
+
     def get(self, name: str) -> LayerAction:
         """The action at ``name``; the identity action when the policy does not mention it."""
         return self.layers.get(name, _IDENTITY)
@@ -219,10 +204,10 @@ class CompressionPolicy:
         for name, knobs in layers.items():
             if not isinstance(knobs, Mapping):
                 raise UserInputError(f"layer {name!r}: expected a dict of knobs, got {knobs!r}")
-            unknown = set(knobs) - {"prune", "w_bits", "a_bits", "rank"}
+            unknown = set(knobs) - set(KNOB_TYPES)
             if unknown:
                 raise UserInputError(
-                    f"layer {name!r}: unknown knob(s) {sorted(unknown)}; allowed: prune, w_bits, a_bits, rank"
+                    f"layer {name!r}: unknown knob(s) {sorted(unknown)}; allowed: {', '.join(KNOB_TYPES)}"
                 )
             try:
                 out[name] = LayerAction(**knobs)

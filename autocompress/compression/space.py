@@ -42,12 +42,22 @@ from autocompress.compression.counting import (
     eval_mode,
     module_macs_formula,
 )
-from autocompress.compression.policy import ALLOWED_BITS, CompressionPolicy, LayerAction
+from autocompress.compression.knobs import (
+    ALLOWED_BITS,
+    KNOB_TYPES,
+    check_knob_set,
+    default_knob_names,
+    knob_names,
+    weight_storage_bytes,
+)
+from autocompress.compression.policy import _EXTRA_KNOBS, CompressionPolicy, LayerAction
 from autocompress.errors import UserInputError
 
-__all__ = ["FEATURE_NAMES", "KNOB_NAMES", "CompressionSpace", "DecisionPoint", "Knob"]
+__all__ = ["DEFAULT_KNOBS", "FEATURE_NAMES", "KNOB_NAMES", "CompressionSpace", "DecisionPoint", "Knob"]
 
-KNOB_NAMES: tuple[str, ...] = ("prune", "w_bits", "a_bits", "rank")
+#: Every registered knob type (``compression/knobs.py``), and those a space offers by default.
+KNOB_NAMES: tuple[str, ...] = knob_names()
+DEFAULT_KNOBS: tuple[str, ...] = default_knob_names()
 FEATURE_NAMES: tuple[str, ...] = (
     "index",
     "kind",
@@ -362,7 +372,7 @@ class CompressionSpace:
         model: nn.Module,
         example_input: Any = None,
         *,
-        knobs: Sequence[str] = KNOB_NAMES,
+        knobs: Sequence[str] = DEFAULT_KNOBS,
         max_prune: float = 0.8,
         round_to: int = 1,
         importance: str = "l1",
@@ -375,7 +385,8 @@ class CompressionSpace:
             model: the model to compress.
             example_input: one input batch (a tensor or a tuple of tensors); defaults to
                 ``torch.randn(1, *model.input_shape)``. Costs are per sample.
-            knobs: which knob types to offer (subset of ``("prune", "w_bits", "a_bits", "rank")``).
+            knobs: which knob types to offer (registered names, ``KNOB_NAMES``; default
+                ``DEFAULT_KNOBS``: prune, w_bits, a_bits, rank).
             max_prune: the largest ``prune`` ratio allowed at any point (``0 <= max_prune < 1``).
             round_to: kept channel counts are multiples of this (8/16 run faster on CPUs).
             importance: default channel importance for ``compress``: ``l1``, ``l2``, ``taylor``.
@@ -402,6 +413,7 @@ class CompressionSpace:
             raise UserInputError(
                 f"unknown importance {importance!r}; allowed: {', '.join(prune.IMPORTANCES)}"
             )
+        check_knob_set(knobs)
         bad_bits = [b for b in bits if b not in ALLOWED_BITS]
         if bad_bits:
             raise UserInputError(f"unsupported bit-width(s) {bad_bits}; allowed: {ALLOWED_BITS}")
@@ -433,6 +445,15 @@ class CompressionSpace:
         for layer in self._layers.values():
             layer.quant = layer.name in quantizable
             layer.rank = layer.name in rankable
+        # knobs other than the four structural ones: each type says what it offers per layer
+        self._extra_knobs: dict[str, dict[str, Any]] = {
+            layer.name: {
+                k: KNOB_TYPES[k].layer_knob(layer.kind, work.get_submodule(layer.name))
+                for k in _EXTRA_KNOBS
+                if k in self.knob_types
+            }
+            for layer in self._layers.values()
+        }
 
         # groups and shape coefficients
         skip: dict[str, str] = {}
@@ -595,6 +616,7 @@ class CompressionSpace:
         )
         self._R = np.nonzero(np.array([lay.rank for lay in layers], dtype=bool))[0]
         self._R_wt = self._u_wt[self._R]
+        self._R_pos = {int(li): i for i, li in enumerate(self._R)}
         self._R_rows_idx = self._u_rows_idx[self._R_wt]
         self._R_steps = self._lsteps[self._R]
         self._const_q_total = float(self._lconst_q.sum())
@@ -686,6 +708,11 @@ class CompressionSpace:
                     notes.append("rank: no rank saves MACs here (r < m*n/(m+n) impossible)")
                 else:
                     notes.append("rank: not supported for this layer type")
+            for k, offered in self._extra_knobs.get(lay.name, {}).items():
+                if isinstance(offered, str):
+                    notes.append(f"{k}: {offered}")
+                else:
+                    knobs[k] = offered
             if not knobs:
                 continue
             macs = float(lay.steps * (self._W[li] @ numel0) + lay.const_q + lay.const_f)
@@ -814,14 +841,24 @@ class CompressionSpace:
         return CompressionPolicy({p.name: _IDENTITY for p in self.decision_points})
 
     def uniform(
-        self, prune: float = 0.0, w_bits: int = 32, a_bits: int = 32, rank: float = 1.0
+        self,
+        prune: float = 0.0,
+        w_bits: int = 32,
+        a_bits: int = 32,
+        rank: float = 1.0,
+        **others: float | int,
     ) -> CompressionPolicy:
         """The same decision at every point that has the knob (others keep the identity value).
 
+        ``others`` sets the remaining registered knobs by name (``sparsity=0.5``).
+
         Raises:
-            UserInputError: a value outside what the knobs allow.
+            UserInputError: a value outside what the knobs allow, or an unknown knob.
         """
-        LayerAction(prune=prune, w_bits=w_bits, a_bits=a_bits, rank=rank)  # type checks
+        for k in others:
+            if k not in KNOB_TYPES:
+                raise UserInputError(f"unknown knob {k!r}; allowed: {', '.join(KNOB_TYPES)}")
+        LayerAction(prune=prune, w_bits=w_bits, a_bits=a_bits, rank=rank, **others)  # type checks
         if prune > self.max_prune + 1e-12:
             raise UserInputError(
                 f"prune={prune!r} is out of range; allowed: 0 <= prune <= {self.max_prune:g}"
@@ -831,7 +868,7 @@ class CompressionSpace:
                 raise UserInputError(
                     f"{k}={v!r} is not offered by this space; allowed: {self.bits}"
                 )
-        want = {"prune": prune, "w_bits": w_bits, "a_bits": a_bits, "rank": rank}
+        want = {"prune": prune, "w_bits": w_bits, "a_bits": a_bits, "rank": rank, **others}
         layers = {}
         for p in self.decision_points:
             layers[p.name] = LayerAction(**{k: v for k, v in want.items() if k in p.knobs})
@@ -874,9 +911,9 @@ class CompressionSpace:
                 raise UserInputError(
                     f"policy names unknown layer {name!r}; decision points are: {shown}"
                 )
-            for k in KNOB_NAMES:
+            for k, kt in KNOB_TYPES.items():
                 value = getattr(action, k)
-                if value == getattr(_IDENTITY, k):
+                if value == kt.identity:
                     continue
                 knob = point.knobs.get(k)
                 if knob is None:
@@ -946,6 +983,11 @@ class CompressionSpace:
             entry = self._names_entry(tuple(names[i] for i in keep))
             vals = vals[keep + [len(names)]]
             assert entry is not None
+        if validate and policy._extras():
+            for name, items in policy._extras().items():
+                knobs = self._points_by_name[name].knobs if name in self._points_by_name else {}
+                if any(k not in knobs or not knobs[k].contains(v) for k, v in items):
+                    self.validate(policy)  # raises with a precise message
         if validate:
             v = vals[:-1]
             if ((v < entry["lo"]) | (v > entry["hi"])).any() or (
@@ -1019,12 +1061,57 @@ class CompressionSpace:
                 0.0,
             )
         params = float(total)
+        size = float(4.0 * params + delta.sum())
+        if policy._extras():
+            fact_info = (r, m, n, fact) if any_rank else None
+            d_params, d_size = self._storage_terms(policy, numel, dext, wt_bits, fact_info)
+            params += d_params
+            size += d_size
         return {
             "macs": float(layer_macs.sum() + self._const_f_total),
             "params": params,
-            "size_bytes": float(4.0 * params + delta.sum()),
+            "size_bytes": size,
             "bops": float((layer_macs * wb * ab).sum() + self._const_f_total * 1024.0),
         }
+
+    def _storage_terms(
+        self,
+        policy: CompressionPolicy,
+        numel: np.ndarray,
+        dext: np.ndarray,
+        wt_bits: np.ndarray,
+        fact_info: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> tuple[float, float]:
+        """``(params, bytes)`` changes of the knobs outside the closed form (storage knobs).
+
+        Per weight tensor of each such layer (both factors of a factorised one) the knob types say
+        the bits per value, the side tables and the entries kept; ``knobs.weight_storage_bytes``
+        (which ``count_size_bytes`` applies to the compressed model) turns them into bytes.
+        """
+        d_params = d_size = 0.0
+        for name, items in policy._extras().items():
+            li = self._pt_layer.get(name)
+            if li is None:
+                continue
+            t = self._u_wt[li]
+            bits = int(wt_bits[t])
+            ri = self._R_pos.get(li)
+            if fact_info is not None and ri is not None and bool(fact_info[3][ri]):
+                r, m, n = (int(round(float(a[ri]))) for a in fact_info[:3])
+                # the first factor's scales are folded into the second (quantize_factorised_)
+                tensors = [(r * n, r, 0), (m * r, m, quantize.weight_scale_count((m,), bits))]
+            else:
+                rows = int(round(float(dext[self._u_rows_idx[t]])))
+                tensors = [(int(round(float(numel[t]))), rows, quantize.weight_scale_count((rows,), bits))]
+            for n_el, rows, scales in tensors:
+                vbits, side, kept = bits, 0.0, n_el
+                for k, v in items:
+                    kt = KNOB_TYPES[k]
+                    vbits, side, kept = kt.value_bits(v, vbits), side + kt.side_bytes(v), kt.stored_params(v, kept)
+                d_size += weight_storage_bytes(n_el, kept, rows, vbits, scales, side)
+                d_size -= weight_storage_bytes(n_el, n_el, rows, bits, scales)
+                d_params += kept - n_el
+        return d_params, d_size
 
     def costs(self, policy: CompressionPolicy, *, validate: bool = True) -> dict[str, float]:
         """All four predicted costs at once: ``macs``, ``params``, ``size_bytes``, ``bops``.
@@ -1068,8 +1155,10 @@ class CompressionSpace:
 
         Returns:
             ``{"removed": {group point: [units removed per atom]}, "layers": {layer: [w_bits,
-            a_bits, rank]}}`` where ``rank`` is the kept rank of a factorised layer (None when it
-            stays dense); only groups and layers that differ from the uncompressed model appear.
+            a_bits, rank(, {storage knob: value})]}}`` where ``rank`` is the kept rank of a
+            factorised layer (None when it stays dense) and the dict holds the knobs outside the
+            closed form (``sparsity``) that are set; only groups and layers that differ from the
+            uncompressed model appear.
         """
         entry, vals = self._entry_and_values(policy, True)
         removed: dict[str, list[int]] = {}
@@ -1094,11 +1183,14 @@ class CompressionSpace:
             fact = (rkR < 1.0) & (r * (m + n) < m * n)
             ranks = {int(self._R[i]): int(r[i]) for i in np.nonzero(fact)[0]}
         lv = vals[entry["layer_pos"]]
+        extras = policy._extras()
         layers: dict[str, list[Any]] = {}
         for i, lay in enumerate(self._layer_list):
             wb, ab, rank = int(lv[i, 1]), int(lv[i, 2]), ranks.get(i)
             if wb < 32 or ab < 32 or rank is not None:
                 layers[lay.name] = [wb, ab, rank]
+            if lay.name in extras:  # storage knobs, only where set (older keys stay the same)
+                layers.setdefault(lay.name, [wb, ab, rank]).append(dict(extras[lay.name]))
         return {"removed": removed, "layers": layers}
 
     def structure_key(self, policy: CompressionPolicy) -> str:

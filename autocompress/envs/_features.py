@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from autocompress.compression.knobs import from_unit as knob_from_unit
+from autocompress.compression.knobs import knob_names, levels
+from autocompress.compression.knobs import to_unit as knob_to_unit
 from autocompress.errors import UserInputError
 from autocompress.metrics import COST_METRICS, EVAL_METRICS, MAXIMIZED, Budget
 
@@ -22,8 +25,9 @@ BUDGET_METRICS: tuple[str, ...] = COST_METRICS
 #: Reward functions of the environment.
 REWARDS: tuple[str, ...] = ("acc", "r_flops", "lagrangian", "weighted")
 
-#: Knobs in action order (the action has one component per enabled knob, in this order).
-KNOB_ORDER: tuple[str, ...] = ("prune", "w_bits", "a_bits", "rank")
+#: Knobs in action order (the action has one component per enabled knob, in this order):
+#: the knob registry's order.
+KNOB_ORDER: tuple[str, ...] = knob_names()
 
 
 def resolve_budgets(
@@ -49,49 +53,11 @@ def resolve_budgets(
 
 
 # --- knobs and the action encoding -------------------------------------------------------------
-def knob_levels(knob: Any) -> tuple[float, float] | list[Any]:
-    """The knob's legal values ordered from least to most compressed.
-
-    A discrete knob (bit-widths: ``knob.choices``) gives the list of choices; a continuous knob
-    (prune, rank) gives ``(least_compressed, most_compressed)``.
-    """
-    choices = getattr(knob, "choices", None)
-    least, most = knob.least_compressed, knob.most_compressed
-    if choices:
-        return sorted(choices, key=lambda c: abs(c - least))
-    return (float(least), float(most))
-
-
-def decode_knob(knob: Any, u: float) -> float | int:
-    """Map ``u`` in [0, 1] (0 = least, 1 = most compressed) to a legal value of ``knob``.
-
-    Continuous knobs interpolate linearly and land exactly on the ends at ``u`` = 0 and 1;
-    discrete knobs split [0, 1] into equal bins, one per choice.
-    """
-    u = min(1.0, max(0.0, float(u)))
-    levels = knob_levels(knob)
-    if isinstance(levels, list):
-        return levels[min(int(u * len(levels)), len(levels) - 1)]
-    least, most = levels
-    if u >= 1.0:
-        return most
-    if u <= 0.0:
-        return least
-    value = least + u * (most - least)
-    lo, hi = min(least, most), max(least, most)
-    return min(hi, max(lo, value))
-
-
-def encode_knob(knob: Any, value: float) -> float:
-    """Inverse of ``decode_knob``: the ``u`` in [0, 1] that decodes to ``value`` (bin centre for choices)."""
-    levels = knob_levels(knob)
-    if isinstance(levels, list):
-        idx = min(range(len(levels)), key=lambda i: abs(levels[i] - value))
-        return (idx + 0.5) / len(levels)
-    least, most = levels
-    if most == least:
-        return 0.0
-    return min(1.0, max(0.0, (float(value) - least) / (most - least)))
+# The knob <-> [0, 1] mapping is the knob registry's (``compression/knobs.py``), shared with the
+# searchers and the budget projection.
+knob_levels = levels
+decode_knob = knob_from_unit
+encode_knob = knob_to_unit
 
 
 def to_unit(action: np.ndarray) -> np.ndarray:

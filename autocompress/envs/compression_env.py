@@ -287,9 +287,9 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     def encode(self, index: int, action: LayerAction) -> np.ndarray:
         """Unit action ``u`` that decodes to ``action`` at point ``index`` (0 for absent knobs)."""
         point = self.points[index]
-        values = action.to_dict()
         return np.array([
-            encode_knob(point.knobs[k], values[k]) if k in point.knobs else 0.0 for k in self.knobs
+            encode_knob(point.knobs[k], getattr(action, k)) if k in point.knobs else 0.0
+            for k in self.knobs
         ])
 
     def policy_from_units(self, units: np.ndarray) -> CompressionPolicy:

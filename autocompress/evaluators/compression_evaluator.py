@@ -60,8 +60,12 @@ def structural_policy(policy: CompressionPolicy) -> CompressionPolicy:
 
 
 def changes_structure(policy: CompressionPolicy) -> bool:
-    """True when the policy prunes or factorises somewhere (BatchNorm statistics go stale)."""
-    return any(a.prune > 0 or a.rank < 1 for a in policy.layers.values())
+    """True when the policy prunes, factorises or sparsifies somewhere (BatchNorm statistics go
+    stale): some knob whose type declares ``restats`` is off its identity value."""
+    from autocompress.compression.knobs import KNOB_TYPES
+
+    stale = [(k, kt.identity) for k, kt in KNOB_TYPES.items() if kt.restats]
+    return any(getattr(a, k) != ident for a in policy.layers.values() for k, ident in stale)
 
 
 def cost_metrics(space: CompressionSpace, policy: CompressionPolicy) -> dict[str, float]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from autocompress.compression.knobs import KNOB_TYPES
 from autocompress.metrics import COST_METRICS, VOCABULARY
 from autocompress.report.run import Candidate, RunRecord, layer_order, load_run
 from autocompress.report.tables import (
@@ -193,10 +194,15 @@ def _hover(c: Candidate, names: Sequence[str], order: Sequence[str] | None, max_
               if m in c.metrics]
     lines += [html.escape(n) for n in notes]
     layers = ordered_layers(c.policy, order)
-    lines.append("<i>layer: prune / w bits / a bits / rank</i>")
+    shown = ["prune", "w_bits", "a_bits", "rank"]  # always; other knob types where some layer sets them
+    shown += [k for k, kt in KNOB_TYPES.items() if k not in shown
+              and any(getattr(c.policy[n], k) != kt.identity for n in layers)]
+    lines.append("<i>layer: " + " / ".join(KNOB_TYPES[k].label for k in shown) + "</i>")
     for name in layers[:max_layers]:
         a = c.policy[name]
-        lines.append(f"{html.escape(name)}: {a.prune:.2f} / {a.w_bits} / {a.a_bits} / {a.rank:.2f}")
+        cells = [f"{a.prune:.2f}", str(a.w_bits), str(a.a_bits), f"{a.rank:.2f}"]
+        cells += [KNOB_TYPES[k].format(getattr(a, k)) for k in shown[4:]]
+        lines.append(f"{html.escape(name)}: " + " / ".join(cells))
     if len(layers) > max_layers:
         lines.append(f"... {len(layers) - max_layers} more layers")
     return "<br>".join(lines)

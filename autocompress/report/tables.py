@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from autocompress.compression import CompressionPolicy
+from autocompress.compression.knobs import KNOB_TYPES
 from autocompress.metrics import VOCABULARY, format_value
 
 if TYPE_CHECKING:
@@ -55,6 +56,12 @@ def policy_summary(policy: CompressionPolicy) -> str:
     ranks = [a.rank for a in acts if a.rank < 1.0]
     if ranks:
         parts.append(f"rank {min(ranks):.2f}-{max(ranks):.2f} on {len(ranks)}")
+    for k, kt in KNOB_TYPES.items():  # the storage knobs: range and count where set
+        if k in ("prune", "w_bits", "a_bits", "rank"):
+            continue
+        vals = [getattr(a, k) for a in acts if getattr(a, k) != kt.identity]
+        if vals:
+            parts.append(f"{kt.label} {kt.format(min(vals))}-{kt.format(max(vals))} on {len(vals)}")
     return ", ".join(parts)
 
 
@@ -208,28 +215,26 @@ def policy_table(point: Candidate, *, base: Mapping[str, float] | None = None,
     ] + list(notes))
     table = Table(title=f"point {point.id}: per-layer policy", caption=metrics)
     acts = list(point.policy.layers.values())
-    # A knob no layer uses (e.g. bits in a pruning-only search) gets no column.
-    show_bits = any(a.w_bits < 32 or a.a_bits < 32 for a in acts)
-    show_rank = any(a.rank < 1.0 for a in acts)
-    show_prune = any(a.prune > 0 for a in acts) or not (show_bits or show_rank)
+    # One column per knob type some layer uses (e.g. no bits in a pruning-only search), shown as
+    # the knob registry says; both bit-widths together; prune (and kept share) when nothing is set.
+    used = {k for k, kt in KNOB_TYPES.items() if any(getattr(a, k) != kt.identity for a in acts)}
+    if used & {"w_bits", "a_bits"}:
+        used |= {"w_bits", "a_bits"}
+    if not used - {"prune"}:
+        used.add("prune")
+    columns = [k for k in KNOB_TYPES if k in used]
     table.add_column("#", justify="right", style="dim")
     table.add_column("layer")
-    if show_prune:
-        table.add_column("prune", justify="right")
-        table.add_column("kept", justify="right")
-    if show_bits:
-        table.add_column("w bits", justify="right")
-        table.add_column("a bits", justify="right")
-    if show_rank:
-        table.add_column("rank", justify="right")
+    for k in columns:
+        table.add_column(KNOB_TYPES[k].label, justify="right")
+        if k == "prune":
+            table.add_column("kept", justify="right")
     for i, name in enumerate(ordered_layers(point.policy, order)):
         a = point.policy[name]
         row = [str(i), name]
-        if show_prune:
-            row += [f"{a.prune:.2f}", f"{1.0 - a.prune:.0%}"]
-        if show_bits:
-            row += ["fp32" if a.w_bits == 32 else str(a.w_bits), "fp32" if a.a_bits == 32 else str(a.a_bits)]
-        if show_rank:
-            row.append(f"{a.rank:.2f}")
+        for k in columns:
+            row.append(KNOB_TYPES[k].format(getattr(a, k)))
+            if k == "prune":
+                row.append(f"{1.0 - a.prune:.0%}")
         table.add_row(*row)
     return table

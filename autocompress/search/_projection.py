@@ -42,23 +42,17 @@ BUDGET_FILL = "budget_fill"
 
 
 def _unit(knob: object, value: float) -> float:
-    """Relative compression of ``value`` on ``knob``: 0 = least, 1 = most compressed."""
-    choices = getattr(knob, "choices", None)
-    least, most = knob.least_compressed, knob.most_compressed  # type: ignore[attr-defined]
-    if choices:
-        order = sorted(choices, reverse=float(most) < float(least))  # least -> most compressed
-        return order.index(value) / max(1, len(order) - 1) if value in order else 0.0
-    span = float(most) - float(least)
-    return 0.0 if span == 0 else min(1.0, max(0.0, (float(value) - float(least)) / span))
+    """Relative compression of ``value`` on ``knob``: 0 = least, 1 = most compressed (the knob
+    registry's unit mapping, shared with the environment and the baseline searchers)."""
+    from autocompress.compression.knobs import to_unit
+
+    return to_unit(knob, value)
 
 
 def _value(knob: object, u: float) -> float:
-    choices = getattr(knob, "choices", None)
-    least, most = knob.least_compressed, knob.most_compressed  # type: ignore[attr-defined]
-    if choices:
-        order = sorted(choices, reverse=float(most) < float(least))
-        return order[min(len(order) - 1, int(round(u * (len(order) - 1))))]
-    return float(least) + u * (float(most) - float(least))
+    from autocompress.compression.knobs import from_unit
+
+    return from_unit(knob, u)
 
 
 def cost_knobs(space: CompressionSpace, cost: Callable[[CompressionPolicy], float]) -> tuple[str, ...]:

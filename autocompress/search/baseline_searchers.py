@@ -21,21 +21,11 @@ if TYPE_CHECKING:
 
 
 def knob_value(knob: Any, u: float) -> float | int:
-    """The value of ``knob`` a fraction ``u`` of the way from least (0) to most (1) compressed.
+    """The value of ``knob`` a fraction ``u`` of the way from least (0) to most (1) compressed
+    (the knob registry's unit mapping, ``compression.knobs.from_unit``)."""
+    from autocompress.compression.knobs import from_unit
 
-    Continuous knobs interpolate linearly; bit-width choices are ordered from the least to the
-    most compressed and ``u`` picks one of equal bins.
-    """
-    u = min(1.0, max(0.0, float(u)))
-    choices = getattr(knob, "choices", None)
-    if choices:
-        least, most = knob.least_compressed, knob.most_compressed
-        ordered = sorted(choices, reverse=most < least)
-        return ordered[min(int(u * len(ordered)), len(ordered) - 1)]
-    least, most = float(knob.least_compressed), float(knob.most_compressed)
-    if u >= 1.0:
-        return most
-    return least + u * (most - least)
+    return from_unit(knob, u)
 
 
 def uniform_policy(space: CompressionSpace, u: float) -> CompressionPolicy:
@@ -49,22 +39,18 @@ def uniform_policy(space: CompressionSpace, u: float) -> CompressionPolicy:
 
 
 def blend_policy(space: CompressionSpace, policy: CompressionPolicy, lam: float) -> CompressionPolicy:
-    """Move every knob of ``policy`` a share ``lam`` of the way to its most compressed value."""
+    """Move every knob of ``policy`` a share ``lam`` of the way to its most compressed value
+    (in the knob registry's unit coordinates: ``u + lam * (1 - u)``)."""
     from autocompress.compression import CompressionPolicy, LayerAction
+    from autocompress.compression.knobs import from_unit, to_unit
 
     layers = {}
     for p in space.decision_points:
         action = policy.get(p.name)
         knobs: dict[str, Any] = {}
         for k, knob in p.knobs.items():
-            cur = getattr(action, k)
-            choices = getattr(knob, "choices", None)
-            if choices:
-                ordered = sorted(choices, reverse=knob.most_compressed < knob.least_compressed)
-                i = ordered.index(cur) if cur in ordered else 0
-                knobs[k] = ordered[int(round(i + lam * (len(ordered) - 1 - i)))]
-            else:
-                knobs[k] = float(cur) + lam * (float(knob.most_compressed) - float(cur))
+            u = to_unit(knob, getattr(action, k))
+            knobs[k] = from_unit(knob, u + lam * (1.0 - u))
         layers[p.name] = LayerAction(**knobs)
     return CompressionPolicy(layers)
 

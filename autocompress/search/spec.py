@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from autocompress.compression.hardware import check_round_to
+from autocompress.compression.knobs import check_knob_set, knob_names
 from autocompress.errors import UserInputError, check_checkpoint_path
 from autocompress.evaluators.config import EvaluatorConfig
 from autocompress.metrics import DIRECTIONS, Budget, parse_budget, parse_metric
@@ -30,7 +31,8 @@ OBJECTIVE_METRICS: dict[str, str] = {name: d.value for name, d in DIRECTIONS.ite
 _DIRECTION_ALIASES = {"max": "maximize", "maximize": "maximize", "min": "minimize",
                       "minimize": "minimize"}
 
-KNOBS: tuple[str, ...] = ("prune", "w_bits", "a_bits", "rank")
+#: Knobs a search may ask for: every registered knob type (``compression/knobs.py``).
+KNOBS: tuple[str, ...] = knob_names()
 
 #: The search's evaluator defaults: latency off unless a latency objective or budget asks for it
 #: (then ``predicted``); every other setting as ``EvaluatorConfig``.
@@ -344,7 +346,8 @@ class SearchSpec:
         checkpoint: trained weights of ``model``; None trains (or reuses from the cache) a base model.
         data: data set name (``digits``, ``cifar10``, ``imagefolder:PATH`` ...).
         data_root: directory holding a local data set.
-        knobs: which compression knobs the space offers (``prune``, ``w_bits``, ``a_bits``, ``rank``).
+        knobs: which compression knobs the space offers (``prune``, ``w_bits``, ``a_bits``, ``rank``:
+            the knob registry's names).
         max_prune: largest prune ratio offered per decision point.
         round_to: kept channel counts are rounded to a multiple of this; ``"auto"`` (the
             default) resolves, per model, to the CPU's SIMD width in floats (16 with AVX-512, 8
@@ -431,10 +434,7 @@ class SearchSpec:
         knobs = tuple(str(k).strip() for k in _as_list("knobs", self.knobs))
         if not knobs:
             raise UserInputError(f"knobs is empty; allowed: one or more of {', '.join(KNOBS)}")
-        for k in knobs:
-            if k not in KNOBS:
-                raise UserInputError(f"unknown knob {k!r}; allowed: {', '.join(KNOBS)}")
-        set_("knobs", tuple(k for k in KNOBS if k in knobs))
+        set_("knobs", check_knob_set(knobs))  # registered names, none excluding another
         set_("max_prune", _check_float("max_prune", self.max_prune, 0.0, 0.99, lo_open=True))
         set_("round_to", check_round_to(self.round_to))
         objectives = tuple(parse_objective(o) for o in _as_list("objectives", self.objectives))

@@ -135,7 +135,7 @@ def test_validate_names_the_layer_value_and_what_is_allowed(convnet_space) -> No
     with pytest.raises(UserInputError, match="no 'prune' knob"):
         restricted.validate(CompressionPolicy({"net.1": LayerAction(prune=0.5)}))
     with pytest.raises(UserInputError, match="unknown knob"):
-        CompressionSpace.from_model(create_model("test_mlp"), knobs=("prune", "sparsity"))
+        CompressionSpace.from_model(create_model("test_mlp"), knobs=("prune", "sparsty"))
     with pytest.raises(UserInputError, match="max_prune"):
         CompressionSpace.from_model(create_model("test_mlp"), max_prune=1.0)
     with pytest.raises(UserInputError, match="example_input is required"):

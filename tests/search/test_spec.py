@@ -47,7 +47,7 @@ def test_every_preset_loads(path: Path) -> None:
         ({"trials": 0}, "trials=0"),
         ({"trials": "many"}, "trials='many'"),
         ({"seed": -1}, "seed=-1"),
-        ({"knobs": ["prune", "sparsity"]}, "knob 'sparsity'"),
+        ({"knobs": ["prune", "sparsty"]}, "knob 'sparsty'"),
         ({"objectives": ["acc", "beauty"]}, "objective 'beauty'"),
         ({"objectives": ["acc:up"]}, "direction 'up'"),
         ({"budgets": ["flops=fifty"]}, "fifty"),

@@ -1,0 +1,407 @@
+"""The knob registry: the one place a kind of per-layer compression knob is declared.
+
+A knob type (torchao's pattern: a registered config type dispatches to its transform) declares
+
+* its **name** (the ``LayerAction`` field, the policy JSON key, the ``--knob`` name), the global
+  **range** check and the **identity** value (the value that leaves a layer untouched);
+* whether a default space offers it (``default``);
+* its **unit mapping**: ``to_unit`` / ``from_unit`` between a layer's ``Knob`` and [0, 1]
+  (0 = least, 1 = most compressed). The environment, the baseline searchers, the ladder searcher
+  and the budget projection all read this one mapping;
+* its **transform** (``transform_``: applied by ``compress`` in ``stage`` order);
+* its **cost contribution**: the metrics it changes (``costs``); the four structural knobs are
+  modelled by the space's closed form (``space.py``), a storage knob by the bits per value, side
+  tables and entries kept it declares (``value_bits``, ``side_bytes``, ``stored_params``), turned
+  into bytes by :func:`weight_storage_bytes`, the one formula of the cost model and of
+  ``count_size_bytes``;
+* how reports **show** it (``label``, ``format``).
+
+Adding a knob = one module with a ``KnobType`` subclass registered by ``register_knob`` (imported
+at the end of this file), a ``LayerAction`` field whose default is the identity value, and tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from autocompress.errors import UserInputError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from autocompress.compression.policy import CompressionPolicy
+    from autocompress.compression.space import CompressionSpace
+
+__all__ = [
+    "ALLOWED_BITS",
+    "KNOB_TYPES",
+    "KnobType",
+    "check_knob_set",
+    "default_knob_names",
+    "from_unit",
+    "knob_names",
+    "knob_type",
+    "levels",
+    "register_knob",
+    "to_unit",
+    "weight_storage_bytes",
+]
+
+
+# --- the one unit mapping ----------------------------------------------------------------------
+def levels(knob: Any) -> tuple[float, float] | list[Any]:
+    """A layer knob's legal values from least to most compressed.
+
+    Choices (bit-widths) give the list of choices, ordered by distance from the least compressed
+    one; a continuous knob (prune, rank) gives ``(least_compressed, most_compressed)``.
+    """
+    choices = getattr(knob, "choices", None)
+    least, most = knob.least_compressed, knob.most_compressed
+    if choices:
+        return sorted(choices, key=lambda c: abs(c - least))
+    return (float(least), float(most))
+
+
+def from_unit(knob: Any, u: float) -> float | int:
+    """The value of ``knob`` at unit position ``u``: its knob type's mapping (the shared one,
+    :func:`shared_from_unit`, unless the type overrides it; knobs of other spaces use it too)."""
+    kt = KNOB_TYPES.get(getattr(knob, "name", ""))
+    return kt.from_unit(knob, u) if kt is not None else shared_from_unit(knob, u)
+
+
+def to_unit(knob: Any, value: float) -> float:
+    """Relative compression of ``value`` on ``knob`` (0 = least, 1 = most compressed): its knob
+    type's mapping (the shared one, :func:`shared_to_unit`, unless the type overrides it)."""
+    kt = KNOB_TYPES.get(getattr(knob, "name", ""))
+    return kt.to_unit(knob, value) if kt is not None else shared_to_unit(knob, value)
+
+
+def shared_from_unit(knob: Any, u: float) -> float | int:
+    """The value of ``knob`` a share ``u`` in [0, 1] of the way from least (0) to most (1) compressed.
+
+    Continuous knobs interpolate linearly and land exactly on the ends at 0 and 1; choices split
+    [0, 1] into equal bins, one per choice (least compressed first).
+    """
+    u = min(1.0, max(0.0, float(u)))
+    lv = levels(knob)
+    if isinstance(lv, list):
+        return lv[min(int(u * len(lv)), len(lv) - 1)]
+    least, most = lv
+    if u >= 1.0:
+        return most
+    if u <= 0.0:
+        return least
+    value = least + u * (most - least)
+    return min(max(least, most), max(min(least, most), value))
+
+
+def shared_to_unit(knob: Any, value: float) -> float:
+    """Relative compression of ``value`` on ``knob``: 0 = least, 1 = most compressed.
+
+    A right inverse of :func:`shared_from_unit` (``from_unit(knob, to_unit(knob, v)) == v`` for every
+    legal value): choices map to ``index / (n - 1)``, which lies inside the choice's bin; a value
+    that is not a choice maps to the nearest one.
+    """
+    lv = levels(knob)
+    if isinstance(lv, list):
+        if len(lv) < 2:
+            return 0.0
+        idx = min(range(len(lv)), key=lambda i: abs(lv[i] - value))
+        return idx / (len(lv) - 1)
+    least, most = lv
+    if most == least:
+        return 0.0
+    return min(1.0, max(0.0, (float(value) - least) / (most - least)))
+
+
+# --- knob types --------------------------------------------------------------------------------
+class KnobType:
+    """One kind of per-layer knob (see the module docstring). Subclass, then ``register_knob``.
+
+    Class attributes:
+        name: ``LayerAction`` field, policy JSON key and ``--knob`` name.
+        identity: the value that leaves the layer untouched.
+        integer: values are integers (bit-widths), else floats.
+        default: offered by a space built without an explicit knob list.
+        stage: ``compress`` applies knob types in increasing stage.
+        costs: the predicted metrics the knob can lower.
+        restats: a non-identity value changes the layer's outputs enough that BatchNorm
+            statistics go stale (the evaluator re-estimates them).
+        label: report column header.
+        allowed: the global range, as error messages say it.
+        excludes: knobs a space cannot offer together with this one.
+    """
+
+    name: ClassVar[str]
+    identity: ClassVar[float | int]
+    integer: ClassVar[bool] = False
+    default: ClassVar[bool] = True
+    stage: ClassVar[int] = 50
+    costs: ClassVar[tuple[str, ...]] = ()
+    restats: ClassVar[bool] = False
+    label: ClassVar[str] = ""
+    allowed: ClassVar[str] = ""
+    excludes: ClassVar[tuple[str, ...]] = ()
+
+    def check(self, value: Any) -> float | int:
+        """``value`` normalised (float or int) after the range check that holds for every layer.
+
+        Raises:
+            UserInputError: naming the value and what is allowed.
+        """
+        if self.integer:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+                raise UserInputError(
+                    f"LayerAction.{self.name}={value!r} is not an integer; allowed: {self.allowed}"
+                )
+            value = int(value)
+        else:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UserInputError(f"LayerAction.{self.name}={value!r} is not a number")
+            value = float(value)
+        if not self.in_range(value):
+            raise UserInputError(
+                f"LayerAction.{self.name}={value!r} is out of range; allowed: {self.allowed}"
+            )
+        return value
+
+    def in_range(self, value: float) -> bool:
+        """The range check of :meth:`check` (after normalisation)."""
+        return True
+
+    def format(self, value: float | int) -> str:
+        """The value as a report cell."""
+        return f"{value:.2f}"
+
+    def to_unit(self, knob: Any, value: float) -> float:
+        """Relative compression of ``value`` (the shared mapping; override only with a reason)."""
+        return shared_to_unit(knob, value)
+
+    def from_unit(self, knob: Any, u: float) -> float | int:
+        """Inverse of :meth:`to_unit` (the shared mapping)."""
+        return shared_from_unit(knob, u)
+
+    def transform_(
+        self, model: nn.Module, policy: CompressionPolicy, space: CompressionSpace, ctx: dict[str, Any]
+    ) -> None:
+        """Apply this knob of every point of ``policy`` to ``model`` in place.
+
+        ``ctx`` carries what ``compress`` was given (``importance``, ``calib`` raw batches,
+        ``inputs``, ``reconstruct``, the untouched ``original``) and what earlier stages leave.
+        """
+
+    def layer_knob(self, kind: str, module: nn.Module) -> Any:
+        """The ``Knob`` this type offers at a layer of ``kind`` (``DecisionPoint.kind``), or a
+        string saying why it offers none. The four structural knobs are built by the space itself
+        (they need its group and shape analysis)."""
+        raise NotImplementedError(f"knob type {self.name!r} builds no layer knob")
+
+    def value_bits(self, value: float | int, bits: int) -> int:
+        """Bits per stored weight value under this knob (``bits``: the layer's weight bit-width)."""
+        return bits
+
+    def side_bytes(self, value: float | int) -> float:
+        """Bytes stored once per weight tensor besides its values (a shared-weight codebook)."""
+        return 0.0
+
+    def stored_params(self, value: float | int, numel: int) -> int:
+        """Entries of a weight tensor (``numel`` so far) stored under this knob; fewer than all
+        means the rest are zeros left out of a sparse (CSR) layout."""
+        return numel
+
+
+
+KNOB_TYPES: dict[str, KnobType] = {}
+
+
+def register_knob(kt: KnobType) -> KnobType:
+    """Add a knob type to the registry (its name must be new and a ``LayerAction`` field)."""
+    if kt.name in KNOB_TYPES:
+        raise ValueError(f"knob type {kt.name!r} is already registered")
+    KNOB_TYPES[kt.name] = kt
+    return kt
+
+
+def knob_type(name: str) -> KnobType:
+    """The registered knob type ``name``.
+
+    Raises:
+        UserInputError: unknown name (lists the registered ones).
+    """
+    kt = KNOB_TYPES.get(name)
+    if kt is None:
+        raise UserInputError(f"unknown knob {name!r}; allowed: {', '.join(KNOB_TYPES)}")
+    return kt
+
+
+def check_knob_set(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` in registry order, after checking each is registered and no two exclude each other.
+
+    Raises:
+        UserInputError: an unknown name (lists the registered ones) or two exclusive knobs.
+    """
+    for n in names:
+        knob_type(n)
+    for n in names:
+        for other in KNOB_TYPES[n].excludes:
+            if other in names:
+                raise UserInputError(
+                    f"knobs {n} and {other} both decide how weights are stored; choose one of them"
+                )
+    return tuple(k for k in KNOB_TYPES if k in names)
+
+
+def knob_names() -> tuple[str, ...]:
+    """Every registered knob, in registration order (the order of actions and report columns)."""
+    return tuple(KNOB_TYPES)
+
+
+def default_knob_names() -> tuple[str, ...]:
+    """The knobs a space offers when no list is given."""
+    return tuple(n for n, kt in KNOB_TYPES.items() if kt.default)
+
+
+def weight_storage_bytes(
+    numel: int, nnz: int, rows: int, bits: int, scales: int, side: float = 0.0
+) -> float:
+    """Bytes of one weight tensor: the storage formula of the cost model and of ``count_size_bytes``.
+
+    ``numel`` entries in ``rows`` rows, ``nnz`` of them stored, each value in ``bits`` bits (32 =
+    float), ``scales`` float32 scales, ``side`` bytes of side tables (a codebook). Dense: values
+    x bits + scales, never above float32.
+    """
+    dense = 4.0 * numel if bits >= 32 else min(numel * bits / 8.0 + 4.0 * scales, 4.0 * numel)
+    return dense + side
+
+
+def non_identity(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``{knob: value}`` that differ from their knob's identity value."""
+    return {k: v for k, v in values.items() if v != KNOB_TYPES[k].identity}
+
+
+# --- the four structural knobs -----------------------------------------------------------------
+class PruneKnob(KnobType):
+    """Structured channel pruning (``prune.py``): the fraction of a group's output channels removed."""
+
+    name = "prune"
+    identity = 0.0
+    stage = 10
+    costs = ("macs", "params", "size_bytes", "bops", "latency_ms")
+    restats = True
+    label = "prune"
+    allowed = "0 <= prune < 1"
+
+    def in_range(self, value: float) -> bool:
+        return math.isfinite(value) and 0.0 <= value < 1.0
+
+    def transform_(self, model: nn.Module, policy: CompressionPolicy, space: CompressionSpace,
+                   ctx: dict[str, Any]) -> None:
+        from autocompress.compression import prune
+
+        decisions = [(g, policy.get(g.point).prune) for g in space._pgroups
+                     if policy.get(g.point).prune > 0]
+        if not decisions:
+            return
+        DG = prune.build_graph(model, space.example_input)
+        _, out_removed = prune.prune_groups_(
+            model, DG, decisions, round_to=space.round_to,
+            importance=ctx.get("importance") or space.importance, calib=ctx.get("raw"),
+        )
+        del DG
+        if ctx.get("reconstruct"):
+            from autocompress.compression.apply import _reconstruct_
+
+            _reconstruct_(ctx["original"], model, out_removed, ctx["inputs"])
+
+
+class RankKnob(KnobType):
+    """Low-rank factorisation by truncated SVD (``lowrank.py``): the fraction of the rank kept."""
+
+    name = "rank"
+    identity = 1.0
+    stage = 20
+    costs = ("macs", "params", "size_bytes", "bops", "latency_ms")
+    restats = True
+    label = "rank"
+    allowed = "0 < rank <= 1"
+
+    def in_range(self, value: float) -> bool:
+        return math.isfinite(value) and 0.0 < value <= 1.0
+
+    def transform_(self, model: nn.Module, policy: CompressionPolicy, space: CompressionSpace,
+                   ctx: dict[str, Any]) -> None:
+        from autocompress.compression import lowrank
+
+        for point in space.decision_points:
+            value = policy.get(point.name).rank
+            if "rank" not in point.knobs or value >= 1.0:
+                continue
+            module = model.get_submodule(point.name)
+            m, n = lowrank._dims(module)
+            r = lowrank.factorised_rank(m, n, value)
+            if r is not None:
+                _set_submodule(model, point.name, lowrank.factorise(module, r))
+
+
+#: Bit-widths a policy may ask for (32 means "leave in float").
+ALLOWED_BITS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 16, 32)
+
+
+class BitsKnob(KnobType):
+    """Weight (``w_bits``) or input-activation (``a_bits``) bit-width (``quantize.py``)."""
+
+    identity = 32
+    integer = True
+    stage = 40
+    allowed = f"one of {ALLOWED_BITS}"
+
+    def __init__(self, name: str, costs: tuple[str, ...], label: str) -> None:
+        self.name = name  # type: ignore[misc]
+        self.costs = costs  # type: ignore[misc]
+        self.label = label  # type: ignore[misc]
+
+    def check(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise UserInputError(
+                f"LayerAction.{self.name}={value!r} is not an integer bit-width; allowed: {ALLOWED_BITS}"
+            )
+        if int(value) not in ALLOWED_BITS:
+            raise UserInputError(
+                f"LayerAction.{self.name}={int(value)!r} is not supported; allowed: {ALLOWED_BITS}"
+            )
+        return int(value)
+
+    def format(self, value: float | int) -> str:
+        return "fp32" if value == 32 else str(int(value))
+
+    def transform_(self, model: nn.Module, policy: CompressionPolicy, space: CompressionSpace,
+                   ctx: dict[str, Any]) -> None:
+        # One quantized layer class carries both bit-widths: ``w_bits`` applies the pair.
+        if self.name != "w_bits":
+            return
+        from autocompress.compression import lowrank, quantize
+
+        for point in space.decision_points:
+            action = policy.get(point.name)
+            if action.w_bits >= 32 and action.a_bits >= 32:
+                continue
+            module = model.get_submodule(point.name)
+            if isinstance(module, lowrank.LowRank):
+                quantize.quantize_factorised_(module[0], module[1], action.w_bits, action.a_bits)
+            else:
+                quantize.quantize_module_(module, action.w_bits, action.a_bits)
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
+register_knob(PruneKnob())
+register_knob(BitsKnob("w_bits", ("size_bytes", "bops", "latency_ms"), "w bits"))
+register_knob(BitsKnob("a_bits", ("bops", "latency_ms"), "a bits"))
+register_knob(RankKnob())
+
