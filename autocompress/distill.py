@@ -30,6 +30,23 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, *, a
     return alpha * t * t * soft + (1.0 - alpha) * hard
 
 
+@torch.no_grad()
+def reapply_constraints_(model: nn.Module) -> int:
+    """Put the weights of sparse layers back on their constraint after an optimizer step.
+
+    A sparse layer (``weight_mask``, the ``sparsity`` knob) zeroes its pruned entries again
+    (momentum and weight decay move them). Returns the number of layers constrained.
+    """
+    n = 0
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        mask = getattr(m, "weight_mask", None)
+        if isinstance(w, Tensor) and isinstance(mask, Tensor) and mask.shape == w.shape:
+            w.mul_(mask)
+            n += 1
+    return n
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module | None,
@@ -42,6 +59,8 @@ def distill(
 ) -> list[tuple[float, int]]:
     """Train ``student`` in place: one optimizer step (then one ``scheduler`` step) per batch.
 
+    After each optimizer step sparse layers are put back on their constraint
+    (``reapply_constraints_``: masks re-applied).
     The loss is ``kd_loss`` against ``teacher``'s logits, or plain cross-entropy without a teacher
     or with ``alpha=0`` (the teacher is then not run). The teacher runs in eval mode without
     gradients; the student trains in train mode, so its BatchNorm statistics follow its weights,
@@ -68,6 +87,7 @@ def distill(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            reapply_constraints_(student)
             if scheduler is not None:
                 scheduler.step()
             steps.append((float(loss.detach()), len(y)))

@@ -271,8 +271,9 @@ def compress(
 
     Per decision point the knobs combine in the registry's stage order (``compression/knobs.py``):
     channel pruning (torch-pruning groups, exact channel counts as predicted by ``space``), then
-    low-rank factorisation of the pruned weight (truncated SVD), then fake quantization (weights
-    quantized once, activation ranges calibrated on ``calib``). ``model`` is left untouched; the result's train/eval flag is the
+    low-rank factorisation of the pruned weight (truncated SVD), then unstructured magnitude
+    sparsity (``sparsity``), then fake quantization (weights quantized once, activation ranges
+    calibrated on ``calib``). ``model`` is left untouched; the result's train/eval flag is the
     model's. Quantized layers keep their module names (``layer.weight`` stays ``layer.weight``);
     a factorised layer becomes ``LowRank`` with children ``0`` and ``1``.
 
@@ -324,7 +325,7 @@ def compress(
     work.eval()
 
     # Each knob type transforms the copy in its stage order: prune (torch-pruning groups, then the
-    # optional refit), factorise, quantize (compression/knobs.py).
+    # optional refit), factorise, sparsify, quantize (compression/knobs.py).
     ctx: dict[str, Any] = {"importance": importance, "raw": raw, "inputs": inputs,
                            "reconstruct": reconstruct, "original": model}
     for kt in sorted(KNOB_TYPES.values(), key=lambda kt: kt.stage):

@@ -161,9 +161,29 @@ def count_macs(model: nn.Module, example_input: Any) -> int:
     return int(round(total / _batch_size(example_input)))
 
 
+def _masked(model: nn.Module) -> dict[int, tuple[nn.Module, Tensor]]:
+    """``{id(weight): (module, mask)}`` of the sparse layers (a ``weight_mask`` buffer)."""
+    out = {}
+    for m in model.modules():
+        mask = getattr(m, "weight_mask", None)
+        w = getattr(m, "weight", None)
+        if isinstance(mask, Tensor) and isinstance(w, Tensor) and mask.shape == w.shape:
+            out[id(w)] = (m, mask)
+    return out
+
+
 def count_params(model: nn.Module) -> int:
-    """Number of parameter elements (shared parameters counted once)."""
-    return sum(p.numel() for p in model.parameters())
+    """Number of stored parameter elements (shared parameters counted once; a sparse weight
+    counts its nonzeros, the entries its ``weight_mask`` keeps)."""
+    masked = _masked(model)
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += int(masked[id(p)][1].sum()) if id(p) in masked else p.numel()
+    return total
 
 
 def count_size_bytes(model: nn.Module) -> float:
@@ -171,15 +191,25 @@ def count_size_bytes(model: nn.Module) -> float:
 
     Quantized weight tensors (see ``autocompress.compression.quantize``) count ``numel x bits / 8``
     plus 4 bytes per scale (per output channel at 3-16 bits, one per tensor at 1-2 bits), capped
-    at their float32 size; every other parameter counts 4 bytes (float32). Buffers (BatchNorm
-    running statistics, activation ranges) are not counted.
+    at their float32 size; every other parameter counts 4 bytes (float32). A sparse weight (a
+    ``weight_mask`` buffer) is stored as CSR when that is smaller (``knobs.weight_storage_bytes``).
+    Buffers (BatchNorm running statistics, activation ranges, masks) are not counted.
     """
-    from autocompress.compression.quantize import quantized_weight_bytes
+    from autocompress.compression.knobs import weight_storage_bytes
+    from autocompress.compression.quantize import quantized_weight_bytes, weight_scale_count
 
     special: dict[int, float] = {}
     for m in model.modules():
         for p, nbytes in quantized_weight_bytes(m):
             special[id(p)] = nbytes
+    for m in model.modules():  # sparse weights (weight_mask)
+        mask = getattr(m, "weight_mask", None)
+        w = getattr(m, "weight", None)
+        if not isinstance(w, Tensor) or not isinstance(mask, Tensor):
+            continue
+        bits = int(getattr(m, "w_bits", 32))
+        scales = 0 if bits >= 32 or getattr(m, "scale_folded", False) else weight_scale_count(w.shape, bits)
+        special[id(w)] = weight_storage_bytes(w.numel(), int(mask.sum()), int(w.shape[0]), bits, scales)
     total = 0.0
     seen: set[int] = set()
     for p in model.parameters():

@@ -55,7 +55,7 @@ def levels(knob: Any) -> tuple[float, float] | list[Any]:
     """A layer knob's legal values from least to most compressed.
 
     Choices (bit-widths) give the list of choices, ordered by distance from the least compressed
-    one; a continuous knob (prune, rank) gives ``(least_compressed, most_compressed)``.
+    one; a continuous knob (prune, rank, sparsity) gives ``(least_compressed, most_compressed)``.
     """
     choices = getattr(knob, "choices", None)
     least, most = knob.least_compressed, knob.most_compressed
@@ -270,9 +270,14 @@ def weight_storage_bytes(
 
     ``numel`` entries in ``rows`` rows, ``nnz`` of them stored, each value in ``bits`` bits (32 =
     float), ``scales`` float32 scales, ``side`` bytes of side tables (a codebook). Dense: values
-    x bits + scales, never above float32.
+    x bits + scales, never above float32; with zeros left out (``nnz < numel``) CSR
+    (``sparsity.csr_bytes``) when that is smaller.
     """
+    from autocompress.compression.sparsity import csr_bytes
+
     dense = 4.0 * numel if bits >= 32 else min(numel * bits / 8.0 + 4.0 * scales, 4.0 * numel)
+    if nnz < numel:
+        dense = min(dense, csr_bytes(nnz, rows, numel // max(rows, 1), bits, scales))
     return dense + side
 
 
@@ -405,3 +410,4 @@ register_knob(BitsKnob("w_bits", ("size_bytes", "bops", "latency_ms"), "w bits")
 register_knob(BitsKnob("a_bits", ("bops", "latency_ms"), "a bits"))
 register_knob(RankKnob())
 
+from autocompress.compression import sparsity as _sparsity  # noqa: E402,F401 - registers "sparsity"

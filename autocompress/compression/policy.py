@@ -33,6 +33,7 @@ class LayerAction:
         a_bits: bit-width of the layer's input activations, one of ``ALLOWED_BITS``.
         rank: fraction of the full rank kept by low-rank factorisation, ``0 < rank <= 1``
             (1.0 = not factorised).
+        sparsity: fraction of the layer's weights zeroed by magnitude (unstructured).
 
     Each field's default is its knob type's identity value, and its global range check is the
     knob type's (``compression/knobs.py``). The per-layer limits (``max_prune``, which knobs a
@@ -43,6 +44,7 @@ class LayerAction:
     w_bits: int = 32
     a_bits: int = 32
     rank: float = 1.0
+    sparsity: float = 0.0
 
     def __post_init__(self) -> None:
         # Normalise numeric types so that 8 == 8.0 policies hash and serialise identically.

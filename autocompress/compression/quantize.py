@@ -106,12 +106,15 @@ def requantize(module: nn.Module, w: Tensor) -> Tensor:
 
     A quantized layer's grid is ``quantize_weight(w, module.w_bits)``, except for the first
     factor of a quantized low-rank pair (``module.scale_folded``), whose scales live in the second
-    factor: its grid is the unit-scale integer one (``quantize_levels``).
+    factor: its grid is the unit-scale integer one (``quantize_levels``). A sparse layer's
+    ``weight_mask`` is applied after rounding (binary weights have no zero level).
     """
     bits = int(getattr(module, "w_bits", 32))
-    if getattr(module, "scale_folded", False):
-        return quantize_levels(w, bits)
-    return quantize_weight(w, bits)
+    q = quantize_levels(w, bits) if getattr(module, "scale_folded", False) else quantize_weight(w, bits)
+    mask = getattr(module, "weight_mask", None)  # unstructured sparsity: zeros stay zeros
+    if isinstance(mask, Tensor) and mask.shape == q.shape:
+        q = q * mask
+    return q
 
 
 class _STEWeight(torch.autograd.Function):
@@ -199,7 +202,9 @@ class _QuantMixin:
         with torch.no_grad():
             for name in self._quant_weight_names():
                 p = getattr(self, name)
-                p.copy_(quantize_weight(p, self.w_bits))
+                mask = getattr(self, "weight_mask", None) if name == "weight" else None
+                q = quantize_weight(p, self.w_bits)
+                p.copy_(q if mask is None else q * mask)
 
     def _train_weight(self, w: Tensor) -> Tensor:
         if self.training and self.w_bits < 32 and torch.is_grad_enabled():  # type: ignore[attr-defined]

@@ -346,8 +346,8 @@ class SearchSpec:
         checkpoint: trained weights of ``model``; None trains (or reuses from the cache) a base model.
         data: data set name (``digits``, ``cifar10``, ``imagefolder:PATH`` ...).
         data_root: directory holding a local data set.
-        knobs: which compression knobs the space offers (``prune``, ``w_bits``, ``a_bits``, ``rank``:
-            the knob registry's names).
+        knobs: which compression knobs the space offers (``prune``, ``w_bits``, ``a_bits``, ``rank``,
+            ``sparsity``: the knob registry's names).
         max_prune: largest prune ratio offered per decision point.
         round_to: kept channel counts are rounded to a multiple of this; ``"auto"`` (the
             default) resolves, per model, to the CPU's SIMD width in floats (16 with AVX-512, 8

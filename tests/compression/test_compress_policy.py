@@ -88,7 +88,7 @@ def test_from_dict_errors_name_the_layer_type_and_version() -> None:
     with pytest.raises(UserInputError, match=r"layer 'fc'.*prune=3\.0"):
         CompressionPolicy.from_dict(d)
     d = _policy().to_dict()
-    d["_data"]["layers"]["fc"]["sparsity"] = 0.5
+    d["_data"]["layers"]["fc"]["sparsty"] = 0.5
     with pytest.raises(UserInputError, match="unknown knob"):
         CompressionPolicy.from_dict(d)
     with pytest.raises(UserInputError, match="_type"):

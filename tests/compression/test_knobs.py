@@ -30,12 +30,12 @@ def test_layer_action_fields_are_the_registry() -> None:
     fields = {f.name: f.default for f in dataclasses.fields(LayerAction)}
     assert fields == {k: kt.identity for k, kt in KNOB_TYPES.items()}
     assert knob_names()[:4] == ("prune", "w_bits", "a_bits", "rank")
-    assert default_knob_names() == ("prune", "w_bits", "a_bits", "rank")
+    assert default_knob_names() == ("prune", "w_bits", "a_bits", "rank")  # sparsity is opt-in
     assert LayerAction().is_identity
 
 
 def test_unknown_knob_names_the_registered_ones() -> None:
-    with pytest.raises(UserInputError, match="rank"):
+    with pytest.raises(UserInputError, match="sparsity"):
         knob_type("sparsty")
     with pytest.raises(UserInputError, match="unknown knob"):
         CompressionPolicy.from_dict({"_type": "autocompress.CompressionPolicy", "_version": 1,
@@ -43,10 +43,15 @@ def test_unknown_knob_names_the_registered_ones() -> None:
 
 
 def test_old_policies_keep_their_json_and_key() -> None:
+    """A knob at its identity value is not written: policies of the four knobs hash as before."""
     p = CompressionPolicy({"a": LayerAction(prune=0.5, w_bits=8)})
     assert p.to_dict()["_data"]["layers"]["a"] == {"prune": 0.5, "w_bits": 8, "a_bits": 32, "rank": 1.0}
     # the sha256 of this exact policy before the registry existed
     assert p.key() == "20abc57f652a84bef0ed57af0c889cbe383595ef5a98f893f5ea57dc1a51826a"
+    assert p.key() == CompressionPolicy({"a": LayerAction(prune=0.5, w_bits=8, sparsity=0.0)}).key()
+    q = CompressionPolicy({"a": LayerAction(prune=0.5, w_bits=8, sparsity=0.25)})
+    assert q.key() != p.key()
+    assert CompressionPolicy.from_json(q.to_json()) == q
 
 
 @pytest.mark.parametrize("knob", [BITS, PRUNE])
@@ -79,8 +84,9 @@ def test_space_validates_every_registered_knob() -> None:
     model = create_model("test_mlp")
     space = CompressionSpace.from_model(model)
     name = space.names[0]
-    with pytest.raises(UserInputError, match=r"prune=0\.99 is not allowed"):
-        space.validate(CompressionPolicy({name: LayerAction(prune=0.99)}))
+    assert all("sparsity" not in p.knobs for p in space.decision_points)
+    with pytest.raises(UserInputError, match="no 'sparsity' knob"):
+        space.validate(CompressionPolicy({name: LayerAction(sparsity=0.5)}))
     with pytest.raises(UserInputError, match="unknown knob 'foo'"):
         space.uniform(foo=1)
     with pytest.raises(UserInputError, match="unknown knob"):

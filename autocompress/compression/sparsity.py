@@ -1,0 +1,111 @@
+"""Unstructured magnitude pruning (Han et al. 2015): the ``sparsity`` knob.
+
+``sparsity = s`` zeroes the ``floor(s * numel)`` smallest-magnitude weights of a conv / linear
+layer (of each factor of a factorised layer), ties broken by position. The zeros are kept by a
+boolean ``weight_mask`` buffer on the layer: fine-tuning (``distill``) multiplies the weight by it
+after every optimizer step, and quantization (``quantize.requantize``) keeps masked weights at zero.
+
+Storage: a sparse weight is stored as CSR: for each nonzero its value (at the layer's weight
+bit-width, 32 in float) and its column offset from the previous nonzero of its row in
+``ceil(log2(cols))`` bits (the offset always fits, so no filler entries are needed and the size
+depends on the nonzero count alone), plus one 32-bit row pointer per row and one more; quantized
+layers keep their float32 scales. A tensor is stored dense when that is smaller, so raising
+``sparsity`` never raises the size. MACs and BOPs are those of the dense layer (dense kernels);
+``params`` counts the stored (nonzero) weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from autocompress.compression.knobs import KnobType, register_knob
+
+if TYPE_CHECKING:
+    from autocompress.compression.policy import CompressionPolicy
+    from autocompress.compression.space import CompressionSpace
+
+__all__ = ["MAX_SPARSITY", "csr_bytes", "index_bits", "magnitude_mask", "zeroed"]
+
+#: Largest sparsity offered per layer (the survey's magnitude-pruning settings reach 0.9).
+MAX_SPARSITY = 0.95
+_SPARSE_KINDS = ("conv", "depthwise_conv", "grouped_conv", "linear")
+
+
+def zeroed(numel: int, sparsity: float) -> int:
+    """Weights zeroed in a tensor of ``numel`` elements at ``sparsity``."""
+    return int(math.floor(sparsity * numel + 1e-9))
+
+
+def index_bits(cols: int) -> int:
+    """Bits of one relative column index in a row of ``cols`` columns."""
+    return max(1, math.ceil(math.log2(max(cols, 2))))
+
+
+def csr_bytes(nnz: int, rows: int, cols: int, bits: int, scales: int) -> float:
+    """Bytes of a CSR weight: values at ``bits`` + relative indices, row pointers, float32 scales."""
+    return nnz * (bits + index_bits(cols)) / 8.0 + 4.0 * (rows + 1) + 4.0 * scales
+
+
+@torch.no_grad()
+def magnitude_mask(w: Tensor, sparsity: float) -> Tensor:
+    """Boolean mask keeping all but the ``zeroed(numel, sparsity)`` smallest ``|w|`` (stable)."""
+    k = zeroed(w.numel(), sparsity)
+    mask = torch.ones(w.numel(), dtype=torch.bool)
+    if k > 0:
+        order = torch.sort(w.detach().abs().flatten().cpu(), stable=True).indices
+        mask[order[:k]] = False
+    return mask.reshape(w.shape).to(w.device)
+
+
+@torch.no_grad()
+def sparsify_(module: nn.Module, sparsity: float) -> None:
+    """Zero the smallest weights of ``module`` and register its ``weight_mask`` buffer."""
+    mask = magnitude_mask(module.weight, sparsity)
+    module.register_buffer("weight_mask", mask)
+    module.weight.mul_(mask)
+
+
+class SparsityKnob(KnobType):
+    """Fraction of a layer's weights zeroed by magnitude (unstructured)."""
+
+    name = "sparsity"
+    identity = 0.0
+    default = False
+    stage = 30
+    costs = ("params", "size_bytes")
+    restats = True
+    label = "sparsity"
+    allowed = f"0 <= sparsity <= {MAX_SPARSITY:g}"
+
+    def in_range(self, value: float) -> bool:
+        return math.isfinite(value) and 0.0 <= value <= MAX_SPARSITY
+
+    def layer_knob(self, kind: str, module: nn.Module) -> Any:
+        from autocompress.compression.space import Knob
+
+        if kind not in _SPARSE_KINDS or not isinstance(getattr(module, "weight", None), nn.Parameter):
+            return f"{kind} layers are not sparsified"
+        return Knob(self.name, low=0.0, high=MAX_SPARSITY, most_compressed=MAX_SPARSITY,
+                    least_compressed=0.0)
+
+    def transform_(self, model: nn.Module, policy: CompressionPolicy, space: CompressionSpace,
+                   ctx: dict[str, Any]) -> None:
+        from autocompress.compression.lowrank import LowRank
+
+        for point in space.decision_points:
+            value = policy.get(point.name).sparsity
+            if value <= 0.0 or self.name not in point.knobs:
+                continue
+            module = model.get_submodule(point.name)
+            for m in (module[0], module[1]) if isinstance(module, LowRank) else (module,):
+                sparsify_(m, value)
+
+    def stored_params(self, value: float | int, numel: int) -> int:
+        return numel - zeroed(numel, float(value))
+
+
+register_knob(SparsityKnob())
