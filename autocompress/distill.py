@@ -32,18 +32,31 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, *, a
 
 @torch.no_grad()
 def reapply_constraints_(model: nn.Module) -> int:
-    """Put the weights of sparse layers back on their constraint after an optimizer step.
+    """Put the weights of sparse and shared layers back on their constraint after an optimizer step.
 
-    A sparse layer (``weight_mask``, the ``sparsity`` knob) zeroes its pruned entries again
-    (momentum and weight decay move them). Returns the number of layers constrained.
+    A shared layer (``weight_codebook`` and ``weight_index`` buffers, the ``share_bits`` knob)
+    adds the per-entry updates of each cluster into its centroid (with plain SGD: the gradients
+    summed per cluster, as Deep Compression fine-tunes) and writes the centroids back; a sparse
+    layer (``weight_mask``, the ``sparsity`` knob) zeroes its pruned entries again (momentum and
+    weight decay move them). Returns the number of layers constrained.
     """
     n = 0
     for m in model.modules():
         w = getattr(m, "weight", None)
+        if not isinstance(w, Tensor):
+            continue
+        book, index = getattr(m, "weight_codebook", None), getattr(m, "weight_index", None)
         mask = getattr(m, "weight_mask", None)
-        if isinstance(w, Tensor) and isinstance(mask, Tensor) and mask.shape == w.shape:
+        if isinstance(book, Tensor) and isinstance(index, Tensor):
+            idx = index.long()
+            delta = w - book[idx]
+            if isinstance(mask, Tensor):
+                delta = delta * mask
+            book.add_(torch.zeros_like(book).index_add_(0, idx.flatten(), delta.flatten()))
+            w.copy_(book[idx])
+        if isinstance(mask, Tensor) and mask.shape == w.shape:
             w.mul_(mask)
-            n += 1
+        n += int(isinstance(book, Tensor) or isinstance(mask, Tensor))
     return n
 
 
@@ -59,8 +72,8 @@ def distill(
 ) -> list[tuple[float, int]]:
     """Train ``student`` in place: one optimizer step (then one ``scheduler`` step) per batch.
 
-    After each optimizer step sparse layers are put back on their constraint
-    (``reapply_constraints_``: masks re-applied).
+    After each optimizer step sparse and shared layers are put back on their constraint
+    (``reapply_constraints_``: masks re-applied, centroids updated).
     The loss is ``kd_loss`` against ``teacher``'s logits, or plain cross-entropy without a teacher
     or with ``alpha=0`` (the teacher is then not run). The teacher runs in eval mode without
     gradients; the student trains in train mode, so its BatchNorm statistics follow its weights,

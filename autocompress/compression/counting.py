@@ -6,6 +6,7 @@ Units: MACs are multiply-accumulates per input sample (batch 1); FLOPs = 2 x MAC
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -192,7 +193,8 @@ def count_size_bytes(model: nn.Module) -> float:
     Quantized weight tensors (see ``autocompress.compression.quantize``) count ``numel x bits / 8``
     plus 4 bytes per scale (per output channel at 3-16 bits, one per tensor at 1-2 bits), capped
     at their float32 size; every other parameter counts 4 bytes (float32). A sparse weight (a
-    ``weight_mask`` buffer) is stored as CSR when that is smaller (``knobs.weight_storage_bytes``).
+    ``weight_mask`` buffer) is stored as CSR when that is smaller, a shared weight (a
+    ``weight_codebook``) as log2(k)-bit indices plus its codebook (``knobs.weight_storage_bytes``).
     Buffers (BatchNorm running statistics, activation ranges, masks) are not counted.
     """
     from autocompress.compression.knobs import weight_storage_bytes
@@ -202,14 +204,18 @@ def count_size_bytes(model: nn.Module) -> float:
     for m in model.modules():
         for p, nbytes in quantized_weight_bytes(m):
             special[id(p)] = nbytes
-    for m in model.modules():  # sparse weights (weight_mask)
-        mask = getattr(m, "weight_mask", None)
+    for m in model.modules():  # sparse (weight_mask) and shared (weight_codebook) weights
+        mask, book = getattr(m, "weight_mask", None), getattr(m, "weight_codebook", None)
         w = getattr(m, "weight", None)
-        if not isinstance(w, Tensor) or not isinstance(mask, Tensor):
+        if not isinstance(w, Tensor) or not (isinstance(mask, Tensor) or isinstance(book, Tensor)):
             continue
         bits = int(getattr(m, "w_bits", 32))
         scales = 0 if bits >= 32 or getattr(m, "scale_folded", False) else weight_scale_count(w.shape, bits)
-        special[id(w)] = weight_storage_bytes(w.numel(), int(mask.sum()), int(w.shape[0]), bits, scales)
+        nnz = int(mask.sum()) if isinstance(mask, Tensor) else w.numel()
+        side = 0.0
+        if isinstance(book, Tensor):
+            bits, side = int(round(math.log2(book.numel()))), 4.0 * book.numel()
+        special[id(w)] = weight_storage_bytes(w.numel(), nnz, int(w.shape[0]), bits, scales, side)
     total = 0.0
     seen: set[int] = set()
     for p in model.parameters():

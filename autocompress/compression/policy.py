@@ -34,6 +34,8 @@ class LayerAction:
         rank: fraction of the full rank kept by low-rank factorisation, ``0 < rank <= 1``
             (1.0 = not factorised).
         sparsity: fraction of the layer's weights zeroed by magnitude (unstructured).
+        share_bits: bits of the shared-weight index: ``2^share_bits`` k-means values per layer
+            (32 = not shared).
 
     Each field's default is its knob type's identity value, and its global range check is the
     knob type's (``compression/knobs.py``). The per-layer limits (``max_prune``, which knobs a
@@ -45,6 +47,7 @@ class LayerAction:
     a_bits: int = 32
     rank: float = 1.0
     sparsity: float = 0.0
+    share_bits: int = 32
 
     def __post_init__(self) -> None:
         # Normalise numeric types so that 8 == 8.0 policies hash and serialise identically.

@@ -1,4 +1,4 @@
-"""Searches over the opt-in knobs (``sparsity``), from the API and the command line."""
+"""Searches over the opt-in knobs (``sparsity``, ``share_bits``), from the API and the command line."""
 
 from __future__ import annotations
 
@@ -19,21 +19,21 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.mark.parametrize("strategy", ["ladder", "random"])
-def test_tiny_search_over_prune_and_sparsity(tmp_path: Path, tiny_spec: Callable,
+def test_tiny_search_over_prune_sparsity_and_sharing(tmp_path: Path, tiny_spec: Callable,
                                                      _isolated_cache: Path, strategy: str) -> None:
-    spec = tiny_spec(tmp_path / "run", knobs=["prune", "sparsity"], trials=4,
+    spec = tiny_spec(tmp_path / "run", knobs=["prune", "sparsity", "share_bits"], trials=4,
                      strategy=strategy, objectives=["acc", "size_bytes"], budgets=["size=60%"])
-    assert spec.knobs == ("prune", "sparsity")
+    assert spec.knobs == ("prune", "sparsity", "share_bits")
     problem = build_problem(spec, progress=False)
-    assert all("sparsity" in p.knobs for p in problem.space.decision_points)
+    assert all({"sparsity", "share_bits"} <= set(p.knobs) for p in problem.space.decision_points)
     result = run_search(spec, problem=problem)
     done = [c for c in result.trials if c.status == "ok"]
     assert len(done) == 4
-    assert any(a.sparsity > 0 for c in done for a in c.policy.layers.values())
+    assert any(a.sparsity > 0 or a.share_bits < 32 for c in done for a in c.policy.layers.values())
     for c in done[:2]:  # the recorded size is the one counted on the compressed model
         small = problem.evaluator.compress(c.policy)
         assert c.metrics["size_bytes"] == pytest.approx(count_size_bytes(small))
-    again = run_search(tiny_spec(tmp_path / "again", knobs=["prune", "sparsity"], trials=4,
+    again = run_search(tiny_spec(tmp_path / "again", knobs=["prune", "sparsity", "share_bits"], trials=4,
                                  strategy=strategy, objectives=["acc", "size_bytes"], budgets=["size=60%"]),
                        problem=problem)
     assert [c.policy for c in again.trials] == [c.policy for c in result.trials]  # seeded
@@ -42,11 +42,13 @@ def test_tiny_search_over_prune_and_sparsity(tmp_path: Path, tiny_spec: Callable
 def test_spec_refuses_bad_knob_sets(tiny_spec: Callable, tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="unknown knob 'sparsty'; allowed: .*sparsity"):
         tiny_spec(tmp_path, knobs=["prune", "sparsty"])
+    with pytest.raises(UserInputError, match="share_bits and w_bits"):
+        tiny_spec(tmp_path, knobs=["w_bits", "share_bits"])
 
 
 @pytest.mark.parametrize(
     ("knobs", "needle"),
-    [(["sparsty"], "sparsty"), (["prune", "rank", "sparsity", "prun"], "prun")],
+    [(["sparsty"], "sparsty"), (["w_bits", "share_bits"], "share_bits and w_bits")],
 )
 def test_cli_refuses_bad_knobs_in_one_line(tmp_path: Path, knobs: list[str], needle: str) -> None:
     args = ["search", "--model", "test_mlp", "--out", str(tmp_path / "run")]
@@ -62,9 +64,9 @@ def test_cli_refuses_bad_knobs_in_one_line(tmp_path: Path, knobs: list[str], nee
 def test_cli_accepts_the_knobs(tmp_path: Path, _isolated_cache: Path) -> None:
     out = tmp_path / "run"
     res = CliRunner().invoke(main, ["search", "--model", "test_mlp", "--knob", "prune", "--knob", "sparsity",
-                                    "--trials", "2", "--seed", "0",
+                                    "--knob", "share_bits", "--trials", "2", "--seed", "0",
                                     "--round-to", "1", "--no-report", "--out", str(out)],
                              env={"COLUMNS": "160"})
     assert res.exit_code == 0, res.output[-3000:]
     spec = read_spec(out)
-    assert spec is not None and spec.knobs == ("prune", "sparsity")
+    assert spec is not None and spec.knobs == ("prune", "sparsity", "share_bits")
