@@ -8,8 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from autocompress.compression import CompressionPolicy, CompressionSpace, LayerAction, compress
-from autocompress.compression import count_macs, count_params, count_size_bytes
+from autocompress.compression import (
+    CompressionPolicy,
+    CompressionSpace,
+    LayerAction,
+    compress,
+    count_macs,
+    count_params,
+    count_size_bytes,
+)
 from autocompress.compression.sharing import eq10_ratio, huffman_bits, kmeans_share, sharing_report
 from autocompress.distill import distill
 from autocompress.errors import UserInputError
