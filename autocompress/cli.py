@@ -20,6 +20,8 @@ from autocompress.errors import CheckFailedError, UserInputError, disk_error_lin
 from autocompress.rundir import SPEC_FILE
 
 EXIT_USAGE = 2
+DEVICE_HELP = ("auto (CUDA when available), cpu, cuda or cuda:N; training runs under bf16 autocast "
+               "on CUDA, accuracy figures are fp32")
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -114,9 +116,10 @@ def main() -> None:
 @click.option("--out", default=None, help="checkpoint path [default: runs/base-MODEL-DATA-SEED.pt]")
 @click.option("--force", is_flag=True, help="overwrite an existing checkpoint at --out (and discard an interrupted run's OUT.partial of other settings)")
 @click.option("--augment/--no-augment", default=None, help="random crops (and flips where classes allow) on training batches [default: on for photos, off for digits]")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @_friendly
 def train(model: str, data: str, data_root: str | None, epochs: int, lr: float, batch_size: int,
-          seed: int, out: str | None, force: bool, augment: bool | None) -> None:
+          seed: int, out: str | None, force: bool, augment: bool | None, device: str) -> None:
     """Train a base model (a model must be trained before it is compressed).
 
     After every epoch the training state is kept in OUT.partial: the same command run again after
@@ -125,7 +128,8 @@ def train(model: str, data: str, data_root: str | None, epochs: int, lr: float, 
     from autocompress.train_cli import run_train
 
     result = run_train(model=model, data=data, data_root=data_root, epochs=epochs, lr=lr,
-                       batch_size=batch_size, seed=seed, out=out, force=force, augment=augment)
+                       batch_size=batch_size, seed=seed, out=out, force=force, augment=augment,
+                       device=device)
     click.echo(json.dumps(result, indent=2))
 
 
@@ -192,6 +196,10 @@ def _search_progress(console: Any) -> tuple[Any, Callable[[Any], None]]:
 @click.option("--backend", default=None, type=click.Choice(["local", "ray"]), help="run trials here or as Ray Tune trials")
 @click.option("--workers", default=None, type=int, help="concurrent Ray trials (--backend ray)")
 @click.option("--ray-address", default=None, help="existing Ray cluster, 127.0.0.1:PORT or auto (default: start a local one)")
+@click.option("--gpus-per-trial", "gpus_per_trial", default=None, type=float, metavar="F", help="GPUs each Ray trial reserves, fractions share one (--backend ray) [default: 0]")
+@click.option("--cpus-per-trial", "cpus_per_trial", default=None, type=float, metavar="F", help="CPUs each Ray trial reserves (--backend ray) [default: --threads]")
+@click.option("--device", default=None, help=DEVICE_HELP + " [default: auto]")
+@click.option("--latency-backend", "latency_backend", default=None, help="where latency is timed: torch, ort (default), ort-int8 (this CPU), torch-cuda (the GPU, CUDA events)")
 @click.option("--resume", is_flag=True, default=None, help="continue the search stored in --out (a new --trials applies; settings that change what is searched are refused)")
 @click.option("--force", is_flag=True, default=None, help="start over when --out holds another search (old dir kept as OUT.old-N)")
 @click.option("--finetune-top", "finetune_top", default=None, type=int, metavar="K", help="at the end, fine-tune (KD, as `finetune`) the K front points of highest search accuracy (ties: lower cost first); with --resume, those not fine-tuned yet")
@@ -221,6 +229,9 @@ def search(config: str | None, no_report: bool, set_: tuple[str, ...], **options
     options["set"] = list(set_)
     for key in ("budget", "soft_budget", "objective", "knob", "evaluator_setting"):
         options[key] = list(options[key])
+    backend = options.pop("latency_backend")
+    if backend is not None:  # shorthand of --eval-set latency_backend=NAME
+        options["evaluator_setting"].append(f"latency_backend={backend}")
     if config is not None and not Path(config).is_file():
         raise UserInputError(f"--config {config!r} does not exist; presets live in configs/*.yaml")
     spec = SearchSpec.from_cli(config, options)
@@ -351,10 +362,14 @@ def show(run_dir: str, point: str) -> None:
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="latency threads")
 @click.option("--finetuned", is_flag=True, help="export the point's fine-tuned weights (from `autocompress finetune`)")
 @click.option("--force", is_flag=True, help="overwrite an existing --out")
+@click.option("--device", default="auto", show_default=True, help="where the point is rebuilt (recalibration, its short fine-tune): auto, cpu, cuda, cuda:N; the file is written and checked on the CPU")
 @_friendly
 def export(run_dir: str, point: str, fmt: str, out: str | None, int8: bool | None, batch: int,
-           threads: int, finetuned: bool, force: bool) -> None:
+           threads: int, finetuned: bool, force: bool, device: str) -> None:
     """Export a Pareto point as a really compressed model file (ONNX, TorchScript or pt)."""
+    from autocompress.devices import resolve_device
+
+    resolve_device(device)
     if _classic_run(run_dir) is not None:
         from autocompress.classic.export import export_classic_point
 
@@ -366,7 +381,8 @@ def export(run_dir: str, point: str, fmt: str, out: str | None, int8: bool | Non
     from autocompress.report.export import export_point
 
     info = export_point(run_dir, _resolve_point(run_dir, point), fmt, out, force=force, int8=int8,
-                        batch=batch, threads=threads, finetuned=finetuned, progress=True)
+                        batch=batch, threads=threads, finetuned=finetuned, progress=True,
+                        device=device)
     click.echo("\n".join(info.lines()))
 
 
@@ -381,11 +397,15 @@ def export(run_dir: str, point: str, fmt: str, out: str | None, int8: bool | Non
 @click.option("--alpha", default=0.9, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--lr", default=0.01, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @_friendly
 def finetune(run_dir: str, point: str | None, front: bool, top: int | None, epochs: int, kd: bool,
-             temperature: float, alpha: float, lr: float, seed: int) -> None:
+             temperature: float, alpha: float, lr: float, seed: int, device: str) -> None:
     """Fine-tune a Pareto point's compressed model, or the front's (--front, --top K), with KD;
     records top-1 before/after (val, and test where the data has a test split)."""
+    from autocompress.devices import resolve_device
+
+    resolve_device(device)
     chosen = [name for name, given in (("--point", point is not None), ("--front", front),
                                        ("--top", top is not None)) if given]
     if len(chosen) != 1:
@@ -399,10 +419,11 @@ def finetune(run_dir: str, point: str | None, front: bool, top: int | None, epoc
 
     if point is not None:
         results = [finetune_point(run_dir, _resolve_point(run_dir, point), epochs, kd=kd,
-                                  temperature=temperature, alpha=alpha, lr=lr, seed=seed, progress=True)]
+                                  temperature=temperature, alpha=alpha, lr=lr, seed=seed, progress=True,
+                                  device=device)]
     else:
         results = finetune_front(run_dir, top=top, epochs=epochs, kd=kd, temperature=temperature,
-                                 alpha=alpha, lr=lr, seed=seed, progress=True,
+                                 alpha=alpha, lr=lr, seed=seed, progress=True, device=device,
                                  on_point=lambda i, n, pid: click.echo(f"[{i + 1}/{n}] point {pid}", err=True))
     click.echo("\n".join(line for res in results for line in res.lines()))
     if point is None:

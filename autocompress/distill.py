@@ -2,17 +2,20 @@
 
 Both the evaluator's short fine-tune of a candidate (``evaluators.accuracy.kd_finetune``) and the
 fine-tune of a front point (``report.finetune.finetune_point``) train through ``distill``; they
-differ only in the batches, optimizer and schedule they hand it. It imports nothing of the package,
-so every layer may use it.
+differ only in the batches, optimizer and schedule they hand it. It imports only
+``autocompress.devices`` (the lowest layer), so every layer may use it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from autocompress.devices import train_autocast
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, *, alpha: float,
@@ -69,6 +72,7 @@ def distill(
     alpha: float = 0.9,
     temperature: float = 4.0,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    device: torch.device | None = None,
 ) -> list[tuple[float, int]]:
     """Train ``student`` in place: one optimizer step (then one ``scheduler`` step) per batch.
 
@@ -78,6 +82,10 @@ def distill(
     or with ``alpha=0`` (the teacher is then not run). The teacher runs in eval mode without
     gradients; the student trains in train mode, so its BatchNorm statistics follow its weights,
     and is left in eval mode, also when a step raises.
+
+    ``device``: where student and teacher live; batches are moved there and, on CUDA, the forward
+    passes run under bf16 autocast (``autocompress.devices.train_autocast``). None: the batches
+    are used as they come, in fp32.
 
     Returns:
         ``(loss, batch size)`` of every step, in order.
@@ -89,14 +97,17 @@ def distill(
     steps: list[tuple[float, int]] = []
     try:
         for x, y in batches:
-            out = student(x)
-            if use_teacher:
-                assert teacher is not None
-                with torch.no_grad():
-                    t_out = teacher(x)
-                loss = kd_loss(out, t_out, y, alpha=alpha, temperature=temperature)
-            else:
-                loss = F.cross_entropy(out, y)
+            if device is not None:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with train_autocast(device) if device is not None else contextlib.nullcontext():
+                out = student(x)
+                if use_teacher:
+                    assert teacher is not None
+                    with torch.no_grad():
+                        t_out = teacher(x)
+                    loss = kd_loss(out.float(), t_out.float(), y, alpha=alpha, temperature=temperature)
+                else:
+                    loss = F.cross_entropy(out.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

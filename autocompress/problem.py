@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from autocompress.compression.space import DEFAULT_KNOBS  # the knob registry's defaults
 from autocompress.data import DataSplits, load_data
+from autocompress.devices import resolve_device
 from autocompress.errors import UserInputError
 from autocompress.evaluators import CompressionEvaluator, EvalCache, EvalResult, EvaluatorConfig
 from autocompress.models import create_model, default_input_shape, load_checkpoint
@@ -137,6 +138,7 @@ class Problem:
         val_size: int | float = 0.2,
         calib_size: int = 256,
         progress: bool | None = None,
+        device: str | torch.device = "cpu",
     ) -> Problem:
         """Build a problem: data, trained base model, compression space and evaluator.
 
@@ -159,6 +161,10 @@ class Problem:
                 (default ``$AUTOCOMPRESS_CACHE`` or ``~/.cache/autocompress``).
             val_size, calib_size: validation size (fraction or count) and calibration samples.
             progress: show progress bars (default: when stderr is a terminal).
+            device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``autocompress.devices``): where
+                the base model is trained and candidates are recalibrated, fine-tuned and
+                scored; checked before anything is loaded or trained. A base model trained on
+                CUDA is cached apart from a CPU-trained one.
 
         Example:
             >>> problem = Problem.build("resnet20", data="digits", seed=0)  # doctest: +SKIP
@@ -170,6 +176,9 @@ class Problem:
             raise UserInputError(f"train_epochs={train_epochs!r}; expected an integer >= 0")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise UserInputError(f"seed={seed!r} is not an integer")
+        dev = resolve_device(device, "device")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)  # cuda-events latency and any bare "cuda" mean this GPU
         show = sys.stderr.isatty() if progress is None else bool(progress)
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         config = EvaluatorConfig() if evaluator is None else evaluator
@@ -204,7 +213,7 @@ class Problem:
                 ckpt_path = _trained_base(net, name, splits, data=data, data_root=data_root,
                                           seed=seed, epochs=train_epochs, val_size=val_size,
                                           calib_size=calib_size, shape=shape, root=root,
-                                          progress=show)
+                                          progress=show, device=dev)
             elif ckpt_path is not None:
                 load_checkpoint(net, ckpt_path)
         elif ckpt_path is not None:
@@ -235,14 +244,14 @@ class Problem:
         cache = EvalCache(root / "evals" / "evals.sqlite")
         ev = CompressionEvaluator(net, space, splits, config, example_input=example_input,
                                   cache=cache, lut_dir=root / "lut", progress=show,
-                                  data_source=_data_source(data, data_root))
+                                  data_source=_data_source(data, data_root), device=dev)
         settings = {
             "model": name, "checkpoint": str(ckpt_path) if ckpt_path else None, "data": data,
             "data_root": data_root, "seed": seed, "num_classes": n_cls, "input_shape": list(shape),
             "knobs": list(knobs), "max_prune": max_prune, "round_to": round_to,
             "importance": importance, "train_epochs": train_epochs, "evaluator": config.to_dict(),
             "val_size": val_size, "calib_size": calib_size, "cache_dir": str(root),
-            "module": isinstance(model, nn.Module),
+            "module": isinstance(model, nn.Module), "device": str(device),
         }
         return cls(model=net, model_name=name, data=splits, space=space, evaluator=ev,
                    example_input=example_input, checkpoint_path=ckpt_path, seed=seed,
@@ -297,7 +306,7 @@ def _data_source(data: str, data_root: str | None) -> str:
 def _trained_base(
     net: nn.Module, name: str, splits: DataSplits, *, data: str, data_root: str | None, seed: int,
     epochs: int, val_size: int | float, calib_size: int, shape: tuple[int, ...], root: Path,
-    progress: bool,
+    progress: bool, device: torch.device = torch.device("cpu"),
 ) -> Path:
     """Train ``net`` in place, or load the cached result of an identical earlier run."""
     config = TrainConfig(epochs=epochs, seed=seed)
@@ -305,6 +314,8 @@ def _trained_base(
              "val_size": val_size, "calib_size": calib_size}
     if splits.norm_stats is not None:  # standardised with training-split statistics, own recipe
         extra["recipe"] = {"schedule": splits.schedule, "augment": splits.augment, "norm": "train-split"}
+    if device.type != "cpu":  # bf16 autocast on a GPU trains another model; CPU keys unchanged
+        extra["device"] = device.type
     key = base_model_key(name, data, config, extra)
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
     path = root / "base" / f"{safe}-{key}.pt"
@@ -315,7 +326,7 @@ def _trained_base(
                 return path
             except UserInputError:
                 pass  # unreadable or stale file: train again and overwrite it
-        result = _train_with_progress(net, splits, config, name, progress)
+        result = _train_with_progress(net, splits, config, name, progress, device)
         meta = {"model": name, "data": data, "seed": seed, "val_acc": result.val_acc,
                 "train": config.__dict__, **extra, "seconds": round(result.seconds, 2)}
         save_checkpoint(net, path, meta)
@@ -323,7 +334,7 @@ def _trained_base(
 
 
 def _train_with_progress(net: nn.Module, splits: DataSplits, config: TrainConfig, name: str,
-                         progress: bool) -> Any:
+                         progress: bool, device: torch.device) -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -335,4 +346,4 @@ def _train_with_progress(net: nn.Module, splits: DataSplits, config: TrainConfig
         def on_epoch(epoch: int, loss: float, val: float) -> None:
             bar.update(task, completed=epoch, description=f"{name} loss {loss:.3f} val acc {val:.3f}")
 
-        return train_model(net, splits, config, on_epoch=on_epoch)
+        return train_model(net, splits, config, on_epoch=on_epoch, device=device)

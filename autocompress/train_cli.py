@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from autocompress.data import load_data
+from autocompress.devices import resolve_device
 from autocompress.errors import UserInputError, check_writable
 from autocompress.models import create_model, default_input_shape
 from autocompress.training import TrainConfig, save_checkpoint, train_model
@@ -17,12 +18,15 @@ from autocompress.training import TrainConfig, save_checkpoint, train_model
 
 def run_train(*, model: str, data: str, data_root: str | None = None, epochs: int = 10, lr: float = 0.05,
               batch_size: int = 64, seed: int = 0, out: str | None = None, force: bool = False,
-              show_progress: bool = True, augment: bool | None = None) -> dict[str, Any]:
+              show_progress: bool = True, augment: bool | None = None,
+              device: str = "auto") -> dict[str, Any]:
     """Train ``model`` on ``data`` and write ``out`` plus ``out.json``; returns the metrics record.
 
     ``augment`` None takes the data set's default (see ``DataSplits.augmentation``). The record
     holds ``test_acc`` (top-1 on the held-out split) next to ``val_acc`` when the data has one.
+    ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; checked first.
     """
+    dev = resolve_device(device)
     out_path = Path(out or f"runs/base-{model.replace(':', '_').replace('/', '_')}-{data.replace(':', '_').replace('/', '_')}-{seed}.pt")
     if out_path.exists() and not force:
         raise UserInputError(f"--out {str(out_path)!r} already exists; pass --force to overwrite it or choose another path")
@@ -79,7 +83,8 @@ def run_train(*, model: str, data: str, data_root: str | None = None, epochs: in
         try:
             if resumed_from:
                 bar.update(task, completed=resumed_from, description=f"{model} resumed after epoch {resumed_from}")
-            result = train_model(net, splits, config, on_epoch=on_epoch, on_step=on_step, state_path=state_path)
+            result = train_model(net, splits, config, on_epoch=on_epoch, on_step=on_step,
+                                 state_path=state_path, device=dev)
         except Exception:
             bar.live.transient = True  # the error line stands alone on stderr
             raise
@@ -91,6 +96,7 @@ def run_train(*, model: str, data: str, data_root: str | None = None, epochs: in
         "history": result.history, "seconds": round(result.seconds, 2),
         "seconds_per_epoch": round(result.seconds / max(epochs, 1), 2), "torch": torch.__version__,
         "machine": platform.machine(), "checkpoint": str(out_path), "resumed_after_epoch": resumed_from,
+        "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
     }
     save_checkpoint(net, out_path, meta)
     state_path.unlink(missing_ok=True)

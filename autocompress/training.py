@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autocompress.data import DataSplits
+from autocompress.devices import fp32_semantics, model_device, train_autocast
 from autocompress.errors import UserInputError
 
 SCHEDULES = ("onecycle", "cosine")
@@ -72,13 +73,17 @@ def seed_everything(seed: int) -> None:
 
 @torch.inference_mode()
 def accuracy(model: nn.Module, data: DataSplits, split: str = "val", batch_size: int = 256) -> float:
-    """Top-1 accuracy (fraction) of ``model`` on a split, in eval mode."""
+    """Top-1 accuracy (fraction) of ``model`` on a split, in eval mode, in fp32 on the device
+    the model's parameters live on."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
     correct = total = 0
-    for x, y in data.loader(split, batch_size):
-        correct += int((model(x).argmax(1) == y).sum())
-        total += len(y)
+    with fp32_semantics(device):
+        for x, y in data.loader(split, batch_size):
+            pred = model(x.to(device, non_blocking=True)).argmax(1).cpu()
+            correct += int((pred == y).sum())
+            total += len(y)
     model.train(was_training)
     return correct / max(total, 1)
 
@@ -90,6 +95,7 @@ def train_model(
     on_epoch: Callable[[int, float, float], None] | None = None,
     on_step: Callable[[int, int], None] | None = None,
     state_path: str | Path | None = None,
+    device: torch.device | str = "cpu",
 ) -> TrainResult:
     """Train ``model`` in place with SGD; report (epoch, loss, val acc) and (step, steps per epoch).
 
@@ -100,12 +106,19 @@ def train_model(
     random generators, history) is written there, and a run started with an existing state file
     continues after its last finished epoch with the same result as an uninterrupted run; long
     real-data trainings survive an interruption. The caller removes the file when done.
+
+    ``device``: where the model and its batches live while training (``autocompress.devices``);
+    on CUDA the steps run under bf16 autocast. Batches are drawn and augmented on the CPU, so
+    the order and the augmentation are the same on every device; the model is returned on the
+    CPU (checkpoints and compression work there).
     """
+    device = torch.device(device)
     seed_everything(config.seed)
     start = time.perf_counter()
     # Channels-last convolutions are ~20% faster on CPU for 32x32 images and larger (measured on
     # ResNet-20); smaller inputs keep the default layout (and their exact cached base models).
     channels_last = data.input_shape[-1] * data.input_shape[-2] >= 1024
+    model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     schedule = config.schedule or data.schedule
@@ -144,10 +157,12 @@ def train_model(
         for step, (x, y) in enumerate(loader, 1):
             if augment is not None:
                 x = augment(x, aug_gen)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
+            with train_autocast(device):
+                loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
             sched.step()
@@ -171,6 +186,7 @@ def train_model(
         model.to(memory_format=torch.contiguous_format)
     final = history[-1]["val_acc"] if history else accuracy(model, data, "val")
     test = accuracy(model, data, "test") if data.test is not None else None
+    model.to("cpu")
     return TrainResult(final, history, elapsed_before + time.perf_counter() - start, test_acc=test, schedule=schedule,
                        augment=augment is not None)
 

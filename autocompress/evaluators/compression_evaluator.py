@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from autocompress.devices import device_tag
 from autocompress.errors import UserInputError
 from autocompress.evaluators.accuracy import (
     has_batchnorm,
@@ -34,8 +35,8 @@ from autocompress.evaluators.cache import (
     model_fingerprint,
     tensors_fingerprint,
 )
-from autocompress.evaluators.config import EvaluatorConfig
-from autocompress.evaluators.latency import measure_latency
+from autocompress.evaluators.config import GPU_LATENCY_BACKENDS, EvaluatorConfig
+from autocompress.evaluators.latency import latency_device, measure_latency
 from autocompress.metrics import PREDICTED_METRICS, predicted_costs
 
 if TYPE_CHECKING:
@@ -120,6 +121,10 @@ class CompressionEvaluator(BaseEvaluator):
             ``config.latency == "predicted"`` and none is given.
         lut_dir: where lookup tables are cached (default: ``cache_dir()/lut``).
         progress: show a progress bar while building a lookup table.
+        device: where recalibration, the fine-tune and scoring run (``autocompress.devices``);
+            the base model stays on the CPU, where candidates are compressed (pruning surgery and
+            the least-squares refit, so a candidate's structure and weights are the same on every
+            device), and each compressed model is then moved to the device. Scores are fp32.
 
     Example:
         >>> ev = CompressionEvaluator(model, space, data, EvaluatorConfig(latency="none"))  # doctest: +SKIP
@@ -139,6 +144,7 @@ class CompressionEvaluator(BaseEvaluator):
         lut_dir: str | Path | None = None,
         progress: bool = False,
         data_source: str | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
         config = EvaluatorConfig() if config is None else config
         if not isinstance(config, EvaluatorConfig):
@@ -177,6 +183,8 @@ class CompressionEvaluator(BaseEvaluator):
         self._base: EvalResult | None = None
         self._lut_error: str | None = None
         self.n_computed = 0  # candidates actually evaluated (cache hits excluded)
+        self._device = torch.device(device)
+        self._teacher: nn.Module | None = None  # the base model on the device (fine-tune teacher)
 
         ks = (1, 5) if self.num_classes > 5 else (1,)
         self._ks = ks
@@ -184,6 +192,34 @@ class CompressionEvaluator(BaseEvaluator):
         if config.latency != "none":
             names.append("latency_ms")
         self.metrics: dict[str, Direction] = {n: METRICS[n] for n in names}
+
+    # -- device -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where compressed models are recalibrated, fine-tuned and scored."""
+        return self._device
+
+    @device.setter
+    def device(self, device: torch.device | str) -> None:
+        self._device = torch.device(device)
+        self._teacher = None
+        self._settings_fp = None
+
+    def teacher(self) -> nn.Module:
+        """The base model on the evaluator's device (itself on the CPU; one copy otherwise)."""
+        if self._device.type == "cpu":
+            return self.model
+        if self._teacher is None:
+            import copy
+
+            self._teacher = copy.deepcopy(self.model).to(self._device).eval()
+        return self._teacher
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The device copy of the base model is rebuilt where the evaluator is unpickled.
+        state = dict(self.__dict__)
+        state["_teacher"] = None
+        return state
 
     # -- helpers ----------------------------------------------------------------------------
     @property
@@ -236,14 +272,25 @@ class CompressionEvaluator(BaseEvaluator):
         # A subclass (an overridden compress or score) computes other results: its code counts.
         # The built-in class's own code is covered by the cache's logic fingerprint.
         # Latency is the machine's: a cache shared between machines keeps theirs apart.
+        # The device is part of the key except for the CPU (whose results keep their keys): a
+        # GPU's kernels round differently, and its fine-tune runs in bf16, so a CUDA result is
+        # served only to an evaluation on the same kind of GPU, never to a CPU one (or back).
         if self._settings_fp is None:
             code = "" if type(self) is CompressionEvaluator else class_fingerprint(type(self))
             machine = ""
             if self.config.latency != "none":
                 from autocompress.evaluators.lut import machine_id
 
-                machine = json.dumps(machine_id(), sort_keys=True)
+                ident = machine_id()
+                if self.config.latency_backend in GPU_LATENCY_BACKENDS:
+                    from autocompress.evaluators.lut import gpu_name
+
+                    ident["gpu"] = gpu_name()
+                machine = json.dumps(ident, sort_keys=True)
             self._settings_fp = f"{self.config.key()}|{code}|{machine}"
+            tag = device_tag(self._device)
+            if tag:
+                self._settings_fp += f"|{tag}"
         return self._settings_fp
 
     @property
@@ -301,11 +348,13 @@ class CompressionEvaluator(BaseEvaluator):
         return not (c.reconstruct and prunes)
 
     def compress(self, policy: CompressionPolicy) -> nn.Module:
-        """The compressed model of ``policy`` (no recalibration, no fine-tune)."""
+        """The compressed model of ``policy`` on the evaluator's device (no recalibration, no
+        fine-tune); compression itself runs on the CPU."""
         from autocompress.compression import compress
 
-        return compress(self.model, policy, space=self.space, calib=self._calib,
-                        example_input=self.example_input, reconstruct=self.config.reconstruct)
+        small = compress(self.model, policy, space=self.space, calib=self._calib,
+                         example_input=self.example_input, reconstruct=self.config.reconstruct)
+        return small if self._device.type == "cpu" else small.to(self._device)
 
     def score(self, model: nn.Module, fidelity: str = "full") -> dict[int, float]:
         """Top-k accuracies (``{1: top1, 5: top5}``) of ``model`` on the fidelity's val subset."""
@@ -317,7 +366,7 @@ class CompressionEvaluator(BaseEvaluator):
         """KD fine-tune ``model`` in place for ``steps`` steps (teacher: the base model)."""
         c = self.config
         x_tr, y_tr = self._train_tensors()
-        return kd_finetune(model, self.model, x_tr, y_tr, steps=steps,
+        return kd_finetune(model, self.teacher(), x_tr, y_tr, steps=steps,
                            batch_size=c.finetune_batch_size, lr=c.finetune_lr, alpha=c.kd_alpha,
                            temperature=c.kd_temperature, seed=c.seed)
 
@@ -381,6 +430,8 @@ class CompressionEvaluator(BaseEvaluator):
                 timed = small if all(
                     a.w_bits == 32 and a.a_bits == 32 for a in policy.layers.values()
                 ) else self.compress(structural_policy(policy))
+                # ONNX Runtime and the CPU eager backend time a CPU model; torch-cuda a GPU one.
+                timed = timed.to(latency_device(c.latency_backend, self._device))
                 stats = measure_latency(
                     timed, self.example_input, backend=c.latency_backend, batch=c.latency_batch,
                     threads=c.latency_threads, calib=self._calib[:2], clock=c.latency_clock,

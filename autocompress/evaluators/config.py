@@ -11,7 +11,9 @@ from typing import Any, ClassVar
 from autocompress.errors import UserInputError
 
 LATENCY_MODES: tuple[str, ...] = ("none", "predicted", "measured")
-LATENCY_BACKENDS: tuple[str, ...] = ("torch", "ort", "ort-int8")
+LATENCY_BACKENDS: tuple[str, ...] = ("torch", "ort", "ort-int8", "torch-cuda")
+#: Backends that time on a GPU (CUDA events) rather than on this machine's CPU.
+GPU_LATENCY_BACKENDS: tuple[str, ...] = ("torch-cuda",)
 LATENCY_CLOCKS: tuple[str, ...] = ("wall", "cpu")
 
 
@@ -36,7 +38,8 @@ class EvaluatorConfig:
         finetune_lr: learning rate of the fine-tune (SGD, momentum 0.9).
         finetune_batch_size: samples per fine-tune step.
         latency: ``none``, ``predicted`` (per-layer lookup table) or ``measured`` (timed each time).
-        latency_backend: ``torch`` (eager), ``ort`` (ONNX Runtime fp32) or ``ort-int8``.
+        latency_backend: ``torch`` (eager), ``ort`` (ONNX Runtime fp32), ``ort-int8``, or
+            ``torch-cuda`` (eager fp32 on the CUDA device, timed with CUDA events).
         latency_batch: batch size at which latency is reported.
         latency_threads: intra-op threads used while timing.
         latency_clock: ``wall`` (elapsed) or ``cpu`` (CPU time of the single inference thread:
@@ -108,6 +111,11 @@ class EvaluatorConfig:
                 f"EvaluatorConfig.latency_clock={self.latency_clock!r}; "
                 f"allowed: {', '.join(LATENCY_CLOCKS)}"
             )
+        if self.latency_clock == "cpu" and self.latency_backend in GPU_LATENCY_BACKENDS:
+            raise UserInputError(
+                f"EvaluatorConfig.latency_clock='cpu' cannot time latency_backend="
+                f"{self.latency_backend!r} (it is timed with CUDA events); allowed: latency_clock=wall"
+            )
         if self.latency_clock == "cpu" and self.latency_threads != 1:
             raise UserInputError(
                 f"EvaluatorConfig.latency_clock='cpu' needs latency_threads=1 "
@@ -137,6 +145,18 @@ class EvaluatorConfig:
         d.pop("batch_size")
         blob = json.dumps({"v": self.schema_version, **d}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def check_backend_available(backend: str) -> str:
+    """The backend if this machine can time on it: ``torch-cuda`` needs a CUDA device."""
+    if backend in GPU_LATENCY_BACKENDS:
+        from autocompress.devices import cuda_available
+
+        if not cuda_available():
+            allowed = ", ".join(b for b in LATENCY_BACKENDS if b not in GPU_LATENCY_BACKENDS)
+            raise UserInputError(f"latency backend {backend!r} needs CUDA, which this machine does "
+                                 f"not have (torch.cuda.is_available() is False); allowed here: {allowed}")
+    return backend
 
 
 def _is_num(v: object) -> bool:

@@ -1,8 +1,13 @@
-"""Measured latency on this machine: PyTorch eager, ONNX Runtime fp32 and ONNX Runtime int8."""
+"""Measured latency on this machine: PyTorch eager (CPU or CUDA), ONNX Runtime fp32 and int8.
+
+CPU backends time with the wall or thread CPU clock; ``torch-cuda`` times on the GPU with CUDA
+events (kernels are asynchronous, so a host clock would time the launch, not the work).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -15,7 +20,12 @@ from torch import Tensor, nn
 # The ONNX conversions are shared with ``export``; their names stay importable from here.
 from autocompress.deploy import export_onnx, export_onnx_with, ort_session, quantize_int8  # noqa: F401
 from autocompress.errors import UserInputError
-from autocompress.evaluators.config import LATENCY_BACKENDS, LATENCY_CLOCKS
+from autocompress.evaluators.config import (
+    GPU_LATENCY_BACKENDS,
+    LATENCY_BACKENDS,
+    LATENCY_CLOCKS,
+    check_backend_available,
+)
 
 
 @dataclass(frozen=True)
@@ -56,12 +66,22 @@ def check_clock(clock: str, threads: int) -> str:
 
 
 def check_backend(backend: str) -> str:
-    """Validate a latency backend name."""
+    """Validate a latency backend name (and that this machine can time on it)."""
     if backend not in LATENCY_BACKENDS:
         raise UserInputError(
             f"latency backend {backend!r} is not supported; allowed: {', '.join(LATENCY_BACKENDS)}"
         )
-    return backend
+    return check_backend_available(backend)
+
+
+def latency_device(backend: str, device: torch.device | None = None) -> torch.device:
+    """Where a model timed on ``backend`` must live: the CUDA device for ``torch-cuda`` (``device``
+    when it is one, else the current CUDA device), the CPU for every other backend."""
+    if backend in GPU_LATENCY_BACKENDS:
+        if device is not None and device.type == "cuda":
+            return device
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def batched(example_input: Tensor, batch: int) -> Tensor:
@@ -102,6 +122,19 @@ def make_runner(
                 return model(x)
 
         return run_torch
+    if backend in GPU_LATENCY_BACKENDS:
+        dev = latency_device(backend, next(iter(model.parameters()), x).device)
+        if any(t.device != dev for t in itertools.chain(model.parameters(), model.buffers())):
+            import copy
+
+            model = copy.deepcopy(model).to(dev)  # the caller's model stays where it is
+        xd = x.to(dev)
+
+        def run_cuda() -> Any:
+            with torch.inference_mode():
+                return model(xd)
+
+        return run_cuda
     return make_ort_runner(export_onnx(model, example_input[:1]), example_input, backend=backend,
                            batch=batch, threads=threads, calib=calib)
 
@@ -153,6 +186,44 @@ def time_runner(
     return out
 
 
+def time_cuda_runner(
+    run: Callable[[], Any], *, warmup: int = 5, repeats: int = 20, min_repeat_ms: float = 2.0,
+) -> list[float]:
+    """Milliseconds per call of a CUDA runner, timed with CUDA events (like ``time_runner``).
+
+    Warm-up calls first (cuDNN picks its algorithms, the caching allocator fills), then each
+    repeat records an event before and after a loop of calls long enough to last
+    ``min_repeat_ms`` and waits for the second: the time the GPU spent, per call.
+    """
+    for _ in range(max(warmup, 1)):
+        run()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    one = max(float(start.elapsed_time(end)), 1e-4)
+    inner = max(1, int(min_repeat_ms / one))
+    out = []
+    for _ in range(repeats):
+        start.record()
+        for _ in range(inner):
+            run()
+        end.record()
+        end.synchronize()
+        out.append(float(start.elapsed_time(end)) / inner)
+    return out
+
+
+def time_backend(run: Callable[[], Any], backend: str, *, warmup: int = 5, repeats: int = 20,
+                 min_repeat_ms: float = 2.0, clock: str = "wall") -> list[float]:
+    """``time_cuda_runner`` for a GPU backend, else ``time_runner`` with ``clock``."""
+    if backend in GPU_LATENCY_BACKENDS:
+        return time_cuda_runner(run, warmup=warmup, repeats=repeats, min_repeat_ms=min_repeat_ms)
+    return time_runner(run, warmup=warmup, repeats=repeats, min_repeat_ms=min_repeat_ms, clock=clock)
+
+
 def summarize(times_ms: Sequence[float], *, backend: str, batch: int, threads: int,
               clock: str = "wall") -> LatencyStats:
     """Median, 10th/90th percentiles and inter-quartile range of per-call times."""
@@ -181,9 +252,12 @@ def measure_latency(
     """Time ``model`` on this machine and summarise: median of ``repeats`` and its spread.
 
     Args:
-        model: the module to time (put in eval mode; not modified otherwise).
+        model: the module to time (put in eval mode; not modified otherwise; for ``torch-cuda``
+            a copy on the CUDA device is timed unless it is there already).
         example_input: one input sample, shape ``(1, ...)``; repeated to ``batch``.
-        backend: ``torch`` (eager), ``ort`` (ONNX Runtime fp32) or ``ort-int8`` (static int8).
+        backend: ``torch`` (eager), ``ort`` (ONNX Runtime fp32), ``ort-int8`` (static int8) or
+            ``torch-cuda`` (eager fp32 on the CUDA device, CUDA events; ``clock`` is ignored
+            and reported as ``cuda-events``).
         batch: batch size of each timed call.
         threads: intra-op threads (1 is the most repeatable on a shared machine).
         warmup: untimed calls first.
@@ -204,6 +278,8 @@ def measure_latency(
     check_clock(clock, threads)
     with torch_threads(threads):
         run = make_runner(model, example_input, backend=backend, batch=batch, threads=threads, calib=calib)
-        times = time_runner(run, warmup=warmup, repeats=repeats, min_repeat_ms=min_repeat_ms,
-                            clock=clock)
+        times = time_backend(run, backend, warmup=warmup, repeats=repeats,
+                             min_repeat_ms=min_repeat_ms, clock=clock)
+    if backend in GPU_LATENCY_BACKENDS:
+        clock = "cuda-events"
     return summarize(times, backend=backend, batch=batch, threads=threads, clock=clock)

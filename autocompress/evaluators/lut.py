@@ -33,13 +33,14 @@ import torch
 from torch import Tensor, nn
 
 from autocompress.errors import UserInputError
+from autocompress.evaluators.config import GPU_LATENCY_BACKENDS
 from autocompress.evaluators.latency import (
     check_backend,
     check_clock,
     make_ort_runner,
     make_runner,
     measure_latency,
-    time_runner,
+    time_backend,
     torch_threads,
 )
 
@@ -72,6 +73,11 @@ def machine_id() -> dict[str, Any]:
 
     return {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu,
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "ort": onnxruntime.__version__}
+
+
+def gpu_name() -> str:
+    """Name of the current CUDA device (what a ``torch-cuda`` table's timings depend on)."""
+    return str(torch.cuda.get_device_name(torch.cuda.current_device()))
 
 
 def architecture_fingerprint(model: nn.Module) -> str:
@@ -432,8 +438,8 @@ class _Profiler:
                                   threads=self.threads)
         else:
             run = make_runner(module, x, backend=self.backend, batch=self.batch, threads=self.threads)
-        times = time_runner(run, warmup=self.warmup, repeats=self.repeats, min_repeat_ms=0.5,
-                            clock=self.clock)
+        times = time_backend(run, self.backend, warmup=self.warmup, repeats=self.repeats,
+                             min_repeat_ms=0.5, clock=self.clock)
         return float(np.median(times))
 
     def measure_overhead(self) -> None:
@@ -446,7 +452,7 @@ class _Profiler:
         k = json.dumps(key, sort_keys=True)
         if k not in self.memo:
             module, x = build_standalone(spec, cin, cout, **kw)
-            graph = standalone_onnx(spec, cin, cout, **kw) if self.backend != "torch" else None
+            graph = standalone_onnx(spec, cin, cout, **kw) if self.backend.startswith("ort") else None
             self.memo[k] = max(self.time(module, x, graph) - self.overhead_ms, 0.0)
         return self.memo[k]
 
@@ -613,8 +619,11 @@ class LatencyLUT:
     def cache_key(model: nn.Module, space: CompressionSpace, example_input: Tensor, backend: str,
                   batch: int, threads: int, grid: tuple[int, ...], clock: str = "wall") -> str:
         """Key of a table: machine, backend, batch, threads, clock, architecture, input, space."""
+        machine = machine_id()
+        if backend in GPU_LATENCY_BACKENDS:  # one table per GPU model
+            machine["gpu"] = gpu_name()
         payload = {
-            "v": LatencyLUT.schema_version, "machine": machine_id(), "backend": backend,
+            "v": LatencyLUT.schema_version, "machine": machine, "backend": backend,
             "batch": batch, "threads": threads, "clock": clock, "arch": architecture_fingerprint(model),
             "input": list(example_input.shape[1:]), "space": space_signature(space),
             "grid": list(grid),

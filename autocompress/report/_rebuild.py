@@ -24,11 +24,13 @@ _PROBLEMS: dict[tuple[str, str, str], Problem] = {}
 _MAX_CACHED = 2
 
 
-def rebuild_problem(run: RunRecord, *, progress: bool = False) -> Problem:
+def rebuild_problem(run: RunRecord, *, progress: bool = False, device: str | None = None) -> Problem:
     """The run's ``Problem``: the same model, checkpoint (or cached base model), data split and seed.
 
     Settings come from ``RUN/spec.json``; those ``Problem.build`` does not take are ignored. The
     result is memoised per process (compression never modifies ``problem.model``).
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``): where the evaluator recalibrates,
+    fine-tunes and scores; None: the run's own ``device`` setting.
     """
     import os
 
@@ -38,7 +40,12 @@ def rebuild_problem(run: RunRecord, *, progress: bool = False) -> Problem:
         while len(_PROBLEMS) >= _MAX_CACHED:
             _PROBLEMS.pop(next(iter(_PROBLEMS)))
         _PROBLEMS[key] = _build(run, progress)
-    return _PROBLEMS[key]
+    problem = _PROBLEMS[key]
+    if device is not None:
+        from autocompress.devices import resolve_device
+
+        problem.evaluator.device = resolve_device(device)
+    return problem
 
 
 def _build(run: RunRecord, progress: bool) -> Problem:
@@ -97,7 +104,7 @@ def scored_model(problem: Problem, policy: CompressionPolicy) -> nn.Module:
     """The compressed model the evaluator scored: compress, BN recalibration, its short fine-tune.
 
     Mirrors ``CompressionEvaluator`` step by step so that an exported or fine-tuned point starts
-    from the model whose accuracy the front reports.
+    from the model whose accuracy the front reports. The model is on the evaluator's device.
     """
     from autocompress.evaluators.accuracy import recalibrate_bn
 

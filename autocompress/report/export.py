@@ -431,6 +431,7 @@ def export_point(
     check_samples: int = 256,
     progress: bool = False,
     finetuned: bool = False,
+    device: str | None = None,
 ) -> ExportInfo:
     """Write point ``point_id`` of the run's front as a really compressed model file.
 
@@ -456,6 +457,8 @@ def export_point(
         progress: show progress while a missing base model is trained.
         finetuned: export the point's latest fine-tuned model (``finetune_point``) instead of
             the model as the search scored it.
+        device: where the point is rebuilt (recalibration, the evaluator's short fine-tune);
+            None: the run's own setting. The file is written, checked and timed on the CPU.
 
     Returns:
         ``ExportInfo`` with sizes, latencies (original alongside), accuracy and the check result.
@@ -516,11 +519,13 @@ def export_point(
         )
     # The fine-tuned weights are checked (and refused when they are not plain tensors) before
     # anything is rebuilt; the problem is memoised, so it is built once either way.
-    small = load_finetuned(run, point, record, progress=progress) if record is not None else None
-    problem = rebuild_problem(run, progress=progress)
+    small = (load_finetuned(run, point, record, progress=progress, device=device)
+             if record is not None else None)
+    problem = rebuild_problem(run, progress=progress, device=device)
     example = problem.example_input
     if small is None:
         small = scored_model(problem, point.policy)
+    small = small.cpu()  # rebuilt on the device; written, checked and timed on the CPU
     original = problem.model.eval()
     x_val, y_val = problem.data.tensors("val")
     test = problem.data.tensors("test") if getattr(problem.data, "test", None) is not None else None

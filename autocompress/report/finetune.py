@@ -189,6 +189,7 @@ def finetune_point(
     seed: int = 0,
     progress: bool = False,
     problem: Problem | None = None,
+    device: str | None = None,
 ) -> FinetuneResult:
     """Fine-tune point ``point_id``'s compressed model and record accuracy before and after.
 
@@ -209,6 +210,8 @@ def finetune_point(
         progress: show progress while a missing base model is trained.
         problem: the run's already built ``Problem`` (the search passes its own); by default it
             is rebuilt from the run directory.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``: where the point trains (bf16
+            autocast on CUDA) and is scored (fp32); None: the problem's evaluator's device.
 
     Returns:
         ``FinetuneResult``; the record and weights are written under ``RUN/finetune/``.
@@ -237,8 +240,14 @@ def finetune_point(
     run = load_run(run_dir)
     point = run.point(point_id)
 
-    problem = problem if problem is not None else rebuild_problem(run, progress=progress)
-    teacher = problem.model.eval()
+    if problem is None:
+        problem = rebuild_problem(run, progress=progress, device=device)
+    elif device is not None:
+        from autocompress.devices import resolve_device
+
+        problem.evaluator.device = resolve_device(device)
+    dev = problem.evaluator.device
+    teacher = problem.evaluator.teacher()
     student = scored_model(problem, point.policy)
     x_val, y_val = problem.data.tensors("val")
     teacher_acc = _accuracy(teacher, x_val, y_val)
@@ -259,7 +268,8 @@ def finetune_point(
     for epoch in range(epochs):
         total = n = 0.0
         for loss, size in distill(student, teacher if kd else None, loader, opt, alpha=alpha,
-                                  temperature=temperature, scheduler=sched):
+                                  temperature=temperature, scheduler=sched,
+                                  device=None if dev.type == "cpu" else dev):
             total += loss * size
             n += size
         # Score a snapped copy: the latent weights keep training unprojected.
@@ -280,7 +290,7 @@ def finetune_point(
     record = directory / f"{stem}.json"
     # Tensors only: the module's structure is rebuilt from the policy when it is loaded back.
     with atomic_path(weights) as tmp:
-        torch.save(student.state_dict(), tmp)
+        torch.save({k: v.cpu() for k, v in student.state_dict().items()}, tmp)
     recorded = point.metrics.get("acc")
     result = FinetuneResult(
         point_id=point.id, acc_before=acc_before, acc_after=acc_after, teacher_acc=teacher_acc,
@@ -330,6 +340,7 @@ def finetune_front(
     progress: bool = False,
     problem: Problem | None = None,
     on_point: Callable[[int, int, str], None] | None = None,
+    device: str | None = None,
 ) -> list[FinetuneResult]:
     """Fine-tune every feasible front point (``top=None``) or the ``top`` best, one by one.
 
@@ -347,6 +358,7 @@ def finetune_front(
         progress: show progress while a missing base model is trained.
         problem: the run's already built ``Problem`` (default: rebuilt from the run).
         on_point: called with ``(i, n, point_id)`` before each point is fine-tuned.
+        device: as ``finetune_point``.
 
     Returns:
         One ``FinetuneResult`` per selected point, best first.
@@ -371,7 +383,7 @@ def finetune_front(
             on_point(i, len(chosen), point.id)
         out.append(finetune_point(run.path, point.id, epochs, kd, temperature, alpha, lr,
                                   batch_size=batch_size, weight_decay=weight_decay, seed=seed,
-                                  progress=progress, problem=problem))
+                                  progress=progress, problem=problem, device=device))
     return out
 
 
@@ -459,7 +471,8 @@ def _act_quant_modes(model: nn.Module) -> dict[str, str]:
 
 
 def load_finetuned(run: RunRecord, point: Candidate, record: Mapping[str, Any],
-                   problem: Problem | None = None, *, progress: bool = False) -> nn.Module:
+                   problem: Problem | None = None, *, progress: bool = False,
+                   device: str | None = None) -> nn.Module:
     """The fine-tuned model of ``record`` (see ``latest_finetune``), rebuilt without unpickling code.
 
     The compressed module is rebuilt from the run and the point's policy exactly as the search
@@ -500,7 +513,7 @@ def load_finetuned(run: RunRecord, point: Candidate, record: Mapping[str, Any],
     if not isinstance(state, Mapping) or not all(
             isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
         raise UserInputError(f"{where} is not a state_dict (name -> tensor); re-run `autocompress finetune`")
-    problem = problem if problem is not None else rebuild_problem(run, progress=progress)
+    problem = problem if problem is not None else rebuild_problem(run, progress=progress, device=device)
     model = scored_model(problem, point.policy)
     try:
         model.load_state_dict(dict(state), strict=True)

@@ -164,7 +164,13 @@ def _worker_problem(payload: Mapping[str, Any]) -> tuple[Problem, str]:
         if ref is not None:
             import ray
 
-            _WORKER_PROBLEMS[key] = (ray.get(ref), "shipped")
+            shipped = ray.get(ref)
+            # The driver resolved the device on its own machine; a trial resolves it on its node
+            # (a GPU-less head ships the problem to GPU workers, or the other way round).
+            from autocompress.devices import resolve_device
+
+            shipped.evaluator.device = resolve_device(spec.device)
+            _WORKER_PROBLEMS[key] = (shipped, "shipped")
         else:
             from autocompress.search.runner import build_problem
 
@@ -233,6 +239,19 @@ def _ship(problem: Problem) -> Any:
         warnings.warn(f"the problem does not pickle ({type(exc).__name__}: {exc}); each Ray worker "
                       "builds it once from the settings", RuntimeWarning, stacklevel=2)
         return None
+
+
+def trial_cpus(spec: SearchSpec) -> float:
+    """CPUs one trial reserves: ``cpus_per_trial``, else its torch ``threads``."""
+    return float(spec.cpus_per_trial) if spec.cpus_per_trial is not None else float(spec.threads)
+
+
+def trial_resources(spec: SearchSpec) -> dict[str, float]:
+    """The Tune resources of one trial: its CPUs and, when asked for, its (fraction of a) GPU."""
+    out = {"cpu": trial_cpus(spec)}
+    if spec.gpus_per_trial > 0:
+        out["gpu"] = float(spec.gpus_per_trial)
+    return out
 
 
 def _finite(v: Any) -> bool:
@@ -486,7 +505,7 @@ def run_ray(spec: SearchSpec, progress: ProgressCallback | None = None, *,
     """Run ``spec`` with Ray Tune; results land in the same study and files as a local run."""
     session = SearchSession(spec, progress, problem=problem)
     spec = session.spec
-    started_ray = init_ray(spec.workers * spec.threads, spec.ray_address)
+    started_ray = init_ray(math.ceil(spec.workers * trial_cpus(spec)), spec.ray_address)
     searcher: BaseSearcher | None = None
     try:
         from ray import tune
@@ -514,7 +533,7 @@ def run_ray(spec: SearchSpec, progress: ProgressCallback | None = None, *,
             searcher = create_searcher(spec.strategy, session.make_context(), seed=seed,
                                        **dict(spec.strategy_settings))
         trainable = tune.with_resources(tune.with_parameters(evaluate_trial, payload=payload),
-                                        {"cpu": spec.threads})
+                                        trial_resources(spec))
         session._emit("start", done=session.view().counted, message=f"{spec.strategy} on Ray")
         stop_reason = "completed"
         for _round in range(10):
@@ -576,6 +595,7 @@ __all__ = [
     "evaluate_trial",
     "init_ray",
     "run_ray",
+    "trial_resources",
     "worker_env",
     "worker_spec_dict",
 ]

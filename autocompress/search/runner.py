@@ -348,7 +348,8 @@ class _Interrupts:
 
 
 def build_problem(spec: SearchSpec, *, checkpoint: str | None = None,
-                  cache_dir: str | None = None, progress: bool | None = None) -> Problem:
+                  cache_dir: str | None = None, progress: bool | None = None,
+                  device: str | None = None) -> Problem:
     """The ``Problem`` a spec describes (trains or reuses the base model; see ``Problem.build``).
 
     Args:
@@ -357,6 +358,8 @@ def build_problem(spec: SearchSpec, *, checkpoint: str | None = None,
             driver's trained base model).
         cache_dir: cache root (default ``$AUTOCOMPRESS_CACHE`` or ``~/.cache/autocompress``).
         progress: show training / lookup-table progress bars (default: on a terminal).
+        device: the device to use instead of ``spec.device`` (``export`` and ``finetune`` of a
+            stored run name their own).
     """
     from autocompress.problem import Problem
 
@@ -365,6 +368,7 @@ def build_problem(spec: SearchSpec, *, checkpoint: str | None = None,
         "data": spec.data, "data_root": spec.data_root, "seed": spec.seed, "knobs": spec.knobs,
         "max_prune": spec.max_prune, "round_to": spec.round_to, "evaluator": spec.evaluator,
         "cache_dir": cache_dir, "progress": progress,
+        "device": device if device is not None else spec.device,
     }
     if spec.train_epochs is not None:
         kwargs["train_epochs"] = spec.train_epochs

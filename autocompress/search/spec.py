@@ -21,8 +21,9 @@ from typing import Any, ClassVar
 
 from autocompress.compression.hardware import check_round_to
 from autocompress.compression.knobs import check_knob_set, knob_names
+from autocompress.devices import check_device_name, resolve_device
 from autocompress.errors import UserInputError, check_checkpoint_path
-from autocompress.evaluators.config import EvaluatorConfig
+from autocompress.evaluators.config import EvaluatorConfig, check_backend_available
 from autocompress.metrics import DIRECTIONS, Budget, parse_budget, parse_metric
 
 #: Metrics that may be objectives (every evaluated metric of ``autocompress.metrics``), with their
@@ -43,7 +44,7 @@ BACKENDS: tuple[str, ...] = ("local", "ray")
 #: whose spec differs only in these resumes instead of being refused.
 RUN_LEVEL_FIELDS: frozenset[str] = frozenset(
     {"trials", "workers", "backend", "ray_address", "resume", "force", "out", "threads",
-     "finetune_top", "finetune_epochs"}
+     "finetune_top", "finetune_epochs", "device", "gpus_per_trial", "cpus_per_trial"}
 )
 
 
@@ -389,6 +390,12 @@ class SearchSpec:
             K front points of highest search accuracy (ties: lower cost first); None: none. A
             resumed search fine-tunes those not fine-tuned yet.
         finetune_epochs: epochs of each of those fine-tunes.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``: where the base
+            model trains and candidates are recalibrated, fine-tuned and scored (compression
+            itself runs on the CPU). A run-level setting: the evaluation cache keeps results of
+            different devices apart, so a resumed search may change it.
+        gpus_per_trial: GPUs each Ray trial reserves (fractions share a GPU; ``backend="ray"``).
+        cpus_per_trial: CPUs each Ray trial reserves (None: ``threads``).
     """
 
     model: str = "resnet20"
@@ -421,6 +428,9 @@ class SearchSpec:
     threads: int = 1
     finetune_top: int | None = None
     finetune_epochs: int = 3
+    device: str = "auto"
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float | None = None
 
     schema_version: ClassVar[int] = 1
 
@@ -498,6 +508,18 @@ class SearchSpec:
         if self.finetune_top is not None:
             set_("finetune_top", _check_int("finetune_top", self.finetune_top, 1))
         set_("finetune_epochs", _check_int("finetune_epochs", self.finetune_epochs, 1))
+        set_("device", check_device_name(self.device, "device"))
+        set_("gpus_per_trial", _check_float("gpus_per_trial", self.gpus_per_trial, 0.0, 256.0))
+        if self.cpus_per_trial is not None:
+            set_("cpus_per_trial", _check_float("cpus_per_trial", self.cpus_per_trial, 0.0, 1024.0,
+                                                lo_open=True))
+        if self.backend == "local" and (self.gpus_per_trial > 0 or self.cpus_per_trial is not None):
+            raise UserInputError("gpus_per_trial and cpus_per_trial reserve Ray resources; they "
+                                 "apply to backend ray only (--backend ray)")
+        if self.backend == "ray" and self.device.startswith("cuda") and self.gpus_per_trial == 0:
+            raise UserInputError(f"device={self.device!r} with backend ray needs gpus_per_trial > 0 "
+                                 "(Ray hides the GPUs from trials that reserve none); allowed: "
+                                 "--gpus-per-trial F (e.g. 0.25 shares one GPU between 4 trials)")
 
     # -- checks on disk ----------------------------------------------------------------------
     def preflight(self) -> None:
@@ -522,6 +544,11 @@ class SearchSpec:
                     f"imagefolder path {folder!r} is not a directory (expected PATH/<class>/<image>)")
         check_writable(self.run_dir, "--out", directory=True)
         check_storage(self.storage, self.run_dir)
+        # On a Ray cluster the trials run on its nodes: their GPUs are checked there, not here.
+        if not (self.backend == "ray" and self.ray_address is not None):
+            resolve_device(self.device)
+            if self.evaluator.latency != "none":
+                check_backend_available(self.evaluator.latency_backend)
 
     # -- derived ---------------------------------------------------------------------------
     @property
