@@ -234,3 +234,26 @@ def test_cli_search_on_ray_with_a_users_model_and_relative_paths(tmp_path: Path)
     assert list((run / "ray").glob("*/tuner.pkl"))  # Tune's files land inside the run directory
     assert set(os.listdir(tmp_path)) - before == {"runs"}
     assert not (tmp_path / "home" / "ray_results").exists()
+
+
+def test_trial_resources_follow_cpus_and_gpus_per_trial(tiny_spec: Callable, tmp_path: Path) -> None:
+    from autocompress.search.ray_backend import trial_resources
+
+    assert trial_resources(tiny_spec(tmp_path, backend="ray", threads=2)) == {"cpu": 2.0}
+    assert trial_resources(tiny_spec(tmp_path, backend="ray", cpus_per_trial=0.5)) == {"cpu": 0.5}
+    assert trial_resources(tiny_spec(tmp_path, backend="ray", gpus_per_trial=0.25)) == {"cpu": 1.0, "gpu": 0.25}
+
+
+def test_ray_trials_run_with_their_own_cpus_and_no_gpu(search_problem: Problem, tmp_path: Path,
+                                                      tiny_spec: Callable) -> None:
+    """--cpus-per-trial / --gpus-per-trial 0 on a real local Ray: Tune reserves what was asked for
+    each trial (recorded in its experiment state) and the trials score on the CPU."""
+    spec = tiny_spec(tmp_path / "run", strategy="random", trials=2, backend="ray", workers=2,
+                     cpus_per_trial=1, gpus_per_trial=0, device="cpu")
+    result = run_search(spec, problem=search_problem)
+    assert result.n_evaluated == 2
+    finals = _check_run(spec.run_dir, 2)
+    assert all(r["status"] == "ok" for r in finals)
+    states = "".join(f.read_text() for f in (spec.run_dir / "ray").rglob("experiment_state*.json"))
+    assert re.search(r'CPU\\*"\s*:\s*1(\.0)?\b', states), states[:2000]
+    assert not re.search(r'GPU\\*"\s*:\s*[1-9]', states)
