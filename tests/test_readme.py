@@ -15,6 +15,9 @@ so a renamed option fails fast), each section in a scratch directory holding the
   stopping exactly the head this test started: ``ray stop`` stops every Ray process of the user.
   The ``--storage postgresql://`` line runs against a private server (``tests/_postgres.py``).
 
+* "GPUs": every line asks for ``--device cuda``; without CUDA the first is refused in one line, and
+  where CUDA is present the lines run in order.
+
 ``test_every_readme_command_is_executed`` fails when a README command sits in a section none of these
 tests runs. ``make demo`` / ``make test`` are checked with ``make -n``.
 """
@@ -36,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -92,6 +96,7 @@ WALKTHROUGH = [c for c in _section_commands("## Walk-through") if c not in REAL_
 BRING_YOUR_OWN = _section_commands("## Bring your own model and data")
 RAY_LINES = [ln for b in _bash_blocks(_section("## Ray clusters")) for ln in _lines(b)]
 CLASSIC = _section_commands("## Classic ML models")
+GPU = _section_commands("## GPUs")
 ALL = [c for b in _bash_blocks(README) for c in _commands(b)]
 
 
@@ -156,7 +161,7 @@ def test_every_readme_command_parses() -> None:
 def test_every_readme_command_is_executed() -> None:
     """Each command belongs to a section that a test below runs line by line."""
     ray_commands = [ln for ln in RAY_LINES if _is_autocompress(ln)]
-    assert sorted(ALL) == sorted(WALKTHROUGH + REAL_DATA + BRING_YOUR_OWN + ray_commands + CLASSIC)
+    assert sorted(ALL) == sorted(WALKTHROUGH + REAL_DATA + BRING_YOUR_OWN + ray_commands + CLASSIC + GPU)
     assert any("--ray-address" in c for c in ray_commands)
     assert any(_split(ln)[1][:2] == ["ray", "start"] for ln in RAY_LINES)
     assert any(c.startswith("PYTHONPATH=") for c in BRING_YOUR_OWN)
@@ -339,6 +344,36 @@ def test_bring_your_own_model_lines_run(tmp_path: Path) -> None:
     spec = json.loads((user / "spec.json").read_text())
     assert spec["strategy"] == "tpe" and spec["data"] == "mnist"
     assert all("latency_ms" in r["metrics"] for r in _finals(user))
+
+
+# -- GPUs ----------------------------------------------------------------------------------------
+def test_gpu_lines_ask_for_cuda_on_every_command() -> None:
+    assert [_split(c)[1][1] for c in GPU] == ["train", "search", "finetune", "export"]
+    assert all(_option(c, "--device") == "cuda" for c in GPU)
+    assert _option(GPU[1], "--latency-backend") == "torch-cuda" and "latency=5ms" in GPU[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_lines_are_refused_in_one_line_without_cuda(tmp_path: Path) -> None:
+    cwd, env = _scratch(tmp_path)
+    _parse(GPU[0])
+    proc = subprocess.run(CLI + _split(GPU[0])[1][1:], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 2 and "'cuda' needs CUDA" in proc.stderr, proc.stderr
+    assert not (cwd / "runs").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_lines_run(tmp_path: Path) -> None:
+    cwd, env = _scratch(tmp_path)
+    for command in GPU:
+        _run(command, cwd, env)
+    finals = _finals(cwd / "runs" / "gpu")
+    assert len(finals) == 8 and all("latency_ms" in r["metrics"] for r in finals if r["status"] == "ok")
+    assert (cwd / "runs" / "gpu" / "best.onnx").is_file()
+    assert list((cwd / "runs" / "gpu" / "finetune").glob("point-*.json"))
 
 
 # -- Ray clusters --------------------------------------------------------------------------------
