@@ -1,0 +1,41 @@
+"""benchmarks/bench_scale.py in its tiny mode: every overhead is measured, 1 and 2 worker processes
+share a study of three trials, and the throughput model turns them into a sweep estimate that
+follows its own formula."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_tiny_mode_measures_and_models(tmp_path: Path) -> None:
+    out, report = tmp_path / "bench", tmp_path / "scale.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--tiny", "--out", str(out),
+         "--json", str(report), "--nodes", "1", "100"],
+        capture_output=True, text=True, timeout=580, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(report.read_text())
+    o = data["overheads"]
+    for key in ("build_problem_s", "unpickle_shipped_s", "journal_ask_tell_ms", "sqlite_ask_tell_ms",
+                "cache_put_ms", "cache_get_ms", "cheap_eval_s"):
+        assert o[key] > 0, key
+    for workers in ("1", "2"):  # each run: 3 trials of one shared study
+        assert data["local"][workers]["trials"] == 3 and data["local"][workers]["trials_per_min"] > 0
+    m = data["model"]
+    small, big = m["rows"]
+    assert small["nodes"] == 1 and small["gpus"] == 8 and big["gpus"] == 800
+    # throughput(W) = min(W / (E + o), 1 / s): 8 GPUs are GPU-bound, 800 hit the driver's limit
+    # whenever it saturates below 800 concurrent trials.
+    assert small["trials_per_hour"] == pytest.approx(3600 * min(8 / (m["E_s"] + m["o_s"]), 1 / m["s_s"]))
+    assert big["bound"] == ("driver" if m["saturating_gpus"] < 800 else "GPUs")
+    assert "load average" in proc.stdout and "candidates in" in proc.stdout
+    assert not (out / "local" / "w2" / "p0" / "trials.jsonl").read_text().count('"failed"')
