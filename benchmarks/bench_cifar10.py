@@ -363,7 +363,7 @@ def _ms(values: Sequence[float | None], scale: float = 1.0, fmt: str = ".2f") ->
     mean = statistics.fmean(vals)
     if len(vals) == 1:
         return format(mean, fmt)
-    return f"{format(mean, fmt)} ± {format(statistics.stdev(vals), fmt)}"
+    return f"{format(mean, fmt)} ± {format(statistics.stdev(vals), fmt.replace('+', ''))}"
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:

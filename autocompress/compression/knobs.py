@@ -410,5 +410,6 @@ register_knob(BitsKnob("w_bits", ("size_bytes", "bops", "latency_ms"), "w bits")
 register_knob(BitsKnob("a_bits", ("bops", "latency_ms"), "a bits"))
 register_knob(RankKnob())
 
-from autocompress.compression import sharing as _sharing  # noqa: E402,F401 - registers "share_bits"
-from autocompress.compression import sparsity as _sparsity  # noqa: E402,F401 - registers "sparsity"
+# Registration order is the knobs' order in every list (env actions, policy JSON): sparsity first.
+from autocompress.compression import sparsity as _sparsity  # noqa: E402,F401,I001 - registers "sparsity"
+from autocompress.compression import sharing as _sharing  # noqa: E402,F401,I001 - registers "share_bits"

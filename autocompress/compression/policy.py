@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from autocompress.compression.knobs import KNOB_TYPES
+from autocompress.compression.knobs import ALLOWED_BITS, KNOB_TYPES  # noqa: F401 - ALLOWED_BITS re-exported
 from autocompress.errors import UserInputError
 
 _PACK = struct.Struct("<4d").pack
