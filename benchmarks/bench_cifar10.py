@@ -33,7 +33,7 @@ Published anchors (``ANCHORS``; relative figures are what compares across bases)
 
 Run (the full benchmark, hours on 2 cores; in the background with its log)::
 
-    .venv/bin/python benchmarks/bench_cifar10.py --checkpoint ~/.cache/autocompress/bench/resnet20-cifar10-e30.pt \\
+    .venv/bin/python benchmarks/bench_cifar10.py --checkpoint ~/.cache/autocompress/bench/resnet20-cifar10-e15.pt \\
         --fastnas-row --json /tmp/bench-cifar10.json > /tmp/bench-cifar10.log 2>&1 &
 
 Seeds run separately (one process each, e.g. to interleave other jobs) are merged into one table,
