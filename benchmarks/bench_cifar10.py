@@ -468,7 +468,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
         return result
     args.data = expand_data(args.data)
-    args.checkpoint = str(Path(args.checkpoint).expanduser())
+    if args.checkpoint is not None:
+        args.checkpoint = str(Path(args.checkpoint).expanduser())
     check_args(args)
     torch.set_num_threads(args.threads)
     started = time.time()

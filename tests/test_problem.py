@@ -23,9 +23,9 @@ def train_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = problem_mod.train_model
 
-    def counting(model, data, config, on_epoch=None):  # type: ignore[no-untyped-def]
+    def counting(model, data, config, on_epoch=None, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(type(model).__name__)
-        return real(model, data, config, on_epoch=on_epoch)
+        return real(model, data, config, on_epoch=on_epoch, **kwargs)
 
     monkeypatch.setattr(problem_mod, "train_model", counting)
     return calls

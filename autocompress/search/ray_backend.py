@@ -200,6 +200,12 @@ def evaluate_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
 
     problem, source = _worker_problem(payload)
     objectives = list(payload["objectives"])
+    # What Tune reserved for this trial, as the worker sees it (checked by the resource tests).
+    import ray
+
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    where = {"ac_problem": source, "ac_cpus": float(assigned.get("CPU", 0.0)),
+             "ac_gpus": float(assigned.get("GPU", 0.0))}
     if "ac_policy" in config:
         policy = CompressionPolicy.from_json(config["ac_policy"])
     else:
@@ -210,18 +216,16 @@ def evaluate_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
         from autocompress.evaluators import EvalResult
 
         standin = EvalResult(metrics=dict(config["ac_standin"]), fidelity="low")
-        tune.report({**_report_dict(policy_json, standin, objectives, "infeasible"), "ac_problem": source})
+        tune.report({**_report_dict(policy_json, standin, objectives, "infeasible"), **where})
         return
     evaluate = problem.evaluator.evaluate
     if payload["multi_fidelity"]:
         low = safe_evaluate(evaluate, policy, "low")
-        tune.report({**_report_dict(policy_json, low, objectives, "ok" if low.ok else "failed"),
-                     "ac_problem": source})
+        tune.report({**_report_dict(policy_json, low, objectives, "ok" if low.ok else "failed"), **where})
         if not low.ok:
             return
     full = safe_evaluate(evaluate, policy, "full")
-    tune.report({**_report_dict(policy_json, full, objectives, "ok" if full.ok else "failed"),
-                 "ac_problem": source})
+    tune.report({**_report_dict(policy_json, full, objectives, "ok" if full.ok else "failed"), **where})
 
 
 # -- the driver side -------------------------------------------------------------------------------
