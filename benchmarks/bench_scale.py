@@ -204,7 +204,10 @@ def local_throughput(out: Path, workers_list: list[int], trials: int) -> dict[st
         ends = [t.datetime_complete.timestamp() for t in done]
         evals = []
         for i in range(workers):
-            for line in (root / f"p{i}" / "trials.jsonl").read_text().splitlines():
+            log = root / f"p{i}" / "trials.jsonl"
+            if not log.is_file():  # a worker that started after the others had taken every trial
+                continue
+            for line in log.read_text().splitlines():
                 rec = json.loads(line)
                 if rec.get("final") and rec.get("status") == "ok":
                     evals.append(float(rec.get("timings", {}).get("total", 0.0)))
