@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -176,3 +177,15 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     with torch.no_grad():
         return 100.0 * float((model(x).argmax(1) == y).float().mean())
+
+
+def tiny_resnet_space(knobs: tuple[str, ...]) -> tuple[nn.Module, torch.Tensor, Any]:
+    """(model, example input, space over ``knobs``): the seeded ``test_resnet`` at 16x16 that the
+    storage-knob tests (sparsity, sharing) count costs on."""
+    from autocompress.compression import CompressionSpace
+    from autocompress.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("test_resnet").eval()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    return model, x, CompressionSpace.from_model(model, x, knobs=knobs)

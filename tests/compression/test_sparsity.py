@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _compression_utils import tiny_resnet_space
 from torch import nn
 
 from autocompress.compression import (
@@ -30,10 +31,7 @@ KNOBS = ("prune", "w_bits", "a_bits", "rank", "sparsity")
 
 @pytest.fixture(scope="module")
 def resnet() -> tuple[nn.Module, torch.Tensor, CompressionSpace]:
-    torch.manual_seed(0)
-    model = create_model("test_resnet").eval()
-    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    return model, x, CompressionSpace.from_model(model, x, knobs=KNOBS)
+    return tiny_resnet_space(KNOBS)
 
 
 def test_csr_formula() -> None:
