@@ -9,7 +9,9 @@ a share of the sweep (``ladder_fraction`` of the trials, the same van der Corput
 * pick where to move: with probability ``best_share`` the most accurate front point (the one a
   user deploys at the budget) at its own cost; otherwise a gap of the front, drawn in proportion
   to the area a point there could add, with the mean shape of the gap's two ends at its middle
-  cost (so the front fills in where the uniform sweep would have put its next rungs);
+  cost (so the front fills in where the uniform sweep would have put its next rungs); the gaps
+  include the one between the front's most expensive point and the budget, which a coarse ladder
+  (channels in multiples of 8) can leave wide;
 * move that per-layer *relative* compression (0 = untouched, 1 = most compressed, the budget
   projection's scale) by Gaussian noise of width ``sigma``: compression shifts between layers;
 * scale the result onto the chosen cost (times a small random factor; never above the hard
@@ -146,7 +148,10 @@ class LadderSearcher(BaseSearcher):
         With probability ``best_share`` the front's most accurate point at its own cost;
         otherwise a gap of the front, drawn with probability proportional to the area a point
         there could add (cost width x accuracy step): the mean shape of its two ends at the
-        middle cost. With more than one cost objective, any front point at its own cost.
+        middle cost. The gaps include the stretch below the cheapest point and the one between
+        the most expensive point and a hard budget (where the user deploys; a coarse uniform
+        ladder can end far below it). With more than one cost objective, any front point at its
+        own cost.
         """
         rng = self._rng
         if rng.random() < self.best_share:
@@ -166,6 +171,15 @@ class LadderSearcher(BaseSearcher):
             lo_shape, hi_shape = self._shape(lo[0]), self._shape(hi[0])
             mean = {k: 0.5 * (lo_shape[k] + hi_shape[k]) for k in lo_shape}
             gaps.append(((hi[2] - lo[2]) * max(a_hi - a_lo, 1e-9), mean, 0.5 * (lo[2] + hi[2])))
+        top = pts[-1]
+        if math.isfinite(self._limit) and top[2] < self._limit:
+            # above the most expensive point, up to the budget a user deploys at
+            width = self._limit - top[2]
+            # the accuracy a point there could add: the front's last slope (from the floor at zero
+            # accuracy when the front has one point), over half the gap: returns diminish
+            below = (pts[-2][2], accs[-2]) if len(pts) > 1 else (floor, 0.0)
+            slope = max(accs[-1] - below[1], 1e-9) / max(top[2] - below[0], 1e-12)
+            gaps.append((0.5 * width * slope * width, self._shape(top[0]), 0.5 * (top[2] + self._limit)))
         weights = np.array([g[0] for g in gaps], dtype=float)
         if not len(gaps) or not np.isfinite(weights).all() or weights.sum() <= 0:
             parent, _, cost = self.front[int(rng.integers(len(self.front)))]

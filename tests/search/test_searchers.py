@@ -155,6 +155,25 @@ def test_ladder_starts_with_the_uniform_sweep_then_moves_front_points_at_equal_c
     assert [again.ask() for _ in range(6)] == children  # seeded: the same moves
 
 
+@pytest.mark.timeout(120)
+def test_ladder_proposes_between_the_fronts_most_expensive_point_and_the_budget(search_problem: Problem) -> None:
+    """A front that ends far below the budget (a coarse ladder can) is extended towards it: the
+    gap up to the budget is one the children are placed in, not only the gaps between points."""
+    ctx = _context(search_problem, ["macs=50%"])
+    ladder = create_searcher("ladder", ctx, seed=0, ladder_fraction=0.1, best_share=0.0, cost_jitter=0.0)
+    for _ in range(ladder.n_ladder):
+        ladder.ask()  # the rungs, not told: the front is the one cheap point below
+    cheap = ladder._ladder_policy(1.0)
+    ladder.tell(cheap, search_problem.evaluator.evaluate(cheap))
+    assert len(ladder.front) == 1
+    space, limit = search_problem.space, ctx.limits["macs"]
+    low = space.macs(cheap)
+    costs = [space.macs(ladder.ask()) for _ in range(6)]
+    assert all(c <= limit for c in costs)
+    # the middle of the gap from the cheap point to the budget, within one channel step
+    assert all(c > low + 0.25 * (limit - low) for c in costs), (low, limit, costs)
+
+
 @pytest.mark.timeout(300)
 def test_default_strategy_is_the_ladder_and_not_below_the_uniform_sweep(tmp_path: Path) -> None:
     """On a tiny problem whose accuracy responds to pruning (an MLP trained to ~97% on digits,
