@@ -200,6 +200,22 @@ class SB3Agent(BaseAgent):
         kw.setdefault("net_arch", list(net_arch))
         return kw
 
+    def _episode_replay(self, *, batch_size: int, buffer_episodes: int, baseline_alpha: float,
+                        net_arch: Any, policy_kwargs: dict[str, Any] | None, tensorboard_log: str | None,
+                        verbose: int, device: str) -> dict[str, Any]:
+        """The off-policy arguments DDPG, TD3 and SAC share: learning from whole episodes (every
+        transition gets the episode's final reward), one gradient step per transition after each
+        episode, nothing learned during the warm-up episodes."""
+        T = self.steps_per_episode
+        return {
+            "batch_size": batch_size, "buffer_size": max(buffer_episodes * T, batch_size),
+            "learning_starts": (self.warmup_episodes or 0) * T, "train_freq": (T, "step"),
+            "gradient_steps": -1, "replay_buffer_class": EpisodeRewardReplayBuffer,
+            "replay_buffer_kwargs": {"baseline_alpha": baseline_alpha},
+            "policy_kwargs": self._policy_kwargs(net_arch, policy_kwargs),
+            "tensorboard_log": tensorboard_log, "verbose": verbose, "seed": self.seed, "device": device,
+        }
+
 
 @register_agent("ddpg")
 class DDPGAgent(SB3Agent):
@@ -242,19 +258,16 @@ class DDPGAgent(SB3Agent):
         verbose: int = 0,
         device: str = "cpu",
     ) -> BaseAlgorithm:
-        T = self.steps_per_episode
         k = self.cenv.action_space.shape[0]
         noise = TruncatedNormalActionNoise(
             k, sigma=noise_sigma, decay=noise_decay, warmup_episodes=self.warmup_episodes or 0, seed=self.seed,
         )
         return AMCDDPG(
-            "MlpPolicy", self.env, actor_lr=actor_lr, critic_lr=critic_lr, tau=tau,
-            batch_size=batch_size, gamma=gamma, buffer_size=max(buffer_episodes * T, batch_size),
-            learning_starts=(self.warmup_episodes or 0) * T, train_freq=(T, "step"), gradient_steps=-1,
-            action_noise=noise, replay_buffer_class=EpisodeRewardReplayBuffer,
-            replay_buffer_kwargs={"baseline_alpha": baseline_alpha},
-            policy_kwargs=self._policy_kwargs(net_arch, policy_kwargs),
-            tensorboard_log=tensorboard_log, verbose=verbose, seed=self.seed, device=device,
+            "MlpPolicy", self.env, actor_lr=actor_lr, critic_lr=critic_lr, tau=tau, gamma=gamma,
+            action_noise=noise,
+            **self._episode_replay(batch_size=batch_size, buffer_episodes=buffer_episodes,
+                                   baseline_alpha=baseline_alpha, net_arch=net_arch, policy_kwargs=policy_kwargs,
+                                   tensorboard_log=tensorboard_log, verbose=verbose, device=device),
         )
 
 
@@ -282,17 +295,13 @@ class TD3Agent(SB3Agent):
         verbose: int = 0,
         device: str = "cpu",
     ) -> BaseAlgorithm:
-        T = self.steps_per_episode
         k = self.cenv.action_space.shape[0]
         return TD3(
-            "MlpPolicy", self.env, learning_rate=learning_rate, tau=tau, batch_size=batch_size,
-            gamma=gamma, buffer_size=max(buffer_episodes * T, batch_size),
-            learning_starts=(self.warmup_episodes or 0) * T, train_freq=(T, "step"), gradient_steps=-1,
+            "MlpPolicy", self.env, learning_rate=learning_rate, tau=tau, gamma=gamma,
             action_noise=NormalActionNoise(np.zeros(k), action_sigma * np.ones(k)),
-            replay_buffer_class=EpisodeRewardReplayBuffer,
-            replay_buffer_kwargs={"baseline_alpha": baseline_alpha},
-            policy_kwargs=self._policy_kwargs(net_arch, policy_kwargs),
-            tensorboard_log=tensorboard_log, verbose=verbose, seed=self.seed, device=device,
+            **self._episode_replay(batch_size=batch_size, buffer_episodes=buffer_episodes,
+                                   baseline_alpha=baseline_alpha, net_arch=net_arch, policy_kwargs=policy_kwargs,
+                                   tensorboard_log=tensorboard_log, verbose=verbose, device=device),
         )
 
 
@@ -315,15 +324,11 @@ class SACAgent(SB3Agent):
         verbose: int = 0,
         device: str = "cpu",
     ) -> BaseAlgorithm:
-        T = self.steps_per_episode
         return SAC(
-            "MlpPolicy", self.env, learning_rate=learning_rate, tau=tau, batch_size=batch_size,
-            gamma=gamma, buffer_size=max(buffer_episodes * T, batch_size),
-            learning_starts=(self.warmup_episodes or 0) * T, train_freq=(T, "step"), gradient_steps=-1,
-            replay_buffer_class=EpisodeRewardReplayBuffer,
-            replay_buffer_kwargs={"baseline_alpha": baseline_alpha},
-            policy_kwargs=self._policy_kwargs(net_arch, policy_kwargs),
-            tensorboard_log=tensorboard_log, verbose=verbose, seed=self.seed, device=device,
+            "MlpPolicy", self.env, learning_rate=learning_rate, tau=tau, gamma=gamma,
+            **self._episode_replay(batch_size=batch_size, buffer_episodes=buffer_episodes,
+                                   baseline_alpha=baseline_alpha, net_arch=net_arch, policy_kwargs=policy_kwargs,
+                                   tensorboard_log=tensorboard_log, verbose=verbose, device=device),
         )
 
 
