@@ -149,21 +149,6 @@ class ForestArrays:
         """The node range of tree ``t``."""
         return slice(int(self.offsets[t]), int(self.offsets[t + 1]))
 
-    def count_tables(self) -> tuple[np.ndarray, np.ndarray]:
-        """``nodes[t, L]`` and ``internal[t, L]``: node and internal-node counts of tree ``t`` at
-        depth cap ``L`` (0..max depth), for the closed-form cost model."""
-        dmax = int(self.depth.max())
-        nodes = np.zeros((self.n_trees, dmax + 1), dtype=np.int64)
-        internal = np.zeros_like(nodes)
-        for t in range(self.n_trees):
-            d = self.depth[self.tree(t)]
-            leaf = self.feature[self.tree(t)] < 0
-            nodes[t] = np.cumsum(np.bincount(d, minlength=dmax + 1))
-            # an internal node at depth k stays internal under cap L when k < L
-            inner = np.bincount(d[~leaf], minlength=dmax + 1)
-            internal[t, 1:] = np.cumsum(inner)[:-1]
-        return nodes, internal
-
     def threshold_grid(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-feature low and high split thresholds over the whole forest (the quantization
         range; independent of which trees a policy keeps). Unused features get 0, 0."""

@@ -553,8 +553,3 @@ def resolve_classic_point(pareto: Mapping[str, Any], point: str) -> dict[str, An
                          f"{', '.join(str(p['id']) for p in points)}")
 
 
-def problem_from_run(spec: Mapping[str, Any], *, trust_pickle: bool = False) -> ClassicProblem:
-    """Rebuild a run's problem (same data split and model, from the recorded seed)."""
-    cs = ClassicSpec(model=spec["model"], data=spec["data"], target=spec.get("target"),
-                     seed=int(spec["seed"]), trust_pickle=trust_pickle)
-    return ClassicProblem.build(cs)

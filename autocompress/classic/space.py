@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 THRESHOLD_BITS: tuple[int, ...] = (32, 16, 8, 6, 5, 4, 3, 2)
 LEAF_BITS: tuple[int, ...] = (32, 16, 8, 6, 5, 4, 3, 2, 1)
-POINTS = ("trees", "stages", "depth", "ccp", "thresholds", "leaves")
 #: Largest ``ccp.prune`` (share of splits collapsed; every tree keeps its root split).
 CCP_MAX = 0.95
 

@@ -23,7 +23,7 @@ at the end of this file), a ``LayerAction`` field whose default is the identity 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from autocompress.errors import UserInputError
@@ -279,11 +279,6 @@ def weight_storage_bytes(
     if nnz < numel:
         dense = min(dense, csr_bytes(nnz, rows, numel // max(rows, 1), bits, scales))
     return dense + side
-
-
-def non_identity(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of ``{knob: value}`` that differ from their knob's identity value."""
-    return {k: v for k, v in values.items() if v != KNOB_TYPES[k].identity}
 
 
 # --- the four structural knobs -----------------------------------------------------------------

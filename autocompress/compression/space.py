@@ -580,9 +580,6 @@ class CompressionSpace:
             if lay.weights and lay.weights[0] in self._tensor_index:
                 wt[i] = self._tensor_index[lay.weights[0]]
         self._W, self._Q, self._wt = W, Q, wt
-        self._lrank = np.array([lay.rank for lay in layers], dtype=bool)
-        self._lquant = np.array([lay.quant for lay in layers], dtype=bool)
-        self._layer_index = {lay.name: i for i, lay in enumerate(layers)}
         # Fast-path structures. Total parameters as a quadratic form in the removal vector x:
         # sum_t const_t (n0_t - c0_t.x)(n1_t - c1_t.x) = K0 - g.x + x.H.x
         self._K0 = float((const * n0 * n1).sum())
@@ -595,7 +592,7 @@ class CompressionSpace:
         self._u_n0, self._u_n1, self._u_const = n0[used], n1[used], const[used]
         self._u_C0, self._u_C1 = C0[used], C1[used]
         self._u_rows_src, self._u_rows_const = rows_src[used], rows_const[used]
-        self._u_W, self._u_Q = W[:, used], Q[:, used]
+        self._u_W = W[:, used]
         self._u_wt = np.array([pos.get(int(t), 0) for t in wt], dtype=np.int64)
         # owning layer of each used quantizable tensor (len(layers) = none: stays float)
         qlayer = np.full(len(used), L, dtype=np.int64)
@@ -745,7 +742,6 @@ class CompressionSpace:
         self.decision_points = points
         self._points_by_name = {p.name: p for p in points}
         self._pt_layer = {p.name: self._point_layer[i] for i, p in enumerate(points)}
-        self._pt_group = {p.name: self._point_group[i] for i, p in enumerate(points)}
         # allowed bit-widths per layer as a lookup table for the fast validity check
         allowed = np.zeros((len(self._layer_list), 33), dtype=bool)
         allowed[:, 32] = True
@@ -762,14 +758,6 @@ class CompressionSpace:
                 self._allowed_a[li, :32] = False
         self._names_cache: dict[tuple[str, ...], dict[str, Any]] = {}
         self._restricted_bits = tuple(bits) != tuple(sorted(ALLOWED_BITS))
-        self._no_rank = np.array(
-            [
-                lay.name not in self._points_by_name
-                or "rank" not in self._points_by_name[lay.name].knobs
-                for lay in self._layer_list
-            ],
-            dtype=bool,
-        )
         self._last: tuple[CompressionPolicy | None, dict[str, float]] = (None, {})
 
     def _verify(self, model: nn.Module) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -19,6 +18,3 @@ def fit_images(x: Tensor, input_shape: tuple[int, int, int]) -> Tensor:
     return ((x - mean) / std).contiguous()
 
 
-def to_float01(x: Tensor) -> Tensor:
-    """uint8 or float images to float32 in [0, 1]."""
-    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()

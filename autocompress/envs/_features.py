@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from autocompress.compression.knobs import from_unit as knob_from_unit
-from autocompress.compression.knobs import knob_names, levels
+from autocompress.compression.knobs import knob_names
 from autocompress.compression.knobs import to_unit as knob_to_unit
 from autocompress.errors import UserInputError
 from autocompress.metrics import COST_METRICS, EVAL_METRICS, MAXIMIZED, Budget
@@ -54,7 +54,6 @@ def resolve_budgets(
 # --- knobs and the action encoding -------------------------------------------------------------
 # The knob <-> [0, 1] mapping is the knob registry's (``compression/knobs.py``), shared with the
 # searchers and the budget projection.
-knob_levels = levels
 decode_knob = knob_from_unit
 encode_knob = knob_to_unit
 

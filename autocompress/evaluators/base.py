@@ -155,12 +155,6 @@ class BaseEvaluator(abc.ABC):
     def evaluate(self, policy: CompressionPolicy, fidelity: str = "full") -> EvalResult:
         """Score one policy at ``fidelity`` (``"low"`` is cheaper, ``"full"`` more faithful)."""
 
-    def evaluate_many(
-        self, policies: Iterable[CompressionPolicy], fidelity: str = "full"
-    ) -> list[EvalResult]:
-        """Score several policies in order (subclasses may batch or parallelise)."""
-        return [self.evaluate(p, fidelity) for p in policies]
-
     def directions(self, names: Iterable[str] | None = None) -> dict[str, Direction]:
         """Directions of ``names`` (default: all declared metrics); unknown names raise."""
         names = list(self.metrics) if names is None else list(names)
