@@ -44,6 +44,7 @@ from autocompress.classic.forest import ForestArrays, PackedForest, forest_from_
 from autocompress.classic.models import check_model_name, create_classic_model
 from autocompress.classic.space import ForestSpace
 from autocompress.errors import UserInputError
+from autocompress.rundir import PARETO_FILE, SPEC_FILE, TRIALS_FILE, TrialLog, atomic_write_text
 from autocompress.search.budgets import Budget, parse_budget
 
 if TYPE_CHECKING:
@@ -368,7 +369,7 @@ def _stored_for_resume(spec: ClassicSpec) -> dict[str, Any]:
     none or it searched something else)."""
     run = spec.run_dir()
     try:
-        stored = json.loads((run / "spec.json").read_text())
+        stored = json.loads((run / SPEC_FILE).read_text())
     except (OSError, ValueError):
         raise UserInputError(f"--resume: {str(run)!r} holds no classic search to continue") from None
     if not isinstance(stored, dict) or stored.get("kind") != KIND:
@@ -387,7 +388,7 @@ def _prepare_dir(spec: ClassicSpec) -> Path:
         if not spec.force:
             raise UserInputError(f"--out {str(run)!r} already holds files; pass --resume to continue "
                                  "it or --force to replace it")
-        if (run / "spec.json").is_file() and json.loads((run / "spec.json").read_text()).get("kind") == KIND:
+        if (run / SPEC_FILE).is_file() and json.loads((run / SPEC_FILE).read_text()).get("kind") == KIND:
             shutil.rmtree(run)
         else:
             raise UserInputError(f"--out {str(run)!r} is not a classic search run; refusing to replace it")
@@ -410,7 +411,6 @@ def run_classic_search(spec: ClassicSpec, progress: Callable[[int, int], None] |
     from autocompress.search.base import SearchContext
     from autocompress.search.pareto import pareto_report
     from autocompress.search.spec import Objective
-    from autocompress.search.storage import TrialLog, atomic_write_text
 
     run = spec.run_dir()
     stored = _stored_for_resume(spec) if spec.resume else None
@@ -435,14 +435,14 @@ def run_classic_search(spec: ClassicSpec, progress: Callable[[int, int], None] |
         objectives=[Objective(n, d) for n, d in OBJECTIVES], budgets=spec.budgets,
         base_metrics=base_metrics, limits=limits, storage=optuna.storages.InMemoryStorage(),
         study_name="classic", trials=spec.trials, run_dir=run)
-    atomic_write_text(run / "spec.json", json.dumps({
+    atomic_write_text(run / SPEC_FILE, json.dumps({
         **spec.to_dict(), "task": "regression" if s.regression else "classification",
         "base_metrics": base_metrics, "base_test_acc": base_test,
         "base_vs_sklearn_test_agreement": sk_agree, "limits": limits,
         "splits": s.fingerprint(), "classes": list(s.classes), "space": space.describe()},
         indent=2, sort_keys=True))
     searcher = _searcher(spec, context)
-    log = TrialLog(run / "trials.jsonl")
+    log = TrialLog(run / TRIALS_FILE)
     log.repair()  # a killed run may leave one torn last line
     records: list[dict[str, Any]] = []
     done: dict[str, dict[str, float]] = {}
@@ -491,7 +491,6 @@ def write_front(problem: ClassicProblem, run: Path, records: list[dict[str, Any]
     """``RUN/pareto.json`` over the feasible records (first record per artefact), with test
     accuracy and the artefact file of every front point."""
     from autocompress.compression.policy import CompressionPolicy
-    from autocompress.search.storage import atomic_write_text
 
     seen: set[str] = set()
     feasible = []
@@ -512,7 +511,7 @@ def write_front(problem: ClassicProblem, run: Path, records: list[dict[str, Any]
         path.write_bytes(packed.to_bytes())
         p["artefact"] = str(path.relative_to(run))
         p["test_acc"] = s.score(packed.predict(s.x_test), s.y_test)
-    atomic_write_text(run / "pareto.json", json.dumps(report, indent=2, sort_keys=True))
+    atomic_write_text(run / PARETO_FILE, json.dumps(report, indent=2, sort_keys=True))
     return report
 
 
@@ -520,13 +519,13 @@ def read_classic_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any
     """``(spec.json, pareto.json)`` of a classic run, None when ``run_dir`` is not one."""
     run = Path(run_dir)
     try:
-        spec = json.loads((run / "spec.json").read_text())
+        spec = json.loads((run / SPEC_FILE).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(spec, dict) or spec.get("kind") != KIND:
         return None
     try:
-        pareto = json.loads((run / "pareto.json").read_text())
+        pareto = json.loads((run / PARETO_FILE).read_text())
     except (OSError, ValueError):
         raise UserInputError(f"{str(run)!r} holds no pareto.json; the search did not finish") from None
     return spec, pareto
