@@ -288,7 +288,8 @@ def compress(
             poor activation ranges for real data: pass real batches when ``a_bits < 32``.
         example_input: only used to build the space when ``space`` is ``None``; default: the
             model's ``input_shape``, else the first sample of the first ``calib`` batch.
-        importance: channel importance (``l1``, ``l2``, ``taylor``); default ``space.importance``.
+        importance: channel importance (``l1``, ``l2``, ``taylor``, ``bn``: see
+            ``CompressionSpace.from_model``); default ``space.importance``.
         reconstruct: least-squares refit of layers whose input channels were pruned, on the
             first 256 calibration samples (two extra forward passes; AMC / He et al. 2017).
             Changes weights only: MACs and parameters stay those ``space`` predicts.
@@ -315,10 +316,8 @@ def compress(
             example_input = _example_from_calib(calib)
         space = CompressionSpace.from_model(model, example_input)
     space.validate(policy)
-    if importance is not None and importance not in prune.IMPORTANCES:
-        raise UserInputError(
-            f"unknown importance {importance!r}; allowed: {', '.join(prune.IMPORTANCES)}"
-        )
+    if importance is not None:
+        prune.check_importance(importance, model, space._pgroups)
     inputs, raw = _calib_inputs(calib, space.example_input, max_calib_batches)
     training = model.training
     work = copy.deepcopy(model)

@@ -36,13 +36,17 @@ __all__ = [
     "IMPORTANCES",
     "GroupSpec",
     "analyse_groups",
+    "bn_scores",
     "build_graph",
+    "check_importance",
     "prune_groups_",
     "removed_units",
     "removed_units_f",
 ]
 
-IMPORTANCES = ("l1", "l2", "taylor")
+#: Channel importances: weight magnitude (``l1``, ``l2``; Li et al. 2017), first-order Taylor
+#: (``taylor``), and network slimming's BatchNorm scale |gamma| (``bn``; Liu et al. 2017).
+IMPORTANCES = ("l1", "l2", "taylor", "bn")
 _ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -217,13 +221,68 @@ def analyse_groups(DG: tp.DependencyGraph, model: nn.Module) -> list[GroupSpec]:
 
 
 def _importance_fn(kind: str) -> tp.importance.Importance:
-    if kind == "l1":
+    if kind in ("l1", "bn"):  # bn: l1 ranks the groups that no BatchNorm normalises
         return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer=None)
     if kind == "l2":
         return tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None)
     if kind == "taylor":
         return tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer=None)
     raise UserInputError(f"unknown importance {kind!r}; allowed: {', '.join(IMPORTANCES)}")
+
+
+def _affine_bn(module: Any) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine
+
+
+def bn_scores(group: tp.dependency.Group, n: int) -> Tensor | None:
+    """Network-slimming importance: per root channel, the mean |gamma| of the BatchNorm layers
+    that normalise it (the BN after the conv; in a residual group, every BN joined by the add).
+
+    NaN for a root channel no affine BatchNorm normalises; None when none does (the caller falls
+    back to ``l1`` there: see ``prune_groups_``).
+    """
+    total = torch.zeros(n, dtype=torch.float64)
+    count = torch.zeros(n, dtype=torch.float64)
+    for it in group.items:
+        module = it.dep.target.module
+        if not _affine_bn(module) or not it.idxs:
+            continue
+        gamma = module.weight.detach().abs().double().cpu()
+        idx = torch.as_tensor(list(it.root_idxs), dtype=torch.long)
+        total.index_add_(0, idx, gamma[torch.as_tensor(list(it.idxs), dtype=torch.long)])
+        count.index_add_(0, idx, torch.ones(len(idx), dtype=torch.float64))
+    if not bool((count > 0).any()):
+        return None
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan))
+
+
+def check_importance(
+    importance: str, model: nn.Module, groups: Sequence[GroupSpec] | None = None
+) -> None:
+    """Refuse an unknown importance, and ``bn`` where no prunable group has a BatchNorm.
+
+    ``bn`` on a group without one (a hidden ``Linear``, a conv with no BN after it) falls back to
+    ``l1`` for that group; a model where that would be every group is a mistake, refused here.
+    With ``groups`` None (before the space is built) only a model without any affine BatchNorm
+    is refused.
+    """
+    if importance not in IMPORTANCES:
+        raise UserInputError(f"unknown importance {importance!r}; allowed: {', '.join(IMPORTANCES)}")
+    if importance != "bn":
+        return
+    if groups is None:
+        found = any(_affine_bn(m) for m in model.modules())
+    else:
+        modules = dict(model.named_modules())
+        found = not groups or any(
+            _affine_bn(modules.get(m)) for g in groups if g.prunable for m in g.members
+        )
+    if not found:
+        raise UserInputError(
+            f"importance 'bn' ranks channels by BatchNorm |gamma|, but no prunable layer of "
+            f"{type(model).__name__} is followed by an affine BatchNorm; allowed here: "
+            f"{', '.join(i for i in IMPORTANCES if i != 'bn')}"
+        )
 
 
 def _first_tensor(batch: Any) -> Any:
@@ -328,7 +387,8 @@ def prune_groups_(
         DG: its dependency graph.
         decisions: ``(spec, prune)`` pairs; ``spec`` from ``analyse_groups`` on an identical model.
         round_to: kept channel counts are multiples of this.
-        importance: ``"l1"``, ``"l2"`` or ``"taylor"`` (needs ``calib``).
+        importance: ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``calib``) or ``"bn"`` (BatchNorm
+            |gamma|, ``bn_scores``; groups without an affine BatchNorm are ranked by ``l1``).
         calib: batches for Taylor importance.
 
     Returns:
@@ -354,7 +414,14 @@ def prune_groups_(
                 f"group {spec.root!r} changed structure between analysis and pruning "
                 f"({spec.n}/{spec.unit}/{len(spec.atoms)} vs {now.n}/{now.unit}/{len(now.atoms)})"
             )
-        idxs = choose_indices(spec, _scores(imp, group, spec.n), prune, round_to)
+        gamma = bn_scores(group, spec.n) if importance == "bn" else None
+        if gamma is None or bool(torch.isnan(gamma).any()):
+            scores = _scores(imp, group, spec.n)
+            if gamma is not None:  # channels no BatchNorm normalises keep their l1 score
+                scores = torch.where(torch.isnan(gamma), scores, gamma)
+        else:
+            scores = gamma
+        idxs = choose_indices(spec, scores, prune, round_to)
         if not idxs:
             continue
         pgroup = _subgroup(DG, group, idxs)

@@ -389,7 +389,9 @@ class CompressionSpace:
                 ``DEFAULT_KNOBS``: prune, w_bits, a_bits, rank).
             max_prune: the largest ``prune`` ratio allowed at any point (``0 <= max_prune < 1``).
             round_to: kept channel counts are multiples of this (8/16 run faster on CPUs).
-            importance: default channel importance for ``compress``: ``l1``, ``l2``, ``taylor``.
+            importance: default channel importance for ``compress``: ``l1``, ``l2``, ``taylor``,
+                or ``bn`` (network slimming: BatchNorm |gamma|; groups without a BatchNorm are
+                ranked by ``l1``, and a model with none on any prunable group is refused).
             bits: bit-widths offered for ``w_bits``/``a_bits`` (32 is always included).
             verify: check the pruning cost model against a really pruned copy and drop the prune
                 knob of groups where it disagrees (recommended; costs one extra pruning pass).
@@ -496,6 +498,7 @@ class CompressionSpace:
                 for g in hit:
                     g.reason = f"parameter {exc.name!r} would be pruned along more than two dims"
         self._build_points()
+        prune.check_importance(importance, work, self._pgroups)
         if verify and any(g.prunable for g in self.groups):
             self._verify(model)
         return self

@@ -101,6 +101,67 @@ def test_importance_removes_the_least_important_channels(importance: str, digits
     assert count_macs(small, x_tr[:1]) == space.macs(policy)
 
 
+def _kept(before: torch.Tensor, after: torch.Tensor) -> list[int]:
+    """Indices of ``before`` whose (distinct) values survive in ``after``, in order."""
+    return [before.tolist().index(v) for v in after.tolist()]
+
+
+@pytest.mark.timeout(120)
+def test_bn_importance_keeps_the_channels_with_the_largest_gamma() -> None:
+    torch.manual_seed(0)
+    model = create_model("test_resnet").eval()
+    block = model.layer1[0]
+    gamma = torch.tensor([0.9, -0.1, 0.5, 0.05, -0.7, 0.2, 0.3, 0.01])
+    # the residual group (stem conv1 -> bn1, joined by the add to layer1.0.bn2) ranks by the
+    # mean |gamma| of both: (|a| + |b|) / 2 = [.5, .45, .1, .4, .2, .35, .6, .05]
+    a = torch.tensor([0.1, 0.8, -0.1, 0.7, 0.3, 0.6, 0.4, 0.05])
+    b = torch.tensor([0.9, 0.1, 0.1, -0.1, 0.1, 0.1, 0.8, 0.05])
+    with torch.no_grad():
+        block.bn1.weight.copy_(gamma)
+        model.bn1.weight.copy_(a)
+        block.bn2.weight.copy_(b)
+        # filter norms ranked against |gamma|: l1 importance would keep the other half
+        norms = 1.0 / (gamma.abs() + 0.05)
+        block.conv1.weight.mul_(norms.view(-1, 1, 1, 1) / block.conv1.weight.abs().sum((1, 2, 3)).view(-1, 1, 1, 1))
+    policy = CompressionPolicy({"layer1.0.conv1": LayerAction(prune=0.5), "conv1": LayerAction(prune=0.5)})
+    space = CompressionSpace.from_model(model, importance="bn")
+    small = compress(model, policy, space=space)
+    assert _kept(gamma, small.layer1[0].bn1.weight) == [0, 2, 4, 6]  # |gamma| .9 .5 .7 .3
+    assert _kept(a, small.bn1.weight) == [0, 1, 3, 6]  # mean |gamma| .5 .45 .4 .6
+    assert _kept(b, small.layer1[0].bn2.weight) == [0, 1, 3, 6]
+    assert count_macs(small, space.example_input) == space.macs(policy)
+    by_l1 = compress(model, policy, space=space, importance="l1")
+    assert _kept(gamma, by_l1.layer1[0].bn1.weight) == [1, 3, 5, 7]
+    # l1 stays what it was: the explicit choice is the default space's, bit for bit
+    plain = compress(model, policy, space=CompressionSpace.from_model(model))
+    assert all(torch.equal(p, q) for p, q in zip(plain.state_dict().values(),
+                                                  by_l1.state_dict().values(), strict=True))
+
+
+@pytest.mark.timeout(120)
+def test_bn_importance_falls_back_to_l1_without_batchnorm_and_refuses_a_model_with_none() -> None:
+    torch.manual_seed(0)
+    model = create_model("test_convnet").eval()
+    with torch.no_grad():  # pw's BatchNorm ranks against its filters' l1 norms
+        model.pw[1].weight.copy_(torch.linspace(1.0, 0.1, 32))
+    space = CompressionSpace.from_model(model, importance="bn")
+    fc = CompressionPolicy({"fc1": LayerAction(prune=0.5)})
+    bn, l1 = compress(model, fc, space=space), compress(model, fc, space=space, importance="l1")
+    # a Linear without BatchNorm is ranked by l1
+    assert all(torch.equal(p, q) for p, q in zip(bn.state_dict().values(), l1.state_dict().values(), strict=True))
+    pw = CompressionPolicy({"pw.0": LayerAction(prune=0.5)})
+    bn, l1 = compress(model, pw, space=space), compress(model, pw, space=space, importance="l1")
+    assert _kept(model.pw[1].weight, bn.pw[1].weight) == list(range(16))
+    assert not torch.equal(bn.pw[1].weight, l1.pw[1].weight)
+    mlp = create_model("test_mlp").eval()
+    with pytest.raises(UserInputError, match=r"importance 'bn' .* TinyMLP .* allowed here: l1, l2, taylor"):
+        CompressionSpace.from_model(mlp, importance="bn")
+    with pytest.raises(UserInputError, match="importance 'bn'"):
+        compress(mlp, CompressionPolicy({"net.1": LayerAction(prune=0.5)}), importance="bn")
+    with pytest.raises(UserInputError, match="unknown importance 'gamma'; allowed: l1, l2, taylor, bn"):
+        CompressionSpace.from_model(model, importance="gamma")
+
+
 @pytest.mark.timeout(300)
 def test_reconstruction_reduces_the_pruning_error(trained_resnet20, digits) -> None:
     model = trained_resnet20
