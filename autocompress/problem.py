@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from autocompress.compression import prune
 from autocompress.compression.space import DEFAULT_KNOBS  # the knob registry's defaults
 from autocompress.data import DataSplits, load_data
 from autocompress.devices import resolve_device
@@ -186,6 +187,7 @@ class Problem:
         if isinstance(model, nn.Module):
             net: nn.Module | None = model
             name = type(model).__name__
+            prune.check_importance(importance, net)
         elif isinstance(model, str) and model:
             net, name = None, model
         else:
@@ -209,6 +211,7 @@ class Problem:
         if net is None:
             torch.manual_seed(seed)
             net = create_model(name, num_classes=n_cls)
+            prune.check_importance(importance, net)  # before training: bn needs a BatchNorm
             if ckpt_path is None and train_epochs > 0:
                 ckpt_path = _trained_base(net, name, splits, data=data, data_root=data_root,
                                           seed=seed, epochs=train_epochs, val_size=val_size,

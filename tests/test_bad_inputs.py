@@ -91,6 +91,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (cfg / "list.yaml").write_text("- model\n- test_mlp\n")
     (cfg / "unknown.yaml").write_text("model: test_mlp\ntrails: 5\n")
     (cfg / "wrong_type.yaml").write_text("model: test_mlp\ntrials: many\n")
+    (cfg / "bad_importance.yaml").write_text("model: test_mlp\nimportance: [bn]\n")
     (cfg / "bad_settings.yaml").write_text(
         "model: test_mlp\nstrategy: nsga2\nstrategy_settings: {population_size: -4}\n")
     (cfg / "bad_evaluator.yaml").write_text("model: test_mlp\nevaluator: [1, 2]\n")
@@ -200,6 +201,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("set-ladder-fraction", [*S, "--set", "ladder_fraction=-0.5"], ["ladder_fraction"]),
     ("set-ladder-unknown", [*S, "--set", "population_size=8"], ["population_size", "ladder_fraction"]),
     ("round-to-word", [*S, "--round-to", "fast"], ["round_to='fast'", "auto"]),
+    ("importance-unknown", [*S, "--importance", "gamma"], ["importance='gamma'", "l1", "bn"]),
+    ("importance-bn-without-batchnorm", [*S, "--importance", "bn"], ["importance 'bn'", "TinyMLP"]),
     ("set-uniform-points", [*S, "--strategy", "uniform", "--set", "points=x"], ["points"]),
     ("set-greedy-levels", [*S, "--strategy", "greedy", "--set", "levels=[0, 2]"], ["levels"]),
     ("set-ddpg-warmup", [*S, "--strategy", "ddpg", "--set", "warmup_episodes=-3"], ["warmup_episodes=-3"]),
@@ -248,6 +251,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("config-list", ["search", "--config", "{files}/configs/list.yaml"], ["list.yaml", "mapping"]),
     ("config-unknown-key", ["search", "--config", "{files}/configs/unknown.yaml"], ["trails"]),
     ("config-wrong-type", ["search", "--config", "{files}/configs/wrong_type.yaml"], ["trials", "many"]),
+    ("config-bad-importance", ["search", "--config", "{files}/configs/bad_importance.yaml"], ["importance"]),
     ("config-bad-settings", ["search", "--config", "{files}/configs/bad_settings.yaml"], ["population_size"]),
     ("config-bad-evaluator", ["search", "--config", "{files}/configs/bad_evaluator.yaml"], ["evaluator"]),
     ("config-binary", ["search", "--config", "{files}/configs/binary.yaml"], ["binary.yaml"]),

@@ -366,7 +366,8 @@ def build_problem(spec: SearchSpec, *, checkpoint: str | None = None,
     kwargs: dict[str, Any] = {
         "checkpoint": checkpoint if checkpoint is not None else spec.checkpoint,
         "data": spec.data, "data_root": spec.data_root, "seed": spec.seed, "knobs": spec.knobs,
-        "max_prune": spec.max_prune, "round_to": spec.round_to, "evaluator": spec.evaluator,
+        "max_prune": spec.max_prune, "round_to": spec.round_to, "importance": spec.importance,
+        "evaluator": spec.evaluator,
         "cache_dir": cache_dir, "progress": progress,
         "device": device if device is not None else spec.device,
     }

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from autocompress.compression.hardware import check_round_to
 from autocompress.compression.knobs import check_knob_set, knob_names
+from autocompress.compression.prune import IMPORTANCES
 from autocompress.devices import check_device_name, resolve_device
 from autocompress.errors import UserInputError, check_checkpoint_path
 from autocompress.evaluators.config import EvaluatorConfig, check_backend_available
@@ -354,6 +355,10 @@ class SearchSpec:
             default) resolves, per model, to the CPU's SIMD width in floats (16 with AVX-512, 8
             with AVX2), halved while the narrowest layer could not lose half its channels (see
             ``autocompress.compression.hardware``); 1 keeps exact ratios.
+        importance: which channels pruning removes: ``l1`` (filter L1 norm, the default),
+            ``l2``, ``taylor``, or ``bn`` (network slimming: the smallest BatchNorm |gamma|; pair
+            it with a base model trained with ``--slimming-l1``). Part of what is searched: it
+            keys the evaluation cache and a resume.
         objectives: metrics optimised, each with a direction (at most 3 for the exact hypervolume
             written to ``pareto.json``; more are searched but get no hypervolume).
         budgets: hard budgets (an infeasible candidate is never on the front).
@@ -405,6 +410,7 @@ class SearchSpec:
     knobs: tuple[str, ...] = ("prune",)
     max_prune: float = 0.8
     round_to: int | str = "auto"
+    importance: str = "l1"
     objectives: tuple[Objective, ...] = (Objective("acc", "maximize"), Objective("macs", "minimize"))
     budgets: tuple[Budget, ...] = field(default_factory=lambda: (parse_budget("macs=50%"),))
     soft_budgets: tuple[Budget, ...] = ()
@@ -447,6 +453,10 @@ class SearchSpec:
         set_("knobs", check_knob_set(knobs))  # registered names, none excluding another
         set_("max_prune", _check_float("max_prune", self.max_prune, 0.0, 0.99, lo_open=True))
         set_("round_to", check_round_to(self.round_to))
+        importance = _check_str("importance", self.importance, optional=False)
+        if importance not in IMPORTANCES:
+            raise UserInputError(f"importance={importance!r}; allowed: {', '.join(IMPORTANCES)}")
+        set_("importance", importance)
         objectives = tuple(parse_objective(o) for o in _as_list("objectives", self.objectives))
         if not objectives:
             raise UserInputError("objectives is empty; give at least one, e.g. acc and macs")

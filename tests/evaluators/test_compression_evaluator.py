@@ -334,13 +334,22 @@ def test_other_data_of_the_same_shape_is_not_served_cached_results(
     assert digits.evaluate(p.space.identity()).cached  # and the digits result is still served
 
 
-def test_space_settings_and_evaluator_subclasses_are_part_of_the_key(tiny_problem: Problem) -> None:
+def test_space_settings_and_evaluator_subclasses_are_part_of_the_key(tiny_problem: Problem,
+                                                                     tmp_path: Path) -> None:
     p = tiny_problem
     policy = p.space.uniform(prune=0.25)
     ev = CompressionEvaluator(p.model, p.space, p.data, NO_LATENCY)
     rounded = CompressionSpace.from_model(p.model, p.example_input, round_to=4)
     assert CompressionEvaluator(p.model, rounded, p.data, NO_LATENCY).key(policy) != ev.key(policy)
     assert CompressionEvaluator(p.model, p.space, p.data, NO_LATENCY).key(policy) == ev.key(policy)
+    # another channel importance prunes other channels: never served the l1 result from the cache
+    cache = EvalCache(tmp_path / "evals.sqlite")
+    by_l1 = CompressionEvaluator(p.model, p.space, p.data, NO_LATENCY, cache=cache)
+    slim = CompressionSpace.from_model(p.model, p.example_input, importance="bn")
+    by_bn = CompressionEvaluator(p.model, slim, p.data, NO_LATENCY, cache=cache)
+    assert by_bn.key(policy) != by_l1.key(policy)
+    assert not by_l1.evaluate(policy).cached and by_l1.evaluate(policy).cached
+    assert not by_bn.evaluate(policy).cached
 
     class Sub(CompressionEvaluator):
         def score(self, model: nn.Module, fidelity: str = "full") -> dict[int, float]:

@@ -32,6 +32,31 @@ def test_round_to_is_auto_by_default_and_checked() -> None:
             SearchSpec(round_to=bad)
 
 
+def test_importance_is_checked_and_part_of_what_is_searched(tmp_path: Path) -> None:
+    from autocompress.search.storage import prepare_run_dir, write_spec
+
+    assert SearchSpec().importance == "l1"
+    bn = SearchSpec.from_cli(None, {"importance": "bn", "out": str(tmp_path / "run")})
+    assert bn.importance == "bn" and SearchSpec.from_dict(bn.to_dict()) == bn
+    for bad in ("gamma", "", None, 1):
+        with pytest.raises(UserInputError, match="importance"):
+            SearchSpec(importance=bad)  # type: ignore[arg-type]
+    with pytest.raises(UserInputError, match=r"importance='L1'; allowed: l1, l2, taylor, bn"):
+        SearchSpec(importance="L1")
+    # another importance is another search: a run directory refuses it (and a resume keeps its own)
+    l1 = bn.replace(importance="l1")
+    assert ("importance", "l1", "bn") in l1.differences(bn)
+    (tmp_path / "run").mkdir()
+    write_spec(tmp_path / "run", bn)
+    with pytest.raises(UserInputError, match="differs in importance"):
+        prepare_run_dir(l1)
+    assert prepare_run_dir(l1.replace(resume=True)).importance == "bn"  # l1 was not given
+    (tmp_path / "other").mkdir()
+    write_spec(tmp_path / "other", l1.replace(out=str(tmp_path / "other")))
+    with pytest.raises(UserInputError, match="--resume .* differs in importance"):
+        prepare_run_dir(bn.replace(out=str(tmp_path / "other"), resume=True))
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_preset_loads(path: Path) -> None:
     spec = SearchSpec.from_yaml(path)
