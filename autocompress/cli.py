@@ -117,9 +117,11 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="overwrite an existing checkpoint at --out (and discard an interrupted run's OUT.partial of other settings)")
 @click.option("--augment/--no-augment", default=None, help="random crops (and flips where classes allow) on training batches [default: on for photos, off for digits]")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--slimming-l1", "slimming_l1", default=0.0, show_default=True, type=click.FloatRange(min=0), metavar="LAMBDA", help="network slimming: add LAMBDA * sum|gamma| of the BatchNorm scales to the loss (Liu et al. use 1e-4 to 1e-5), for `search --importance bn`; 0 = off")
 @_friendly
 def train(model: str, data: str, data_root: str | None, epochs: int, lr: float, batch_size: int,
-          seed: int, out: str | None, force: bool, augment: bool | None, device: str) -> None:
+          seed: int, out: str | None, force: bool, augment: bool | None, device: str,
+          slimming_l1: float) -> None:
     """Train a base model (a model must be trained before it is compressed).
 
     After every epoch the training state is kept in OUT.partial: the same command run again after
@@ -129,7 +131,7 @@ def train(model: str, data: str, data_root: str | None, epochs: int, lr: float, 
 
     result = run_train(model=model, data=data, data_root=data_root, epochs=epochs, lr=lr,
                        batch_size=batch_size, seed=seed, out=out, force=force, augment=augment,
-                       device=device)
+                       device=device, slimming_l1=slimming_l1)
     click.echo(json.dumps(result, indent=2))
 
 

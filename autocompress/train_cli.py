@@ -13,20 +13,24 @@ from autocompress.data import load_data
 from autocompress.devices import resolve_device
 from autocompress.errors import UserInputError, check_writable
 from autocompress.models import create_model, default_input_shape
-from autocompress.training import TrainConfig, save_checkpoint, train_model
+from autocompress.training import TrainConfig, save_checkpoint, slimming_scales, train_model
 
 
 def run_train(*, model: str, data: str, data_root: str | None = None, epochs: int = 10, lr: float = 0.05,
               batch_size: int = 64, seed: int = 0, out: str | None = None, force: bool = False,
               show_progress: bool = True, augment: bool | None = None,
-              device: str = "auto") -> dict[str, Any]:
+              device: str = "auto", slimming_l1: float = 0.0) -> dict[str, Any]:
     """Train ``model`` on ``data`` and write ``out`` plus ``out.json``; returns the metrics record.
 
     ``augment`` None takes the data set's default (see ``DataSplits.augmentation``). The record
     holds ``test_acc`` (top-1 on the held-out split) next to ``val_acc`` when the data has one.
     ``device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; checked first.
+    ``slimming_l1``: network slimming's L1 penalty on BatchNorm scales (``TrainConfig``; 0 = off),
+    so that ``importance="bn"`` pruning of the checkpoint later removes the near-zero channels.
     """
     dev = resolve_device(device)
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, augment=augment,
+                         slimming_l1=slimming_l1)
     out_path = Path(out or f"runs/base-{model.replace(':', '_').replace('/', '_')}-{data.replace(':', '_').replace('/', '_')}-{seed}.pt")
     if out_path.exists() and not force:
         raise UserInputError(f"--out {str(out_path)!r} already exists; pass --force to overwrite it or choose another path")
@@ -35,11 +39,11 @@ def run_train(*, model: str, data: str, data_root: str | None = None, epochs: in
     check_writable(out_path, "--out")
     check_writable(out_path.with_name(out_path.name + ".json"), "--out")
     probe = create_model(model, num_classes=10)
+    slimming_scales(probe, config.slimming_l1)  # refused on a model without BatchNorm, before data
     shape = default_input_shape(model, probe)
     splits = load_data(data, root=data_root, input_shape=shape, seed=seed)  # type: ignore[arg-type]
     torch.manual_seed(seed)
     net = create_model(model, num_classes=splits.num_classes)
-    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, augment=augment)
     # An interrupted run left its per-epoch state next to --out: the same command continues it.
     state_path = out_path.with_name(out_path.name + ".partial")
     resumed_from = _check_state(state_path, config, force)

@@ -268,6 +268,9 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("train-epochs-zero", [*T, "--epochs", "0"], ["--epochs"]),
     ("train-lr-negative", [*T, "--lr", "-1"], ["--lr"]),
     ("train-batch-zero", [*T, "--batch-size", "0"], ["--batch-size"]),
+    ("train-slimming-negative", [*T, "--slimming-l1", "-1e-4"], ["--slimming-l1"]),
+    ("train-slimming-word", [*T, "--slimming-l1", "lots"], ["--slimming-l1", "lots"]),
+    ("train-slimming-without-batchnorm", [*T, "--slimming-l1", "1e-4"], ["slimming_l1=0.0001", "TinyMLP"]),
     # report / show / export / finetune on a run directory
     ("report-missing", ["report", "{ws}/nothing-here"], ["nothing-here"]),
     ("report-file", ["report", "{files}/a_file"], ["a_file"]),

@@ -103,6 +103,39 @@ def test_step_callback_and_bad_schedule() -> None:
         TrainConfig(schedule="linear")
 
 
+def test_slimming_l1_drives_the_batchnorm_scales_down() -> None:
+    """Network slimming: the L1 subgradient on gamma shrinks sum|gamma| against lambda = 0, same seed."""
+    import pytest
+
+    from autocompress.errors import UserInputError
+
+    data = load_data("digits", input_shape=(3, 8, 8), seed=0)
+    sums = {}
+    for lam in (0.0, 0.3):
+        torch.manual_seed(0)
+        model = create_model("test_resnet")
+        train_model(model, data, TrainConfig(epochs=1, batch_size=128, seed=0, slimming_l1=lam))
+        sums[lam] = sum(float(m.weight.abs().sum()) for m in model.modules()
+                        if isinstance(m, torch.nn.BatchNorm2d))
+    assert sums[0.3] < 0.8 * sums[0.0], sums
+    assert TrainConfig(slimming_l1=0).slimming_l1 is None  # off, and out of the base model's key
+    for bad in (-1e-4, float("nan"), "1e-4"):
+        with pytest.raises(UserInputError, match="slimming_l1=.*allowed: a finite number >= 0"):
+            TrainConfig(slimming_l1=bad)  # type: ignore[arg-type]
+    with pytest.raises(UserInputError, match="slimming_l1=0.0001 needs BatchNorm .* TinyMLP"):
+        train_model(create_model("test_mlp"), data, TrainConfig(epochs=1, slimming_l1=1e-4))
+
+
+def test_run_train_records_slimming_l1(tmp_path: Path) -> None:
+    """``autocompress train --slimming-l1`` (its bad values: tests/test_bad_inputs.py)."""
+    from autocompress.train_cli import run_train
+
+    out = tmp_path / "base.pt"
+    run_train(model="test_resnet", data="digits", epochs=1, out=str(out), show_progress=False,
+              slimming_l1=1e-4, device="cpu")
+    assert json.loads(out.with_name("base.pt.json").read_text())["train"]["slimming_l1"] == 1e-4
+
+
 def _heldout_folder(root: Path) -> Path:
     from PIL import Image
 
