@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import fnmatch
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from autocompress.errors import UserInputError
 from autocompress.metrics import DIRECTIONS, Direction
+from autocompress.registry import Registry
 
 if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy
@@ -167,33 +167,23 @@ class BaseEvaluator(abc.ABC):
         return {n: self.metrics[n] for n in names}
 
 
-_EVALUATORS: dict[str, type[BaseEvaluator]] = {}
+#: Evaluator name -> class.
+_EVALUATORS: Registry[type[BaseEvaluator]] = Registry("evaluator", BaseEvaluator, set_name=False)
 
 
 def register_evaluator(name: str) -> Callable[[type[BaseEvaluator]], type[BaseEvaluator]]:
     """Class decorator registering an evaluator under ``name``; a duplicate name raises."""
-
-    def deco(cls: type[BaseEvaluator]) -> type[BaseEvaluator]:
-        if name in _EVALUATORS:
-            raise ValueError(f"evaluator {name!r} is already registered")
-        if not (isinstance(cls, type) and issubclass(cls, BaseEvaluator)):
-            raise TypeError(f"evaluator {name!r} must subclass BaseEvaluator")
-        _EVALUATORS[name] = cls
-        return cls
-
-    return deco
+    return _EVALUATORS.register(name)
 
 
 def list_evaluators(pattern: str = "*") -> list[str]:
     """Registered evaluator names matching a glob."""
-    return [n for n in sorted(_EVALUATORS) if fnmatch.fnmatch(n, pattern)]
+    return _EVALUATORS.names(pattern)
 
 
 def evaluator_class(name: str) -> type[BaseEvaluator]:
-    """The class registered as ``name``; an unknown name lists the valid ones."""
-    if name not in _EVALUATORS:
-        raise UserInputError(f"unknown evaluator {name!r}; valid: {', '.join(sorted(_EVALUATORS))}")
-    return _EVALUATORS[name]
+    """The class registered as ``name``; an unknown name lists the allowed ones."""
+    return _EVALUATORS.lookup(name)
 
 
 def create_evaluator(name: str, *args: Any, **kwargs: Any) -> BaseEvaluator:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import fnmatch
 import json
 import math
 from collections.abc import Callable
@@ -14,6 +13,7 @@ import gymnasium as gym
 
 from autocompress.envs import CompressionEnv, EpisodeRecord
 from autocompress.errors import UserInputError
+from autocompress.registry import Registry
 
 if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 #: Called after every evaluated episode with its record; returning ``False`` stops ``learn``.
 EpisodeCallback = Callable[[EpisodeRecord], "bool | None"]
 
-_AGENTS: dict[str, type[BaseAgent]] = {}
 _SAVE_TYPE = "autocompress.Agent"
 _SAVE_VERSION = 1
 
@@ -165,31 +164,23 @@ class BaseAgent(abc.ABC):
         return agent
 
 
+#: Agent name -> class.
+_AGENTS: Registry[type[BaseAgent]] = Registry("agent", BaseAgent)
+
+
 def register_agent(name: str) -> Callable[[type[BaseAgent]], type[BaseAgent]]:
     """Class decorator registering an agent under ``name``; a duplicate name raises."""
-
-    def deco(cls: type[BaseAgent]) -> type[BaseAgent]:
-        if name in _AGENTS:
-            raise ValueError(f"agent {name!r} is already registered")
-        if not (isinstance(cls, type) and issubclass(cls, BaseAgent)):
-            raise TypeError(f"agent {name!r} must subclass BaseAgent")
-        cls.name = name
-        _AGENTS[name] = cls
-        return cls
-
-    return deco
+    return _AGENTS.register(name)
 
 
 def list_agents(pattern: str = "*") -> list[str]:
     """Registered agent names matching a glob."""
-    return [n for n in sorted(_AGENTS) if fnmatch.fnmatch(n, pattern)]
+    return _AGENTS.names(pattern)
 
 
 def agent_class(name: str) -> type[BaseAgent]:
-    """The class registered as ``name``; an unknown name lists the valid ones."""
-    if name not in _AGENTS:
-        raise UserInputError(f"unknown agent {name!r}; valid: {', '.join(sorted(_AGENTS))}")
-    return _AGENTS[name]
+    """The class registered as ``name``; an unknown name lists the allowed ones."""
+    return _AGENTS.lookup(name)
 
 
 def create_agent(name: str, env: Any, seed: int = 0, **kwargs: Any) -> BaseAgent:

@@ -8,8 +8,6 @@ Searchers never evaluate anything themselves.
 from __future__ import annotations
 
 import abc
-import fnmatch
-import importlib
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from autocompress.errors import UserInputError
 from autocompress.metrics import PREDICTED_METRICS as _PREDICTED
 from autocompress.metrics import predicted_costs
+from autocompress.registry import Registry
 
 if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy, CompressionSpace
@@ -196,7 +195,7 @@ class BaseSearcher(abc.ABC):
 
 #: name -> class, or ``"module:Class"`` entry point imported on first use (keeps optuna, ray and
 #: stable-baselines3 out of ``import autocompress.search``).
-_SEARCHERS: dict[str, type[BaseSearcher] | str] = {}
+_SEARCHERS: Registry[type[BaseSearcher]] = Registry("strategy", BaseSearcher)
 
 
 def register_searcher(name: str, entry_point: str | None = None
@@ -206,43 +205,17 @@ def register_searcher(name: str, entry_point: str | None = None
     With ``entry_point="module:Class"`` the class is registered lazily instead (call it as a
     plain function; the returned decorator is then unused).
     """
-    if entry_point is not None:
-        if name in _SEARCHERS:
-            raise ValueError(f"searcher {name!r} is already registered")
-        _SEARCHERS[name] = entry_point
-
-    def deco(cls: type[BaseSearcher]) -> type[BaseSearcher]:
-        existing = _SEARCHERS.get(name)
-        if existing is not None and existing is not cls and not (
-            isinstance(existing, str) and existing == f"{cls.__module__}:{cls.__qualname__}"
-        ):
-            raise ValueError(f"searcher {name!r} is already registered")
-        if not (isinstance(cls, type) and issubclass(cls, BaseSearcher)):
-            raise TypeError(f"searcher {name!r} must subclass BaseSearcher")
-        cls.name = name
-        _SEARCHERS[name] = cls
-        return cls
-
-    return deco
+    return _SEARCHERS.register(name, entry_point)
 
 
 def list_searchers(pattern: str = "*") -> list[str]:
     """Registered strategy names matching a glob."""
-    return [n for n in sorted(_SEARCHERS) if fnmatch.fnmatch(n, pattern)]
+    return _SEARCHERS.names(pattern)
 
 
 def searcher_class(name: str) -> type[BaseSearcher]:
-    """The class registered as ``name``; an unknown name lists the valid ones."""
-    entry = _SEARCHERS.get(name)
-    if entry is None:
-        raise UserInputError(f"unknown strategy {name!r}; allowed: {', '.join(list_searchers())}")
-    if isinstance(entry, str):
-        module, _, qual = entry.partition(":")
-        cls = getattr(importlib.import_module(module), qual)
-        cls.name = name
-        _SEARCHERS[name] = cls
-        return cls
-    return entry
+    """The class registered as ``name``; an unknown name lists the allowed ones."""
+    return _SEARCHERS.lookup(name)
 
 
 def create_searcher(name: str, context: SearchContext, seed: int = 0, **settings: Any

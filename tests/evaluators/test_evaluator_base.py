@@ -58,7 +58,7 @@ def test_registry() -> None:
     assert "compression" in list_evaluators()
     assert evaluator_class("compression") is CompressionEvaluator
     assert list_evaluators("comp*") == ["compression"]
-    with pytest.raises(UserInputError, match="valid: .*compression"):
+    with pytest.raises(UserInputError, match="allowed: .*compression"):
         create_evaluator("nope")
     with pytest.raises(ValueError, match="already registered"):
         register_evaluator("compression")(CompressionEvaluator)

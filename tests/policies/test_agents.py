@@ -44,7 +44,7 @@ def _env(space, fn, **kw) -> CompressionEnv:  # type: ignore[no-untyped-def]
 def test_registry() -> None:
     assert set(RL + ("random", "uniform", "greedy")) <= set(list_agents())
     assert list_agents("*d*") == ["ddpg", "greedy", "random", "td3"]
-    with pytest.raises(UserInputError, match="unknown agent 'nope'; valid: ddpg"):
+    with pytest.raises(UserInputError, match="unknown agent 'nope'; allowed: ddpg"):
         create_agent("nope", None)
     with pytest.raises(ValueError, match="already registered"):
         register_agent("ddpg")(BaseAgent)
