@@ -17,11 +17,14 @@ Where the problem cannot be pickled, a worker builds it once from the payload in
 a dict with its paths made absolute, the checkpoint and cache paths (the driver's ``PYTHONPATH``
 goes along as the job's environment). The driver-side searchers, which hold the problem, the
 storage and the progress bar, pickle to a :class:`DetachedSearcher` stub when Tune writes its
-``tuner.pkl`` (resume goes through the study, never through Tune's checkpoints). Tune's ``OptunaSearch`` proposes without the local
-loop's duplicate check, so an exact repeat of an earlier policy is evaluated (a cache hit) and
-counted; a proposal whose predicted costs break a hard budget is recorded ``infeasible`` without
-evaluation but takes a Tune sample, and the driver runs further Tune rounds until the study holds
-``trials`` counted candidates.
+``tuner.pkl`` (resume goes through the study, never through Tune's checkpoints).
+Each proposal passes the local loop's admission (``SearchSession.admit``), so a Ray driver can share
+a study with local processes on any machine: a model the study evaluated already (or another live
+process is evaluating) is answered from its record instead of run again, and the driver stops
+asking once the study holds ``trials`` counted candidates, whoever evaluated them. With
+``OptunaSearch``, a proposal whose predicted costs break a hard budget is recorded ``infeasible``
+without evaluation but takes a Tune sample, and the driver runs further Tune rounds until the study
+holds ``trials`` counted candidates.
 The driver records every result into the study, ``trials.jsonl`` and ``pareto.json`` exactly as
 the local loop does. Ray runs on a local cluster of ``workers`` CPUs by default, or joins
 ``ray_address`` (``HOST:PORT`` or ``auto``); see DEPENDENCIES.md for loopback settings, which are
@@ -200,12 +203,14 @@ def evaluate_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
 
     problem, source = _worker_problem(payload)
     objectives = list(payload["objectives"])
-    # What Tune reserved for this trial, as the worker sees it (checked by the resource tests).
+    # What Tune reserved for this trial and the node it runs on, as the worker sees them
+    # (in Tune's experiment state; the resource and cluster tests read them).
     import ray
 
     assigned = ray.get_runtime_context().get_assigned_resources()
     where = {"ac_problem": source, "ac_cpus": float(assigned.get("CPU", 0.0)),
-             "ac_gpus": float(assigned.get("GPU", 0.0))}
+             "ac_gpus": float(assigned.get("GPU", 0.0)),
+             "ac_node": ray.get_runtime_context().get_node_id()}
     if "ac_policy" in config:
         policy = CompressionPolicy.from_json(config["ac_policy"])
     else:
@@ -340,9 +345,31 @@ def _trial_record(trial: Any, policy: CompressionPolicy, res: EvalResult, status
                        worker=session.worker.uuid)
 
 
+class _TrialTeller:
+    """``tell``/``discard`` for one Optuna trial that Tune's OptunaSearch asked (what
+    ``SearchSession.admit`` calls when the trial's model was evaluated already)."""
+
+    def __init__(self, session: SearchSession, study: Any, trial: Any) -> None:
+        self.session, self.study, self.trial = session, study, trial
+
+    def tell(self, policy: CompressionPolicy, result: EvalResult) -> None:
+        from optuna.trial import TrialState
+
+        values = self.session.objective_values(result.metrics) if result.ok else None
+        if values is None:
+            self.study.tell(self.trial, state=TrialState.FAIL)
+            return
+        self.session.set_constraints(self.trial, policy, result.metrics)
+        self.study.tell(self.trial, values)
+
+    def discard(self, policy: CompressionPolicy) -> None:
+        """Nothing to forget: admit finished the trial."""
+
+
 def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> Any:
     """Tune's OptunaSearch on our study with our sampler, recording every completed trial."""
     from optuna.trial import TrialState
+    from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
     from autocompress.search._projection import make_projector
@@ -360,13 +387,15 @@ def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> An
                  else None)
     dists = space_distributions(context.space, projector)
     space = context.space
+    idle_cap = max(100, 5 * spec.trials)
 
     def define_space(trial: Any) -> dict[str, Any] | None:
         suggest_policy(trial, space, dists, projector)
         return None
 
     class RecordingOptunaSearch(OptunaSearch):
-        """OptunaSearch that tags, pre-screens and records each trial in the autocompress run."""
+        """OptunaSearch that admits (``SearchSession.admit``: no repeat of an evaluated model, the
+        study's total shared with every process), pre-screens and records each trial."""
 
         def __reduce__(self) -> tuple[Any, tuple[str]]:
             return _detached, ("RecordingOptunaSearch",)
@@ -377,13 +406,32 @@ def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> An
         def restore(self, checkpoint_path: str) -> None:
             """See ``save``."""
 
+        full = False  # the study holds spec.trials candidates (with other processes')
+
         def suggest(self, trial_id: str) -> dict[str, Any] | None:
-            config = super().suggest(trial_id)
-            if config is None:
-                return None
-            ot = self._ot_trials[trial_id]
-            policy = policy_from_params(space, ot.params, projector)
-            session._tag(ot, policy)
+            if self.full:
+                return Searcher.FINISHED
+            for _ in range(idle_cap):
+                view = session.view()
+                if view.counted >= spec.trials:  # other processes sharing the study count too
+                    self.full = True
+                    return Searcher.FINISHED
+                config = super().suggest(trial_id)
+                if config is None:
+                    return None
+                ot = self._ot_trials[trial_id]
+                policy = policy_from_params(space, ot.params, projector)
+                verdict, _ = session.admit(policy, _TrialTeller(session, self._ot_study, ot),
+                                           view, self._ot_study, otrial=ot)
+                if verdict == "evaluate":
+                    break
+                del self._ot_trials[trial_id]  # finished by admit; the next ask is a new trial
+                if verdict == "surplus":
+                    self.full = True
+                    return Searcher.FINISHED
+            else:  # only repeats of evaluated models: end this round (the next gets a new seed)
+                self.full = True
+                return Searcher.FINISHED
             if spec.budgets and not context.predicted_feasible(policy):
                 standin, _ = session.standin_result(policy)
                 return {**config, "ac_infeasible": True, "ac_standin": dict(standin.metrics)}
@@ -425,7 +473,6 @@ def _asktell_search(session: SearchSession, recorder: _Recorder, searcher: BaseS
     from ray.tune.search import Searcher
 
     spec = session.spec
-    context = session.make_context()
     prescreen = bool(getattr(searcher, "prescreen", True)) and bool(spec.budgets)
     idle_cap = max(100, 5 * spec.trials)
 
@@ -445,38 +492,32 @@ def _asktell_search(session: SearchSession, recorder: _Recorder, searcher: BaseS
             super().__init__(metric=spec.objective_names[0],
                              mode="max" if spec.directions[0] == "maximize" else "min")
             self.pending: dict[str, tuple[Any, CompressionPolicy]] = {}
-            self.finished = False
+            self.finished = False  # the searcher has nothing more to propose
+            self.full = False  # the study holds spec.trials candidates (with other processes')
 
         def suggest(self, trial_id: str) -> dict[str, Any] | None:
-            if self.finished:
+            if self.finished or self.full:
                 return Searcher.FINISHED
             if type(searcher).max_pending <= len(self.pending):
                 return None
             idle = 0
             while idle < idle_cap:
+                view = session.view()
+                if view.counted >= spec.trials:  # other processes sharing the study count too
+                    self.full = True
+                    return Searcher.FINISHED
                 policy = searcher.ask()
                 if policy is None:
                     self.finished = True
                     return Searcher.FINISHED
-                view = session.view()
-                prev = view.final_by_key.get(policy.key())
-                if prev is not None:
-                    from autocompress.search.runner import result_from_trial
-
-                    searcher.tell(policy, result_from_trial(prev))
+                verdict, trial = session.admit(policy, searcher, view, session.study,
+                                               prescreen=prescreen)
+                if verdict == "surplus":
+                    self.full = True
+                    return Searcher.FINISHED
+                if verdict != "evaluate":
                     idle += 1
                     continue
-                if prescreen and not context.predicted_feasible(policy):
-                    trial = session.study.ask()
-                    session._tag(trial, policy)
-                    recorder.record(trial, policy, {"ac_status": "infeasible", "ac_result": json.dumps(
-                        session.standin_result(policy)[0].to_dict())}, False)
-                    session.study.tell(trial, state=TrialState.FAIL)
-                    searcher.tell(policy, session.standin_result(policy)[0])
-                    idle += 1
-                    continue
-                trial = session.study.ask()
-                session._tag(trial, policy)
                 self.pending[trial_id] = (trial, policy)
                 return {"ac_policy": policy.to_json(), "ac_trial": trial.number}
             self.finished = True

@@ -428,6 +428,7 @@ class SearchSession:
             "checkpoint": str(self.problem.checkpoint_path) if self.problem.checkpoint_path else None,
         }))
         self.worker = st.register_worker(self.study)
+        self._abandoned: set[int] = set()  # untagged trials of killed processes (see _settle)
 
     # -- setup ------------------------------------------------------------------------------
     def _emit(self, phase: str, **kw: Any) -> None:
@@ -822,8 +823,6 @@ class SearchSession:
 
     def run_local(self) -> SearchResult:
         """Ask, evaluate, tell and record until the study holds ``spec.trials`` candidates."""
-        from optuna.trial import TrialState
-
         spec = self.spec
         cls = searcher_class(spec.strategy)
         searcher = create_searcher(spec.strategy, self.make_context(),
@@ -858,72 +857,13 @@ class SearchSession:
                     if policy is None:
                         stop_reason = f"{spec.strategy} has nothing more to propose"
                         break
-                    key = self.structure_key(policy)
                     otrial = searcher.optuna_trial(policy)
-
-                    # 1. already evaluated in the study: answer from the record.
-                    prev = view.final_by_key.get(key)
-                    if prev is None and key in view.running_by_key and cls.max_pending == 1:
-                        prev = self._wait_for(view.running_by_key[key].number)
-                    elif prev is None and key in view.running_by_key:
-                        if otrial is not None:
-                            otrial.set_user_attr("status", "duplicate")
-                            otrial.set_user_attr("duplicate_of", view.running_by_key[key].number)
-                            tell_study.tell(otrial, state=TrialState.FAIL)
-                            searcher.discard(policy)
-                        idle += 1
-                        continue
-                    if prev is not None:
-                        recorded = result_from_trial(prev)
-                        if otrial is not None:
-                            otrial.set_user_attr("status", "duplicate")
-                            otrial.set_user_attr("duplicate_of", prev.number)
-                        searcher.tell(policy, recorded)
-                        idle += 1
-                        continue
-
-                    # 2. predicted to break a hard budget: record without evaluating.
-                    if prescreen and not self.make_context().predicted_feasible(policy):
-                        trial = otrial if otrial is not None else self.study.ask()
-                        standin, predicted = self.standin_result(policy)
-                        from autocompress.evaluators import EvalResult
-
-                        shown = EvalResult(metrics=predicted, fidelity="low")
-                        violations = self.make_context().predicted_violations(policy)
-                        self._tag(trial, policy)
-                        for k, v in self.trial_attrs(policy, shown, "infeasible", False, violations,
-                                                     fidelity="predicted").items():
-                            trial.set_user_attr(k, v)
-                        self.log_evaluation(trial.number, policy, shown, status="infeasible", final=True,
-                                            feasible=False, violations=violations, fidelity="predicted")
-                        if otrial is not None:
-                            searcher.tell(policy, standin)
-                        else:
-                            self.study.tell(trial, state=TrialState.FAIL)
-                            searcher.tell(policy, standin)
-                        idle += 1
-                        continue
-
-                    # 3. a new candidate.
-                    trial = otrial if otrial is not None else self.study.ask()
-                    self._tag(trial, policy)
-                    if self.counted_before(trial.number) >= spec.trials:
-                        trial.set_user_attr("status", "surplus")
-                        tell_study.tell(trial, state=TrialState.FAIL)
-                        searcher.discard(policy)
+                    verdict, trial = self.admit(policy, searcher, view, tell_study, otrial=otrial,
+                                                prescreen=prescreen)
+                    if verdict == "surplus":
                         break
-                    twin = self.earlier_twin(trial.number, key)
-                    if twin is not None:
-                        trial.set_user_attr("status", "duplicate")
-                        trial.set_user_attr("duplicate_of", twin.number)
-                        tell_study.tell(trial, state=TrialState.FAIL)
-                        searcher.discard(policy)
+                    if verdict != "evaluate":
                         idle += 1
-                        if cls.max_pending == 1:  # it needs this result before it can go on
-                            done = (twin if twin.user_attrs.get("status") in COUNTED_STATUSES
-                                    else self._wait_for(twin.number))
-                            searcher.tell(policy, result_from_trial(done) if done is not None else
-                                          _lost(policy))
                         continue
                     with guard.allowed():  # an evaluation may take long: Ctrl-C at once
                         result, evaluations = self.evaluate_candidate(policy, trial)
@@ -960,6 +900,126 @@ class SearchSession:
         if self.progress_cb is not None:
             self.progress_cb(self.progress_from_view(view, "done", started=started,
                                                      done_here=done_here, message=reason))
+
+    def admit(self, policy: CompressionPolicy, searcher: Any, view: _View,
+              tell_study: optuna.Study, *, otrial: Any = None, prescreen: bool = False
+              ) -> tuple[str, Any]:
+        """Whether a proposed ``policy`` is evaluated: the rule both backends apply.
+
+        Every process sharing the study (local loops, a Ray driver, on any machine) decides
+        here, so the study ends with ``spec.trials`` counted candidates, each model once.
+
+        Args:
+            policy: the proposal.
+            searcher: what proposed it: told the recorded result of a model evaluated already
+                (or the predicted stand-in of an infeasible one), or that it is discarded
+                (``tell``/``discard``, as ``BaseSearcher``).
+            view: the study as the caller last read it.
+            tell_study: the study object that finishes ``otrial``.
+            otrial: the Optuna trial the searcher created for the proposal (Optuna strategies);
+                None: a trial is created here.
+            prescreen: record a proposal whose predicted costs break a hard budget as
+                ``infeasible`` without evaluating it.
+
+        Returns:
+            ``("evaluate", trial)``: a new candidate, its trial created and tagged.
+            ``("skip", None)``: evaluated already (or being evaluated by another live process),
+            or infeasible on its predicted costs; the searcher was told or the proposal discarded.
+            ``("surplus", None)``: the study holds ``spec.trials`` counted candidates already
+            (another process got there first); stop asking.
+        """
+        from optuna.trial import TrialState
+
+        spec = self.spec
+        one_at_a_time = searcher_class(spec.strategy).max_pending == 1
+        key = self.structure_key(policy)
+
+        # 1. already evaluated in the study: answer from the record.
+        prev = view.final_by_key.get(key)
+        if prev is None and key in view.running_by_key and one_at_a_time:
+            prev = self._wait_for(view.running_by_key[key].number)
+        elif prev is None and key in view.running_by_key:
+            if otrial is not None:
+                otrial.set_user_attr("status", "duplicate")
+                otrial.set_user_attr("duplicate_of", view.running_by_key[key].number)
+                tell_study.tell(otrial, state=TrialState.FAIL)
+                searcher.discard(policy)
+            return "skip", None
+        if prev is not None:
+            if otrial is not None:
+                otrial.set_user_attr("status", "duplicate")
+                otrial.set_user_attr("duplicate_of", prev.number)
+            searcher.tell(policy, result_from_trial(prev))
+            return "skip", None
+
+        # 2. predicted to break a hard budget: record without evaluating.
+        if prescreen and not self.make_context().predicted_feasible(policy):
+            from autocompress.evaluators import EvalResult
+
+            trial = otrial if otrial is not None else self.study.ask()
+            standin, predicted = self.standin_result(policy)
+            shown = EvalResult(metrics=predicted, fidelity="low")
+            violations = self.make_context().predicted_violations(policy)
+            self._tag(trial, policy)
+            for k, v in self.trial_attrs(policy, shown, "infeasible", False, violations,
+                                         fidelity="predicted").items():
+                trial.set_user_attr(k, v)
+            self.log_evaluation(trial.number, policy, shown, status="infeasible", final=True,
+                                feasible=False, violations=violations, fidelity="predicted")
+            if otrial is None:
+                self.study.tell(trial, state=TrialState.FAIL)
+            searcher.tell(policy, standin)
+            return "skip", None
+
+        # 3. a new candidate, unless another process filled the study or took this model
+        # between the view and the trial's creation (the lower-numbered trial wins).
+        trial = otrial if otrial is not None else self.study.ask()
+        self._tag(trial, policy)
+        self._settle(trial.number)
+        if self.counted_before(trial.number) >= spec.trials:
+            trial.set_user_attr("status", "surplus")
+            tell_study.tell(trial, state=TrialState.FAIL)
+            searcher.discard(policy)
+            return "surplus", None
+        twin = self.earlier_twin(trial.number, key)
+        if twin is not None:
+            trial.set_user_attr("status", "duplicate")
+            trial.set_user_attr("duplicate_of", twin.number)
+            tell_study.tell(trial, state=TrialState.FAIL)
+            searcher.discard(policy)
+            if one_at_a_time:  # it needs this result before it can go on
+                done = (twin if twin.user_attrs.get("status") in COUNTED_STATUSES
+                        else self._wait_for(twin.number))
+                searcher.tell(policy, result_from_trial(done) if done is not None else _lost(policy))
+            return "skip", None
+        return "evaluate", trial
+
+    #: Seconds a new trial waits for lower-numbered ones to be tagged (see ``_settle``).
+    SETTLE_S = 5.0
+
+    def _settle(self, number: int, poll_s: float = 0.02) -> None:
+        """Wait until every running trial numbered below ``number`` names its model (or has a
+        status).
+
+        A process tags its trial right after creating it. Without this wait, a process checking
+        for an earlier twin could read a lower-numbered trial of the same model before it was
+        tagged, while that trial's process, checking only lower numbers, misses this one: both
+        would evaluate the model. A trial still untagged after ``SETTLE_S`` belongs to a process
+        killed between creating and tagging it; it is not waited for again.
+        """
+        from optuna.trial import TrialState
+
+        deadline = time.monotonic() + self.SETTLE_S
+        while True:
+            untagged = {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                        if t.number < number and t.number not in self._abandoned
+                        and "structure_key" not in t.user_attrs and t.user_attrs.get("status") is None}
+            if not untagged:
+                return
+            if time.monotonic() >= deadline:
+                self._abandoned |= untagged
+                return
+            time.sleep(poll_s)
 
     def earlier_twin(self, number: int, key: str) -> Any:
         """A lower-numbered trial of the same policy that is final or running in a live process.

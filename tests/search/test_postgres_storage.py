@@ -8,6 +8,8 @@ import json
 import multiprocessing
 import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 import yaml
 from _postgres import PASSWORD, PostgresServer, postgres_server
 from click.testing import CliRunner
+from search_proc import wait_for
 
 from autocompress.cli import main
 from autocompress.errors import UserInputError
@@ -173,6 +176,66 @@ def test_two_processes_in_two_run_directories_share_one_postgresql_study(
     for spec in specs:  # each directory's front comes from the whole study
         assert _front(spec.run_dir, names) == _front(tmp_path / "single", names)
         _no_password_in(spec.run_dir / SPEC_FILE, spec.run_dir / PARETO_FILE)
+
+
+@pytest.mark.slow
+def test_a_ray_run_and_a_search_process_share_one_postgresql_study(
+        pg: PostgresServer, search_problem: Problem, tmp_path: Path, tiny_spec: Callable) -> None:
+    """A Ray run (Tune trials on a local Ray) and a plain search process, each in its own run
+    directory, on one study: the total is shared, every trial number and model appears once, both
+    evaluated candidates, and together they give a single worker's sweep and front."""
+    url = pg.createdb("ray_and_local")
+    settings = {"strategy": "uniform", "trials": 6}
+    single = run_search(tiny_spec(tmp_path / "single", **settings), problem=search_problem)
+    assert single.n_evaluated == 6
+
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    local = tiny_spec(tmp_path / "local", storage=url, study_name="shared", **settings)
+    on_ray = tiny_spec(tmp_path / "ray", storage=url, study_name="shared", backend="ray",
+                       workers=2, **settings)
+    # Both wait after setup and after their first candidate until the other got there: the
+    # process (cached evaluations) cannot sweep everything before Tune's first trial ends.
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("search_proc.py")), json.dumps(local.to_dict()),
+         str(barrier), "2", "ready,first"],
+        env={**os.environ, "PYTHONHASHSEED": "0"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    first = [True]
+
+    def progress(p: Any) -> None:
+        if p.phase == "start":
+            wait_for(barrier, "ready", 2)
+        elif p.phase == "trial" and first[0]:
+            first[0] = False
+            wait_for(barrier, "first", 2)
+
+    try:
+        run_search(on_ray, progress, problem=search_problem)
+        _out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+
+    study = optuna.load_study(study_name="shared", storage=open_storage(local))
+    counted = [t for t in study.get_trials() if t.user_attrs.get("status") in ("ok", "failed")]
+    assert len(counted) == 6  # the count is shared, not 6 each
+    assert len({t.user_attrs["policy_key"] for t in counted}) == 6  # nothing evaluated twice
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    logged = [r for spec in (local, on_ray) for r in _finals(spec.run_dir)]
+    assert sorted(r["id"] for r in logged) == sorted(t.number for t in counted)  # one line each
+    assert _finals(local.run_dir) and _finals(on_ray.run_dir)  # both evaluated candidates
+    assert list((on_ray.run_dir / "ray").glob("*/tuner.pkl"))  # ... the Ray run's through Tune
+
+    names = _objectives(tmp_path / "single")
+    merged = sorted((r["policy_key"], tuple(round(r["metrics"][n], 6) for n in names)) for r in logged)
+    assert merged == _candidates(tmp_path / "single", names)
+    # Re-running either finds the study complete and writes the whole study's front.
+    again = run_search(on_ray.replace(backend="local"), problem=search_problem)
+    assert again.n_evaluated == 6 and again.stop_reason == "completed"
+    assert _front(on_ray.run_dir, names) == _front(tmp_path / "single", names)
 
 
 def test_a_storage_that_cannot_work_is_one_line_and_creates_nothing(
