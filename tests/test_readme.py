@@ -14,6 +14,9 @@ so a renamed option fails fast), each section in a scratch directory holding the
   continues the same study, Tune's files land under ``OUT/ray``). ``ray stop`` is replaced by
   stopping exactly the head this test started: ``ray stop`` stops every Ray process of the user.
   The ``--storage postgresql://`` line runs against a private server (``tests/_postgres.py``).
+* "Many machines", line by line: a head and two worker nodes, each ``ray start`` in its own process
+  group (on loopback addresses, free ports, private temp dirs), the search against them on a private
+  PostgreSQL server; trials ran on both worker nodes and the run holds a local run's candidates.
 
 * "GPUs": every line asks for ``--device cuda``; without CUDA the first is refused in one line, and
   where CUDA is present the lines run in order.
@@ -24,6 +27,7 @@ tests runs. ``make demo`` / ``make test`` are checked with ``make -n``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -94,7 +98,10 @@ REAL_DATA_LINES = [ln for b in _bash_blocks(_section("### Real data")) for ln in
 REAL_DATA = [ln for ln in REAL_DATA_LINES if _is_autocompress(ln)]
 WALKTHROUGH = [c for c in _section_commands("## Walk-through") if c not in REAL_DATA]
 BRING_YOUR_OWN = _section_commands("## Bring your own model and data")
-RAY_LINES = [ln for b in _bash_blocks(_section("## Ray clusters")) for ln in _lines(b)]
+_RAY_SECTION = _section("## Ray clusters")
+#: The single-node lines, and the one-machine cluster of "### Many machines" (run by its own test).
+RAY_LINES = [ln for b in _bash_blocks(_RAY_SECTION.split("### Many machines")[0]) for ln in _lines(b)]
+NODES_LINES = [ln for b in _bash_blocks(_RAY_SECTION.split("### Many machines")[1]) for ln in _lines(b)]
 CLASSIC = _section_commands("## Classic ML models")
 GPU = _section_commands("## GPUs")
 ALL = [c for b in _bash_blocks(README) for c in _commands(b)]
@@ -161,7 +168,10 @@ def test_every_readme_command_parses() -> None:
 def test_every_readme_command_is_executed() -> None:
     """Each command belongs to a section that a test below runs line by line."""
     ray_commands = [ln for ln in RAY_LINES if _is_autocompress(ln)]
-    assert sorted(ALL) == sorted(WALKTHROUGH + REAL_DATA + BRING_YOUR_OWN + ray_commands + CLASSIC + GPU)
+    nodes_commands = [ln for ln in NODES_LINES if _is_autocompress(ln)]
+    assert sorted(ALL) == sorted(WALKTHROUGH + REAL_DATA + BRING_YOUR_OWN + ray_commands + nodes_commands
+                                 + CLASSIC + GPU)
+    assert [_split(ln)[1][:2] for ln in NODES_LINES].count(["ray", "start"]) == 3
     assert any("--ray-address" in c for c in ray_commands)
     assert any(_split(ln)[1][:2] == ["ray", "start"] for ln in RAY_LINES)
     assert any(c.startswith("PYTHONPATH=") for c in BRING_YOUR_OWN)
@@ -383,63 +393,83 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class _Head:
-    """The README's ``ray start`` line, run with ``--block`` in its own process group so that
-    exactly this head (and its workers) can be stopped."""
+class _Nodes:
+    """The README's ``ray start`` lines (a head, then worker nodes joining it), each run with
+    ``--block`` in its own process group so that exactly these nodes can be stopped, on free ports
+    and in private temp directories (parallel runs do not collide; nodes start together)."""
 
     def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
-        self.temp_dir: Path | None = None
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
+        self.temp_dirs: list[Path] = []
+        self.port: int | None = None
 
     def start(self, words: list[str], readme_port: str, env: dict[str, str], log: Path) -> str:
-        port = _free_port()
-        self.temp_dir = Path(f"/tmp/ac-ray-{os.getpid()}-{port}")  # short: Ray puts sockets in it
-        args = [a.replace(f"--port={readme_port}", f"--port={port}") for a in words[1:]]
-        args += ["--block", f"--temp-dir={self.temp_dir}", "--object-store-memory=200000000",
-                 f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}",
+        """Start the node of a ``ray start`` line (the head first); returns the head's address.
+        A worker node is waited for by ``ready``."""
+        head = "--head" in words
+        if head:
+            self.port = _free_port()
+        assert self.port is not None, "a worker node before the head"
+        temp_dir = Path(f"/tmp/ac-ray-{os.getpid()}-{self.port}" + ("" if head else f"-{len(self.procs)}"))
+        self.temp_dirs.append(temp_dir)  # short: Ray puts sockets in it
+        args = [re.sub(rf"^(--port=|--address=.*:){readme_port}$", rf"\g<1>{self.port}", a) for a in words[1:]]
+        args += ["--block", f"--temp-dir={temp_dir}", "--object-store-memory=200000000",
                  f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+        if head:
+            args += [f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}"]
+        else:
+            args += [f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
         ray_bin = str(Path(sys.executable).with_name("ray"))
         with open(log, "w") as fh:
-            self.proc = subprocess.Popen([ray_bin, *args], env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.time() + 120
-        while "Ray runtime started" not in log.read_text():
-            assert self.proc.poll() is None, log.read_text()[-3000:]
-            assert time.time() < deadline, "ray start did not come up in 120 s"
-            time.sleep(0.2)
-        return f"127.0.0.1:{port}"
+            proc = subprocess.Popen([ray_bin, *args], env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.procs.append((proc, log))
+        if head:
+            self.ready()
+        host = next((w.split("=", 1)[1] for w in words if w.startswith("--node-ip-address=")), "127.0.0.1")
+        return f"{host}:{self.port}"
+
+    def ready(self, timeout_s: float = 120) -> None:
+        """Wait until every node started so far is up."""
+        deadline = time.time() + timeout_s
+        for proc, log in self.procs:
+            while "Ray runtime started" not in log.read_text():
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.time() < deadline, f"ray start did not come up in {timeout_s:.0f} s"
+                time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        """Stop every node started (worker nodes first), then delete their temp directories."""
+        procs, self.procs = self.procs, []
+        for proc, _log in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.time() + 10
+        for proc, _log in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.time()))
         time.sleep(1)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # anything of the group still around
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
-        if self.temp_dir is not None:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        for proc, _log in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # anything of the group still around
+            proc.wait(timeout=30)
+        for temp_dir in self.temp_dirs:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        self.temp_dirs = []
 
 
 @pytest.fixture()
-def head() -> Iterator[_Head]:
-    h = _Head()
+def nodes() -> Iterator[_Nodes]:
+    n = _Nodes()
     try:
-        yield h
+        yield n
     finally:
-        h.stop()
+        n.stop()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_ray_cluster_lines_run(tmp_path: Path, head: _Head, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_cluster_lines_run(tmp_path: Path, nodes: _Nodes, monkeypatch: pytest.MonkeyPatch) -> None:
     cwd, env = _scratch(tmp_path)
     before = set(os.listdir(cwd))
     readme_address: str | None = None
@@ -452,9 +482,9 @@ def test_ray_cluster_lines_run(tmp_path: Path, head: _Head, monkeypatch: pytest.
         elif words[:2] == ["ray", "start"]:
             readme_port = next(w.split("=", 1)[1] for w in words if w.startswith("--port="))
             readme_address = f"127.0.0.1:{readme_port}"
-            address = head.start(words, readme_port, {**env, **extra}, tmp_path / "ray-head.log")
+            address = nodes.start(words, readme_port, {**env, **extra}, tmp_path / "ray-head.log")
         elif words[:2] == ["ray", "stop"]:
-            head.stop()
+            nodes.stop()
         elif "postgresql://" in line:  # the shared-storage line, against a private server
             from _postgres import postgres_server
 
@@ -475,7 +505,7 @@ def test_ray_cluster_lines_run(tmp_path: Path, head: _Head, monkeypatch: pytest.
                 assert "completed" in again.stdout
                 assert (cwd / out / "trials.jsonl").read_text() == lines_before
             ran.append(command)
-    assert head.proc is None and len(ran) == 2  # the README stops its head; both searches ran
+    assert not nodes.procs and len(ran) == 2  # the README stops its head; both searches ran
 
     for command in ran:
         run = cwd / (_option(command, "--out") or "")
@@ -503,3 +533,69 @@ def test_ray_cluster_lines_run(tmp_path: Path, head: _Head, monkeypatch: pytest.
     assert result.exit_code == 0, result.output[-3000:]
     assert "(17 evaluated, " in result.output
     assert len(_finals(cwd / "runs" / "ray")) == 17
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ray_nodes_lines_run(tmp_path: Path, nodes: _Nodes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-machine cluster of "Many machines", line by line: a head without CPUs and two worker
+    nodes, each in its own process group, and the search against them on a private PostgreSQL
+    server. Trials ran on both worker nodes, and the run holds the candidates a local run of the same
+    command (same seed) evaluates."""
+    from _postgres import postgres_server
+
+    cwd, env = _scratch(tmp_path)
+    readme_port = address = ran = None
+    with postgres_server() as pg:
+        for i, line in enumerate(NODES_LINES):
+            extra, words = _split(line)
+            if words[0] == "export":
+                env.update(dict(w.split("=", 1) for w in words[1:]))
+            elif words[:2] == ["ray", "start"]:
+                if "--head" in words:
+                    readme_port = next(w.split("=", 1)[1] for w in words if w.startswith("--port="))
+                    address = nodes.start(words, readme_port, {**env, **extra}, tmp_path / f"ray-{i}.log")
+                else:
+                    nodes.start(words, readme_port or "", {**env, **extra}, tmp_path / f"ray-{i}.log")
+            elif words[:2] == ["ray", "stop"]:
+                nodes.stop()
+            else:
+                assert words[0] == "autocompress" and "--ray-address" in words, line
+                assert address is not None and address.split(":")[0] in line
+                nodes.ready()  # the worker nodes have joined
+                ran = re.sub(r"\S+:" + str(readme_port) + r"\b", address, line)
+                ran = re.sub(r"postgresql://\S+", pg.createdb("autocompress"), ran)
+                proc = _run(ran, cwd, env)
+                assert " 0 failed;" in proc.stdout, proc.stdout
+    assert ran is not None and not nodes.procs  # the README stops its nodes; the search ran
+
+    run = cwd / (_option(ran, "--out") or "")
+    trials = int(_option(ran, "--trials") or 0)
+    finals = _finals(run)
+    assert len(finals) == trials and all(r["status"] == "ok" for r in finals)
+    assert ":***@" in (run / "spec.json").read_text()
+    # Each trial reported the node it ran on (JSON inside JSON in Tune's experiment state).
+    states = "".join(f.read_text() for f in (run / "ray").rglob("experiment_state*.json"))
+    where = re.findall(r'ac_node\\*"\s*:\s*\\*"([0-9a-f]+)', states)
+    assert len(where) == trials and len(set(where)) == 2, where  # both worker nodes, never the head
+
+    # The same command without Ray and PostgreSQL evaluates the same candidates.
+    from click.testing import CliRunner
+
+    from autocompress.cli import main
+
+    words = _split(ran)[1][1:]
+    for option in ("--backend", "--ray-address", "--workers", "--storage", "--study-name", "--out"):
+        i = words.index(option)
+        words = words[:i] + words[i + 2:]
+    monkeypatch.chdir(cwd)
+    result = CliRunner().invoke(main, [*words, "--out", "runs/local", "--no-report"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output[-3000:]
+    objectives = [o[0] if isinstance(o, list) else o["name"]
+                  for o in json.loads((run / "pareto.json").read_text())["objectives"]]
+
+    def candidates(path: Path) -> list[tuple[str, tuple[float, ...]]]:
+        return sorted((r["policy_key"], tuple(round(r["metrics"][n], 6) for n in objectives))
+                      for r in _finals(path))
+
+    assert candidates(run) == candidates(cwd / "runs" / "local")
