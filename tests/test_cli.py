@@ -182,3 +182,29 @@ def test_export_refuses_to_overwrite(tiny_run: Path, tmp_path: Path) -> None:
 
 def test_report_of_missing_run(tmp_path: Path) -> None:
     assert_one_line_error(invoke("report", str(tmp_path / "nothing-here")), "nothing-here")
+
+
+@pytest.mark.timeout(300)
+def test_lstm_search_prunes_hidden_units_and_the_export_matches(tmp_path: Path) -> None:
+    """A tiny LSTM search under a MACs budget prunes the hidden size; the exported ONNX LSTM is the
+    smaller one and agrees with the compressed PyTorch model."""
+    import onnx
+
+    out = tmp_path / "lstm"
+    proc = invoke("search", "--model", "test_lstm", "--budget", "macs=50%", "--knob", "prune",
+                  "--knob", "w_bits", "--trials", "4", "--round-to", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    pareto = json.loads((out / "pareto.json").read_text())
+    base_macs = pareto["base"]["macs"]
+    assert trials and all(t["metrics"]["macs"] <= 0.5 * base_macs for t in trials if t.get("feasible"))
+    layers = {p["id"]: p["policy"]["_data"]["layers"] for p in pareto["points"]}
+    point = next(i for i, lay in layers.items() if lay["lstm"]["prune"] > 0)
+    onnx_path = tmp_path / "lstm.onnx"
+    exp = invoke("export", str(out), "--point", str(point), "--format", "onnx", "--out", str(onnx_path))
+    assert exp.returncode == 0, exp.stderr[-2000:]
+    diff = float(exp.stdout.split("max |diff| vs PyTorch")[1].split()[0])
+    assert diff < 1e-4, exp.stdout
+    (node,) = [n for n in onnx.load(str(onnx_path)).graph.node if n.op_type == "LSTM"]
+    hidden = next(a.i for a in node.attribute if a.name == "hidden_size")
+    assert hidden < 16  # test_lstm's LSTM has 16 units

@@ -304,7 +304,8 @@ class PruneKnob(KnobType):
                      if policy.get(g.point).prune > 0]
         if not decisions:
             return
-        DG = prune.build_graph(model, space.example_input)
+        graph = any(not g.own_pruner for g, _ in decisions)  # RNN hidden units need none
+        DG = prune.build_graph(model, space.example_input) if graph else None
         _, out_removed = prune.prune_groups_(
             model, DG, decisions, round_to=space.round_to,
             importance=ctx.get("importance") or space.importance, calib=ctx.get("raw"),

@@ -15,14 +15,18 @@ removed from every group is a closed-form function of the policy, which the cost
   block so each conv group keeps the same channels.
 * Groups that reach the network output, attention embeddings, LSTM hidden sizes or transposed
   convolutions are left without the prune knob (``GroupSpec.reason`` says why).
+* The hidden units of a recurrent layer are a group torch-pruning does not handle: ``rnn.py``
+  builds and prunes those itself (``GroupSpec.own_pruner``), and ``prune_groups_`` calls it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -72,6 +76,8 @@ class GroupSpec:
     reason: str | None = None
     members: list[str] = field(default_factory=list)
     point: str = ""
+    #: pruned by its own ``prune_`` (``rnn.HiddenGroup``) rather than through torch-pruning
+    own_pruner: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if not self.point:
@@ -112,8 +118,20 @@ def removed_units(
 def build_graph(model: nn.Module, example_input: Any) -> tp.DependencyGraph:
     """torch-pruning dependency graph of ``model`` (traced once on ``example_input``)."""
     args = example_input if isinstance(example_input, tuple) else (example_input,)
-    with torch.enable_grad():
+    with torch.enable_grad(), quiet_torch_pruning():
         return tp.DependencyGraph().build_dependency(model, example_inputs=args, verbose=False)
+
+
+@contextlib.contextmanager
+def quiet_torch_pruning() -> Iterator[None]:
+    """Silence torch-pruning's shape-inference warning around graph calls.
+
+    Its shape inference gives up on ops it does not model (an ``nn.GRU``) and warns at every node
+    it walks; the group analysis handles (or refuses, with a reason) those groups anyway.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
+        yield
 
 
 def _is_grouped_conv(m: nn.Module) -> bool:
@@ -204,13 +222,16 @@ def full_group(DG: tp.DependencyGraph, module: nn.Module) -> tp.dependency.Group
     """The group rooted at ``module``'s output channels, with every index."""
     pruner = DG.get_pruner_of_module(module)
     n = pruner.get_out_channels(module)
-    return DG.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
+    with quiet_torch_pruning():
+        return DG.get_pruning_group(module, pruner.prune_out_channels, list(range(n)))
 
 
 def analyse_groups(DG: tp.DependencyGraph, model: nn.Module) -> list[GroupSpec]:
     """Every group of ``DG`` (rooted at conv/linear modules), in module order of the roots."""
     names = {m: n for n, m in model.named_modules()}
-    specs = [analyse_group(DG, g, names) for g in DG.get_all_groups(root_module_types=_ROOT_TYPES)]
+    with quiet_torch_pruning():
+        groups = list(DG.get_all_groups(root_module_types=_ROOT_TYPES))
+    specs = [analyse_group(DG, g, names) for g in groups]
     order = {n: i for i, n in enumerate(names.values())}
     specs.sort(key=lambda s: order.get(s.root, len(order)))
     return specs
@@ -373,7 +394,7 @@ def _round_units(round_to: int, unit: int) -> int:
 
 def prune_groups_(
     model: nn.Module,
-    DG: tp.DependencyGraph,
+    DG: tp.DependencyGraph | None,
     decisions: Iterable[tuple[GroupSpec, float]],
     *,
     round_to: int = 1,
@@ -384,7 +405,7 @@ def prune_groups_(
 
     Args:
         model: the module ``DG`` was built on (a copy: it is modified).
-        DG: its dependency graph.
+        DG: its dependency graph (None when every group prunes itself, ``own_pruner``).
         decisions: ``(spec, prune)`` pairs; ``spec`` from ``analyse_groups`` on an identical model.
         round_to: kept channel counts are multiples of this.
         importance: ``"l1"``, ``"l2"``, ``"taylor"`` (needs ``calib``) or ``"bn"`` (BatchNorm
@@ -398,6 +419,10 @@ def prune_groups_(
     decisions = [(s, p) for s, p in decisions if p > 0]
     if not decisions:
         return {}, {}
+    # groups torch-pruning does not see (RNN hidden units) prune themselves, after the graph's
+    # groups: the graph's index bookkeeping does not know about the shapes they change
+    own = [(s, p) for s, p in decisions if s.own_pruner]
+    decisions = [(s, p) for s, p in decisions if not s.own_pruner]
     imp = _importance_fn(importance)
     if importance == "taylor":
         taylor_gradients_(model, list(calib or []))
@@ -406,6 +431,7 @@ def prune_groups_(
     removed: dict[str, list[int]] = {}
     out_removed: dict[str, list[int]] = {}
     for spec, prune in decisions:
+        assert DG is not None, "torch-pruning groups need the dependency graph"
         module = modules[spec.root]
         group = full_group(DG, module)
         now = analyse_group(DG, group, names)
@@ -433,8 +459,14 @@ def prune_groups_(
                 and DG.is_out_channel_pruning_fn(it.dep.handler)
             ):
                 out_removed[names[target]] = sorted(it.idxs)
-        pgroup.prune()
+        with quiet_torch_pruning():
+            pgroup.prune()
         removed[spec.root] = idxs
+    for spec, prune in own:
+        idxs, outs = spec.prune_(model, prune, round_to=round_to, importance=importance)  # type: ignore[attr-defined]
+        if idxs:
+            removed[spec.root] = idxs
+            out_removed.update(outs)
     if importance == "taylor":
         model.zero_grad(set_to_none=True)
     return removed, out_removed

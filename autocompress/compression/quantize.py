@@ -18,8 +18,12 @@ applied as ``x + (q(x) - x).detach()`` (straight-through), built from plain roun
 the model stays exportable with ``torch.onnx.export``.
 
 RNNs (LSTM/GRU/RNN) and MultiheadAttention get their weight matrices quantized in place and their
-input(s) quantized; their internal states are not quantized, and their weights are not
-re-quantized during training.
+input(s) quantized; their weights are not re-quantized during training. The recurrent states (an
+LSTM's cell state c and hidden state h, a GRU's h) stay float32 whatever ``w_bits`` / ``a_bits``
+say: the survey (§3) reports that the cell state needs at least 10 bits, so it is kept above every
+weight width on offer (at most 16 bits) rather than searched; ``a_bits`` quantizes only the input
+sequence. The fused ``nn.LSTM`` / ``nn.GRU`` kernels and ONNX's ``LSTM`` / ``GRU`` operators also keep
+their states in float, so the exported model computes the same thing.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autocompress.compression import lowrank, prune, quantize
+from autocompress.compression import lowrank, prune, quantize, rnn
 from autocompress.compression.counting import (
     _batch_size,
     _full_inputs,
@@ -297,20 +297,36 @@ def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def _probe(
-    model: nn.Module, x: Any, skip: dict[str, str]
+    model: nn.Module, x: Any, skip: dict[str, str], use_graph: bool = True
 ) -> tuple[list[prune.GroupSpec], dict[tuple[str, int], dict[tuple[int, int], float]]]:
-    """Analyse the groups on a scratch copy and measure shape coefficients, one unit per atom."""
+    """Analyse the groups on a scratch copy and measure shape coefficients, one unit per atom.
+
+    ``use_graph=False``: only the groups that need no torch-pruning graph (RNN hidden units).
+    """
     work = copy.deepcopy(model)
-    DG = prune.build_graph(work, x)
-    specs = prune.analyse_groups(DG, work)
+    DG = prune.build_graph(work, x) if use_graph else None
+    specs = prune.analyse_groups(DG, work) if DG is not None else []
+    order = {n: i for i, n in enumerate(dict(work.named_modules()))}
+    specs += rnn.hidden_groups(work, x)  # torch-pruning does not handle RNN hidden units
+    specs.sort(key=lambda s: order.get(s.root, len(order)))
     for s in specs:
         if s.reason is None and s.root in skip:
             s.reason = skip[s.root]
     modules = dict(work.named_modules())
     coef: dict[tuple[str, int], dict[tuple[int, int], float]] = {}
-    for gi, spec in enumerate(specs):
+    # torch-pruning's groups first, on the graph as traced; then the groups that prune themselves
+    for gi, spec in sorted(enumerate(specs), key=lambda t: t[1].own_pruner):
         if not spec.prunable:
             continue
+        if spec.own_pruner:  # remove one unit per layer, after checking that this is exact
+            before = _shapes(work)
+            try:
+                spec.probe_(work, x)  # type: ignore[attr-defined]
+            except ValueError as exc:
+                raise _ProbeFailure(spec.root, str(exc)) from exc
+            _record_coefs(coef, gi, 0, before, _shapes(work), spec.root)
+            continue
+        assert DG is not None
         module = modules[spec.root]
         pruner = DG.get_pruner_of_module(module)
         removed: list[int] = []
@@ -325,7 +341,8 @@ def _probe(
             current = [i - sum(1 for r in removed if r < i) for i in idxs]
             before = _shapes(work)
             try:
-                DG.get_pruning_group(module, pruner.prune_out_channels, current).prune()
+                with prune.quiet_torch_pruning():
+                    DG.get_pruning_group(module, pruner.prune_out_channels, current).prune()
                 with torch.no_grad(), eval_mode(work):
                     _forward(work, x)
             except Exception as exc:  # noqa: BLE001 - any failure disables this group's knob
@@ -333,15 +350,26 @@ def _probe(
                     spec.root, f"torch-pruning failed ({type(exc).__name__}: {exc})"
                 ) from exc
             removed.extend(idxs)
-            after = _shapes(work)
-            for name, shape in before.items():
-                new = after.get(name)
-                if new is None or len(new) != len(shape):
-                    raise _ProbeFailure(spec.root, f"parameter {name!r} changed rank when pruned")
-                for d, (a, b) in enumerate(zip(shape, new, strict=True)):
-                    if a != b:
-                        coef.setdefault((name, d), {})[(gi, ai)] = float(a - b)
+            _record_coefs(coef, gi, ai, before, _shapes(work), spec.root)
     return specs, coef
+
+
+def _record_coefs(
+    coef: dict[tuple[str, int], dict[tuple[int, int], float]],
+    gi: int,
+    ai: int,
+    before: dict[str, tuple[int, ...]],
+    after: dict[str, tuple[int, ...]],
+    root: str,
+) -> None:
+    """Store how many elements each parameter dim lost when atom ``ai`` of group ``gi`` lost a unit."""
+    for name, shape in before.items():
+        new = after.get(name)
+        if new is None or len(new) != len(shape):
+            raise _ProbeFailure(root, f"parameter {name!r} changed rank when pruned")
+        for d, (a, b) in enumerate(zip(shape, new, strict=True)):
+            if a != b:
+                coef.setdefault((name, d), {})[(gi, ai)] = float(a - b)
 
 
 class CompressionSpace:
@@ -461,9 +489,10 @@ class CompressionSpace:
         skip: dict[str, str] = {}
         self.groups, coef = [], {}
         if "prune" in knobs and max_prune > 0:
-            while True:  # each failure disables one more group, so this ends
+            use_graph, untraced = True, ""
+            while True:  # each failure disables one more group (or the graph), so this ends
                 try:
-                    self.groups, coef = _probe(work, example_input, skip)
+                    self.groups, coef = _probe(work, example_input, skip, use_graph)
                     break
                 except _ProbeFailure as fail:
                     if fail.root in skip:  # cannot happen unless tracing is not deterministic
@@ -473,13 +502,16 @@ class CompressionSpace:
                         self.groups, coef = [], {}
                         break
                     skip[fail.root] = fail.reason
-                except Exception as exc:  # noqa: BLE001 - tracing failed: no prune knobs at all
-                    self.notes.append(
-                        f"torch-pruning could not trace this model ({type(exc).__name__}: {exc}); "
-                        "no layer has a prune knob"
-                    )
-                    self.groups, coef = [], {}
-                    break
+                except Exception as exc:  # noqa: BLE001 - tracing failed: no graph groups
+                    if not use_graph:
+                        self.groups, coef = [], {}
+                        break
+                    untraced = f"torch-pruning could not trace this model ({type(exc).__name__}: {exc})"
+                    use_graph = False  # recurrent hidden units are still probed without it
+            if untraced:
+                rest = ("only recurrent hidden sizes have a prune knob"
+                        if any(g.prunable for g in self.groups) else "no layer has a prune knob")
+                self.notes.append(f"{untraced}; {rest}")
         order = {n: i for i, n in enumerate(self._modules_kind)}
         for g in self.groups:  # name each group's knob after its first member layer
             members = sorted((m for m in g.members if m in self._layers), key=lambda m: order[m])
@@ -790,7 +822,8 @@ class CompressionSpace:
         policy = CompressionPolicy({g.point: LayerAction(prune=self.max_prune) for g in groups})
         try:
             work = copy.deepcopy(model)
-            DG = prune.build_graph(work, self.example_input)
+            graph = any(not g.own_pruner for g in groups)
+            DG = prune.build_graph(work, self.example_input) if graph else None
             prune.prune_groups_(
                 work,
                 DG,

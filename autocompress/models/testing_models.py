@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from autocompress.models._registry import register_model
 from autocompress.models.cifar_mobilenet import CifarMobileNetV2
 from autocompress.models.cifar_resnet import CifarResNet
-from autocompress.models.sequence import LSTMClassifier
+from autocompress.models.sequence import LSTMClassifier, RowSequenceClassifier
 
 
 class TinyConvNet(nn.Module):
@@ -75,3 +75,10 @@ def test_mobilenetv2(num_classes: int = 10, **kw: int) -> CifarMobileNetV2:
 def test_lstm(num_classes: int = 10, **kw: object) -> LSTMClassifier:
     """LSTM(16) classifier for tests."""
     return LSTMClassifier(num_classes, hidden=16, **kw)  # type: ignore[arg-type]
+
+
+@register_model("test_gru", input_shape=(1, 8, 8), description="2-layer GRU(16) over image rows")
+def test_gru(num_classes: int = 10, **kw: object) -> RowSequenceClassifier:
+    """2-layer GRU(16) classifier (no embedding) for tests."""
+    kw = {"hidden": 16, "num_layers": 2, "embed": False, **kw}
+    return RowSequenceClassifier(num_classes, cell="gru", **kw)  # type: ignore[arg-type]

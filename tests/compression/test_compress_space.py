@@ -64,14 +64,16 @@ def test_points_and_knobs_follow_the_architecture(convnet_space) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_lstm_hidden_size_is_left_out_and_said_so() -> None:
+def test_lstm_hidden_size_and_input_size_are_pruned_by_their_own_knobs() -> None:
     model = create_model("test_lstm").eval()
     space = CompressionSpace.from_model(model)
     lstm = space["lstm"]
-    assert lstm.kind == "lstm" and set(lstm.knobs) == {"w_bits", "a_bits"}
-    assert any("hidden size" in n for n in lstm.notes)
+    assert lstm.kind == "lstm" and set(lstm.knobs) == {"prune", "w_bits", "a_bits"}
+    assert any("rank" in n for n in lstm.notes)
     assert "prune" in space["embed"].knobs  # the LSTM's input size follows the embedding
-    assert "hidden size is not pruned" in space.describe()
+    # the hidden units: one group of their own (compression/rnn.py), read by the head
+    hidden = next(g for g in space.groups if g.root == "lstm")
+    assert hidden.prunable and hidden.readers == ["fc"] and hidden.n == 16
 
 
 @pytest.mark.timeout(60)
