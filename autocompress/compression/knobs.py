@@ -318,7 +318,8 @@ class PruneKnob(KnobType):
 
 
 class RankKnob(KnobType):
-    """Low-rank factorisation by truncated SVD (``lowrank.py``): the fraction of the rank kept."""
+    """Low-rank factorisation by truncated SVD (``lowrank.py``; an RNN's input and recurrent matrices,
+    ``rnn.LowRankRNN``): the fraction of the rank kept."""
 
     name = "rank"
     identity = 1.0
@@ -333,13 +334,18 @@ class RankKnob(KnobType):
 
     def transform_(self, model: nn.Module, policy: CompressionPolicy, space: CompressionSpace,
                    ctx: dict[str, Any]) -> None:
-        from autocompress.compression import lowrank
+        from autocompress.compression import lowrank, rnn
 
         for point in space.decision_points:
             value = policy.get(point.name).rank
             if "rank" not in point.knobs or value >= 1.0:
                 continue
             module = model.get_submodule(point.name)
+            if rnn.can_factorise(module):  # its input and recurrent matrices, each by SVD
+                new = rnn.factorise_rnn(module, value)
+                if new is not None:
+                    _set_submodule(model, point.name, new)
+                continue
             m, n = lowrank._dims(module)
             r = lowrank.factorised_rank(m, n, value)
             if r is not None:
@@ -382,14 +388,16 @@ class BitsKnob(KnobType):
         # One quantized layer class carries both bit-widths: ``w_bits`` applies the pair.
         if self.name != "w_bits":
             return
-        from autocompress.compression import lowrank, quantize
+        from autocompress.compression import lowrank, quantize, rnn
 
         for point in space.decision_points:
             action = policy.get(point.name)
             if action.w_bits >= 32 and action.a_bits >= 32:
                 continue
             module = model.get_submodule(point.name)
-            if isinstance(module, lowrank.LowRank):
+            if isinstance(module, rnn.LowRankRNN):
+                module.quantize_(action.w_bits, action.a_bits)
+            elif isinstance(module, lowrank.LowRank):
                 quantize.quantize_factorised_(module[0], module[1], action.w_bits, action.a_bits)
             else:
                 quantize.quantize_module_(module, action.w_bits, action.a_bits)

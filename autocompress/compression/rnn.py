@@ -1,4 +1,10 @@
-"""Hidden-size pruning of LSTM / GRU / RNN layers (survey §3): every gate consistent, readers follow.
+"""Recurrent layers (survey §3): hidden-size pruning with every gate consistent, and low rank.
+
+Low rank (``LowRankRNN``, after Prabhavalkar et al. 2016): each layer's input matrix ``weight_ih``
+and recurrent matrix ``weight_hh`` is replaced by the truncated SVD of the rank the ``rank`` knob
+keeps (``lowrank.factorised_rank`` per matrix, so a matrix stays dense where no rank saves), and
+the gates run in a Python loop that follows PyTorch's equations. The rest of this docstring is
+about hidden-size pruning.
 
 torch-pruning (2.x) does not handle recurrent hidden units (its LSTM out-channel pruner selects
 rows and columns of different gates, and it has no GRU pruner), so the hidden units of an
@@ -35,9 +41,19 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from autocompress.compression.lowrank import LowRank, factorise, factorised_rank
 from autocompress.compression.prune import GroupSpec, removed_units
+from autocompress.compression.quantize import ActQuant, quantize_factorised_, quantize_module_
 
-__all__ = ["GATES", "HiddenGroup", "hidden_groups"]
+__all__ = [
+    "GATES",
+    "HiddenGroup",
+    "LowRankRNN",
+    "can_factorise",
+    "factorise_rnn",
+    "hidden_groups",
+    "rnn_ranks",
+]
 
 #: Gates per hidden unit of each recurrent type (rows of ``weight_ih`` / ``weight_hh`` per unit).
 GATES: dict[type[nn.Module], int] = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
@@ -314,3 +330,159 @@ def hidden_groups(model: nn.Module, x: Any) -> list[HiddenGroup]:
                 spec.reason = why
         out.append(spec)
     return out
+
+
+# --- low rank ---------------------------------------------------------------------------------------
+def can_factorise(module: nn.Module) -> bool:
+    """Plain unidirectional ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` without ``proj_size``.
+
+    Its recurrent matrix ``G H x H`` can always be factorised with a saving (``r < G H / (G + 1)``).
+    """
+    return (
+        type(module) in GATES
+        and not module.bidirectional
+        and not getattr(module, "proj_size", 0)
+        and module.hidden_size >= 2
+    )
+
+
+def _matrix(module: nn.Module, name: str) -> tuple[Tensor, Tensor | None]:
+    bias_name = name.replace("weight", "bias")
+    return getattr(module, name).detach(), (getattr(module, bias_name).detach() if module.bias else None)
+
+
+@torch.no_grad()
+def _linear(w: Tensor, b: Tensor | None, r: int | None) -> nn.Module:
+    """``x -> x w^T + b`` as one ``nn.Linear``, or as a rank-``r`` ``LowRank`` pair (truncated SVD)."""
+    m, n = w.shape
+    if r is None:
+        dense = nn.Linear(n, m, bias=b is not None).to(w.device, w.dtype)
+        dense.weight.copy_(w)
+        if b is not None:
+            dense.bias.copy_(b)
+        return dense
+    template = nn.Linear(n, m, bias=b is not None).to(w.device, w.dtype)
+    template.weight.copy_(w)
+    if b is not None:
+        template.bias.copy_(b)
+    return factorise(template, r)
+
+
+class LowRankRNN(nn.Module):
+    """An ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` whose input and recurrent matrices may be factorised.
+
+    Low-rank RNNs (Prabhavalkar et al. 2016, survey §3): per layer ``k``, ``ih[k]`` computes
+    ``W_ih x + b_ih`` and ``hh[k]`` computes ``W_hh h + b_hh``, each an ``nn.Linear`` or a
+    ``LowRank`` pair ``(n -> r) -> (r -> m)`` holding the rank-``r`` truncated SVD of the matrix. The
+    gates follow PyTorch's equations exactly (LSTM i, f, g, o; GRU r, z, n with the reset gate
+    applied to ``W_hn h + b_hn``), so with no matrix factorised (or at full rank) it computes what
+    the original module computes, up to float rounding. The input projections of all steps are one
+    batched product; the recurrence is a Python loop over steps (an ONNX export unrolls it for the
+    sequence length it was traced with). Returns ``(output, (h_n, c_n))`` for an LSTM and
+    ``(output, h_n)`` otherwise, as the original does; inter-layer dropout is applied in training.
+    """
+
+    def __init__(self, module: nn.RNNBase, ranks: list[tuple[int | None, int | None]]) -> None:
+        super().__init__()
+        if not can_factorise(module):
+            raise TypeError(f"cannot factorise a {type(module).__name__} of this configuration")
+        self.mode = {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}[type(module)]
+        self.nonlinearity = getattr(module, "nonlinearity", "tanh")
+        self.input_size, self.hidden_size = module.input_size, module.hidden_size
+        self.num_layers, self.batch_first = module.num_layers, module.batch_first
+        self.dropout = float(module.dropout)
+        self.ih = nn.ModuleList()
+        self.hh = nn.ModuleList()
+        for k, (r_ih, r_hh) in enumerate(ranks):
+            self.ih.append(_linear(*_matrix(module, f"weight_ih_l{k}"), r_ih))
+            self.hh.append(_linear(*_matrix(module, f"weight_hh_l{k}"), r_hh))
+
+    def _step(self, gi: Tensor, h: Tensor, c: Tensor | None, hh: nn.Module) -> tuple[Tensor, Tensor | None]:
+        gh = hh(h)
+        if self.mode == "lstm":
+            i, f, g, o = (gi + gh).chunk(4, -1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            return torch.sigmoid(o) * torch.tanh(c), c
+        if self.mode == "gru":
+            ir, iz, inn = gi.chunk(3, -1)
+            hr, hz, hn = gh.chunk(3, -1)
+            r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+            n = torch.tanh(inn + r * hn)
+            return (1.0 - z) * n + z * h, None
+        pre = gi + gh
+        return (torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)), None
+
+    def forward(self, x: Tensor, hx: Any = None) -> tuple[Tensor, Any]:
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(0 if self.batch_first else 1)
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        b, steps = x.shape[0], x.shape[1]
+        zeros = x.new_zeros(self.num_layers, b, self.hidden_size)
+        if hx is None:
+            h0, c0 = zeros, zeros
+        elif self.mode == "lstm":
+            h0, c0 = (s.unsqueeze(1) if unbatched else s for s in hx)
+        else:
+            h0, c0 = (hx.unsqueeze(1) if unbatched else hx), zeros
+        hs, cs = [], []
+        for k in range(self.num_layers):
+            gi = self.ih[k](x)  # every step's input projection at once
+            h, c = h0[k], c0[k] if self.mode == "lstm" else None
+            outs = []
+            for t in range(steps):
+                h, c = self._step(gi[:, t], h, c, self.hh[k])
+                outs.append(h)
+            x = torch.stack(outs, 1)
+            if self.dropout and self.training and k + 1 < self.num_layers:
+                x = nn.functional.dropout(x, self.dropout, training=True)
+            hs.append(h)
+            cs.append(c)
+        out = x if self.batch_first else x.transpose(0, 1)
+        h_n = torch.stack(hs)
+        if unbatched:
+            out, h_n = out.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
+        if self.mode == "lstm":
+            c_n = torch.stack(cs)
+            return out, (h_n, c_n.squeeze(1) if unbatched else c_n)
+        return out, h_n
+
+    def matrices(self) -> list[nn.Module]:
+        """The layers' matrix modules in ``weight_ih_l0, weight_hh_l0, weight_ih_l1, ...`` order."""
+        return [m for k in range(self.num_layers) for m in (self.ih[k], self.hh[k])]
+
+    def quantize_(self, w_bits: int, a_bits: int) -> None:
+        """Quantize every matrix to ``w_bits``; ``a_bits`` applies to the input sequence only.
+
+        The recurrent inputs (the hidden state) and the inputs of later layers stay float, as in a
+        quantized ``nn.LSTM`` (``quantize.QuantLSTM``): the states are not quantized.
+        """
+        for idx, m in enumerate(self.matrices()):
+            a = a_bits if idx == 0 else 32
+            if isinstance(m, LowRank):
+                quantize_factorised_(m[0], m[1], w_bits, 32)
+                if a < 32:  # the input sequence only, not the factor between the two
+                    m[0].act_quant = ActQuant(a).to(m[0].weight.device)
+            else:
+                quantize_module_(m, w_bits, a)
+
+
+def rnn_ranks(module: nn.Module, rank: float) -> list[tuple[int | None, int | None]] | None:
+    """The kept rank of each layer's ``(weight_ih, weight_hh)`` at fraction ``rank`` (None: stays
+    dense, as ``lowrank.factorised_rank`` decides per matrix), or None if no matrix is factorised."""
+    ranks = []
+    for k in range(module.num_layers):
+        pair = []
+        for name in (f"weight_ih_l{k}", f"weight_hh_l{k}"):
+            m, n = getattr(module, name).shape
+            pair.append(factorised_rank(m, n, rank))
+        ranks.append((pair[0], pair[1]))
+    return ranks if any(r is not None for pair in ranks for r in pair) else None
+
+
+def factorise_rnn(module: nn.Module, rank: float) -> LowRankRNN | None:
+    """``LowRankRNN`` of ``module`` with each matrix kept at fraction ``rank`` of its full rank, or
+    None when no matrix would save anything (``lowrank.factorised_rank``)."""
+    ranks = rnn_ranks(module, rank)
+    return None if ranks is None else LowRankRNN(module, ranks)

@@ -471,7 +471,8 @@ class CompressionSpace:
         self._base_shapes = _shapes(work)
         self._modules_kind = {n: type(m) for n, m in work.named_modules()}
         quantizable = {n for n, m in work.named_modules() if quantize.quantizable(m)}
-        rankable = {n for n, m in work.named_modules() if lowrank.can_factorise(m)}
+        rankable = {n for n, m in work.named_modules()
+                    if lowrank.can_factorise(m) or rnn.can_factorise(m)}
         for layer in self._layers.values():
             layer.quant = layer.name in quantizable
             layer.rank = layer.name in rankable
@@ -646,9 +647,18 @@ class CompressionSpace:
         self._u_rows_idx = np.where(
             src == 0, np.arange(U), np.where(src == 1, U + np.arange(U), 2 * U + np.arange(U))
         )
-        self._R = np.nonzero(np.array([lay.rank for lay in layers], dtype=bool))[0]
-        self._R_wt = self._u_wt[self._R]
-        self._R_pos = {int(li): i for i, li in enumerate(self._R)}
+        # One entry per factorisable weight matrix: a conv/linear layer's weight, or each input and
+        # recurrent matrix of an RNN (all factorised at the layer's one rank fraction).
+        pairs = [
+            (li, pos[self._tensor_index[n]])
+            for li, lay in enumerate(layers) if lay.rank
+            for n in (lay.weights if lay.kind in ("lstm", "gru", "rnn") else lay.weights[:1])
+        ]
+        self._R = np.array([li for li, _ in pairs], dtype=np.int64)
+        self._R_wt = np.array([t for _, t in pairs], dtype=np.int64)
+        self._R_pos = {}  # a layer's first matrix (storage knobs are offered on one-weight layers)
+        for i, li in enumerate(self._R.tolist()):
+            self._R_pos.setdefault(int(li), i)
         self._R_rows_idx = self._u_rows_idx[self._R_wt]
         self._R_steps = self._lsteps[self._R]
         self._const_q_total = float(self._lconst_q.sum())
@@ -728,9 +738,12 @@ class CompressionSpace:
                         notes.append(f"{k}: {cls_name} layers are not quantized")
             if "rank" in self.knob_types:
                 if lay.rank:
-                    m = rows0[self._wt[li]]
-                    n = numel0[self._wt[li]] / m
-                    low = 1.0 / min(m, n)
+                    # the most compressed value keeps rank 1 of every matrix (an RNN has several)
+                    tensors = (lay.weights if lay.kind in ("lstm", "gru", "rnn") else lay.weights[:1])
+                    full = 0.0
+                    for t in (self._tensor_index[n] for n in tensors):
+                        full = max(full, min(rows0[t], numel0[t] / rows0[t]))
+                    low = 1.0 / full
                     knobs["rank"] = Knob(
                         "rank", low=low, high=1.0, most_compressed=low, least_compressed=1.0
                     )
@@ -738,6 +751,8 @@ class CompressionSpace:
                     notes.append("rank: grouped/depthwise conv is not factorised")
                 elif self._modules_kind[lay.name] in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d):
                     notes.append("rank: no rank saves MACs here (r < m*n/(m+n) impossible)")
+                elif lay.kind in ("lstm", "gru", "rnn"):
+                    notes.append("rank: bidirectional and proj_size layers are not factorised")
                 else:
                     notes.append("rank: not supported for this layer type")
             for k, offered in self._extra_knobs.get(lay.name, {}).items():
@@ -1051,7 +1066,7 @@ class CompressionSpace:
             r = np.maximum(1.0, np.floor(rkR * np.minimum(m, n) + 0.5))
             fw = r * (m + n)
             fact = lowr & (fw < m * n)
-            saved = np.where(fact, lw[self._R] - fw, 0.0)  # weight elements saved per rank layer
+            saved = np.where(fact, numel[self._R_wt] - fw, 0.0)  # weight elements saved per matrix
         if not full:
             macs = self._lsteps @ lw + self._const_q_total + self._const_f_total
             if any_rank:
@@ -1070,7 +1085,7 @@ class CompressionSpace:
         scales = np.where(wt_bits >= 3, dext[self._u_rows_idx], 1.0)
         delta = np.where(wt_bits < 32, np.minimum(numel * per_elem + 4.0 * scales, 0.0), 0.0)
         if any_rank:
-            layer_macs[self._R] -= self._R_steps * saved
+            np.subtract.at(layer_macs, self._R, self._R_steps * saved)  # RNNs: several per layer
             total -= saved.sum()
             # A factorised pair stores r*n + m*r weights; the first factor's scales are folded
             # into the second (quantize_factorised_), which keeps the dense layer's scales.
@@ -1180,9 +1195,9 @@ class CompressionSpace:
         Returns:
             ``{"removed": {group point: [units removed per atom]}, "layers": {layer: [w_bits,
             a_bits, rank(, {storage knob: value})]}}`` where ``rank`` is the kept rank of a
-            factorised layer (None when it stays dense) and the dict holds the knobs outside the
-            closed form (``sparsity``) that are set; only groups and layers that differ from the
-            uncompressed model appear.
+            factorised layer (None when it stays dense; for an RNN a list, one per weight matrix)
+            and the dict holds the knobs outside the closed form (``sparsity``) that are set; only
+            groups and layers that differ from the uncompressed model appear.
         """
         entry, vals = self._entry_and_values(policy, True)
         removed: dict[str, list[int]] = {}
@@ -1196,7 +1211,7 @@ class CompressionSpace:
         else:
             d = self._u_n01
         U = self._U
-        ranks: dict[int, int] = {}
+        ranks: dict[int, Any] = {}
         rkR = vals[entry["rank_pos"], 3]
         if bool((rkR < 1.0).any()):
             numel = self._u_const * d[:U] * d[U:]
@@ -1205,7 +1220,12 @@ class CompressionSpace:
             n = numel[self._R_wt] / m
             r = np.maximum(1.0, np.floor(rkR * np.minimum(m, n) + 0.5))
             fact = (rkR < 1.0) & (r * (m + n) < m * n)
-            ranks = {int(self._R[i]): int(r[i]) for i in np.nonzero(fact)[0]}
+            per_layer: dict[int, list[int | None]] = {}
+            for i, li in enumerate(self._R.tolist()):
+                per_layer.setdefault(li, []).append(int(r[i]) if fact[i] else None)
+            for li, rs in per_layer.items():
+                if any(v is not None for v in rs):  # one matrix: its rank; an RNN: one per matrix
+                    ranks[li] = rs[0] if len(rs) == 1 else rs
         lv = vals[entry["layer_pos"]]
         extras = policy._extras()
         layers: dict[str, list[Any]] = {}

@@ -68,8 +68,9 @@ def test_lstm_hidden_size_and_input_size_are_pruned_by_their_own_knobs() -> None
     model = create_model("test_lstm").eval()
     space = CompressionSpace.from_model(model)
     lstm = space["lstm"]
-    assert lstm.kind == "lstm" and set(lstm.knobs) == {"prune", "w_bits", "a_bits"}
-    assert any("rank" in n for n in lstm.notes)
+    assert lstm.kind == "lstm" and set(lstm.knobs) == {"prune", "w_bits", "a_bits", "rank"}
+    # rank 1 of the larger matrix (64 x 16, full rank 16) is the most compressed value
+    assert lstm.knobs["rank"].most_compressed == pytest.approx(1 / 16)
     assert "prune" in space["embed"].knobs  # the LSTM's input size follows the embedding
     # the hidden units: one group of their own (compression/rnn.py), read by the head
     hidden = next(g for g in space.groups if g.root == "lstm")

@@ -18,7 +18,7 @@ from autocompress.compression import (
     count_params,
     count_size_bytes,
 )
-from autocompress.compression.rnn import GATES
+from autocompress.compression.rnn import GATES, LowRankRNN, factorise_rnn
 from autocompress.models import create_model
 
 
@@ -173,14 +173,18 @@ def test_cost_model_equals_the_counted_model(name: str) -> None:
     space = CompressionSpace.from_model(model)
     x = space.example_input
     rng = np.random.default_rng(0)
-    policies = [space.uniform(prune=0.5, w_bits=4, a_bits=8), space.most_compressed()]
+    policies = [space.uniform(prune=0.5, w_bits=4, a_bits=8), space.most_compressed(),
+                space.uniform(rank=0.4), space.uniform(prune=0.3, rank=0.5, w_bits=4, a_bits=8)]
     policies += [space.sample(rng) for _ in range(4)]
+    factorised = 0
     for policy in policies:
         small = compress(model, policy, space=space, calib=torch.randn(8, 1, 8, 8))
+        factorised += sum(isinstance(m, LowRankRNN) for m in small.modules())
         assert count_macs(small, x) == space.macs(policy)
         assert count_params(small) == space.params(policy)
         assert count_size_bytes(small) == pytest.approx(space.size_bytes(policy), rel=1e-9)
     assert space.macs(space.most_compressed()) < space.base_macs
+    assert factorised >= 2  # rank=0.4 and 0.5 factorise every recurrent module here
 
 
 @pytest.mark.timeout(60)
@@ -258,6 +262,83 @@ def test_pruned_quantized_rnn_exports_to_onnx_and_matches(name: str) -> None:
     blob, _ = export_onnx_with(small, x[:1])
     ops = {n.op_type for n in onnx.load_from_string(blob).graph.node}
     assert {"lstm": "LSTM", "gru": "GRU"}[name[5:]] in ops  # one fused recurrent node
+    sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, small(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "rnn",
+    [
+        nn.LSTM(5, 7, num_layers=2, batch_first=True),
+        nn.GRU(5, 7, num_layers=2),
+        nn.RNN(5, 7, nonlinearity="relu", batch_first=True),
+        nn.LSTM(5, 7, bias=False),
+    ],
+    ids=["lstm-2layer", "gru-2layer-seq-first", "rnn-relu", "lstm-no-bias"],
+)
+def test_low_rank_rnn_is_exact_at_full_rank_and_approximates_below(rnn: nn.RNNBase) -> None:
+    """``LowRankRNN`` follows PyTorch's gate equations: with dense matrices, or every matrix
+    factorised at its full rank, it computes what the module does (batched and unbatched input,
+    final states included); lower ranks approximate it, better as the rank grows."""
+    torch.manual_seed(0)
+    rnn.eval()
+    x = torch.randn(3, 6, 5)
+    h = rnn.hidden_size
+    g = GATES[type(rnn)]
+    full = [(min(g * h, 5 if k == 0 else h), h) for k in range(rnn.num_layers)]  # r = min(m, n)
+    with torch.no_grad():
+        want, want_state = rnn(x)
+        for ranks in ([(None, None)] * rnn.num_layers, full):
+            low = LowRankRNN(rnn, ranks).eval()
+            got, got_state = low(x)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            for a, b in zip(_flat(got_state), _flat(want_state), strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(low(x[0])[0], rnn(x[0])[0], rtol=1e-5, atol=1e-6)
+        errors = [(factorise_rnn(rnn, r).eval()(x)[0] - want).abs().max().item() for r in (0.2, 0.4)]
+    assert errors[1] < errors[0]
+
+
+def _flat(state: object) -> list[Tensor]:
+    return list(state) if isinstance(state, tuple) else [state]  # type: ignore[list-item]
+
+
+@pytest.mark.timeout(60)
+def test_factorised_rnn_quantizes_weights_but_not_its_states() -> None:
+    torch.manual_seed(0)
+    model = create_model("test_lstm").eval()
+    space = CompressionSpace.from_model(model)
+    small = compress(model, space.uniform(rank=0.5, w_bits=4, a_bits=8), space=space,
+                     calib=torch.randn(16, 1, 8, 8))
+    low = small.lstm
+    assert isinstance(low, LowRankRNN)
+    quantizers = {n: m.bits for n, m in low.named_modules() if type(m).__name__ == "ActQuant"}
+    # the input sequence is quantized; the factor between the two halves and the recurrent
+    # input (the hidden state) are not
+    assert quantizers["ih.0.0.act_quant"] == 8
+    assert all(b == 32 for n, b in quantizers.items() if n != "ih.0.0.act_quant")
+    assert all(m.w_bits == 4 for m in low.modules() if isinstance(m, nn.Linear))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["test_lstm", "test_gru"])
+def test_factorised_rnn_exports_to_onnx_and_matches(name: str) -> None:
+    """The factorised recurrence is a Python loop: the ONNX export unrolls it for the traced
+    sequence length (8 rows here); the batch axis stays dynamic."""
+    import onnxruntime as ort
+
+    from autocompress.deploy import export_onnx_with
+
+    model = _models()[name].eval()
+    space = CompressionSpace.from_model(model)
+    small = compress(model, space.uniform(prune=0.3, rank=0.4, w_bits=8, a_bits=8), space=space,
+                     calib=torch.randn(16, 1, 8, 8)).eval()
+    assert isinstance(small.get_submodule(name[5:]), LowRankRNN)
+    x = torch.randn(7, 1, 8, 8)
+    blob, _ = export_onnx_with(small, x[:1])
     sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
     got = sess.run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
