@@ -19,6 +19,7 @@ from autocompress.compression.counting import count_macs, count_params, count_si
 from autocompress.compression.lowrank import LowRank
 from autocompress.compression.policy import ALLOWED_BITS, CompressionPolicy, LayerAction
 from autocompress.compression.quantize import ActQuant
+from autocompress.compression.rnn import LowRankRNN
 from autocompress.compression.space import (
     FEATURE_NAMES,
     KNOB_NAMES,
@@ -38,6 +39,7 @@ __all__ = [
     "Knob",
     "LayerAction",
     "LowRank",
+    "LowRankRNN",
     "compress",
     "count_macs",
     "count_params",

@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from autocompress.compression.counting import eval_mode
 from autocompress.compression.lowrank import LowRank, factorise, factorised_rank
 from autocompress.compression.prune import GroupSpec, removed_units
 from autocompress.compression.quantize import ActQuant, quantize_factorised_, quantize_module_
@@ -146,6 +147,8 @@ class HiddenGroup(GroupSpec):
                 for sfx in ("", "_reverse") if reader.bidirectional else ("",):
                     _set(reader, f"weight_ih_l0{sfx}", getattr(reader, f"weight_ih_l0{sfx}")[:, last])
                 reader.input_size = len(last)
+                reader.flatten_parameters()
+        rnn.flatten_parameters()  # cuDNN wants one contiguous weight buffer (a no-op on CPU)
 
     def prune_(
         self, model: nn.Module, prune: float, *, round_to: int = 1, importance: str = "l1"
@@ -159,13 +162,9 @@ class HiddenGroup(GroupSpec):
         k = int(removed_units(prune, h, round_to))
         if k == 0:
             return [], {}
-        scores = self.scores(model, importance)
-        keep, removed = [], []
-        for row in scores:
-            order = torch.argsort(row, stable=True)
-            removed = sorted(order[:k].tolist())
-            keep.append(order[k:].sort().values)
-        self.remove_(model, keep)
+        orders = [torch.argsort(row, stable=True) for row in self.scores(model, importance)]
+        self.remove_(model, [order[k:].sort().values for order in orders])
+        removed = sorted(orders[-1][:k].tolist())
         return removed, {self.root: removed}
 
     @torch.no_grad()
@@ -182,10 +181,12 @@ class HiddenGroup(GroupSpec):
         for name, p in rnn.named_parameters():
             if name.startswith(("weight_", "bias_")):
                 p[rows] = 0.0
-        ref = _forward(zeroed, x)
+        with eval_mode(zeroed):
+            ref = _forward(zeroed, x)
         self.remove_(model, [torch.arange(1, h)] * self.num_layers)
         try:
-            got = _forward(model, x)
+            with eval_mode(model):
+                got = _forward(model, x)
         except Exception as exc:  # noqa: BLE001 - a reader we did not shrink: not prunable
             raise ValueError(f"pruned model fails ({type(exc).__name__}: {exc})") from exc
         if not _same(ref, got, tol=1e-5):
@@ -325,7 +326,8 @@ def hidden_groups(model: nn.Module, x: Any) -> list[HiddenGroup]:
                            members=[name], num_layers=m.num_layers)
         spec.reason = _why_not(m)
         if spec.reason is None:
-            spec.readers, why = _readers(model, name, x)
+            with eval_mode(model):  # dropout would move the probe's outputs
+                spec.readers, why = _readers(model, name, x)
             if why is not None:
                 spec.reason = why
         out.append(spec)
