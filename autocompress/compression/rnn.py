@@ -28,7 +28,7 @@ it, fails the check and keeps the layer unpruned, with the reason in ``describe(
 Every layer of a multi-layer module keeps the same number of units (``nn.LSTM`` has one
 ``hidden_size``); each layer picks its own units by importance: per unit, the norm of its ``G``
 gate rows in ``weight_ih_lk`` and ``weight_hh_lk`` (``l1``: sum of ``|w|``; ``l2``: Euclidean norm;
-``taylor``: sum of ``|w * dL/dw|``). Bidirectional layers, ``proj_size`` LSTMs, packed sequences and
+``taylor``: sum of ``|w * dL/dw|``; ``bn`` ranks as ``l1``: no BatchNorm normalises hidden units). Bidirectional layers, ``proj_size`` LSTMs, packed sequences and
 layers called more than once are left without the knob.
 """
 
