@@ -27,23 +27,20 @@ tests runs. ``make demo`` / ``make test`` are checked with ``make -n``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from _ray import RayNodes
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -387,80 +384,9 @@ def test_gpu_lines_run(tmp_path: Path) -> None:
 
 
 # -- Ray clusters --------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Nodes:
-    """The README's ``ray start`` lines (a head, then worker nodes joining it), each run with
-    ``--block`` in its own process group so that exactly these nodes can be stopped, on free ports
-    and in private temp directories (parallel runs do not collide; nodes start together)."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[subprocess.Popen, Path]] = []
-        self.temp_dirs: list[Path] = []
-        self.port: int | None = None
-
-    def start(self, words: list[str], readme_port: str, env: dict[str, str], log: Path) -> str:
-        """Start the node of a ``ray start`` line (the head first); returns the head's address.
-        A worker node is waited for by ``ready``."""
-        head = "--head" in words
-        if head:
-            self.port = _free_port()
-        assert self.port is not None, "a worker node before the head"
-        temp_dir = Path(f"/tmp/ac-ray-{os.getpid()}-{self.port}" + ("" if head else f"-{len(self.procs)}"))
-        self.temp_dirs.append(temp_dir)  # short: Ray puts sockets in it
-        args = [re.sub(rf"^(--port=|--address=.*:){readme_port}$", rf"\g<1>{self.port}", a) for a in words[1:]]
-        args += ["--block", f"--temp-dir={temp_dir}", "--object-store-memory=200000000",
-                 f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
-        if head:
-            args += [f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}"]
-        else:
-            args += [f"--dashboard-agent-grpc-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
-        ray_bin = str(Path(sys.executable).with_name("ray"))
-        with open(log, "w") as fh:
-            proc = subprocess.Popen([ray_bin, *args], env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        self.procs.append((proc, log))
-        if head:
-            self.ready()
-        host = next((w.split("=", 1)[1] for w in words if w.startswith("--node-ip-address=")), "127.0.0.1")
-        return f"{host}:{self.port}"
-
-    def ready(self, timeout_s: float = 120) -> None:
-        """Wait until every node started so far is up."""
-        deadline = time.time() + timeout_s
-        for proc, log in self.procs:
-            while "Ray runtime started" not in log.read_text():
-                assert proc.poll() is None, log.read_text()[-3000:]
-                assert time.time() < deadline, f"ray start did not come up in {timeout_s:.0f} s"
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        """Stop every node started (worker nodes first), then delete their temp directories."""
-        procs, self.procs = self.procs, []
-        for proc, _log in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.time() + 10
-        for proc, _log in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, deadline - time.time()))
-        time.sleep(1)
-        for proc, _log in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # anything of the group still around
-            proc.wait(timeout=30)
-        for temp_dir in self.temp_dirs:
-            shutil.rmtree(temp_dir, ignore_errors=True)
-        self.temp_dirs = []
-
-
 @pytest.fixture()
-def nodes() -> Iterator[_Nodes]:
-    n = _Nodes()
+def nodes() -> Iterator[RayNodes]:
+    n = RayNodes()
     try:
         yield n
     finally:
@@ -469,7 +395,7 @@ def nodes() -> Iterator[_Nodes]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_ray_cluster_lines_run(tmp_path: Path, nodes: _Nodes, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_cluster_lines_run(tmp_path: Path, nodes: RayNodes, monkeypatch: pytest.MonkeyPatch) -> None:
     cwd, env = _scratch(tmp_path)
     before = set(os.listdir(cwd))
     readme_address: str | None = None
@@ -537,7 +463,7 @@ def test_ray_cluster_lines_run(tmp_path: Path, nodes: _Nodes, monkeypatch: pytes
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_ray_nodes_lines_run(tmp_path: Path, nodes: _Nodes, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_nodes_lines_run(tmp_path: Path, nodes: RayNodes, monkeypatch: pytest.MonkeyPatch) -> None:
     """The one-machine cluster of "Many machines", line by line: a head without CPUs and two worker
     nodes, each in its own process group, and the search against them on a private PostgreSQL
     server. Trials ran on both worker nodes, and the run holds the candidates a local run of the same

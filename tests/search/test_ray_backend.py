@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _ray import RayNodes
 
 from autocompress.problem import Problem
 from autocompress.search import run_search
@@ -24,50 +23,17 @@ from autocompress.search.storage import TRIALS_FILE, TrialLog, open_storage
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
 def ray_head(tmp_path: Path) -> Iterator[str]:
-    """A Ray head on loopback started with ``ray start --block`` in its own process group;
-    the whole group (and nothing else) is stopped afterwards."""
-    port = _free_port()
-    temp_dir = Path(f"/tmp/ac-ray-{os.getpid()}-{port}")  # short: Ray puts sockets in it
-    log = tmp_path / "ray-head.log"
-    env = {**os.environ, **RAY_ENV_DEFAULTS}
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", "--block",
-             f"--temp-dir={temp_dir}", "--object-store-memory=200000000",
-             f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}",
-             f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}"],
-            env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    """A Ray head on loopback with 2 CPUs (``ray start --block`` in its own process group); that
+    group, and nothing else, is stopped afterwards."""
+    nodes = RayNodes()
+    words = ["ray", "start", "--head", "--node-ip-address=127.0.0.1", "--port=6379", "--num-cpus=2",
+             "--include-dashboard=false", "--disable-usage-stats"]
     try:
-        deadline = time.time() + 90
-        while "Ray runtime started" not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.time() < deadline, "ray start did not come up in 90 s"
-            time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
+        yield nodes.start(words, "6379", {**os.environ, **RAY_ENV_DEFAULTS}, tmp_path / "ray-head.log")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-        time.sleep(1)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # anything of the group still around
-        except ProcessLookupError:
-            pass
-        subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
+        nodes.stop()
 
 
 def _check_run(spec_out: Path, trials: int, study_name: str = "autocompress") -> list[dict]:
