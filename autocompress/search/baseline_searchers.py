@@ -179,16 +179,22 @@ class GreedySearcher(AgentSearcher):
 
     It probes every point's accuracy at each of ``levels`` (these probes are evaluations and count
     as trials; they may exceed the budgets and are then never on the front), then allocates the
-    hard budgets where accuracy suffers least and proposes that policy; then it has nothing more
-    to propose and the search ends. It needs a hard budget.
+    hard budgets where accuracy suffers least and evaluates that policy and the uniform policy at
+    the budget; the trials left go to a first-improvement local search from the better of the two
+    (move ``delta`` units of compression off or onto one point, the others rescaled to the budget;
+    ``delta`` halves after a pass without improvement, down to ``min_delta``). It needs a hard
+    budget.
 
     Args:
         levels: unit compression levels probed per point and knob.
+        delta, min_delta: first and smallest unit step of the local search.
     """
 
     agent_name = "greedy"
 
     def __init__(self, context: SearchContext, seed: int = 0, *,
-                 levels: tuple[float, ...] | list[float] = (1 / 3, 2 / 3, 1.0)) -> None:
-        super().__init__(context, seed, agent_settings={"levels": tuple(levels)},
+                 levels: tuple[float, ...] | list[float] = (1 / 3, 2 / 3, 1.0),
+                 delta: float = 0.2, min_delta: float = 0.025) -> None:
+        super().__init__(context, seed, agent_settings={"levels": tuple(levels), "delta": delta,
+                                                        "min_delta": min_delta},
                          total_episodes=max(1, int(context.trials)))
