@@ -380,6 +380,20 @@ def build_problem(spec: SearchSpec, *, checkpoint: str | None = None,
 
 
 # -- the session: everything both backends share -------------------------------------------------
+def _same_search(stored_identity: Any, identity_hash: str) -> bool:
+    """Whether a study's stored settings, with settings added since filled in by their defaults,
+    are the search of ``identity_hash`` (so a newer autocompress resumes an older run)."""
+    if not isinstance(stored_identity, Mapping):
+        return False
+    fields = set(SearchSpec.field_names())
+    if not set(stored_identity) <= fields:
+        return False
+    try:
+        return SearchSpec.from_dict(dict(stored_identity)).identity_hash() == identity_hash
+    except (UserInputError, TypeError, ValueError):
+        return False
+
+
 class SearchSession:
     """Builds the problem, the storage and the context of a spec, and records candidates.
 
@@ -510,6 +524,10 @@ class SearchSession:
         stored = study.user_attrs.get("autocompress_identity")
         mine = spec.identity_hash()
         if stored is None:
+            study.set_user_attr("autocompress_identity", mine)
+            study.set_user_attr("autocompress_spec", st.jsonable(spec.identity()))
+        elif stored != mine and _same_search(study.user_attrs.get("autocompress_spec"), mine):
+            # Written by a version without some newer setting, all of them at their defaults.
             study.set_user_attr("autocompress_identity", mine)
             study.set_user_attr("autocompress_spec", st.jsonable(spec.identity()))
         elif stored != mine and not spec.resume:

@@ -183,3 +183,26 @@ def test_storage_settings(tmp_path: Path) -> None:
     assert type(open_storage(url)).__name__ == "RDBStorage"
     with pytest.raises(UserInputError, match="storage 'mongo' is not allowed"):
         open_storage(SearchSpec(out=str(tmp_path / "r"), storage="mongo"))
+
+
+def test_a_run_from_before_a_setting_existed_is_still_the_same_search(
+        search_problem: Problem, tmp_path: Path, tiny_spec: Callable) -> None:
+    spec = tiny_spec(tmp_path / "run", trials=2)
+    first = run_search(spec, problem=search_problem)
+    study = optuna.load_study(study_name=spec.study_name, storage=open_storage(spec))
+
+    def as_written_before_importance_existed(**change: object) -> None:
+        stored = dict(study.user_attrs["autocompress_spec"])
+        assert stored.pop("importance") == "l1"
+        study.set_user_attr("autocompress_spec", {**stored, **change})
+        study.set_user_attr("autocompress_identity", "hash of the older settings")
+
+    as_written_before_importance_existed()
+    again = run_search(spec, problem=search_problem)  # the same command: the same run, reused
+    assert [t.policy.key() for t in again.trials] == [t.policy.key() for t in first.trials]
+    assert optuna.load_study(study_name=spec.study_name, storage=open_storage(spec)).user_attrs[
+        "autocompress_identity"] == spec.identity_hash()  # upgraded once, then compared directly
+
+    as_written_before_importance_existed(seed=spec.seed + 1)  # an older run of another search
+    with pytest.raises(UserInputError, match="belongs to a different search"):
+        run_search(spec, problem=search_problem)
