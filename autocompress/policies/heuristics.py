@@ -249,8 +249,10 @@ class GreedyAgent(BaseAgent):
     the budgets is evaluated too, and from the better of the two a first-improvement local search
     moves ``delta`` units of compression off one point (most sensitive first) or onto one (least
     sensitive first), re-meeting the budgets by scaling every other point (bisection on the
-    predicted costs); a move is kept when its reward beats the incumbent's, and ``delta`` halves
-    after a pass without improvement, down to ``min_delta``. The result is never worse than the
+    predicted costs) and spending what channel steps leave of the budget on the most sensitive
+    points; a move is kept when its reward beats the incumbent's, and ``delta`` halves after a
+    pass without improvement, down to ``min_delta`` (then starts again at ``delta`` if the
+    incumbent moved meanwhile, else the search ends). The result is never worse than the
     uniform baseline at the budget. If ``total_episodes`` cannot pay for all levels, fewer levels
     are probed; ``propose(target)`` returns the best evaluated policy with fixed budgets and
     re-allocates without new evaluations for a target in conditioned mode.
@@ -390,25 +392,31 @@ class GreedyAgent(BaseAgent):
             return
         sens = self.drops[:, :, -1].sum(axis=1) if self.drops is not None else np.zeros(env.n_points)
         relieve = [int(i) for i in np.argsort(-sens, kind="stable")]
-        delta = self.delta
-        while left > 0 and delta >= self.min_delta - 1e-12:
+        delta, moved_since_reset = self.delta, False
+        while left > 0:
             improved = False
             for sign, order in ((-1.0, relieve), (1.0, relieve[::-1])):
                 for i in order:
                     if left <= 0:
                         break
-                    moved = self._move(best[1], i, sign * delta, present, budgets)
+                    moved = self._move(best[1], i, sign * delta, present, budgets, relieve)
                     if moved is not None and try_units(moved):
-                        improved = True
+                        improved = moved_since_reset = True
             if not improved:
                 delta *= 0.5
+            if delta < self.min_delta - 1e-12:
+                if not moved_since_reset:
+                    break  # every step size tried from this incumbent: nothing new to propose
+                delta, moved_since_reset = self.delta, False  # larger steps from the new incumbent
 
     def _move(self, units: np.ndarray, i: int, delta: float, present: np.ndarray,
-              budgets: dict[str, float]) -> np.ndarray | None:
+              budgets: dict[str, float], fill_order: list[int]) -> np.ndarray | None:
         """``units`` with point ``i`` moved by ``delta`` and the other points scaled to just meet ``budgets``.
 
         Relieving point ``i`` (``delta < 0``) compresses the others by the smallest fraction of
-        their way to 1 that meets the budgets; compressing it relieves them by the most.
+        their way to 1 that meets the budgets; compressing it relieves them by the most. Channel
+        counts move in steps, so that can land well under the budget: the slack then relieves
+        points one by one in ``fill_order`` (most sensitive first), each as far as the budgets allow.
         """
         env = self.cenv
         moved = units.copy()
@@ -429,7 +437,19 @@ class GreedyAgent(BaseAgent):
 
         if not ok(1.0):
             return None
-        return at(bisect_scale(ok, env.clip_tol))
+        out = at(bisect_scale(ok, env.clip_tol))
+        for j in fill_order:
+            if not out[j].any():
+                continue
+            row = out[j].copy()
+
+            def relieved(t: float, j: int = j, row: np.ndarray = row) -> bool:
+                trial = out.copy()
+                trial[j] = row * t
+                return env.meets(env.policy_from_units(trial), budgets)
+
+            out[j] = row * bisect_scale(relieved, env.clip_tol)
+        return out
 
     def propose(self, target: float | None = None) -> CompressionPolicy:
         """Best evaluated policy for fixed budgets, else the greedy allocation for ``target``."""
