@@ -10,9 +10,11 @@ search that measures no ONNX latency never loads them).
 from __future__ import annotations
 
 import io
+import math
+import re
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,7 +160,13 @@ def quantize_int8(blob: bytes, calib: Sequence[Tensor | np.ndarray], *, exclude_
 
 
 def ort_session(blob: bytes, threads: int) -> Any:
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full graph optimisation."""
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full graph optimisation.
+
+    ORT fuses a ``DequantizeLinear`` weight feeding a ``MatMul`` (a low-bit file's linear layer
+    over a sequence, see ``store_lowbit_weights``) into ``MatMulNBits``, which by default
+    quantizes its float input to int8 (accuracy level 4): 4e-4 off on ``test_lstm``'s embedding.
+    Level 1 computes in float32, as the model does; files without such a pair are unaffected.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -166,6 +174,7 @@ def ort_session(blob: bytes, threads: int) -> Any:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     so.log_severity_level = 3
     return ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
 
@@ -205,13 +214,36 @@ LOWBIT_STORAGE: dict[int, tuple[str, int, int]] = {
 #: Layer types whose weight initializer ``store_lowbit_weights`` replaces.
 LOWBIT_LAYER_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
 
+#: Recurrent layer types whose ``W`` and ``R`` initializers ``store_lowbit_weights`` replaces.
+LOWBIT_RNN_OPS: tuple[str, ...] = ("LSTM", "GRU", "RNN")
+
+#: ONNX type of the indices of a weight k-means shared among ``2^b`` values (the ``share_bits``
+#: knob), as ``(type name, stored bits, lowest opset that casts it)``: UINT2 (opset 25) at 1-2
+#: bits, UINT4 (opset 21) at 3-4, UINT8 at 5-8.
+SHARED_INDEX_STORAGE: dict[int, tuple[str, int, int]] = {
+    **{b: ("UINT2", 2, 25) for b in (1, 2)},
+    **{b: ("UINT4", 4, 21) for b in (3, 4)},
+    **{b: ("UINT8", 8, 13) for b in range(5, 9)},
+}
+
+#: Types of the offsets between a sparse weight's stored entries, tried in turn (the smallest
+#: file wins; a gap longer than the type holds costs filler entries).
+SPARSE_OFFSET_STORAGE: tuple[tuple[str, int, int], ...] = (
+    ("UINT4", 4, 21), ("UINT8", 8, 13), ("UINT16", 16, 13),
+)
+
+#: Initializer holding the axis of every sparse weight's ``CumSum`` (one per file).
+SPARSE_AXIS = "sparse_axis"
+
 
 @dataclass(frozen=True)
 class LowBitWeights:
     """What ``store_lowbit_weights`` did to one ONNX graph.
 
-    ``stored``: ``(module, bits, ONNX type)`` per weight replaced by integer codes and a
-    ``DequantizeLinear``; ``kept_float``: ``(module, reason)`` per quantized layer whose weight
+    ``stored``: ``(module, bits, storage)`` per weight replaced: integer codes and a
+    ``DequantizeLinear`` (storage = the ONNX type, ``INT4``), shared indices (bits = index bits,
+    ``UINT4 indices + codebook``) or a sparse layout (``sparse INT8 + UINT4 offsets``; bits 32
+    for float values); ``kept_float``: ``(module, reason)`` per compressed layer whose weight
     stays float32 in the file; ``opset``: the file's ONNX opset.
     """
 
@@ -278,16 +310,17 @@ def _weight_axis(node: Any) -> int:
     return 1  # MatMul: weight is (in, out)
 
 
-def _compact_graph(graph: Any) -> None:
+def _compact_graph(graph: Any, keep: Collection[str] = ()) -> None:
     """Drop what a low-bit file does not need, so its bytes are the weights' (same computation).
 
     The exporter's names of intermediate tensors (``/layer1/layer1.0/conv1/act_quant/Add_1_output_0``)
     and of element-wise nodes are about 100 bytes per node, as much as the INT4 weights of a small
-    network: intermediate tensors get short names (``v12``; dequantized weights keep theirs) and only the layer nodes (``Conv``,
-    ``Gemm``, ``MatMul``, ``BatchNormalization``) keep their scoped names (``onnx_node_module``
-    still maps them to modules). ``Identity`` nodes that alias an initializer (the exporter's
-    de-duplicated constants) are bypassed, and the shape annotations the opset converter adds
-    (``value_info``) are dropped. Graph inputs, outputs and initializer names stay.
+    network: intermediate tensors get short names (``v12``; the rebuilt weights named in ``keep``
+    keep theirs) and only the layer nodes (``Conv``, ``Gemm``, ``MatMul``, ``LSTM``, ``GRU``,
+    ``RNN``, ``BatchNormalization``) keep their scoped names (``onnx_node_module`` still maps
+    them to modules). ``Identity`` nodes that alias an initializer (the exporter's de-duplicated
+    constants) are bypassed, and the shape annotations the opset converter adds (``value_info``)
+    are dropped. Graph inputs, outputs and initializer names stay.
     """
     if any(a.type in (5, 10) for n in graph.node for a in n.attribute):  # GRAPH / GRAPHS: leave as is
         return
@@ -298,10 +331,8 @@ def _compact_graph(graph: Any) -> None:
     nodes = [n for n in graph.node if not (n.op_type == "Identity" and n.output and n.output[0] in alias)]
     rename: dict[str, str] = {}
     for n in nodes:
-        if n.op_type == "DequantizeLinear" and n.input and n.input[0] in inits:
-            continue  # a stored weight: its output keeps the parameter's name
         for o in n.output:
-            if o and o not in outputs and o not in inits:
+            if o and o not in outputs and o not in inits and o not in keep:
                 rename[o] = f"v{len(rename)}"
     for n in nodes:
         for k, name in enumerate(n.input):
@@ -309,7 +340,7 @@ def _compact_graph(graph: Any) -> None:
             n.input[k] = rename.get(name, name)
         for k, name in enumerate(n.output):
             n.output[k] = rename.get(name, name)
-        if n.op_type not in (*LOWBIT_LAYER_OPS, "BatchNormalization"):
+        if n.op_type not in (*LOWBIT_LAYER_OPS, *LOWBIT_RNN_OPS, "BatchNormalization"):
             n.name = ""
         n.doc_string = ""
     del graph.node[:]
@@ -317,120 +348,329 @@ def _compact_graph(graph: Any) -> None:
     del graph.value_info[:]
 
 
-def store_lowbit_weights(blob: bytes, weight_bits: dict[str, int]) -> tuple[bytes, LowBitWeights]:
-    """Store the weights of quantized layers as integer codes behind ``DequantizeLinear``.
+def _bypass_aliases(graph: Any) -> None:
+    """Read initializers directly instead of through the ``Identity`` nodes that alias them.
 
-    ``weight_bits``: module FQN -> weight bits of each layer the policy quantizes (< 32). Each
-    ``Conv`` / ``Gemm`` / ``MatMul`` of such a module (found by node scope, see
-    ``onnx_node_module``, or by the initializer name ``FQN.weight``) whose weight is a plain
-    float initializer on the layer's quantization grid gets an integer initializer of the
-    ``LOWBIT_STORAGE`` type (codes packed: two INT4 or four INT2 per byte), one float32 scale per
-    output channel (per tensor at 1-2 bits), a zero zero point, and a ``DequantizeLinear`` whose
-    output keeps the old initializer's name. The dequantized values equal the float32 weights
+    The exporter de-duplicates a constant read several times (a recurrence unrolled over the
+    steps reads its weight once per step) into one initializer and one ``Identity`` per extra
+    reader; ``_compact_graph`` bypasses them too (graphs with subgraphs are left as they are).
+    """
+    if any(a.type in (5, 10) for n in graph.node for a in n.attribute):
+        return
+    inits = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    alias = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "Identity" and n.input and n.input[0] in inits and n.output[0] not in outputs}
+    if not alias:
+        return
+    nodes = [n for n in graph.node if not (n.op_type == "Identity" and n.output and n.output[0] in alias)]
+    for n in nodes:
+        for k, name in enumerate(n.input):
+            n.input[k] = alias.get(name, name)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _np_type(type_name: str) -> Any:
+    import ml_dtypes
+
+    return {"INT2": ml_dtypes.int2, "INT4": ml_dtypes.int4, "INT8": np.int8, "INT16": np.int16,
+            "UINT2": ml_dtypes.uint2, "UINT4": ml_dtypes.uint4, "UINT8": np.uint8,
+            "UINT16": np.uint16, "FLOAT": np.float32}[type_name]
+
+
+def _weight_refs(node: Any) -> list[tuple[str, int]]:
+    """``(weight input, output-channel axis)`` of each weight a layer node reads.
+
+    Conv / Gemm / MatMul: input 1. LSTM / GRU / RNN: ``W`` (input 1) and ``R`` (input 2), shaped
+    ``(directions, gates x hidden, in)``, whose rows (axis 1) are PyTorch's weight rows reordered
+    by gate, so each keeps its per-row scale.
+    """
+    if node.op_type in LOWBIT_LAYER_OPS and len(node.input) >= 2:
+        return [(node.input[1], _weight_axis(node))]
+    if node.op_type in LOWBIT_RNN_OPS:
+        return [(name, 1) for name in node.input[1:3] if name]
+    return []
+
+
+@dataclass
+class _Encoded:
+    """One weight's replacement: initializers, the nodes rebuilding it, its kind and opset."""
+
+    tensors: list[Any]
+    nodes: list[Any]
+    kind: str
+    opset: int
+
+
+def _sparse_offsets(pos: np.ndarray, largest: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(positions with fillers, offsets)``: each offset (the first: the position itself) is at
+    most ``largest``; a longer gap gets filler entries (stored zeros) every ``largest`` steps."""
+    prev = np.concatenate(([0], pos[:-1]))
+    fill = np.maximum(0, -(-(pos - prev) // largest) - 1)
+    if fill.any():
+        parts = []
+        for k in range(len(pos)):
+            if fill[k]:
+                parts.append(prev[k] + largest * np.arange(1, fill[k] + 1))
+            parts.append(pos[k:k + 1])
+        pos = np.concatenate(parts)
+    return pos, np.diff(pos, prepend=0)
+
+
+def _encode(weight: str, w: np.ndarray, bits: int, axis: int, sparse: bool,
+            share: int | None) -> _Encoded | str | None:
+    """The compact storage of one float32 weight, or why it stays float32 (None: dense float32
+    is the smaller storage of a sparse float weight, as the cost model counts it too).
+
+    Values: ``share`` (k-means shared): unsigned ``share``-bit indices into a float32 codebook of
+    the weight's distinct values, rebuilt by ``Cast`` + ``Gather``; ``bits`` < 32: integer codes
+    and float32 scales (``_codes_and_scales``); else float32. ``sparse``: only the nonzeros are
+    stored, as values plus unsigned offsets from the previous nonzero of the flattened weight
+    (UINT4, UINT8 or UINT16, whichever is smallest with its fillers), rebuilt by ``Cast`` +
+    ``CumSum`` + ``ScatterElements`` into ``ConstantOfShape`` zeros + ``Reshape`` (and ``Mul`` by
+    the scales for codes), when that is smaller than the dense storage. Every rebuilt weight is
+    checked here to equal ``w`` as float32 values.
+    """
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    helper = onnx.helper
+    flat = w.reshape(-1)
+    keep = flat != 0 if sparse else np.ones(flat.shape, dtype=bool)
+    if not keep.any():
+        keep[0] = True  # an all-zero weight: one stored zero
+    scale: np.ndarray | None = None
+    book: np.ndarray | None = None
+    if share is not None:
+        if share not in SHARED_INDEX_STORAGE:
+            return f"{share}-bit shared indices have no ONNX integer type"
+        book = np.unique(flat[keep]).astype(np.float32)
+        if len(book) > 2**share:
+            return f"weight has {len(book)} distinct values, more than 2^{share} (not shared)"
+        codes = np.searchsorted(book, flat).clip(0, len(book) - 1)
+        value_type, value_bits, need = SHARED_INDEX_STORAGE[share]
+        zero_code: int | None = int(np.searchsorted(book, 0.0)) if 0.0 in book else None
+        if zero_code is None and len(book) < 2**share:  # the left-out zeros need a value
+            book, zero_code = np.append(book, np.float32(0.0)), len(book)
+        values = codes if zero_code is None else np.where(keep, codes, zero_code)
+    elif bits < 32:
+        found = _codes_and_scales(w, bits, axis)
+        if found is None:
+            return f"weight is not on the {bits}-bit grid (e.g. BatchNorm folded into it)"
+        codes, scale = found
+        value_type, value_bits, need = LOWBIT_STORAGE[bits]
+        scale = scale if scale.ndim == 0 else np.expand_dims(
+            scale, tuple(d for d in range(w.ndim) if d != axis))
+        if not np.array_equal(codes.astype(np.float32) * scale, w):
+            return f"codes x scales do not reproduce the {bits}-bit weight exactly"
+        zero_code, values = 0, codes.reshape(-1)
+        if sparse:
+            keep &= values != 0  # a kept weight rounded to zero is a zero too
+            if not keep.any():
+                keep[0] = True
+    else:
+        value_type, value_bits, need, zero_code, values = "FLOAT", 32, ONNX_OPSET, 0, flat
+
+    dense_bytes = flat.size * value_bits / 8
+    layout: tuple[np.ndarray, np.ndarray, tuple[str, int, int]] | None = None
+    if sparse:
+        pos = np.flatnonzero(keep)
+        # A full codebook has no zero: such a weight can only be stored sparse.
+        best = dense_bytes if zero_code is not None else math.inf
+        for off in SPARSE_OFFSET_STORAGE:
+            filled, offsets = _sparse_offsets(pos, 2 ** off[1] - 1)
+            if len(filled) > len(pos) and zero_code is None:
+                continue  # fillers need a stored zero (a full codebook has none)
+            nbytes = len(filled) * (value_bits + off[1]) / 8
+            if nbytes < best:
+                best, layout = nbytes, (filled, offsets, off)
+        if layout is None and share is None and bits >= 32:
+            return None
+        if layout is None and zero_code is None:
+            return f"2^{share} shared values and its zeros do not fit {share}-bit indices"
+    tensors: list[Any] = []
+    nodes: list[Any] = []
+
+    def tensor(array: np.ndarray, suffix: str) -> str:
+        tensors.append(numpy_helper.from_array(array, f"{weight}_{suffix}"))
+        return tensors[-1].name
+
+    def node(op: str, inputs: list[str], out: str | None = None, **attrs: Any) -> str:
+        out = out or f"{weight}_{op}{len(nodes)}"
+        nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    if layout is None:  # dense: quantized codes or shared indices
+        if book is not None:
+            idx = tensor(values.reshape(w.shape).astype(_np_type(value_type)), "index")
+            node("Gather", [tensor(book, "codebook"), node("Cast", [idx], to=TensorProto.INT64)], weight)
+            kind, rebuilt = f"{value_type} indices + codebook", book[values].reshape(w.shape)
+        else:
+            assert scale is not None
+            np_type = _np_type(value_type)
+            s = scale.reshape(-1) if scale.ndim else scale
+            q, sn = tensor(codes.astype(np_type), "quantized"), tensor(s.astype(np.float32), "scale")
+            z = tensor(np.zeros(s.shape, dtype=np_type), "zero_point")
+            nodes.append(helper.make_node("DequantizeLinear", [q, sn, z], [weight],
+                                          name=f"{weight}_DequantizeLinear",
+                                          **({} if s.ndim == 0 else {"axis": axis})))
+            return _Encoded(tensors, nodes, value_type, need)
+    else:
+        filled, offsets, (off_type, _, off_need) = layout
+        stored = values[filled]  # fillers sit on zeros: their value is the zero's
+        vals = tensor(stored.astype(_np_type(value_type)), "values")
+        pos64 = node("CumSum", [node("Cast", [tensor(offsets.astype(_np_type(off_type)), "offsets")],
+                                     to=TensorProto.INT64), SPARSE_AXIS])
+        if book is not None:
+            vals = node("Gather", [tensor(book, "codebook"), node("Cast", [vals], to=TensorProto.INT64)])
+            dense = book[stored]
+        elif scale is not None:
+            vals = node("Cast", [vals], to=TensorProto.FLOAT)
+            dense = stored.astype(np.float32)
+        else:
+            dense = stored
+        zeros = node("ConstantOfShape", [tensor(np.array([flat.size], dtype=np.int64), "numel")],
+                     value=numpy_helper.from_array(np.zeros(1, dtype=np.float32)))
+        full = node("ScatterElements", [zeros, pos64, vals], axis=0)
+        shaped = node("Reshape", [full, tensor(np.array(w.shape, dtype=np.int64), "shape")],
+                      None if scale is not None else weight)
+        rebuilt = np.zeros(flat.size, dtype=np.float32)
+        rebuilt[filled] = dense
+        rebuilt = rebuilt.reshape(w.shape)
+        if scale is not None:
+            node("Mul", [shaped, tensor(scale.astype(np.float32), "scale")], weight)
+            rebuilt = rebuilt * scale
+        values_kind = f"{value_type} indices + codebook" if book is not None else value_type
+        kind = f"sparse {values_kind} + {off_type} offsets"
+        need = max(need, off_need)
+    if not np.array_equal(rebuilt, w):
+        return "the compact storage does not reproduce the weight exactly"
+    return _Encoded(tensors, nodes, kind, need)
+
+
+def store_lowbit_weights(blob: bytes, weight_bits: dict[str, int], *, sparse: Collection[str] = (),
+                         shared: Mapping[str, int] | None = None) -> tuple[bytes, LowBitWeights]:
+    """Store the weights of quantized, sparse and shared layers in their bits.
+
+    ``weight_bits``: module FQN -> weight bits of each layer the policy quantizes (< 32);
+    ``sparse``: modules whose weights have zeros left out (the ``sparsity`` knob); ``shared``:
+    module -> index bits of the layers whose weights are k-means shared (``share_bits``). Each
+    ``Conv`` / ``Gemm`` / ``MatMul`` weight and each ``LSTM`` / ``GRU`` / ``RNN`` ``W`` and ``R``
+    of such a module (found by node scope, see ``onnx_node_module``, or by the initializer name
+    ``FQN.weight``) that is a plain float initializer read by that module only is replaced:
+
+    * quantized, dense: an integer initializer of the ``LOWBIT_STORAGE`` type (codes packed: two
+      INT4 or four INT2 per byte), one float32 scale per output channel (per tensor at 1-2
+      bits), a zero zero point, and a ``DequantizeLinear``;
+    * shared, dense: ``SHARED_INDEX_STORAGE`` indices and a float32 codebook, ``Cast`` + ``Gather``;
+    * sparse: the nonzeros' values (float32, codes or shared indices) and their offsets, rebuilt
+      by ``CumSum`` + ``ScatterElements`` when smaller than the dense storage (see ``_encode``).
+
+    The rebuilding nodes' output keeps the old initializer's name and equals the float32 weight
     (bit for bit, except that a -0.0 comes back as +0.0; checked here, tensor by tensor), so the
     graph computes what it did. The graph is converted to the opset the narrowest type needs
-    (``onnx.version_converter``; 17 when every stored weight is INT8) and its names are
+    (``onnx.version_converter``; 17 when every stored type is 8 bits or wider) and its names are
     shortened (``_compact_graph``). A weight that is not on its grid (e.g. BatchNorm folded into
-    it by the exporter: export with ``fold_batchnorm=False``), shared, not an initializer, or
-    whose opset conversion fails stays float32 and is listed in ``LowBitWeights.kept_float``.
+    it by the exporter: export with ``fold_batchnorm=False``), shared with another module, not an
+    initializer, or whose opset conversion fails stays float32 and is listed in
+    ``LowBitWeights.kept_float``.
 
     Returns:
         The new ONNX bytes (``blob`` itself when nothing was replaced) and what was stored.
     """
-    import ml_dtypes
     import onnx
     from onnx import numpy_helper, version_converter
 
+    sparse = set(sparse)
+    shared = dict(shared or {})
     model = onnx.load_from_string(blob)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
+    _bypass_aliases(graph)
     uses: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    plan: dict[str, tuple[str, int, int]] = {}  # initializer -> (module, bits, axis)
+    known = set(weight_bits) | sparse | set(shared)
+    refs: dict[str, list[tuple[str, int]]] = {}  # initializer -> (module, axis) per reader
     kept: dict[str, str] = {}
     for node in graph.node:
-        if node.op_type not in LOWBIT_LAYER_OPS or len(node.input) < 2:
+        for weight, axis in _weight_refs(node):
+            module = onnx_node_module(node.name)
+            if module not in known:  # a module called again is scoped ``name_1``, ``name_2``, ...
+                module = re.sub(r"_\d+$", "", module)
+            if module not in known:
+                module = weight[: -len(".weight")] if weight.endswith(".weight") else ""
+            bits = weight_bits.get(module, 32)
+            if module in kept or (bits >= 32 and module not in sparse and module not in shared):
+                continue
+            if bits < 32 and bits not in LOWBIT_STORAGE:
+                kept[module] = f"{bits}-bit weights have no ONNX integer type"
+            elif weight not in inits:
+                kept[module] = "weight is computed in the graph, not stored"
+            else:
+                refs.setdefault(weight, []).append((module, axis))
+    plan: dict[str, tuple[str, int, int]] = {}  # initializer -> (module, bits, axis)
+    for weight, readers in refs.items():
+        module, axis = readers[0]
+        if module in kept:
             continue
-        weight = node.input[1]
-        module = onnx_node_module(node.name)
-        if module not in weight_bits:
-            module = weight[: -len(".weight")] if weight.endswith(".weight") else ""
-        bits = weight_bits.get(module)
-        if bits is None or bits >= 32 or module in kept:
-            continue
-        if bits not in LOWBIT_STORAGE:
-            kept[module] = f"{bits}-bit weights have no ONNX integer type"
-        elif weight not in inits:
-            kept[module] = "weight is computed in the graph, not stored"
-        elif uses.get(weight, 0) != 1:
+        # One module may read its weight several times (a recurrence unrolled over the steps).
+        if uses.get(weight, 0) != len(readers) or len(set(readers)) != 1:
             kept[module] = "weight initializer is shared"
         else:
-            plan[weight] = (module, bits, _weight_axis(node))
+            plan[weight] = (module, weight_bits.get(module, 32), axis)
     stored: list[tuple[str, int, str]] = []
-    new_nodes = []
+    encoded: dict[str, _Encoded] = {}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), ONNX_OPSET)
-    replaced: dict[str, Any] = {}
     for weight, (module, bits, axis) in plan.items():
         w = numpy_helper.to_array(inits[weight])
         if w.dtype != np.float32:
             kept[module] = f"weight is {w.dtype}, not float32"
             continue
-        found = _codes_and_scales(w, bits, axis)
-        if found is None:
-            kept[module] = f"weight is not on the {bits}-bit grid (e.g. BatchNorm folded into it)"
+        if w.ndim == 0 or w.size == 0 or not np.isfinite(w).all():
+            kept[module] = "weight is empty or not finite"
             continue
-        codes, scale = found
-        type_name, _, need = LOWBIT_STORAGE[bits]
-        np_type = {"INT2": ml_dtypes.int2, "INT4": ml_dtypes.int4, "INT8": np.int8,
-                   "INT16": np.int16}[type_name]
-        deq = codes.astype(np.float32) * (scale if scale.ndim == 0 else np.expand_dims(
-            scale, tuple(d for d in range(w.ndim) if d != axis)))
-        # Equal as float32 values: a -0.0 the fake quantization wrote (round(-0.3) * s) comes
-        # back as +0.0, which no sum of products tells apart; every other value bit for bit.
-        if not np.array_equal(deq, w):
-            kept[module] = f"codes x scales do not reproduce the {bits}-bit weight exactly"
+        enc = _encode(weight, w, bits, axis, module in sparse, shared.get(module))
+        if isinstance(enc, str):
+            kept[module] = enc
             continue
-        q_name, s_name, z_name = f"{weight}_quantized", f"{weight}_scale", f"{weight}_zero_point"
-        replaced[weight] = [
-            numpy_helper.from_array(codes.astype(np_type), q_name),
-            numpy_helper.from_array(scale.astype(np.float32), s_name),
-            numpy_helper.from_array(np.zeros(scale.shape, dtype=np_type), z_name),
-        ]
-        attrs = {} if scale.ndim == 0 else {"axis": axis}
-        new_nodes.append(onnx.helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [weight],
-                                               name=f"{weight}_DequantizeLinear", **attrs))
-        stored.append((module, bits, type_name))
-        opset = max(opset, need)
+        if enc is None:
+            continue
+        encoded[weight] = enc
+        stored.append((module, shared.get(module, bits), enc.kind))
+        opset = max(opset, enc.opset)
     current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), ONNX_OPSET)
-    if opset > current and replaced:
+    if opset > current and encoded:
         try:
             # Convert the float graph first: the converter's adapters know every op it holds.
             model = version_converter.convert_version(model, opset)
             graph = model.graph
         except Exception as exc:  # noqa: BLE001 - keep what the current opset can store
             why = f"opset {current} -> {opset} conversion failed ({type(exc).__name__})"
+            names = list(encoded)
             for k in reversed(range(len(stored))):
-                module, bits, _ = stored[k]
-                if LOWBIT_STORAGE[bits][2] > current:
-                    kept[module] = why
-                    weight = new_nodes[k].output[0]
-                    del replaced[weight], new_nodes[k], stored[k]
+                if encoded[names[k]].opset > current:
+                    kept[stored[k][0]] = why
+                    del encoded[names[k]], stored[k]
             opset = current
     report_kept = tuple(sorted(kept.items()))
-    if not replaced:
+    if not encoded:
         return blob, LowBitWeights((), report_kept, current)
-    keep = [i for i in graph.initializer if i.name not in replaced]
+    extra = []
+    if any(SPARSE_AXIS in n.input for e in encoded.values() for n in e.nodes):
+        extra.append(numpy_helper.from_array(np.array(0, dtype=np.int64), SPARSE_AXIS))
+    keep = [i for i in graph.initializer if i.name not in encoded]
     del graph.initializer[:]
-    graph.initializer.extend(keep + [t for ts in replaced.values() for t in ts])
-    inputs = [i for i in graph.input if i.name not in replaced]
+    graph.initializer.extend(keep + [t for e in encoded.values() for t in e.tensors] + extra)
+    inputs = [i for i in graph.input if i.name not in encoded]
     del graph.input[:]
     graph.input.extend(inputs)
-    nodes = new_nodes + list(graph.node)
+    nodes = [n for e in encoded.values() for n in e.nodes] + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)
-    _compact_graph(graph)
+    _compact_graph(graph, keep=set(encoded))
     model.ir_version = max(model.ir_version, onnx.helper.find_min_ir_version_for(
         list(model.opset_import), ignore_unknown=True))
     onnx.checker.check_model(model)

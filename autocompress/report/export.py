@@ -30,25 +30,36 @@ Formats:
       8-bit layers' inputs and weights in int8 (what the fake quantization computes; 98-99% on
       such models). Below the threshold either way, no int8 file is written.
 
-      Low-bit storage: the weights of every quantized Conv / Gemm / MatMul are stored in their
-      bits (``compressed_onnx_bytes``, ``deploy.store_lowbit_weights``): integer codes of the
+      Low-bit storage: the weights of every quantized Conv / Gemm / MatMul, and the ``W`` and
+      ``R`` of every quantized LSTM / GRU / RNN, are stored in their bits
+      (``compressed_onnx_bytes``, ``deploy.store_lowbit_weights``): integer codes of the
       narrowest ONNX type ONNX Runtime 1.32 dequantizes per axis on CPU (1-2 bits INT2, opset 25;
       3-4 bits INT4, opset 21; 5-8 bits INT8; 9-16 bits INT16, opset 21), one float32 scale per
-      output channel (per tensor at 1-2 bits), a zero zero point and a ``DequantizeLinear``
-      feeding the layer. The dequantized weights equal the fp32 ones (checked per tensor), so the
-      file passes the same checks; BatchNorm is then kept as ``BatchNormalization`` (folded into
-      the weights it would move them off their grid). The file's size is printed next to the
-      search's ``size_bytes`` (``ExportInfo.reported_size_bytes``): on resnet20 the file is
-      1.07x the reported size at w8/a8, 1.14x at w4/a8, 1.06x at w4 with float activations,
-      1.11x mixed w4/w8 (``benchmarks/bench_export_size.py``). What remains: 3-bit weights are
-      stored in INT4 (4/3 of their bits), 1-bit (binary) in INT2 (2x; ternary 2-bit is exact);
-      packing 1 or 3 bits would need a custom operator. The rest of the file is not weights:
-      the graph (the activation quantizers' round/clip nodes, about 10 per layer; names
-      shortened), BatchNorm running statistics (not counted by ``size_bytes``), biases and
-      scales (counted), ~20 KB on resnet20, 5-10 KB on the tiny test models, where it
-      dominates. RNN and attention weights, and weights off their grid (named in
-      ``ExportInfo.weight_float_layers``), stay float32. A point without quantized weights is
-      exported exactly as before.
+      output channel (per gate row of an LSTM / GRU; per tensor at 1-2 bits), a zero zero point
+      and a ``DequantizeLinear`` feeding the layer. Weights k-means shared (``share_bits``) are
+      stored as UINT2 / UINT4 / UINT8 indices plus their float32 codebook, rebuilt by ``Cast`` +
+      ``Gather``; sparse weights (``sparsity``) as their nonzeros (float32, codes or shared
+      indices) plus UINT4 / UINT8 / UINT16 offsets between them, rebuilt by ``CumSum`` +
+      ``ScatterElements`` + ``Reshape`` (+ ``Mul`` by the scales), when smaller than dense. The
+      rebuilt weights equal the fp32 ones (checked per tensor), so the file passes the same
+      checks; BatchNorm is then kept as ``BatchNormalization`` (folded into the weights it would
+      move them off their grid). The file's size is printed next to the search's ``size_bytes``
+      (``ExportInfo.reported_size_bytes``): on resnet20 the file is 1.07x the reported size at
+      w8/a8, 1.14x at w4/a8, 1.06x at w4 with float activations, 1.11x mixed w4/w8
+      (``benchmarks/bench_export_size.py``, which also has the sparse, shared and RNN rows).
+      What remains: 3-bit weights are stored in INT4 (4/3 of their bits), 1-bit (binary) in
+      INT2 (2x; ternary 2-bit is exact); packing 1 or 3 bits would need a custom operator. The
+      rest of the file is not weights: the graph (the activation quantizers' round/clip nodes,
+      about 10 per layer; names shortened; an LSTM / GRU factorised by ``rank`` is unrolled over
+      the steps, 15-40 KB of nodes on the test models), BatchNorm running statistics (not
+      counted by ``size_bytes``), biases and scales (counted), ~20 KB on resnet20, 5-10 KB on
+      the tiny test models, where it dominates. Attention weights, and weights off their grid
+      (named in ``ExportInfo.weight_float_layers``), stay float32. A point without quantized,
+      sparse or shared weights is exported exactly as before. ONNX Runtime fuses a
+      ``DequantizeLinear`` feeding a ``MatMul`` into ``MatMulNBits``, whose default accuracy level
+      quantizes the float input to int8: load such a file with the session option
+      ``session.qdq_matmulnbits_accuracy_level = 1`` (as ``deploy.ort_session`` does) to get
+      the model's float computation.
     * ``torchscript``: ``torch.jit.trace`` of the compressed model, saved by ``torch.jit.save``;
       loads with ``torch.jit.load(path)`` and needs neither autocompress nor the model's code.
     * ``pt``: the whole compressed ``nn.Module`` pickled by ``torch.save``; loads with
@@ -152,11 +163,13 @@ class ExportInfo:
     test_samples: int = 0
     #: The search's ``size_bytes`` metric of the point: its weights at their bit-widths.
     reported_size_bytes: float | None = None
-    #: ONNX: ``"module: wB as TYPE"`` per quantized weight stored as integer codes.
+    #: ONNX: ``"module: wB as TYPE"`` per quantized weight stored as integer codes
+    #: (``"module: shareB as UINT4 indices + codebook"``, ``"module: w32 as sparse FLOAT + UINT4
+    #: offsets"`` for shared and sparse weights; an LSTM / GRU has one entry per ``W`` / ``R``).
     weight_storage: tuple[str, ...] = ()
-    #: ONNX: ``"module (wB): reason"`` per quantized weight the file keeps in float32.
+    #: ONNX: ``"module (wB): reason"`` per compressed weight the file keeps in float32.
     weight_float_layers: tuple[str, ...] = ()
-    #: ONNX: the file's opset (21 with INT4/INT16 weights, 25 with INT2).
+    #: ONNX: the file's opset (21 with 4- or 16-bit types, 25 with 2-bit ones).
     onnx_opset: int | None = None
 
     @property
@@ -238,8 +251,14 @@ class ExportInfo:
             for entry in self.weight_storage:
                 kind = entry.rsplit(" as ", 1)[-1]
                 kinds[kind] = kinds.get(kind, 0) + 1
-            out.append("weights  " + ", ".join(f"{n} layer(s) as {k}" for k, n in sorted(kinds.items()))
-                       + f" codes + float32 scales behind DequantizeLinear (opset {self.onnx_opset})")
+            codes = {k: n for k, n in kinds.items() if " " not in k}  # INT2 / INT4 / INT8 / INT16
+            if codes:
+                out.append("weights  " + ", ".join(f"{n} layer(s) as {k}" for k, n in sorted(codes.items()))
+                           + f" codes + float32 scales behind DequantizeLinear (opset {self.onnx_opset})")
+            other = {k: n for k, n in kinds.items() if k not in codes}  # sparse / shared
+            if other:
+                out.append("weights  " + ", ".join(f"{n} weight(s) as {k}" for k, n in sorted(other.items()))
+                           + f", rebuilt in the graph by standard ops (opset {self.onnx_opset})")
         if self.weight_float_layers:
             out.append(f"weights  kept in float32: {_names(self.weight_float_layers, 6)}")
         return out
@@ -300,21 +319,35 @@ def weight_bits(model: nn.Module) -> dict[str, int]:
             if isinstance(getattr(m, "w_bits", None), int) and m.w_bits < 32}
 
 
-def compressed_onnx_bytes(model: nn.Module, example_input: Tensor) -> tuple[bytes, str, LowBitWeights | None]:
-    """The ONNX file of a compressed model, its quantized weights stored in their bits.
+def sparse_layers(model: nn.Module) -> list[str]:
+    """Module FQNs of the layers of ``model`` whose weights are sparse (a ``weight_mask``)."""
+    return [n for n, m in model.named_modules() if isinstance(getattr(m, "weight_mask", None), Tensor)]
 
-    A model without quantized weights is exported exactly as ``onnx_bytes`` does (same bytes;
-    the ``LowBitWeights`` is None). Otherwise BatchNorm is kept out of the convolution weights
-    (``fold_batchnorm=False``: folding would move them off their grid) and
-    ``store_lowbit_weights`` replaces each quantized weight by INT2/INT4/INT8/INT16 codes, its
-    scales and a ``DequantizeLinear``: the same values, about ``bits / 32`` of the bytes.
+
+def shared_layers(model: nn.Module) -> dict[str, int]:
+    """Module FQN -> index bits of every layer whose weight is k-means shared (a codebook)."""
+    return {n: int(round(math.log2(m.weight_codebook.numel()))) for n, m in model.named_modules()
+            if isinstance(getattr(m, "weight_codebook", None), Tensor)}
+
+
+def compressed_onnx_bytes(model: nn.Module, example_input: Tensor) -> tuple[bytes, str, LowBitWeights | None]:
+    """The ONNX file of a compressed model, its weights stored as the search counts them.
+
+    A model without quantized, sparse or shared weights is exported exactly as ``onnx_bytes``
+    does (same bytes; the ``LowBitWeights`` is None). Otherwise BatchNorm is kept out of the
+    convolution weights (``fold_batchnorm=False``: folding would move them off their grid or
+    codebook) and ``store_lowbit_weights`` replaces each quantized weight (LSTM / GRU ``W`` and
+    ``R`` included) by INT2/INT4/INT8/INT16 codes, its scales and a ``DequantizeLinear``, each
+    shared weight by its indices and codebook, and each sparse weight by its nonzeros and their
+    offsets: the same values, in about the bytes ``size_bytes`` counts.
     """
     bits = weight_bits(model)
-    if not bits:
+    sparse, shared = sparse_layers(model), shared_layers(model)
+    if not bits and not sparse and not shared:
         blob, exporter = onnx_bytes(model, example_input)
         return blob, exporter, None
     blob, exporter = export_onnx_with(model, example_input, opset=ONNX_OPSET, fold_batchnorm=False)
-    blob, lowbit = store_lowbit_weights(blob, bits)
+    blob, lowbit = store_lowbit_weights(blob, bits, sparse=sparse, shared=shared)
     return blob, exporter, lowbit
 
 
@@ -539,10 +572,16 @@ def export_point(
     if fmt == "onnx":
         blob, exporter, lowbit = compressed_onnx_bytes(small, example)
         if lowbit is not None:
-            bits = weight_bits(small)
+            bits, shared = weight_bits(small), shared_layers(small)
+
+            def label(m: str, b: int | None = None) -> str:
+                if m in shared:
+                    return f"share{shared[m]}"
+                return f"w{b if b is not None else bits.get(m, 32)}"
+
             storage = {
-                "weight_storage": tuple(f"{m}: w{b} as {t}" for m, b, t in lowbit.stored),
-                "weight_float_layers": tuple(f"{m} (w{bits.get(m, '?')}): {why}" for m, why in lowbit.kept_float),
+                "weight_storage": tuple(f"{m}: {label(m, b)} as {t}" for m, b, t in lowbit.stored),
+                "weight_float_layers": tuple(f"{m} ({label(m)}): {why}" for m, why in lowbit.kept_float),
                 "onnx_opset": lowbit.opset,
             }
         else:

@@ -83,11 +83,12 @@ REAL_POINTS = {
 
 
 def write_real_run(root: Path, model: str = "test_mlp", points: dict | None = None,
-                   train_epochs: int = 4, seed: int = 0) -> Path:
+                   train_epochs: int = 4, seed: int = 0, space_knobs: list[str] | None = None) -> Path:
     """Evaluate policies on a really trained ``model``; write them as the engine does.
 
     A ``points`` value is the knobs of a uniform policy, or a function of the space returning
-    the policy (per-layer, mixed precision).
+    the policy (per-layer, mixed precision). ``space_knobs``: the space's knobs (default: prune,
+    w_bits, a_bits, rank).
 
     ``spec.json``, ``base.json`` and ``pareto.json`` come from the search engine's own writers
     (``write_spec``, ``pareto_report``); each ``points`` entry becomes a front point with that id.
@@ -99,7 +100,7 @@ def write_real_run(root: Path, model: str = "test_mlp", points: dict | None = No
     points = points or REAL_POINTS
     spec = SearchSpec.from_dict({
         "model": model, "data": "digits", "seed": seed, "train_epochs": train_epochs,
-        "knobs": ["prune", "w_bits", "a_bits", "rank"], "strategy": "random",
+        "knobs": space_knobs or ["prune", "w_bits", "a_bits", "rank"], "strategy": "random",
         "trials": len(points), "budgets": ["macs=90%"], "out": str(root),
     })
     problem = build_problem(spec, progress=False)
@@ -166,3 +167,20 @@ def conv_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run over test_resnet (ResNet-8, width 8; two training epochs) with ``CONV_POINTS``."""
     return write_real_run(tmp_path_factory.mktemp("conv") / "run", model="test_resnet",
                           points=CONV_POINTS, train_epochs=2)
+
+
+@pytest.fixture(scope="session")
+def lstm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run over test_lstm (one training epoch): point 1 at w8, point 2 at w4/a8."""
+    return write_real_run(tmp_path_factory.mktemp("lstm") / "run", model="test_lstm",
+                          points={"1": dict(w_bits=8), "2": dict(w_bits=4, a_bits=8)}, train_epochs=1)
+
+
+@pytest.fixture(scope="session")
+def compact_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run over test_mlp with the ``sparsity`` and ``share_bits`` knobs: point 1 sparse (0.8),
+    point 2 shared (4 bits), point 3 both."""
+    return write_real_run(tmp_path_factory.mktemp("compact") / "run", model="test_mlp",
+                          points={"1": dict(sparsity=0.8), "2": dict(share_bits=4),
+                                  "3": dict(sparsity=0.8, share_bits=4)}, train_epochs=1,
+                          space_knobs=["prune", "a_bits", "rank", "sparsity", "share_bits"])

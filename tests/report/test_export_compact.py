@@ -1,0 +1,204 @@
+"""Recurrent, sparse and shared weights in exported ONNX files: stored as the search counts them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+
+import autocompress.deploy as deploy
+from autocompress.compression import CompressionSpace, compress
+from autocompress.models import create_model
+from autocompress.models._registry import default_input_shape
+from autocompress.report.export import (
+    activation_quant_as_clip,
+    compressed_onnx_bytes,
+    export_point,
+    onnx_bytes,
+    shared_layers,
+    sparse_layers,
+    weight_bits,
+)
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_torch_thread")]
+
+SPARSE_KNOBS = ("prune", "w_bits", "a_bits", "rank", "sparsity")
+SHARE_KNOBS = ("prune", "a_bits", "rank", "sparsity", "share_bits")
+
+
+def _compressed(name: str, knobs: tuple[str, ...] | None = None, **policy: Any) -> tuple[Any, Any, float]:
+    """``(compressed model, calibration inputs, reported size_bytes)`` of a uniform policy."""
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    x = torch.randn(16, *default_input_shape(name, model))
+    space = CompressionSpace.from_model(model, x[:1], **({"knobs": knobs} if knobs else {}))
+    pol = space.uniform(**policy)
+    return compress(model, pol, space=space, calib=x).eval(), x, space.size_bytes(pol)
+
+
+def _matches_pytorch(small: torch.nn.Module, x: torch.Tensor) -> float:
+    """The file's largest difference from PyTorch (activation rounding as clipping in both)."""
+    with activation_quant_as_clip(small):
+        with torch.inference_mode():
+            ref = small(x).numpy()
+        got = deploy.ort_session(compressed_onnx_bytes(small, x[:1])[0], 1).run(None, {"input": x.numpy()})[0]
+    return float(np.abs(got - ref).max())
+
+
+def _data_bytes(graph: Any) -> int:
+    """Bytes of the initializers' data (weights, codes, offsets, scales, biases, ranges)."""
+    return sum(len(i.raw_data) if i.raw_data else len(numpy_helper.to_array(i).tobytes())
+               for i in graph.initializer)
+
+
+def _sources(graph: Any, tensor: str) -> list[Any]:
+    """The initializers a tensor is computed from (itself when it is one)."""
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    out, todo, seen = [], [tensor], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in inits:
+            out.append(inits[name])
+        elif name in producer:
+            todo.extend(i for i in producer[name].input if i)
+    return out
+
+
+@pytest.mark.parametrize("name,w_bits,dtype", [("test_lstm", 8, TensorProto.INT8),
+                                               ("test_lstm", 4, TensorProto.INT4),
+                                               ("test_gru", 8, TensorProto.INT8),
+                                               ("test_gru", 2, TensorProto.INT2)])
+def test_lstm_and_gru_store_w_and_r_at_their_bits(name: str, w_bits: int, dtype: int) -> None:
+    """The fused LSTM / GRU node reads ``W`` and ``R`` through a ``DequantizeLinear`` of codes
+    with one scale per gate row (per tensor at 2 bits), and computes what PyTorch does."""
+    small, x, reported = _compressed(name, w_bits=w_bits)
+    blob, _, lowbit = compressed_onnx_bytes(small, x[:1])
+    assert lowbit is not None and not lowbit.kept_float
+    graph = onnx.load_from_string(blob).graph
+    onnx.checker.check_model(onnx.load_from_string(blob), full_check=True)
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
+    rnn = [n for n in graph.node if n.op_type in ("LSTM", "GRU")]
+    assert len(rnn) == small.get_submodule(name[5:]).num_layers
+    for node in rnn:
+        for k in (1, 2):
+            dq = producer[node.input[k]]
+            assert dq.op_type == "DequantizeLinear"
+            codes, scale = inits[dq.input[0]], numpy_helper.to_array(inits[dq.input[1]])
+            assert codes.data_type == dtype and node.input[k] not in inits
+            assert scale.size == (1 if w_bits <= 2 else codes.dims[1])
+    assert sum(1 for _, _, t in lowbit.stored if t == onnx.helper.tensor_dtype_to_string(dtype)[12:]) \
+        == len(weight_bits(small)) - 1 + 2 * len(rnn)
+    assert _matches_pytorch(small, x) <= 1e-4
+    # Every weight is stored in its bits: the initializers' data is the reported size plus the
+    # activation ranges, zero points and padding of odd-sized packed tensors.
+    assert _data_bytes(graph) <= 1.1 * reported + 200
+    assert len(blob) < (w_bits / 32 + 0.45) * len(onnx_bytes(small, x[:1])[0])
+
+
+def test_weights_dominate_the_file_of_a_larger_lstm() -> None:
+    """``lstm`` (64 hidden units, 43k weights) at w8: the whole file within 15% of the reported size."""
+    torch.manual_seed(0)
+    model = create_model("lstm").eval()
+    x = torch.randn(8, 1, 8, 8)
+    space = CompressionSpace.from_model(model, x[:1])
+    policy = space.uniform(w_bits=8)
+    small = compress(model, policy, space=space, calib=x).eval()
+    blob, _, lowbit = compressed_onnx_bytes(small, x[:1])
+    assert lowbit is not None and {t for _, _, t in lowbit.stored} == {"INT8"}
+    assert abs(len(blob) / space.size_bytes(policy) - 1) <= 0.15, (len(blob), space.size_bytes(policy))
+
+
+def test_low_rank_rnn_unrolled_over_the_steps_stores_every_factor() -> None:
+    """A factorised GRU is an unrolled graph whose recurrent factors every step reads: each is
+    stored once, in its bits, and read through one ``DequantizeLinear``."""
+    small, x, _ = _compressed("test_gru", w_bits=4, rank=0.5)
+    blob, _, lowbit = compressed_onnx_bytes(small, x[:1])
+    assert lowbit is not None and not lowbit.kept_float
+    assert {m for m, _, _ in lowbit.stored} == set(weight_bits(small))
+    assert {t for _, _, t in lowbit.stored} == {"INT4"}
+    graph = onnx.load_from_string(blob).graph
+    assert not [i for i in graph.initializer if i.data_type == TensorProto.FLOAT and len(i.dims) == 2]
+    assert _matches_pytorch(small, x) <= 1e-4
+
+
+@pytest.mark.parametrize("sparsity,w_bits,values", [(0.5, 32, TensorProto.FLOAT),
+                                                     (0.8, 32, TensorProto.FLOAT),
+                                                     (0.8, 4, TensorProto.INT4)])
+def test_sparse_layers_store_their_nonzeros_and_offsets(sparsity: float, w_bits: int, values: int) -> None:
+    """test_resnet with the ``sparsity`` knob: each conv / linear weight is rebuilt in the graph
+    from its nonzeros (float32 or INT4 codes) and UINT4 offsets; the data is within 10% of the
+    CSR size the search counts."""
+    small, x, reported = _compressed("test_resnet", SPARSE_KNOBS, sparsity=sparsity, w_bits=w_bits)
+    blob, _, lowbit = compressed_onnx_bytes(small, x[:1])
+    assert lowbit is not None and not lowbit.kept_float
+    assert {m for m, _, _ in lowbit.stored} == set(sparse_layers(small))
+    graph = onnx.load_from_string(blob).graph
+    onnx.checker.check_model(onnx.load_from_string(blob), full_check=True)
+    layers = [n for n in graph.node if n.op_type in deploy.LOWBIT_LAYER_OPS]
+    assert len(layers) == len(sparse_layers(small))
+    for node in layers:
+        src = {i.name.rsplit("_", 1)[-1]: i for i in _sources(graph, node.input[1])}
+        assert src["values"].data_type == values and src["offsets"].data_type == TensorProto.UINT4
+        numel = int(np.prod(numpy_helper.to_array(src["shape"])))
+        stored = int(np.prod(src["values"].dims))
+        assert stored <= 1.1 * (1 - sparsity) * numel + 2  # the nonzeros and a few fillers
+        assert not any(i.data_type == TensorProto.FLOAT and np.prod(i.dims) == numel for i in src.values())
+    assert _matches_pytorch(small, x) <= 1e-4
+    assert _data_bytes(graph) <= 1.1 * reported + 2500  # + BatchNorm statistics
+
+
+@pytest.mark.parametrize("sparsity,layout", [(0.0, "UINT4 indices + codebook"),
+                                             (0.8, "sparse UINT4 indices + codebook + UINT4 offsets")])
+def test_shared_layers_store_indices_and_codebook(sparsity: float, layout: str) -> None:
+    """``share_bits`` 4: UINT4 indices into at most 16 float32 values, gathered in the graph
+    (the nonzeros' indices and their offsets when the layer is sparse too)."""
+    small, x, reported = _compressed("test_resnet", SHARE_KNOBS, share_bits=4, sparsity=sparsity)
+    blob, _, lowbit = compressed_onnx_bytes(small, x[:1])
+    assert lowbit is not None and not lowbit.kept_float
+    assert dict.fromkeys(m for m, _, _ in lowbit.stored) == dict.fromkeys(shared_layers(small))
+    assert {(b, t) for _, b, t in lowbit.stored} == {(4, layout)}
+    graph = onnx.load_from_string(blob).graph
+    for node in (n for n in graph.node if n.op_type in deploy.LOWBIT_LAYER_OPS):
+        src = {i.name.rsplit("_", 1)[-1]: i for i in _sources(graph, node.input[1])}
+        index = src["values" if sparsity else "index"]
+        assert index.data_type == TensorProto.UINT4
+        assert src["codebook"].data_type == TensorProto.FLOAT and src["codebook"].dims[0] <= 16
+    assert _matches_pytorch(small, x) <= 1e-4
+    assert _data_bytes(graph) <= 1.1 * reported + 2500  # + BatchNorm statistics
+
+
+def test_a_full_codebook_with_zeros_is_stored_sparse() -> None:
+    """16 distinct nonzeros and zeros do not fit 4-bit dense indices: the zeros are left out."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(16).astype(np.float32)[rng.integers(0, 16, (8, 16, 3, 3))]
+    w[rng.random(w.shape) < 0.3] = 0.0
+    enc = deploy._encode("w", w, 32, 0, True, 4)
+    assert isinstance(enc, deploy._Encoded) and enc.kind.startswith("sparse UINT4 indices")
+
+
+def test_export_point_writes_compact_rnn_sparse_and_shared_files(lstm_run: Path, compact_run: Path,
+                                                                tmp_path: Path) -> None:
+    """``autocompress export``'s checks (ONNX Runtime vs PyTorch) pass on an LSTM at w8 and w4 and
+    on sparse and shared MLPs, and it reports the compact storage next to the search's size."""
+    runs = [
+        (lstm_run, {"1": "lstm: w8 as INT8", "2": "lstm: w4 as INT4"}),
+        (compact_run, {"1": "w32 as sparse FLOAT + UINT4 offsets", "2": "share4 as UINT4 indices + codebook",
+                       "3": "share4 as sparse UINT4 indices + codebook + UINT4 offsets"}),
+    ]
+    for k, (run, expected) in enumerate(runs):
+        for pid, entry in expected.items():
+            info = export_point(run, pid, "onnx", tmp_path / f"{k}-{pid}.onnx", repeats=2, int8=False)
+            assert info.max_abs_diff <= 1e-4 and not info.weight_float_layers
+            assert any(e.endswith(entry) for e in info.weight_storage), info.weight_storage
+            assert info.reported_size_ratio is not None and info.reported_size_ratio < 4
+            assert any(line.startswith("weights ") for line in info.lines())
