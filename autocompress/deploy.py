@@ -607,6 +607,10 @@ def store_lowbit_weights(blob: bytes, weight_bits: dict[str, int], *, sparse: Co
                 continue
             if bits < 32 and bits not in LOWBIT_STORAGE:
                 kept[module] = f"{bits}-bit weights have no ONNX integer type"
+            elif any(a.name == "direction" and a.s == b"bidirectional" for a in node.attribute):
+                # NOTE: both directions' rows share one axis of W / R: one scale per row cannot
+                # hold the two directions' scales (a blocked DequantizeLinear could).
+                kept[module] = "bidirectional recurrent weights are not stored in low bits"
             elif weight not in inits:
                 kept[module] = "weight is computed in the graph, not stored"
             else:

@@ -1,14 +1,18 @@
-"""Reported size vs ONNX file size of quantized points (low-bit weight storage).
+"""Reported size vs ONNX file size of quantized, sparse and shared points (compact weight storage).
 
 For each model and point: the search's ``size_bytes`` metric (``space.size_bytes(policy)``: weights
-at their bit-widths plus one float32 scale per output channel, every other parameter in float32),
-the ONNX file ``autocompress export`` writes (``compressed_onnx_bytes``: quantized weights as
-INT2/INT4/INT8/INT16 codes behind ``DequantizeLinear``), their ratio, and the file split into
-initializer bytes (weights, scales, biases, BatchNorm) and graph bytes (nodes and names). Sizes
-do not depend on the weights' values, so models are randomly initialised (no training) and the
-activation ranges are calibrated on random inputs.
+at their bit-widths plus one float32 scale per output channel, sparse weights as CSR, shared
+weights as indices plus codebook, every other parameter in float32), the ONNX file ``autocompress
+export`` writes (``compressed_onnx_bytes``: quantized weights, LSTM / GRU ``W`` and ``R``
+included, as INT2/INT4/INT8/INT16 codes behind ``DequantizeLinear``; shared weights as
+UINT2/UINT4/UINT8 indices + codebook; sparse weights as nonzeros + offsets), their ratio, and the
+file split into initializer bytes (weights, scales, biases, BatchNorm) and graph bytes (nodes and
+names). Sizes do not depend on the weights' values (the sparse and shared rows barely do), so
+models are randomly initialised (no training) and the activation ranges are calibrated on random
+inputs. Every file is checked against PyTorch in ONNX Runtime (activation rounding replaced by
+clipping, as ``export_point`` does): the largest difference is printed.
 
-Run: nice -n 19 .venv/bin/python benchmarks/bench_export_size.py [--models resnet20 test_resnet test_convnet]
+Run: nice -n 19 .venv/bin/python benchmarks/bench_export_size.py [--models resnet20 test_resnet test_convnet lstm gru]
 """
 
 from __future__ import annotations
@@ -18,12 +22,23 @@ import time
 
 import torch
 
+#: Knobs of the spaces of the sparse and the shared rows (``share_bits`` excludes ``w_bits``).
+_SPARSE_KNOBS = ("prune", "w_bits", "a_bits", "rank", "sparsity")
+_SHARE_KNOBS = ("prune", "a_bits", "rank", "sparsity", "share_bits")
 
-def _points(space: object) -> dict[str, object]:
+
+def _points(space: object, recurrent: bool) -> dict[str, object]:
     from autocompress.compression import LayerAction
 
     names = [dp.name for dp in space.decision_points]  # type: ignore[attr-defined]
     uniform = space.uniform  # type: ignore[attr-defined]
+    if recurrent:
+        return {
+            "w8": uniform(w_bits=8),
+            "w4": uniform(w_bits=4),
+            "w4 a8": uniform(w_bits=4, a_bits=8),
+            "rank 0.5 + w8 (unrolled)": uniform(rank=0.5, w_bits=8),
+        }
     mixed = uniform(w_bits=4, a_bits=8)
     for i, n in enumerate(names):  # first and last layers and every third one at 8 bits
         if i in (0, len(names) - 1) or i % 3 == 1:
@@ -39,6 +54,32 @@ def _points(space: object) -> dict[str, object]:
     }
 
 
+def _compact_points(sparse_space: object, share_space: object) -> list[tuple[str, object, object]]:
+    """``(label, space, policy)`` of the sparse and shared rows (conv / linear layers only)."""
+    sp, sh = sparse_space.uniform, share_space.uniform  # type: ignore[attr-defined]
+    return [
+        ("sparse 0.5", sparse_space, sp(sparsity=0.5)),
+        ("sparse 0.8", sparse_space, sp(sparsity=0.8)),
+        ("sparse 0.8 + w4 a8", sparse_space, sp(sparsity=0.8, w_bits=4, a_bits=8)),
+        ("share 4", share_space, sh(share_bits=4)),
+        ("sparse 0.5 + share 4", share_space, sh(sparsity=0.5, share_bits=4)),
+        ("sparse 0.8 + share 4", share_space, sh(sparsity=0.8, share_bits=4)),
+    ]
+
+
+def _max_diff(small: torch.nn.Module, x: torch.Tensor) -> float:
+    """The file's largest output difference from PyTorch, activation rounding replaced by clipping
+    in both (``export_point``'s exact check)."""
+    from autocompress.deploy import ort_session
+    from autocompress.report.export import activation_quant_as_clip, compressed_onnx_bytes
+
+    with activation_quant_as_clip(small):
+        with torch.inference_mode():
+            ref = small(x).numpy()
+        got = ort_session(compressed_onnx_bytes(small, x[:1])[0], 1).run(None, {"input": x.numpy()})[0]
+    return float(abs(got - ref).max())
+
+
 def main() -> None:
     import onnx
 
@@ -48,20 +89,26 @@ def main() -> None:
     from autocompress.report.export import compressed_onnx_bytes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["resnet20", "test_resnet", "test_convnet"])
+    ap.add_argument("--models", nargs="+",
+                    default=["resnet20", "test_resnet", "test_convnet", "lstm", "gru", "test_lstm", "test_gru"])
     args = ap.parse_args()
     torch.manual_seed(0)
-    print("| model | point | reported | file | file / reported | initializers | graph | types | opset |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | point | reported | file | file / reported | initializers | graph | types | opset | max diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     t0 = time.perf_counter()
     for name in args.models:
         model = create_model(name).eval()
         x = torch.randn(16, *default_input_shape(name, model))
         space = CompressionSpace.from_model(model, x[:1])
-        for label, policy in _points(space).items():
-            small = compress(model, policy, space=space, calib=x).eval()
+        recurrent = any(isinstance(m, torch.nn.RNNBase) for m in model.modules())
+        rows = [(label, space, policy) for label, policy in _points(space, recurrent).items()]
+        if not recurrent:  # the sparsity and share_bits knobs act on conv / linear layers
+            rows += _compact_points(CompressionSpace.from_model(model, x[:1], knobs=_SPARSE_KNOBS),
+                                    CompressionSpace.from_model(model, x[:1], knobs=_SHARE_KNOBS))
+        for label, sp, policy in rows:
+            small = compress(model, policy, space=sp, calib=x).eval()
             blob, _, lowbit = compressed_onnx_bytes(small, x[:1])
-            reported = space.size_bytes(policy)
+            reported = sp.size_bytes(policy)
             graph = onnx.load_from_string(blob).graph
             init = sum(i.ByteSize() for i in graph.initializer)
             types: dict[str, int] = {}
@@ -72,7 +119,7 @@ def main() -> None:
                 kinds += f" ({len(lowbit.kept_float)} float)"
             print(f"| {name} | {label} | {reported / 1e3:.1f} KB | {len(blob) / 1e3:.1f} KB | "
                   f"**{len(blob) / reported:.2f}×** | {init / 1e3:.1f} KB | {(len(blob) - init) / 1e3:.1f} KB | "
-                  f"{kinds} | {lowbit.opset if lowbit else '-'} |", flush=True)
+                  f"{kinds} | {lowbit.opset if lowbit else '-'} | {_max_diff(small, x):.0e} |", flush=True)
     print(f"\n{time.perf_counter() - t0:.0f} s")
 
 

@@ -202,3 +202,28 @@ def test_export_point_writes_compact_rnn_sparse_and_shared_files(lstm_run: Path,
             assert any(e.endswith(entry) for e in info.weight_storage), info.weight_storage
             assert info.reported_size_ratio is not None and info.reported_size_ratio < 4
             assert any(line.startswith("weights ") for line in info.lines())
+
+
+def test_bidirectional_lstm_stays_float_and_is_named() -> None:
+    """Both directions' rows share W's row axis: one scale per row cannot hold them, so the
+    weights stay float32 with the reason, and the file still computes the model."""
+    from autocompress.compression.quantize import quantize_module_
+
+    class BiLSTM(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = torch.nn.LSTM(8, 16, batch_first=True, bidirectional=True)
+            self.fc = torch.nn.Linear(32, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.rnn(x.reshape(x.shape[0], 8, 8))[0][:, -1])
+
+    torch.manual_seed(0)
+    model = BiLSTM().eval()
+    quantize_module_(model.rnn, 4, 32)
+    quantize_module_(model.fc, 4, 32)
+    x = torch.randn(4, 1, 8, 8)
+    blob, _, lowbit = compressed_onnx_bytes(model, x[:1])
+    assert lowbit is not None and [m for m, _, _ in lowbit.stored] == ["fc"]
+    assert lowbit.kept_float == (("rnn", "bidirectional recurrent weights are not stored in low bits"),)
+    assert _matches_pytorch(model, x) <= 1e-4
