@@ -18,8 +18,15 @@ cannot drift apart:
 * ``pareto.png`` / ``pareto.html``: the report's plots.
 
 Writes are atomic (a temporary file in the same directory, fsync'd, then renamed), so a reader
-sees the old file or the new one, never half of one. This module imports only the standard
-library and ``autocompress.errors``: it sits below search and report (docs/design.md, "Layers").
+sees the old file or the new one, never half of one.
+
+``Candidate`` is the one record of an evaluated candidate: the search builds it from its study
+(``search.records.record_from_trial``; ``TrialRecord`` is its name there) and the report from
+``trials.jsonl`` and ``pareto.json`` (``report.run.load_run``).
+
+This module imports only the standard library and ``autocompress.errors`` at run time (the
+policy type is named for type checkers only): it sits just above compression and below search
+and report (docs/design.md, "Layers").
 """
 
 from __future__ import annotations
@@ -30,10 +37,14 @@ import math
 import os
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autocompress.errors import UserInputError
+
+if TYPE_CHECKING:
+    from autocompress.compression import CompressionPolicy
 
 SPEC_FILE = "spec.json"
 TRIALS_FILE = "trials.jsonl"
@@ -143,6 +154,60 @@ def read_json(path: Path, what: str) -> Any:
         raise UserInputError(f"{str(path)!r} is not valid JSON ({exc}; truncated?); {what}") from None
     except RecursionError:
         raise UserInputError(f"{str(path)!r} is nested too deeply to be a run file; {what}") from None
+
+
+# -- one candidate -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated candidate: a trial of the search, a line of ``trials.jsonl`` or a point of
+    ``pareto.json``.
+
+    ``id`` is the Optuna trial number (also the point id in ``pareto.json``): an ``int`` in what
+    the search returns, a ``str`` in what is read back from a run directory, so that
+    ``--point 7`` and a JSON id ``7`` name the same point.
+
+    Attributes:
+        id: the candidate's id (see above).
+        policy: the compression policy.
+        metrics: the evaluation's metrics (predicted costs for ``infeasible``).
+        status: ``ok``, ``failed`` or ``infeasible`` (see ``search.records.TRIAL_STATUSES``).
+        feasible: meets every hard budget (and was evaluated successfully).
+        fidelity: ``full``, ``low`` (not promoted) or ``predicted`` (not evaluated).
+        violations: hard budget name -> normalised violation (> 0 breaks it).
+        error: why a failed candidate failed.
+        timings: seconds per evaluation phase.
+        worker: the process that evaluated it.
+        extra: every other key of a record read from a file (``test_acc``, ``qom``, ...).
+    """
+
+    id: int | str
+    policy: CompressionPolicy
+    metrics: dict[str, float]
+    status: str = "ok"
+    feasible: bool = True
+    fidelity: str = "full"
+    violations: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    worker: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when the candidate was evaluated successfully and has finite metrics."""
+        return self.status == "ok" and all(
+            v is not None and math.isfinite(v) for v in self.metrics.values()
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (``id``, ``policy`` as its dict, ``metrics`` ..., then ``extra``'s keys)."""
+        return jsonable({
+            **self.extra,
+            "id": self.id, "policy": self.policy.to_dict(), "metrics": self.metrics,
+            "status": self.status, "fidelity": self.fidelity, "feasible": self.feasible,
+            "violations": self.violations, "error": self.error, "timings": self.timings,
+            "worker": self.worker,
+        })
 
 
 # -- trials.jsonl ----------------------------------------------------------------------------------

@@ -15,11 +15,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "autocompress"
 
 #: Rank of every top-level unit of the package (lower ranks never import higher ones).
 LAYERS: dict[str, int] = {
-    "errors": 0, "metrics": 0, "rundir": 0, "devices": 0, "registry": 0,
+    "errors": 0, "metrics": 0, "devices": 0, "registry": 0,
     "models": 1, "data": 1,
     "training": 2, "deploy": 2, "distill": 2,
     "compression": 3,
-    "evaluators": 4,
+    "evaluators": 4, "rundir": 4,
     "problem": 5,
     "envs": 6, "policies": 6,
     "search": 7, "classic": 7,

@@ -37,6 +37,7 @@ from autocompress.rundir import (
     PARETO_FILE,
     SPEC_FILE,
     TRIALS_FILE,
+    Candidate,
     TrialLog,
     read_json,
 )
@@ -45,29 +46,6 @@ from autocompress.rundir import (
 MAXIMIZED: frozenset[str] = _MAXIMIZED
 #: Cost metrics in the order a plot prefers them for its x axis when no objective names one.
 COST_METRICS: tuple[str, ...] = tuple(sorted(_COSTS, key=lambda n: VOCABULARY[n].axis_rank or 0))
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One evaluated candidate: a trial of the search or a point of the front.
-
-    ``id`` is kept as a string so that ``--point 7`` and a JSON id ``7`` name the same point.
-    """
-
-    id: str
-    policy: CompressionPolicy
-    metrics: dict[str, float]
-    status: str = "ok"
-    feasible: bool = True
-    fidelity: str = "full"
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        """True when the candidate was evaluated successfully and has finite metrics."""
-        return self.status == "ok" and all(
-            v is not None and math.isfinite(v) for v in self.metrics.values()
-        )
 
 
 @dataclass(frozen=True)
@@ -363,7 +341,8 @@ def _candidate(rec: Mapping[str, Any], where: str, *, default_id: str) -> Candid
     policy = rec.get("policy")
     if policy is None:
         raise UserInputError(f"{where}: record {rec.get('id', default_id)!r} has no 'policy'")
-    known = {"id", "policy", "metrics", "status", "feasible", "fidelity"}
+    known = {"id", "policy", "metrics", "status", "feasible", "fidelity", "violations", "error",
+             "timings", "worker"}
     return Candidate(
         id=str(rec.get("id", rec.get("trial", default_id))),
         policy=_policy(policy, where),
@@ -371,8 +350,21 @@ def _candidate(rec: Mapping[str, Any], where: str, *, default_id: str) -> Candid
         status=str(rec.get("status", "ok")),
         feasible=bool(rec.get("feasible", True)),
         fidelity=str(rec.get("fidelity", "full")),
+        violations=_numbers(rec.get("violations")),
+        error=_text(rec.get("error")),
+        timings=_numbers(rec.get("timings")),
+        worker=_text(rec.get("worker")),
         extra={k: v for k, v in rec.items() if k not in known},
     )
+
+
+def _numbers(obj: Any) -> dict[str, float]:
+    """The finite numbers of a ``{name: number}`` object (anything else is left out)."""
+    return {k: v for k, v in _metrics(obj).items() if math.isfinite(v)}
+
+
+def _text(obj: Any) -> str | None:
+    return None if obj is None else str(obj)
 
 
 _FIDELITY_RANK = {"predicted": 0, "low": 1, "full": 2}

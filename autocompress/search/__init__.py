@@ -30,12 +30,12 @@ _EXPORTS: dict[str, str] = {
     "list_searchers": "autocompress.search.base",
     "register_searcher": "autocompress.search.base",
     "searcher_class": "autocompress.search.base",
-    # runner
+    # runner and records
     "run_search": "autocompress.search.runner",
     "build_problem": "autocompress.search.runner",
-    "SearchResult": "autocompress.search.runner",
-    "SearchProgress": "autocompress.search.runner",
-    "TrialRecord": "autocompress.search.runner",
+    "SearchResult": "autocompress.search.records",
+    "SearchProgress": "autocompress.search.records",
+    "TrialRecord": "autocompress.search.records",
     # pareto
     "hypervolume": "autocompress.search.pareto",
     "non_dominated_mask": "autocompress.search.pareto",

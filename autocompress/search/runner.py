@@ -35,9 +35,8 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autocompress.errors import UserInputError
@@ -50,6 +49,19 @@ from autocompress.search.base import (
     searcher_class,
 )
 from autocompress.search.pareto import pareto_report
+from autocompress.search.records import (  # noqa: F401 - re-exported: the records used to live here
+    COUNTED_STATUSES,
+    TRIAL_STATUSES,
+    ProgressCallback,
+    SearchProgress,
+    SearchResult,
+    TrialRecord,
+    n_screened,
+    record_from_trial,
+    result_from_trial,
+    safe_evaluate,
+)
+from autocompress.search.records import finite as _finite
 from autocompress.search.spec import SearchSpec
 
 if TYPE_CHECKING:
@@ -59,172 +71,10 @@ if TYPE_CHECKING:
     from autocompress.evaluators import EvalResult
     from autocompress.problem import Problem
 
-#: Statuses that count towards ``spec.trials`` (an evaluation was spent).
-COUNTED_STATUSES = ("ok", "failed")
-#: Every final status a trial can carry.
-TRIAL_STATUSES = ("ok", "failed", "infeasible", "duplicate", "surplus", "interrupted")
-
-
-# -- records -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrialRecord:
-    """One candidate of the study, as recorded (also a row of ``SearchResult.trials``).
-
-    Attributes:
-        id: the Optuna trial number (also the point id in ``pareto.json``).
-        policy: the compression policy.
-        metrics: the evaluation's metrics (predicted costs for ``infeasible``).
-        status: ``ok``, ``failed`` or ``infeasible`` (see ``TRIAL_STATUSES``).
-        fidelity: ``full``, ``low`` (not promoted) or ``predicted`` (not evaluated).
-        feasible: meets every hard budget (and was evaluated successfully).
-        violations: hard budget name -> normalised violation (> 0 breaks it).
-        error: why a failed candidate failed.
-        timings: seconds per evaluation phase.
-        worker: the process that evaluated it.
-    """
-
-    id: int
-    policy: CompressionPolicy
-    metrics: dict[str, float]
-    status: str
-    fidelity: str = "full"
-    feasible: bool = False
-    violations: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    worker: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form (``id``, ``policy`` as its dict, ``metrics`` ...)."""
-        return st.jsonable({
-            "id": self.id, "policy": self.policy.to_dict(), "metrics": self.metrics,
-            "status": self.status, "fidelity": self.fidelity, "feasible": self.feasible,
-            "violations": self.violations, "error": self.error, "timings": self.timings,
-            "worker": self.worker,
-        })
-
-
-@dataclass(frozen=True)
-class SearchProgress:
-    """What a progress display needs after each step of the search.
-
-    Attributes:
-        phase: ``setup`` (building the problem), ``start`` (loop starts), ``trial`` (a candidate
-            was recorded), ``done``.
-        done: counted candidates in the study (all processes), ``total``: the target.
-        feasible: successfully evaluated full-fidelity candidates that meet every hard budget.
-        failed: failed candidates.
-        best_acc: best accuracy among feasible candidates (None before the first).
-        best_id: its trial id.
-        elapsed_s: seconds since ``run_search`` started.
-        eta_s: estimated seconds to ``total`` from this process's pace (None until known).
-        message: a line for the user (setup steps, stop reason).
-        last: the candidate just recorded (``phase == "trial"``).
-    """
-
-    phase: str
-    done: int = 0
-    total: int = 0
-    feasible: int = 0
-    failed: int = 0
-    best_acc: float | None = None
-    best_id: int | None = None
-    elapsed_s: float = 0.0
-    eta_s: float | None = None
-    message: str = ""
-    last: TrialRecord | None = None
-
-
-ProgressCallback = Callable[[SearchProgress], None]
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """What ``run_search`` returns (the same for every strategy and backend).
-
-    Attributes:
-        run_dir: the run directory (``spec.json``, ``trials.jsonl``, ``pareto.json``, study).
-        spec: the spec that ran (the stored one under ``resume``).
-        trials: every finished candidate of the study (evaluated ones and ``infeasible`` ones).
-        front: the Pareto-optimal feasible full-fidelity candidates.
-        pareto: the content of ``pareto.json``.
-        base_metrics: the uncompressed model's metrics.
-        hypervolume: of the front (see ``pareto.py`` for the normalised reference point); None
-            for more than 3 objectives.
-        knee: the knee point of the front.
-        best: the feasible candidate with the highest accuracy.
-        n_evaluated, n_feasible, n_failed: counts over the study.
-        elapsed_s: seconds this call took.
-        stop_reason: why the loop ended.
-        n_screened: candidates scored at low fidelity only (multi-fidelity: not promoted); they
-            are neither feasible nor infeasible, so the summary lists them apart.
-        test_acc: front point id -> top-1 on the data's held-out test split (empty without one).
-        base_test_acc: the uncompressed model's test top-1 (None without a test split).
-        finetuned: ``FinetuneResult`` of the ``spec.finetune_top`` best front points, best first.
-    """
-
-    run_dir: Path
-    spec: SearchSpec
-    trials: tuple[TrialRecord, ...]
-    front: tuple[TrialRecord, ...]
-    pareto: dict[str, Any]
-    base_metrics: dict[str, float]
-    hypervolume: float | None
-    knee: TrialRecord | None
-    best: TrialRecord | None
-    n_evaluated: int
-    n_feasible: int
-    n_failed: int
-    elapsed_s: float
-    stop_reason: str
-    n_screened: int = 0
-    test_acc: dict[str, float] = field(default_factory=dict)
-    base_test_acc: float | None = None
-    finetuned: tuple[Any, ...] = ()
-
-    def summary(self) -> str:
-        """One line for the user: ``80 evaluated, 44 screened out at low fidelity, 36 feasible,
-        0 failed; completed`` (screened-out candidates are neither feasible nor infeasible)."""
-        screened = f"{self.n_screened} screened out at low fidelity, " if self.n_screened else ""
-        return (f"{self.n_evaluated} evaluated, {screened}{self.n_feasible} feasible, "
-                f"{self.n_failed} failed; {self.stop_reason}")
-
-
-def _screened(records: list[TrialRecord]) -> int:
-    """Candidates evaluated successfully at low fidelity only (never promoted)."""
-    return sum(r.status == "ok" and r.fidelity == "low" for r in records)
-
 
 # -- helpers -----------------------------------------------------------------------------------
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")  # noqa: UP017
-
-
-def _finite(v: Any) -> bool:
-    try:
-        return v is not None and math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
-
-
-def safe_evaluate(evaluate: Callable[[CompressionPolicy, str], EvalResult], policy: CompressionPolicy,
-                  fidelity: str) -> EvalResult:
-    """Evaluate, turning an exception or a NaN accuracy into a ``failed`` result."""
-    from autocompress.evaluators import EvalResult
-
-    t0 = time.perf_counter()
-    try:
-        result = evaluate(policy, fidelity)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:  # noqa: BLE001 - one bad candidate must not end the search
-        return EvalResult.failure(f"{type(exc).__name__}: {exc}", fidelity=fidelity,
-                                  timings={"total": time.perf_counter() - t0})
-    if result.ok and not _finite(result.metrics.get("acc")):
-        return EvalResult.failure(f"accuracy is {result.metrics.get('acc')!r}", fidelity=fidelity,
-                                  metrics={k: v for k, v in result.metrics.items() if k != "acc"},
-                                  timings=result.timings, latency_info=result.latency_info)
-    return result
 
 
 def _fmt(metric: str, value: float) -> str:
@@ -239,40 +89,6 @@ def _fmt(metric: str, value: float) -> str:
         if value >= f:
             return f"{value / f:.4g}{unit}"
     return f"{value:.4g}"
-
-
-def record_from_trial(t: optuna.trial.FrozenTrial) -> TrialRecord | None:
-    """The ``TrialRecord`` of a finished trial (None for trials without a final record)."""
-    from autocompress.compression import CompressionPolicy
-
-    a = t.user_attrs
-    status = a.get("status")
-    if status not in ("ok", "failed", "infeasible") or "policy" not in a:
-        return None
-    metrics = {k: (math.nan if v is None else float(v)) for k, v in (a.get("metrics") or {}).items()}
-    return TrialRecord(
-        id=int(t.number), policy=CompressionPolicy.from_dict(a["policy"]), metrics=metrics,
-        status=str(status), fidelity=str(a.get("fidelity", "full")),
-        feasible=bool(a.get("feasible", False)),
-        violations={k: float(v) for k, v in (a.get("violations") or {}).items() if v is not None},
-        error=a.get("error"), timings={k: float(v) for k, v in (a.get("timings") or {}).items()},
-        worker=a.get("worker"),
-    )
-
-
-def result_from_trial(t: optuna.trial.FrozenTrial) -> EvalResult:
-    """Rebuild the ``EvalResult`` a finished trial recorded (for duplicates and replays)."""
-    from autocompress.evaluators import EvalResult
-
-    a = t.user_attrs
-    metrics = {k: (math.nan if v is None else float(v)) for k, v in (a.get("metrics") or {}).items()}
-    fidelity = a.get("fidelity", "full")
-    fidelity = fidelity if fidelity in ("low", "full") else "full"
-    if a.get("status") == "ok":
-        return EvalResult(metrics=metrics, timings=dict(a.get("timings") or {}), fidelity=fidelity,
-                          cached=True)
-    return EvalResult(metrics=metrics, fidelity=fidelity, status="failed",
-                      error=str(a.get("error") or "failed"), cached=True)
 
 
 @dataclass
@@ -693,7 +509,7 @@ class SearchSession:
             "study_name": self.spec.study_name, "storage": st.storage_url_for(self.spec),
             "n_candidates": sum(r.status in COUNTED_STATUSES for r in records),
             "n_failed": n_failed, "n_infeasible_predicted": sum(r.status == "infeasible" for r in records),
-            "n_screened_low_fidelity": _screened(records),
+            "n_screened_low_fidelity": n_screened(records),
             "updated": _now_iso(),
         })
         if len(objectives) > 3:
@@ -745,7 +561,7 @@ class SearchSession:
             n_evaluated=sum(r.status in COUNTED_STATUSES for r in records),
             n_feasible=len(feas), n_failed=sum(r.status == "failed" for r in records),
             elapsed_s=time.perf_counter() - self.t_start, stop_reason=stop_reason,
-            n_screened=_screened(records), test_acc=dict(finish.test_acc),
+            n_screened=n_screened(records), test_acc=dict(finish.test_acc),
             base_test_acc=finish.base_test_acc, finetuned=finish.finetuned,
         )
 
