@@ -31,16 +31,16 @@ several processes (or a resumed process) share:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from autocompress.errors import UserInputError
 from autocompress.search import storage as st
+from autocompress.search._interrupts import Interrupts
 from autocompress.search.base import (
     PREDICTED_METRICS,
     BaseSearcher,
@@ -100,67 +100,6 @@ class _View:
     running_by_key: dict[str, Any]
     low_scores: list[float]
     records: list[TrialRecord]
-
-
-class _Interrupts:
-    """Defers Ctrl-C while the study and the trial log are being written.
-
-    A ``KeyboardInterrupt`` raised inside an Optuna journal write (even inside its lock release)
-    can escape as another exception and leave a half-recorded candidate. While installed (main
-    thread, default SIGINT handler only), SIGINT raises at once outside critical sections
-    (during an evaluation or a searcher's thinking) and is held until the end of a critical one.
-    """
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.pending = False
-        self._previous: Any = None
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.depth > 0:
-            self.pending = True
-        else:
-            raise KeyboardInterrupt
-
-    def __enter__(self) -> _Interrupts:
-        import signal
-        import threading
-
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-    @contextlib.contextmanager
-    def critical(self) -> Iterator[None]:
-        """Hold Ctrl-C until the block ends."""
-        self.depth += 1
-        try:
-            yield
-        finally:
-            self.depth -= 1
-        if self.depth == 0 and self.pending:
-            self.pending = False
-            raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def allowed(self) -> Iterator[None]:
-        """Let Ctrl-C through at once inside a critical block (long evaluations)."""
-        saved, self.depth = self.depth, 0
-        try:
-            if self.pending:
-                self.pending = False
-                raise KeyboardInterrupt
-            yield
-        finally:
-            self.depth = saved
 
 
 def build_problem(spec: SearchSpec, *, checkpoint: str | None = None,
@@ -676,7 +615,7 @@ class SearchSession:
         view = self.view()
         self._emit("start", done=view.counted, message=f"{spec.strategy}: {view.counted}/{spec.trials} done")
         stop_reason = "completed"
-        guard = _Interrupts()
+        guard = Interrupts()
         try:
             guard.__enter__()
             while True:
