@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     "searcher_class": "autocompress.search.base",
     # runner and records
     "run_search": "autocompress.search.runner",
-    "build_problem": "autocompress.search.runner",
+    "build_problem": "autocompress.search.session",
     "SearchResult": "autocompress.search.records",
     "SearchProgress": "autocompress.search.records",
     "TrialRecord": "autocompress.search.records",

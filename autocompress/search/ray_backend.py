@@ -18,7 +18,7 @@ a dict with its paths made absolute, the checkpoint and cache paths (the driver'
 goes along as the job's environment). The driver-side searchers, which hold the problem, the
 storage and the progress bar, pickle to a :class:`DetachedSearcher` stub when Tune writes its
 ``tuner.pkl`` (resume goes through the study, never through Tune's checkpoints).
-Each proposal passes the local loop's admission (``SearchSession.admit``), so a Ray driver can share
+Each proposal passes the local loop's admission (``SearchLoop.admit``), so a Ray driver can share
 a study with local processes on any machine: a model the study evaluated already (or another live
 process is evaluating) is answered from its record instead of run again, and the driver stops
 asking once the study holds ``trials`` counted candidates, whoever evaluated them. With
@@ -44,13 +44,9 @@ from typing import TYPE_CHECKING, Any
 from autocompress.errors import UserInputError
 from autocompress.search import storage as st
 from autocompress.search.base import BaseSearcher, create_searcher, searcher_class
-from autocompress.search.runner import (
-    ProgressCallback,
-    SearchResult,
-    SearchSession,
-    TrialRecord,
-    safe_evaluate,
-)
+from autocompress.search.loop import SearchLoop
+from autocompress.search.records import ProgressCallback, SearchResult, TrialRecord, safe_evaluate
+from autocompress.search.session import SearchSession
 from autocompress.search.spec import SearchSpec
 
 if TYPE_CHECKING:
@@ -175,7 +171,7 @@ def _worker_problem(payload: Mapping[str, Any]) -> tuple[Problem, str]:
             shipped.evaluator.device = resolve_device(spec.device)
             _WORKER_PROBLEMS[key] = (shipped, "shipped")
         else:
-            from autocompress.search.runner import build_problem
+            from autocompress.search.session import build_problem
 
             _WORKER_PROBLEMS[key] = (build_problem(spec, checkpoint=payload["checkpoint"],
                                                    cache_dir=payload["cache_dir"], progress=False), "built")
@@ -281,10 +277,11 @@ def _result_from_report(report: Mapping[str, Any] | None, error: bool) -> tuple[
 
 
 class _Recorder:
-    """Driver-side recording shared by both Tune searchers."""
+    """Driver-side admission and recording shared by both Tune searchers."""
 
     def __init__(self, session: SearchSession, started: float) -> None:
         self.session = session
+        self.loop = SearchLoop(session)  # its admission rule (Tune runs the loop itself)
         self.started = started
         self.done_here = 0
         self.logged_low: set[int] = set()
@@ -347,7 +344,7 @@ def _trial_record(trial: Any, policy: CompressionPolicy, res: EvalResult, status
 
 class _TrialTeller:
     """``tell``/``discard`` for one Optuna trial that Tune's OptunaSearch asked (what
-    ``SearchSession.admit`` calls when the trial's model was evaluated already)."""
+    ``SearchLoop.admit`` calls when the trial's model was evaluated already)."""
 
     def __init__(self, session: SearchSession, study: Any, trial: Any) -> None:
         self.session, self.study, self.trial = session, study, trial
@@ -379,6 +376,7 @@ def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> An
         suggest_policy,
     )
 
+    loop = recorder.loop
     spec = session.spec
     cls = searcher_class(spec.strategy)
     context = session.make_context()
@@ -394,7 +392,7 @@ def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> An
         return None
 
     class RecordingOptunaSearch(OptunaSearch):
-        """OptunaSearch that admits (``SearchSession.admit``: no repeat of an evaluated model, the
+        """OptunaSearch that admits (``SearchLoop.admit``: no repeat of an evaluated model, the
         study's total shared with every process), pre-screens and records each trial."""
 
         def __reduce__(self) -> tuple[Any, tuple[str]]:
@@ -421,8 +419,8 @@ def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> An
                     return None
                 ot = self._ot_trials[trial_id]
                 policy = policy_from_params(space, ot.params, projector)
-                verdict, _ = session.admit(policy, _TrialTeller(session, self._ot_study, ot),
-                                           view, self._ot_study, otrial=ot)
+                verdict, _ = loop.admit(policy, _TrialTeller(session, self._ot_study, ot),
+                                        view, self._ot_study, otrial=ot)
                 if verdict == "evaluate":
                     break
                 del self._ot_trials[trial_id]  # finished by admit; the next ask is a new trial
@@ -472,6 +470,7 @@ def _asktell_search(session: SearchSession, recorder: _Recorder, searcher: BaseS
     from optuna.trial import TrialState
     from ray.tune.search import Searcher
 
+    loop = recorder.loop
     spec = session.spec
     prescreen = bool(getattr(searcher, "prescreen", True)) and bool(spec.budgets)
     idle_cap = max(100, 5 * spec.trials)
@@ -510,8 +509,8 @@ def _asktell_search(session: SearchSession, recorder: _Recorder, searcher: BaseS
                 if policy is None:
                     self.finished = True
                     return Searcher.FINISHED
-                verdict, trial = session.admit(policy, searcher, view, session.study,
-                                               prescreen=prescreen)
+                verdict, trial = loop.admit(policy, searcher, view, session.study,
+                                            prescreen=prescreen)
                 if verdict == "surplus":
                     self.full = True
                     return Searcher.FINISHED
@@ -579,7 +578,7 @@ def run_ray(spec: SearchSpec, progress: ProgressCallback | None = None, *,
                                        **dict(spec.strategy_settings))
         trainable = tune.with_resources(tune.with_parameters(evaluate_trial, payload=payload),
                                         trial_resources(spec))
-        session._emit("start", done=session.view().counted, message=f"{spec.strategy} on Ray")
+        session.emit("start", done=session.view().counted, message=f"{spec.strategy} on Ray")
         stop_reason = "completed"
         for _round in range(10):
             remaining = spec.trials - session.view().counted
