@@ -504,6 +504,7 @@ def test_ray_nodes_lines_run(tmp_path: Path, nodes: RayNodes, monkeypatch: pytes
     states = "".join(f.read_text() for f in (run / "ray").rglob("experiment_state*.json"))
     where = re.findall(r'ac_node\\*"\s*:\s*\\*"([0-9a-f]+)', states)
     assert len(where) == trials and len(set(where)) == 2, where  # both worker nodes, never the head
+    assert sorted(r["node"] for r in finals) == sorted(where)  # and trials.jsonl says the same
 
     # The same command without Ray and PostgreSQL evaluates the same candidates.
     from click.testing import CliRunner

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -206,7 +207,7 @@ def evaluate_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     assigned = ray.get_runtime_context().get_assigned_resources()
     where = {"ac_problem": source, "ac_cpus": float(assigned.get("CPU", 0.0)),
              "ac_gpus": float(assigned.get("GPU", 0.0)),
-             "ac_node": ray.get_runtime_context().get_node_id()}
+             "ac_node": ray.get_runtime_context().get_node_id(), "ac_host": socket.gethostname()}
     if "ac_policy" in config:
         policy = CompressionPolicy.from_json(config["ac_policy"])
     else:
@@ -276,6 +277,13 @@ def _result_from_report(report: Mapping[str, Any] | None, error: bool) -> tuple[
     return res, str(report.get("ac_status", "ok" if res.ok else "failed"))
 
 
+def _where(report: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """The host and Ray node a trial reported it ran on (None when it reported nothing)."""
+    if not report or "ac_node" not in report:
+        return None
+    return {"host": str(report.get("ac_host", "")), "node": str(report["ac_node"])}
+
+
 class _Recorder:
     """Driver-side admission and recording shared by both Tune searchers."""
 
@@ -295,7 +303,8 @@ class _Recorder:
         self.logged_low.add(number)
         s = self.session
         ok, viol = s.feasibility(policy, res)
-        s.log_evaluation(number, policy, res, status=status, final=False, feasible=False, violations=viol)
+        s.log_evaluation(number, policy, res, status=status, final=False, feasible=False, violations=viol,
+                         where=_where(report))
 
     def record(self, trial: Any, policy: CompressionPolicy, report: Mapping[str, Any] | None,
                error: bool) -> tuple[EvalResult, str, list[float] | None]:
@@ -311,12 +320,12 @@ class _Recorder:
             for k, v in s.trial_attrs(policy, shown, "infeasible", False, viol, fidelity="predicted").items():
                 trial.set_user_attr(k, v)
             s.log_evaluation(trial.number, policy, shown, status="infeasible", final=True,
-                             feasible=False, violations=viol, fidelity="predicted")
+                             feasible=False, violations=viol, fidelity="predicted", where=_where(report))
             return res, status, s.objective_values(res.metrics)
         feasible, viol = s.feasibility(policy, res)
         feasible = feasible and res.fidelity == "full"
         s.log_evaluation(trial.number, policy, res, status=status, final=True, feasible=feasible,
-                         violations=viol)
+                         violations=viol, where=_where(report))
         for k, v in s.trial_attrs(policy, res, status, feasible, viol).items():
             trial.set_user_attr(k, v)
         values = s.objective_values(res.metrics) if status == "ok" else None

@@ -13,6 +13,7 @@ uses the same session, so both write the same study and files.
 from __future__ import annotations
 
 import math
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -345,9 +346,14 @@ class SearchSession:
 
     def log_evaluation(self, number: int, policy: CompressionPolicy, result: EvalResult, *,
                        status: str, final: bool, feasible: bool, violations: Mapping[str, float],
-                       fidelity: str | None = None) -> None:
-        """Append one line to ``trials.jsonl``."""
+                       fidelity: str | None = None, where: Mapping[str, str] | None = None) -> None:
+        """Append one line to ``trials.jsonl``.
+
+        ``where`` names the machine that evaluated it (``host``, and ``node``: the Ray node id for
+        a Ray trial); by default this process's host.
+        """
         self.log.append({
+            **(dict(where) if where else {"host": socket.gethostname()}),
             "v": st.TRIAL_RECORD_VERSION, "id": number, "trial": number,
             "study": self.spec.study_name, "worker": self.worker.uuid,
             "strategy": self.spec.strategy, "policy": policy.to_dict(), "policy_key": policy.key(),

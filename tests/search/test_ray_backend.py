@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,8 @@ def _check_run(spec_out: Path, trials: int, study_name: str = "autocompress") ->
     counted = [t for t in study.get_trials() if t.user_attrs.get("status") in ("ok", "failed")]
     assert len(counted) == trials
     assert sorted(r["id"] for r in finals) == sorted(t.number for t in counted)
+    for r in finals:  # where each trial ran: this machine's host name and a Ray node id
+        assert r["host"] == socket.gethostname() and re.fullmatch("[0-9a-f]{16,}", r["node"]), r
     assert json.loads((spec_out / "pareto.json").read_text())["points"]
     return finals
 

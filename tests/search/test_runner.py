@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def test_multi_fidelity_promotes_the_best_fraction(search_problem: Problem, tmp_
     low = [r for r in lines if r["fidelity"] == "low"]
     full = [r for r in lines if r["fidelity"] == "full"]
     assert len(low) == 8  # every candidate is scored cheaply first
+    assert {r["host"] for r in lines} == {socket.gethostname()} and not any("node" in r for r in lines)
     assert 1 <= len(full) < 8  # only promoted ones at full fidelity
     assert {r["id"] for r in full} <= {r["id"] for r in low}
     assert all(not r["final"] for r in low if r["id"] in {f["id"] for f in full})
