@@ -43,6 +43,7 @@ __all__ = [
     "bn_scores",
     "build_graph",
     "check_importance",
+    "global_bn_ratios",
     "prune_groups_",
     "removed_units",
     "removed_units_f",
@@ -304,6 +305,51 @@ def check_importance(
             f"{type(model).__name__} is followed by an affine BatchNorm; allowed here: "
             f"{', '.join(i for i in IMPORTANCES if i != 'bn')}"
         )
+
+
+def global_bn_ratios(
+    model: nn.Module, groups: Sequence[GroupSpec], fraction: float, max_prune: float = 0.8
+) -> dict[str, float]:
+    """Network slimming's global threshold (Liu et al. 2017) as per-group prune ratios.
+
+    ``importance="bn"`` ranks channels within each group; the paper ranks every BatchNorm scale
+    of the network together and removes the ``fraction`` smallest. This returns, per prunable
+    group normalised by an affine BatchNorm (``{group.point: ratio}``), the share of its channels
+    below that global threshold. A group reaching ``max_prune`` stops there and the next smallest
+    scales elsewhere are taken instead, so the total removed stays ``fraction``. A policy with
+    these ratios pruned with ``importance="bn"`` removes exactly those channels (groups without
+    a BatchNorm keep theirs).
+
+    Raises:
+        UserInputError: ``fraction`` outside [0, 1), or no prunable group has a BatchNorm.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction < 1.0:
+        raise UserInputError(f"fraction={fraction!r}; allowed: 0 <= fraction < 1")
+    modules = dict(model.named_modules())
+    scored: list[tuple[GroupSpec, Tensor]] = []
+    for g in groups:
+        if not g.prunable or g.unit != 1:
+            continue
+        gammas = [m.weight.detach().abs().double().cpu() for name in g.members
+                  if _affine_bn(m := modules.get(name)) and m.num_features == g.n]
+        if gammas:
+            scored.append((g, torch.stack(gammas).mean(0)))
+    if not scored:
+        raise UserInputError(
+            f"global BatchNorm ranking needs a prunable layer followed by an affine BatchNorm, and "
+            f"{type(model).__name__} has none")
+    flat = torch.cat([s for _, s in scored])
+    owner = torch.cat([torch.full((len(s),), i, dtype=torch.long) for i, (_, s) in enumerate(scored)])
+    k = int(math.floor(fraction * len(flat) + 1e-9))
+    caps = [min(int(math.floor(max_prune * g.n + 1e-9)), g.n - 1) for g, _ in scored]
+    counts = [0] * len(scored)
+    for i in owner[torch.argsort(flat, stable=True)].tolist():  # smallest |gamma| first
+        if k == 0:
+            break
+        if counts[i] < caps[i]:  # a full layer passes its channels on to the next smallest
+            counts[i] += 1
+            k -= 1
+    return {g.point: c / g.n for (g, _), c in zip(scored, counts, strict=True)}
 
 
 def _first_tensor(batch: Any) -> Any:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from autocompress.models import cifar_mobilenet, cifar_resnet, cifar_vgg, sequence, testing_models  # noqa: F401
+from autocompress.models import (  # noqa: F401
+    cifar_alexnet,
+    cifar_mobilenet,
+    cifar_resnet,
+    cifar_vgg,
+    sequence,
+    testing_models,
+)
 from autocompress.models._registry import (
     ModelEntry,
     create_model,
