@@ -51,6 +51,21 @@ class CifarAlexNet(nn.Module):
             c = width
         head.append(nn.Linear(c, num_classes))
         self.classifier = nn.Sequential(*head)
+        self.he_init = not bn
+        self.reset_weights_()
+
+    def reset_weights_(self) -> None:
+        """Fresh weights (training from scratch restarts here). Without BatchNorm, He
+        initialisation: PyTorch's default scale shrinks the signal through eight ReLU layers so
+        far that the model does not start to learn; with BatchNorm, PyTorch's default (He
+        initialisation makes its unnormalised MLP diverge at the learning rate that trains it)."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+            if self.he_init and isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x).flatten(1))

@@ -111,3 +111,19 @@ def test_global_bn_ratios_remove_the_smallest_gammas_of_the_whole_network() -> N
     plain = create_model("alexnet_cifar")
     with pytest.raises(UserInputError, match="needs a prunable layer followed by an affine BatchNorm"):
         global_bn_ratios(plain, CompressionSpace.from_model(plain).groups, 0.3)
+
+
+def test_reset_weights_restarts_from_the_models_own_initialisation() -> None:
+    """He initialisation without BatchNorm (the default scale does not train through 8 ReLU
+    layers), PyTorch's default with it; training from scratch (Table 6) restarts there."""
+    torch.manual_seed(0)
+    plain = create_model("alexnet_cifar")
+    before = plain.features[3].weight.detach().clone()
+    plain.reset_weights_()
+    w = plain.features[3].weight.detach()
+    assert not torch.equal(before, w)
+    he = (2 / (64 * 25)) ** 0.5
+    assert abs(float(w.std()) - he) < 0.05 * he and float(plain.features[3].bias.abs().max()) == 0.0
+    bnd = create_model("alexnet_cifar_bnd")
+    bound = 1 / (64 * 25) ** 0.5  # PyTorch's default: uniform within 1 / sqrt(fan_in)
+    assert float(bnd.features[4].weight.abs().max()) <= bound
