@@ -1,0 +1,162 @@
+"""benchmarks/bench_survey.py: every survey recipe loads and becomes the policy it describes; the
+``--quick`` run on digits prints one row per recipe with really smaller compressed models."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from autocompress.errors import UserInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench() -> ModuleType:
+    if "bench_survey" in sys.modules:
+        return sys.modules["bench_survey"]
+    spec = importlib.util.spec_from_file_location("bench_survey", ROOT / "benchmarks" / "bench_survey.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_survey"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+RECIPES = sorted(p.stem for p in (ROOT / "configs" / "survey").glob("*.yaml"))
+
+
+def test_every_table_of_the_survey_has_its_recipes() -> None:
+    bench = _bench()
+    recipes = bench.load_recipes()
+    assert [r.name for r in recipes] == sorted(RECIPES, key=lambda n: (int(n[1]), n))
+    assert sum(r.table == 5 for r in recipes) == 8
+    assert {r.schedule for r in recipes} == {"finetune", "scratch", "inq"}
+    assert {r.search_budget for r in recipes if r.table == 7} == {"size"}
+    for r in recipes:  # every recipe carries the survey's figures it is compared with
+        assert r.survey["top1_before"] > r.survey["top1_after"] - 5
+
+
+@pytest.mark.timeout(120)
+def test_recipes_become_the_policies_they_describe() -> None:
+    import torch
+
+    from autocompress.compression import CompressionSpace
+    from autocompress.models import create_model
+
+    bench = _bench()
+
+    class _Problem:  # what recipe_policy reads: the base model and its space
+        def __init__(self, name: str, importance: str) -> None:
+            torch.manual_seed(0)
+            self.model = create_model(name).eval()
+            self.space = CompressionSpace.from_model(self.model, knobs=bench.COMPRESS_KNOBS,
+                                                     importance=importance)
+
+    plain, bnd, slim = _Problem("alexnet_cifar", "l1"), _Problem("alexnet_cifar_bnd", "l1"), \
+        _Problem("alexnet_cifar_bnd", "bn")
+    p = bench.recipe_policy(bench.load_recipe(ROOT / "configs/survey/t5_l1_bnd_first30_other50.yaml"), bnd)
+    assert p["features.0"].prune == 0.3 and p["features.4"].prune == 0.5 and p["features.14"].prune == 0.5
+    assert p["classifier.1"].prune == 0.0  # the survey ranks convolutional filters only
+    p = bench.recipe_policy(bench.load_recipe(ROOT / "configs/survey/t5_magnitude_conv60_fc70.yaml"), plain)
+    assert p["features.8"].sparsity == 0.6 and p["classifier.4"].sparsity == 0.7 and p["features.8"].prune == 0
+    p = bench.recipe_policy(bench.load_recipe(ROOT / "configs/survey/t7_bnn_1bit.yaml"), plain)
+    assert {a.w_bits for a in p.layers.values()} == {1}
+    p = bench.recipe_policy(bench.load_recipe(ROOT / "configs/survey/t5_slimming_50.yaml"), slim)
+    n = {"features.0": 64, "features.4": 192, "features.8": 384, "features.11": 256, "features.14": 256}
+    removed = sum(round(p[k].prune * v) for k, v in n.items())
+    assert removed == int(0.5 * sum(n.values()))  # 50% of all conv channels, network-wide
+    assert p["classifier.1"].prune == 0.0
+
+
+def test_bad_recipes_are_refused_with_one_line(tmp_path: Path) -> None:
+    bench = _bench()
+    cases = {
+        "unknown_key": ("table: 5\nrow: x\nmodel: alexnet_cifar\nprun: {conv: 0.3}\n", "unknown key 'prun'"),
+        "selector": ("table: 5\nrow: x\nmodel: alexnet_cifar\nprune: {fc: 0.3}\n", "selector 'fc'"),
+        "bits": ("table: 7\nrow: x\nmodel: alexnet_cifar\nw_bits: {all: 7}\n", "w_bits.all=7"),
+        "inq_low": ("table: 7\nrow: x\nmodel: alexnet_cifar\nw_bits: {all: 1}\nschedule: inq\n"
+                    "inq_steps: [0.5, 1.0]\n", "inq needs w_bits of 3 or more"),
+        "model": ("table: 5\nrow: x\nmodel: alexnet\n", "model='alexnet'"),
+    }
+    for name, (text, match) in cases.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        with pytest.raises(UserInputError, match=match):
+            bench.load_recipe(path)
+    with pytest.raises(UserInputError, match="--recipes 'nope' is unknown"):
+        bench.load_recipes(["nope"])
+
+
+def _readme_commands() -> list[list[str]]:
+    """The ``bench_survey.py`` command lines of benchmarks/README.md's survey section."""
+    import re
+    import shlex
+
+    text = (ROOT / "benchmarks" / "README.md").read_text()
+    section = text[text.index("## The survey's Tables 5–7"):]
+    section = section[:section.index("\n## ", 1)]
+    lines = re.findall(r"```\n(.*?)```", section, flags=re.S)
+    cmds = [shlex.split(line) for block in lines for line in block.replace("\\\n", " ").splitlines()
+            if "bench_survey.py" in line]
+    return [c[c.index("benchmarks/bench_survey.py") + 1:] for c in cmds]
+
+
+def test_readme_commands_parse() -> None:
+    bench = _bench()
+    cmds = _readme_commands()
+    assert len(cmds) == 2
+    full, quick = (bench.parse_args(c) for c in cmds)
+    assert full.data == "imagefolder:~/.cache/autocompress/data/cifar10" and not full.quick
+    assert full.checkpoint_dir.startswith("~/.cache/autocompress/bench")
+    assert quick.quick and quick.data == "digits" and quick.finetune_epochs == 1
+
+
+#: One recipe per schedule and search budget, all on one base model (the test trains it once).
+SUBSET = ["t5_l1_bnd_first0_other60", "t5_magnitude_bnd_conv60_fc70", "t6_scratch_bnd_first0_other60",
+          "t7_inq_5bit"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_quick_run_prints_its_rows_and_really_compresses(tmp_path: Path, capsys: Any) -> None:
+    """The README's ``--quick`` line on four recipes, with even smaller counts."""
+    bench = _bench()
+    quick = _readme_commands()[1]
+    quick = [a for a in quick if not a.startswith("/tmp/")]
+    if "--json" in quick:
+        quick.remove("--json")
+    out_json = tmp_path / "survey.json"
+    result = bench.main([*quick, "--out", str(tmp_path / "out"), "--json", str(out_json),
+                         "--recipes", *SUBSET, "--base-epochs", "1", "--train-samples", "128",
+                         "--search-trials", "2"])
+    printed = capsys.readouterr().out
+    assert json.loads(out_json.read_text())["markdown"] == result["markdown"]
+    rows = {r["recipe"]: r for r in result["rows"]}
+    assert sorted(rows) == sorted(SUBSET)
+    for name, r in rows.items():
+        assert f"| {r['row']} |" in printed or r["table"] == 6  # one table row per recipe
+        base, after = r["base"], r["after"]
+        assert 0 <= after["top1"] <= after["top5"] <= 100
+        # counted on the compressed modules, and what the space predicts
+        assert after["params"] == r["predicted"]["params"]
+        if r["table"] == 7:
+            assert after["size_bytes"] < base["size_bytes"] / 5  # 5-bit weights and their scales
+        else:
+            assert after["params"] < 0.45 * base["params"]
+        if name.startswith(("t5_l1", "t6")):
+            assert after["flops"] < 0.4 * base["flops"]
+        if name.startswith("t5_magnitude"):
+            assert after["flops"] == base["flops"]  # dense kernels: zeros cost the same
+        s = r.get("searched")
+        if s is not None and "after" in s:
+            metric, value = s["budget"].split("=")
+            assert s["after"][bench.SEARCH_BUDGETS[metric]] <= float(value)
+    t6 = rows["t6_scratch_bnd_first0_other60"]
+    assert t6["scratch"]["params"] == t6["after"]["params"] and "same architecture trained from scratch" in printed
+    assert "**Table 5**" in printed and "**Table 6**" in printed and "**Table 7**" in printed
