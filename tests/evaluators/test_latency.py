@@ -36,8 +36,9 @@ def test_latency_positive_finite_and_monotone_in_batch(
         assert s.p10_ms <= s.median_ms <= s.p90_ms and s.iqr_ms >= 0
         assert s.backend == backend and s.threads == 1 and s.repeats == 7 and s.clock == clock
     assert (small.batch, big.batch) == (1, 64)
-    # 64x the work: even on a busy machine the median must grow clearly
-    assert big.median_ms > 4 * small.median_ms
+    # 64x the work must show clearly; compared on the fastest tenth of the runs, which other jobs on
+    # a busy machine inflate least (a loaded CI run once put batch 1's median at 2.4 ms, p10 1.1 ms)
+    assert big.p10_ms > 4 * small.p10_ms
 
 
 def test_onnx_export_matches_torch(convnet: torch.nn.Module) -> None:
