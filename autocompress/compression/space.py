@@ -1,19 +1,18 @@
-"""The per-layer compression space of a model, and its closed-form cost model.
+"""The per-layer compression space of a model: its decision points, knobs, policies and costs.
 
 ``CompressionSpace.from_model`` discovers the decision points once (one per conv / linear /
 RNN / attention layer, the ``prune`` knob on the root layer of each prunable torch-pruning group)
-and precomputes numpy arrays so that ``macs/params/size_bytes/bops(policy)`` are evaluated without
-building any model (tens of microseconds; used inside search loops).
+and compiles the closed-form cost model, so that ``macs/params/size_bytes/bops(policy)`` are
+evaluated without building any model (tens of microseconds; used inside search loops).
 
-How the prediction is made exact: every parameter tensor's shape is an affine function of the
-number of channels removed from each *atom* of each group (see ``prune.py``). Rather than encode
-torch-pruning's rules by hand, ``from_model`` *measures* those coefficients on a scratch copy by
-removing one channel (unit) per atom and reading the new parameter shapes. A layer's MACs are
-then ``positions x weight numel`` (conv: ``H_out W_out x C_out x C_in/groups x k x k``; linear:
-``positions x out x in``; RNN: ``steps x sum of weight-matrix numels``), plus a constant for work
-no knob changes (attention products, functional matmuls). ``verify=True`` (default) checks the
-prediction against a really pruned copy at ``max_prune`` and drops the prune knob of any group
-where they disagree or torch-pruning fails, recording why (``describe()``).
+The space is a facade over two modules: ``discovery.py`` records the layers (one forward pass)
+and *measures* how every parameter shape changes when one channel (unit) of each atom of each
+group is removed (rather than encode torch-pruning's rules by hand); ``costmodel.py`` compiles
+those records into numpy arrays and evaluates a policy on them. The space decides which knobs
+each layer offers (and why others are left out), builds, validates and describes policies, and
+maps a policy onto the cost model's rows. ``verify=True`` (default) checks the prediction against
+a really pruned copy at ``max_prune`` and drops the prune knob of any group where they disagree
+or torch-pruning fails, recording why (``describe()``).
 
 Units: MACs per input sample (batch 1; FLOPs = 2 x MACs); params in elements; size in bytes;
 BOPs = MACs x w_bits x a_bits (layers without a quantization knob count 32 x 32).
@@ -22,9 +21,8 @@ BOPs = MACs x w_bits x a_bits (layers without a quantization knob count 32 x 32)
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -33,14 +31,20 @@ import torch
 from torch import nn
 
 from autocompress.compression import lowrank, prune, quantize, rnn
-from autocompress.compression.counting import (
-    _batch_size,
-    _full_inputs,
-    _rnn_steps,
-    count_macs,
-    count_params,
-    eval_mode,
-    module_macs_formula,
+from autocompress.compression.costmodel import CostModel, _TooManyDims
+from autocompress.compression.counting import count_macs, count_params
+
+# discovery's helpers stay importable from here, where they lived before (unused ones: F401)
+from autocompress.compression.discovery import (  # noqa: F401
+    _discover_groups,
+    _forward,
+    _Layer,
+    _layer_kind,
+    _probe,
+    _ProbeFailure,
+    _record_coefs,
+    _record_layers,
+    _shapes,
 )
 from autocompress.compression.knobs import (
     ALLOWED_BITS,
@@ -48,7 +52,6 @@ from autocompress.compression.knobs import (
     check_knob_set,
     default_knob_names,
     knob_names,
-    weight_storage_bytes,
 )
 from autocompress.compression.policy import _EXTRA_KNOBS, CompressionPolicy, LayerAction
 from autocompress.errors import UserInputError
@@ -168,210 +171,6 @@ def _make_point(
     )
 
 
-@dataclass
-class _Layer:
-    name: str
-    kind: str
-    steps: float = 0.0  # output positions (conv/linear) or time steps (RNN), per sample
-    weights: list[str] = field(default_factory=list)  # tensors whose numel x steps = MACs
-    qweights: list[str] = field(default_factory=list)  # tensors quantized by w_bits
-    const_q: float = 0.0  # MACs not modelled by weights but quantized (attention projections)
-    const_f: float = 0.0  # MACs that stay float (attention products)
-    fmap: tuple[int, int] = (1, 1)
-    in_ch: int = 0
-    out_ch: int = 0
-    kernel: int = 1
-    stride: int = 1
-    quant: bool = False
-    rank: bool = False
-
-
-def _layer_kind(m: nn.Module) -> str | None:
-    if isinstance(m, nn.modules.conv._ConvNd):
-        if m.transposed:
-            return None
-        if m.groups == 1:
-            return "conv"
-        return "depthwise_conv" if m.groups == m.out_channels else "grouped_conv"
-    if isinstance(m, nn.Linear):
-        return "linear"
-    if isinstance(m, nn.LSTM):
-        return "lstm"
-    if isinstance(m, nn.GRU):
-        return "gru"
-    if isinstance(m, nn.RNNBase):
-        return "rnn"
-    if isinstance(m, nn.MultiheadAttention):
-        return "attention"
-    return None
-
-
-def _record_layers(model: nn.Module, x: Any) -> dict[str, _Layer]:
-    """Run one forward pass and record, per MAC-bearing layer, positions/steps and shapes."""
-    layers: dict[str, _Layer] = {}
-    batch = _batch_size(x)
-    mha_names = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    handles = []
-
-    def hook(name: str, m: nn.Module, kind: str):  # type: ignore[no-untyped-def]
-        def fn(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
-            rec = layers.get(name)
-            first = rec is None
-            if rec is None:
-                rec = layers[name] = _Layer(name, kind)
-            params = dict(module.named_parameters(recurse=kind == "attention"))
-            if kind in ("conv", "depthwise_conv", "grouped_conv", "linear"):
-                o = out[0] if isinstance(out, tuple) else out
-                n_out = module.out_channels if kind != "linear" else module.out_features
-                rec.steps += o.numel() / (batch * n_out)
-                rec.weights = rec.qweights = [f"{name}.weight"]
-                if first:
-                    if kind == "linear":
-                        rec.in_ch, rec.out_ch = module.in_features, module.out_features
-                        rec.fmap = (int(o.numel() // (batch * n_out)), 1)
-                    else:
-                        rec.in_ch, rec.out_ch = module.in_channels, module.out_channels
-                        spatial = list(o.shape[2:]) if o.dim() > 2 else [1]
-                        rec.fmap = (int(math.prod(spatial[:-1])), int(spatial[-1]))
-                        rec.kernel = int(math.prod(module.kernel_size))
-                        rec.stride = int(math.prod(module.stride))
-            elif kind in ("lstm", "gru", "rnn"):
-                rec.steps += _rnn_steps(module, _full_inputs(module, args, kwargs))
-                rec.weights = rec.qweights = [
-                    f"{name}.{n}" for n in params if n.startswith("weight_")
-                ]
-                rec.in_ch, rec.out_ch = module.input_size, module.hidden_size
-                rec.fmap = (int(rec.steps), 1)
-            else:  # attention
-                full = _full_inputs(module, args, kwargs)
-                total = module_macs_formula(module, full)
-                lq = full[0].shape[0 if full[0].dim() == 2 or not module.batch_first else 1]
-                lk = full[1].shape[0 if full[1].dim() == 2 or not module.batch_first else 1]
-                att = 2.0 * lq * lk * module.embed_dim
-                rec.const_q += total - att
-                rec.const_f += att
-                rec.qweights = [f"{name}.{n}" for n in params if n.endswith("proj_weight")] + [
-                    f"{name}.out_proj.weight"
-                ]
-                rec.in_ch = rec.out_ch = module.embed_dim
-                rec.fmap = (int(lq), 1)
-
-        return fn
-
-    for name, m in model.named_modules():
-        kind = _layer_kind(m)
-        if kind is None or name == "":
-            continue
-        if any(name.startswith(a + ".") for a in mha_names):
-            continue  # MultiheadAttention uses its out_proj's weight directly
-        handles.append(m.register_forward_hook(hook(name, m, kind), with_kwargs=True))
-    try:
-        with torch.no_grad(), eval_mode(model):
-            _forward(model, x)
-    finally:
-        for h in handles:
-            h.remove()
-    return layers
-
-
-def _forward(model: nn.Module, x: Any) -> Any:
-    return model(*x) if isinstance(x, tuple) else model(x)
-
-
-class _TooManyDims(Exception):
-    def __init__(self, name: str, groups: set[str]) -> None:
-        super().__init__(name, groups)
-        self.name = name
-        self.groups = groups
-
-
-class _ProbeFailure(Exception):
-    def __init__(self, root: str, reason: str) -> None:
-        super().__init__(root, reason)
-        self.root = root
-        self.reason = reason
-
-
-def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {n: tuple(p.shape) for n, p in model.named_parameters()}
-
-
-def _probe(
-    model: nn.Module, x: Any, skip: dict[str, str], use_graph: bool = True
-) -> tuple[list[prune.GroupSpec], dict[tuple[str, int], dict[tuple[int, int], float]]]:
-    """Analyse the groups on a scratch copy and measure shape coefficients, one unit per atom.
-
-    ``use_graph=False``: only the groups that need no torch-pruning graph (RNN hidden units).
-    """
-    work = copy.deepcopy(model)
-    DG = prune.build_graph(work, x) if use_graph else None
-    specs = prune.analyse_groups(DG, work) if DG is not None else []
-    order = {n: i for i, n in enumerate(dict(work.named_modules()))}
-    specs += rnn.hidden_groups(work, x)  # torch-pruning does not handle RNN hidden units
-    specs.sort(key=lambda s: order.get(s.root, len(order)))
-    for s in specs:
-        if s.reason is None and s.root in skip:
-            s.reason = skip[s.root]
-    modules = dict(work.named_modules())
-    coef: dict[tuple[str, int], dict[tuple[int, int], float]] = {}
-    # torch-pruning's groups first, on the graph as traced; then the groups that prune themselves
-    for gi, spec in sorted(enumerate(specs), key=lambda t: t[1].own_pruner):
-        if not spec.prunable:
-            continue
-        if spec.own_pruner:  # remove one unit per layer, after checking that this is exact
-            before = _shapes(work)
-            try:
-                spec.probe_(work, x)  # type: ignore[attr-defined]
-            except ValueError as exc:
-                raise _ProbeFailure(spec.root, str(exc)) from exc
-            _record_coefs(coef, gi, 0, before, _shapes(work), spec.root)
-            continue
-        assert DG is not None
-        module = modules[spec.root]
-        pruner = DG.get_pruner_of_module(module)
-        removed: list[int] = []
-        for ai, atom in enumerate(spec.atoms):
-            if len(atom) // spec.unit < 2:
-                continue
-            if spec.unit > 1:
-                block = spec.n // spec.unit
-                idxs = [b * block for b in range(spec.unit)]
-            else:
-                idxs = [atom[0]]
-            current = [i - sum(1 for r in removed if r < i) for i in idxs]
-            before = _shapes(work)
-            try:
-                with prune.quiet_torch_pruning():
-                    DG.get_pruning_group(module, pruner.prune_out_channels, current).prune()
-                with torch.no_grad(), eval_mode(work):
-                    _forward(work, x)
-            except Exception as exc:  # noqa: BLE001 - any failure disables this group's knob
-                raise _ProbeFailure(
-                    spec.root, f"torch-pruning failed ({type(exc).__name__}: {exc})"
-                ) from exc
-            removed.extend(idxs)
-            _record_coefs(coef, gi, ai, before, _shapes(work), spec.root)
-    return specs, coef
-
-
-def _record_coefs(
-    coef: dict[tuple[str, int], dict[tuple[int, int], float]],
-    gi: int,
-    ai: int,
-    before: dict[str, tuple[int, ...]],
-    after: dict[str, tuple[int, ...]],
-    root: str,
-) -> None:
-    """Store how many elements each parameter dim lost when atom ``ai`` of group ``gi`` lost a unit."""
-    for name, shape in before.items():
-        new = after.get(name)
-        if new is None or len(new) != len(shape):
-            raise _ProbeFailure(root, f"parameter {name!r} changed rank when pruned")
-        for d, (a, b) in enumerate(zip(shape, new, strict=True)):
-            if a != b:
-                coef.setdefault((name, d), {})[(gi, ai)] = float(a - b)
-
-
 class CompressionSpace:
     """Decision points of a model and the closed-form cost of any policy over them.
 
@@ -487,44 +286,16 @@ class CompressionSpace:
         }
 
         # groups and shape coefficients
-        skip: dict[str, str] = {}
         self.groups, coef = [], {}
         if "prune" in knobs and max_prune > 0:
-            use_graph, untraced = True, ""
-            while True:  # each failure disables one more group (or the graph), so this ends
-                try:
-                    self.groups, coef = _probe(work, example_input, skip, use_graph)
-                    break
-                except _ProbeFailure as fail:
-                    if fail.root in skip:  # cannot happen unless tracing is not deterministic
-                        self.notes.append(
-                            f"probing group {fail.root!r} failed twice; no prune knobs"
-                        )
-                        self.groups, coef = [], {}
-                        break
-                    skip[fail.root] = fail.reason
-                except Exception as exc:  # noqa: BLE001 - tracing failed: no graph groups
-                    if not use_graph:
-                        self.groups, coef = [], {}
-                        break
-                    untraced = f"torch-pruning could not trace this model ({type(exc).__name__}: {exc})"
-                    use_graph = False  # recurrent hidden units are still probed without it
-            if untraced:
-                rest = ("only recurrent hidden sizes have a prune knob"
-                        if any(g.prunable for g in self.groups) else "no layer has a prune knob")
-                self.notes.append(f"{untraced}; {rest}")
-        order = {n: i for i, n in enumerate(self._modules_kind)}
-        for g in self.groups:  # name each group's knob after its first member layer
-            members = sorted((m for m in g.members if m in self._layers), key=lambda m: order[m])
-            g.point = members[0] if members else g.root
+            self.groups, coef, notes = _discover_groups(work, example_input, self._layers)
+            self.notes += notes
         self._coef = coef
         while True:
             try:
                 self._build_arrays()
                 break
-            except (
-                _TooManyDims
-            ) as exc:  # the closed form handles at most two pruned dims per tensor
+            except _TooManyDims as exc:  # the closed form handles at most two pruned dims per tensor
                 hit = [g for g in self.groups if g.point in exc.groups and g.prunable]
                 if not hit:
                     raise RuntimeError(f"cannot model parameter {exc.name!r}") from exc
@@ -537,152 +308,15 @@ class CompressionSpace:
         return self
 
     def _build_arrays(self) -> None:
-        """Precompute the numpy arrays of the cost model from the recorded layers and coefficients."""
-        groups = [g for g in self.groups if g.prunable]
-        self._pgroups = groups
-        self._group_index = {g.point: i for i, g in enumerate(groups)}
-        gi_of_spec = {id(g): i for i, g in enumerate(groups)}
-        cols: list[tuple[int, int]] = []  # (spec index in self.groups, atom index)
-        col_group, col_units, col_round = [], [], []
-        for si, g in enumerate(self.groups):
-            if not g.prunable:
-                continue
-            for ai, units in enumerate(g.atom_units()):
-                if units < 2:
-                    continue
-                cols.append((si, ai))
-                col_group.append(gi_of_spec[id(g)])
-                col_units.append(units)
-                col_round.append(math.lcm(self.round_to, g.unit) // g.unit)
-        col_index = {c: j for j, c in enumerate(cols)}
-        self._col_group = np.asarray(col_group, dtype=np.int64)
-        self._col_units = np.asarray(col_units, dtype=np.int64)
-        self._col_round = np.asarray(col_round, dtype=np.int64)
-        n_cols = len(cols)
-
-        names = list(self._base_shapes)
-        self._tensor_index = {n: i for i, n in enumerate(names)}
-        T = len(names)
-        n0 = np.ones(T)
-        n1 = np.ones(T)
-        const = np.ones(T)
-        rows_src = np.full(T, -1, dtype=np.int64)
-        rows_const = np.ones(T)
-        C0 = np.zeros((T, n_cols))
-        C1 = np.zeros((T, n_cols))
-        for t, name in enumerate(names):
-            shape = self._base_shapes[name]
-            dims = sorted(d for (n, d) in self._coef if n == name)
-            dims = [
-                d for d in dims if any(col_index.get(c) is not None for c in self._coef[(name, d)])
-            ]
-            if len(dims) > 2:
-                groups = {self.groups[si].point for d in dims for (si, _) in self._coef[(name, d)]}
-                raise _TooManyDims(name, groups)
-            numel = float(math.prod(shape)) if shape else 1.0
-            denom = 1.0
-            for k, d in enumerate(dims):
-                (n0 if k == 0 else n1)[t] = shape[d]
-                denom *= shape[d]
-                Ck = C0 if k == 0 else C1
-                for c, v in self._coef[(name, d)].items():
-                    j = col_index.get(c)
-                    if j is not None:
-                        Ck[t, j] = v
-                if d == 0:
-                    rows_src[t] = k
-            const[t] = numel / denom
-            rows_const[t] = shape[0] if shape else 1
-        self._n0, self._n1, self._const, self._C0, self._C1 = n0, n1, const, C0, C1
-        self._rows_src, self._rows_const = rows_src, rows_const
-        self._sparse = n_cols > 0
-
-        layers = list(self._layers.values())
-        self._layer_list = layers
-        L = len(layers)
-        self._lsteps = np.array([lay.steps for lay in layers], dtype=np.float64)
-        self._lconst_q = np.array([lay.const_q for lay in layers], dtype=np.float64)
-        self._lconst_f = np.array([lay.const_f for lay in layers], dtype=np.float64)
-        W = np.zeros((L, T))
-        Q = np.zeros((L, T))
-        wt = np.zeros(L, dtype=np.int64)
-        for i, lay in enumerate(layers):
-            for n in lay.weights:
-                if n in self._tensor_index:
-                    W[i, self._tensor_index[n]] = 1.0
-            for n in lay.qweights:
-                if n in self._tensor_index:
-                    Q[i, self._tensor_index[n]] = 1.0
-            if lay.weights and lay.weights[0] in self._tensor_index:
-                wt[i] = self._tensor_index[lay.weights[0]]
-        self._W, self._Q, self._wt = W, Q, wt
-        # Fast-path structures. Total parameters as a quadratic form in the removal vector x:
-        # sum_t const_t (n0_t - c0_t.x)(n1_t - c1_t.x) = K0 - g.x + x.H.x
-        self._K0 = float((const * n0 * n1).sum())
-        self._g = (const * n1) @ C0 + (const * n0) @ C1
-        self._H = (C0 * const[:, None]).T @ C1
-        used = np.nonzero(W.any(0) | Q.any(0))[0] if T else np.zeros(0, dtype=np.int64)
-        if used.size == 0:
-            used = np.zeros(1, dtype=np.int64) if T else used
-        pos = {int(t): k for k, t in enumerate(used)}
-        self._u_n0, self._u_n1, self._u_const = n0[used], n1[used], const[used]
-        self._u_C0, self._u_C1 = C0[used], C1[used]
-        self._u_rows_src, self._u_rows_const = rows_src[used], rows_const[used]
-        self._u_W = W[:, used]
-        self._u_wt = np.array([pos.get(int(t), 0) for t in wt], dtype=np.int64)
-        # owning layer of each used quantizable tensor (len(layers) = none: stays float)
-        qlayer = np.full(len(used), L, dtype=np.int64)
-        for li_, row in enumerate(Q[:, used]):
-            qlayer[row > 0] = li_
-        self._u_qlayer = qlayer
-        self._col_units_f = self._col_units.astype(np.float64)
-        self._col_round_f = self._col_round.astype(np.float64)
-        self._round_one = bool((self._col_round == 1).all())
-        U = len(used)
-        self._U = U
-        self._u_C01 = np.vstack([self._u_C0, self._u_C1])
-        self._u_n01 = np.concatenate([self._u_n0, self._u_n1])
-        # where each used tensor's row count (dim 0) lives in concat(d0, d1, rows_const)
-        src = self._u_rows_src
-        self._u_rows_idx = np.where(
-            src == 0, np.arange(U), np.where(src == 1, U + np.arange(U), 2 * U + np.arange(U))
+        """Compile the cost model from the recorded layers, groups and coefficients."""
+        self._cost = CostModel(
+            self._layers, self.groups, self._coef, self._base_shapes, self.base_macs, self.round_to
         )
-        # One entry per factorisable weight matrix: a conv/linear layer's weight, or each input and
-        # recurrent matrix of an RNN (all factorised at the layer's one rank fraction).
-        pairs = [
-            (li, pos[self._tensor_index[n]])
-            for li, lay in enumerate(layers) if lay.rank
-            for n in (lay.weights if lay.kind in ("lstm", "gru", "rnn") else lay.weights[:1])
-        ]
-        self._R = np.array([li for li, _ in pairs], dtype=np.int64)
-        self._R_wt = np.array([t for _, t in pairs], dtype=np.int64)
-        self._R_pos = {}  # a layer's first matrix (storage knobs are offered on one-weight layers)
-        for i, li in enumerate(self._R.tolist()):
-            self._R_pos.setdefault(int(li), i)
-        self._R_rows_idx = self._u_rows_idx[self._R_wt]
-        self._R_steps = self._lsteps[self._R]
-        self._const_q_total = float(self._lconst_q.sum())
-        modelled = float((self._lsteps * (W @ self._numel(np.zeros(n_cols)))).sum())
-        modelled += float(self._lconst_q.sum() + self._lconst_f.sum())
-        self._residual = float(self.base_macs) - modelled
-        self._const_f_total = float(self._lconst_f.sum()) + self._residual
 
-    def _numel(self, x: np.ndarray) -> np.ndarray:
-        if self._sparse:
-            d0 = self._n0 - self._C0 @ x
-            d1 = self._n1 - self._C1 @ x
-        else:
-            d0, d1 = self._n0, self._n1
-        return self._const * d0 * d1
-
-    def _rows(self, x: np.ndarray) -> np.ndarray:
-        if not self._sparse:
-            return self._rows_const
-        d0 = self._n0 - self._C0 @ x
-        d1 = self._n1 - self._C1 @ x
-        return np.where(
-            self._rows_src == 0, d0, np.where(self._rows_src == 1, d1, self._rows_const)
-        )
+    @property
+    def _pgroups(self) -> list[prune.GroupSpec]:
+        """The prunable groups, in order (what ``compress`` prunes)."""
+        return self._cost.pgroups
 
     def _build_points(self) -> None:
         """One decision point per MAC-bearing layer that has at least one knob."""
@@ -699,15 +333,16 @@ class CompressionSpace:
         points: list[DecisionPoint] = []
         self._point_layer: list[int] = []
         self._point_group: list[int] = []
-        x0 = np.zeros(len(self._col_units))
-        numel0 = self._numel(x0)
-        rows0 = self._rows(x0)
-        for li, lay in enumerate(self._layer_list):
+        cost = self._cost
+        x0 = np.zeros(cost.n_cols)
+        numel0 = cost.numel(x0)
+        rows0 = cost.rows(x0)
+        for li, lay in enumerate(cost.layer_list):
             if lay.steps == 0 and lay.const_q == 0:
                 continue  # never called in the forward pass
             knobs: dict[str, Knob] = {}
             notes: list[str] = []
-            gi = self._group_index.get(lay.name, -1)
+            gi = cost.group_index.get(lay.name, -1)
             if "prune" in self.knob_types:
                 if gi >= 0:
                     knobs["prune"] = Knob(
@@ -719,7 +354,7 @@ class CompressionSpace:
                     )
                 elif lay.name in reasons:
                     notes.append(f"prune: {reasons[lay.name]}")
-                elif lay.name in follows and follows[lay.name] in self._group_index:
+                elif lay.name in follows and follows[lay.name] in cost.group_index:
                     notes.append(f"prune: output channels follow group {follows[lay.name]!r}")
                 elif lay.name in follows:
                     notes.append(f"prune: in unprunable group {follows[lay.name]!r}")
@@ -741,7 +376,7 @@ class CompressionSpace:
                     # the most compressed value keeps rank 1 of every matrix (an RNN has several)
                     tensors = (lay.weights if lay.kind in ("lstm", "gru", "rnn") else lay.weights[:1])
                     full = 0.0
-                    for t in (self._tensor_index[n] for n in tensors):
+                    for t in (cost.tensor_index[n] for n in tensors):
                         full = max(full, min(rows0[t], numel0[t] / rows0[t]))
                     low = 1.0 / full
                     knobs["rank"] = Knob(
@@ -762,7 +397,7 @@ class CompressionSpace:
                     knobs[k] = offered
             if not knobs:
                 continue
-            macs = float(lay.steps * (self._W[li] @ numel0) + lay.const_q + lay.const_f)
+            macs = float(lay.steps * (cost.W[li] @ numel0) + lay.const_q + lay.const_f)
             feats = {
                 "index": float(len(points)),
                 "kind": float(_KINDS.index(lay.kind)),
@@ -773,7 +408,7 @@ class CompressionSpace:
                 "fmap_h": float(lay.fmap[0]),
                 "fmap_w": float(lay.fmap[1]),
                 "macs": macs,
-                "params": float(self._Q[li] @ numel0),
+                "params": float(cost.Q[li] @ numel0),
                 "prunable": float("prune" in knobs),
                 "rankable": float("rank" in knobs),
             }
@@ -793,7 +428,7 @@ class CompressionSpace:
         self._points_by_name = {p.name: p for p in points}
         self._pt_layer = {p.name: self._point_layer[i] for i, p in enumerate(points)}
         # allowed bit-widths per layer as a lookup table for the fast validity check
-        allowed = np.zeros((len(self._layer_list), 33), dtype=bool)
+        allowed = np.zeros((len(cost.layer_list), 33), dtype=bool)
         allowed[:, 32] = True
         for p in points:
             if "w_bits" in p.knobs or "a_bits" in p.knobs:
@@ -975,17 +610,13 @@ class CompressionSpace:
         """Gather indices and bounds for one name tuple (policies of one space share theirs)."""
         entry = self._names_cache.get(names)
         if entry is None:
-            pos = {n: i for i, n in enumerate(names)}
             if any(n not in self._pt_layer for n in names):
                 return None
             k = len(names)
-            layer_pos = np.full(len(self._layer_list), k, dtype=np.int64)
-            for n, i in pos.items():
-                layer_pos[self._pt_layer[n]] = i
-            group_pos = np.array([pos.get(g.point, k) for g in self._pgroups], dtype=np.int64)
+            entry = self._cost.positions(names, self._pt_layer)
             lo = np.zeros((k, 4))
             hi = np.zeros((k, 4))
-            for n, i in pos.items():
+            for i, n in enumerate(names):
                 knobs = self._points_by_name[n].knobs
                 hi[i, 0] = self.max_prune + 1e-12 if "prune" in knobs else 0.0
                 lo[i, 1] = 1.0 if "w_bits" in knobs else 32.0
@@ -993,14 +624,7 @@ class CompressionSpace:
                 hi[i, 1] = hi[i, 2] = 32.0
                 lo[i, 3] = 0.0 if "rank" in knobs else 1.0
                 hi[i, 3] = 1.0
-            entry = {
-                "layer_pos": layer_pos,
-                "group_pos": group_pos,
-                "rank_pos": layer_pos[self._R],
-                "lo": lo,
-                "hi": hi,
-                "rows": np.arange(k),
-            }
+            entry.update(lo=lo, hi=hi, rows=np.arange(k))
             # rows of the allowed-bits tables in name order (only read when bits are restricted)
             order = np.array([self._pt_layer[n] for n in names], dtype=np.int64)
             entry["allowed_w"] = self._allowed_w[order]
@@ -1039,118 +663,18 @@ class CompressionSpace:
                 self.validate(policy)  # raises with a precise message
         return entry, vals
 
+    def _layer_extras(self, policy: CompressionPolicy) -> dict[int, tuple[tuple[str, Any], ...]]:
+        """The policy's storage knobs per layer index of the cost model (decision points only)."""
+        extras = policy._extras()
+        if not extras:
+            return {}
+        return {self._pt_layer[n]: items for n, items in extras.items() if n in self._pt_layer}
+
     def _evaluate(
         self, policy: CompressionPolicy, full: bool, validate: bool = True
     ) -> dict[str, float]:
         entry, vals = self._entry_and_values(policy, validate)
-        U = self._U
-        x = None
-        if self._sparse:
-            p = vals[entry["group_pos"], 0][self._col_group]
-            if self._round_one:  # same result as removed_units_f when round_to == 1 (p < 1)
-                x = np.floor(p * self._col_units_f + 1e-9)
-            else:
-                x = prune.removed_units_f(p, self._col_units_f, self._col_round_f)
-            d = self._u_n01 - self._u_C01 @ x
-        else:
-            d = self._u_n01
-        numel = self._u_const * d[:U] * d[U:]
-        lw = self._u_W @ numel  # MAC-weight elements per layer
-        rkR = vals[entry["rank_pos"], 3]
-        lowr = rkR < 1.0
-        any_rank = bool(lowr.any())
-        if any_rank:
-            dext = np.concatenate((d, self._u_rows_const))
-            m = dext[self._R_rows_idx]
-            n = numel[self._R_wt] / m
-            r = np.maximum(1.0, np.floor(rkR * np.minimum(m, n) + 0.5))
-            fw = r * (m + n)
-            fact = lowr & (fw < m * n)
-            saved = np.where(fact, numel[self._R_wt] - fw, 0.0)  # weight elements saved per matrix
-        if not full:
-            macs = self._lsteps @ lw + self._const_q_total + self._const_f_total
-            if any_rank:
-                macs -= self._R_steps @ saved
-            return {"macs": float(macs)}
-        lv = vals[entry["layer_pos"]]
-        wb, ab = lv[:, 1], lv[:, 2]
-        layer_macs = self._lsteps * lw + self._lconst_q
-        if not any_rank:
-            dext = np.concatenate((d, self._u_rows_const))
-        total = self._K0 if x is None else self._K0 - self._g @ x + x @ self._H @ x
-        # Storage of quantized weights, per tensor: numel x bits/8 + 4 bytes per scale (per row at
-        # 3-16 bits, one per tensor at 1-2 bits), never more than float32 (count_size_bytes).
-        wt_bits = np.append(wb, 32.0)[self._u_qlayer]
-        per_elem = wt_bits / 8.0 - 4.0
-        scales = np.where(wt_bits >= 3, dext[self._u_rows_idx], 1.0)
-        delta = np.where(wt_bits < 32, np.minimum(numel * per_elem + 4.0 * scales, 0.0), 0.0)
-        if any_rank:
-            np.subtract.at(layer_macs, self._R, self._R_steps * saved)  # RNNs: several per layer
-            total -= saved.sum()
-            # A factorised pair stores r*n + m*r weights; the first factor's scales are folded
-            # into the second (quantize_factorised_), which keeps the dense layer's scales.
-            t = self._R_wt[fact]
-            rf, mf, nf = r[fact], m[fact], n[fact]
-            bits_f = wt_bits[t]
-            pe = per_elem[t]
-            delta[t] = np.where(
-                bits_f < 32,
-                rf * nf * pe
-                + np.minimum(mf * rf * pe + 4.0 * np.where(bits_f >= 3, mf, 1.0), 0.0),
-                0.0,
-            )
-        params = float(total)
-        size = float(4.0 * params + delta.sum())
-        if policy._extras():
-            fact_info = (r, m, n, fact) if any_rank else None
-            d_params, d_size = self._storage_terms(policy, numel, dext, wt_bits, fact_info)
-            params += d_params
-            size += d_size
-        return {
-            "macs": float(layer_macs.sum() + self._const_f_total),
-            "params": params,
-            "size_bytes": size,
-            "bops": float((layer_macs * wb * ab).sum() + self._const_f_total * 1024.0),
-        }
-
-    def _storage_terms(
-        self,
-        policy: CompressionPolicy,
-        numel: np.ndarray,
-        dext: np.ndarray,
-        wt_bits: np.ndarray,
-        fact_info: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None,
-    ) -> tuple[float, float]:
-        """``(params, bytes)`` changes of the knobs outside the closed form (storage knobs).
-
-        Per weight tensor of each such layer (both factors of a factorised one) the knob types say
-        the bits per value, the side tables and the entries kept; ``knobs.weight_storage_bytes``
-        (which ``count_size_bytes`` applies to the compressed model) turns them into bytes.
-        """
-        d_params = d_size = 0.0
-        for name, items in policy._extras().items():
-            li = self._pt_layer.get(name)
-            if li is None:
-                continue
-            t = self._u_wt[li]
-            bits = int(wt_bits[t])
-            ri = self._R_pos.get(li)
-            if fact_info is not None and ri is not None and bool(fact_info[3][ri]):
-                r, m, n = (int(round(float(a[ri]))) for a in fact_info[:3])
-                # the first factor's scales are folded into the second (quantize_factorised_)
-                tensors = [(r * n, r, 0), (m * r, m, quantize.weight_scale_count((m,), bits))]
-            else:
-                rows = int(round(float(dext[self._u_rows_idx[t]])))
-                tensors = [(int(round(float(numel[t]))), rows, quantize.weight_scale_count((rows,), bits))]
-            for n_el, rows, scales in tensors:
-                vbits, side, kept = bits, 0.0, n_el
-                for k, v in items:
-                    kt = KNOB_TYPES[k]
-                    vbits, side, kept = kt.value_bits(v, vbits), side + kt.side_bytes(v), kt.stored_params(v, kept)
-                d_size += weight_storage_bytes(n_el, kept, rows, vbits, scales, side)
-                d_size -= weight_storage_bytes(n_el, n_el, rows, bits, scales)
-                d_params += kept - n_el
-        return d_params, d_size
+        return self._cost.evaluate(entry, vals, full, self._layer_extras(policy) if full else {})
 
     def costs(self, policy: CompressionPolicy, *, validate: bool = True) -> dict[str, float]:
         """All four predicted costs at once: ``macs``, ``params``, ``size_bytes``, ``bops``.
@@ -1200,42 +724,7 @@ class CompressionSpace:
             groups and layers that differ from the uncompressed model appear.
         """
         entry, vals = self._entry_and_values(policy, True)
-        removed: dict[str, list[int]] = {}
-        if self._sparse:
-            p = vals[entry["group_pos"], 0][self._col_group]
-            x = prune.removed_units_f(p, self._col_units_f, self._col_round_f)
-            for j, g in enumerate(self._col_group):
-                removed.setdefault(self._pgroups[int(g)].point, []).append(int(round(x[j])))
-            removed = {k: v for k, v in removed.items() if any(v)}
-            d = self._u_n01 - self._u_C01 @ x
-        else:
-            d = self._u_n01
-        U = self._U
-        ranks: dict[int, Any] = {}
-        rkR = vals[entry["rank_pos"], 3]
-        if bool((rkR < 1.0).any()):
-            numel = self._u_const * d[:U] * d[U:]
-            dext = np.concatenate((d, self._u_rows_const))
-            m = dext[self._R_rows_idx]
-            n = numel[self._R_wt] / m
-            r = np.maximum(1.0, np.floor(rkR * np.minimum(m, n) + 0.5))
-            fact = (rkR < 1.0) & (r * (m + n) < m * n)
-            per_layer: dict[int, list[int | None]] = {}
-            for i, li in enumerate(self._R.tolist()):
-                per_layer.setdefault(li, []).append(int(r[i]) if fact[i] else None)
-            for li, rs in per_layer.items():
-                if any(v is not None for v in rs):  # one matrix: its rank; an RNN: one per matrix
-                    ranks[li] = rs[0] if len(rs) == 1 else rs
-        lv = vals[entry["layer_pos"]]
-        extras = policy._extras()
-        layers: dict[str, list[Any]] = {}
-        for i, lay in enumerate(self._layer_list):
-            wb, ab, rank = int(lv[i, 1]), int(lv[i, 2]), ranks.get(i)
-            if wb < 32 or ab < 32 or rank is not None:
-                layers[lay.name] = [wb, ab, rank]
-            if lay.name in extras:  # storage knobs, only where set (older keys stay the same)
-                layers.setdefault(lay.name, [wb, ab, rank]).append(dict(extras[lay.name]))
-        return {"removed": removed, "layers": layers}
+        return self._cost.structure(entry, vals, self._layer_extras(policy))
 
     def structure_key(self, policy: CompressionPolicy) -> str:
         """Stable hash of :meth:`structure`: equal keys mean the same compressed model."""
