@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.compression import prune, rnn
+from autocompress.compression import lowrank, prune, quantize, rnn
 from autocompress.compression.counting import (
     _batch_size,
     _full_inputs,
@@ -35,6 +35,8 @@ Coefs = dict[tuple[str, int], dict[tuple[int, int], float]]
 
 @dataclass
 class _Layer:
+    """One MAC-bearing layer as the example forward pass saw it (calls of a shared module add)."""
+
     name: str
     kind: str
     steps: float = 0.0  # output positions (conv/linear) or time steps (RNN), per sample
@@ -72,7 +74,8 @@ def _layer_kind(m: nn.Module) -> str | None:
 
 
 def _record_layers(model: nn.Module, x: Any) -> dict[str, _Layer]:
-    """Run one forward pass and record, per MAC-bearing layer, positions/steps and shapes."""
+    """Run one forward pass and record, per MAC-bearing layer, positions/steps and shapes (and
+    whether its module can be quantized and factorised)."""
     layers: dict[str, _Layer] = {}
     batch = _batch_size(x)
     mha_names = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
@@ -136,6 +139,10 @@ def _record_layers(model: nn.Module, x: Any) -> dict[str, _Layer]:
     finally:
         for h in handles:
             h.remove()
+    for rec in layers.values():  # which of the bits and rank knobs the module type allows
+        module = model.get_submodule(rec.name)
+        rec.quant = quantize.quantizable(module)
+        rec.rank = lowrank.can_factorise(module) or rnn.can_factorise(module)
     return layers
 
 
@@ -144,6 +151,8 @@ def _forward(model: nn.Module, x: Any) -> Any:
 
 
 class _ProbeFailure(Exception):
+    """Probing a group failed; ``reason`` becomes the group's reason for having no prune knob."""
+
     def __init__(self, root: str, reason: str) -> None:
         super().__init__(root, reason)
         self.root = root

@@ -21,16 +21,14 @@ BOPs = MACs x w_bits x a_bits (layers without a quantization knob count 32 x 32)
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from types import MappingProxyType
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from autocompress.compression import lowrank, prune, quantize, rnn
+from autocompress.compression import prune
 from autocompress.compression.costmodel import CostModel, _TooManyDims
 from autocompress.compression.counting import count_macs, count_params
 
@@ -53,6 +51,14 @@ from autocompress.compression.knobs import (
     default_knob_names,
     knob_names,
 )
+from autocompress.compression.points import (  # noqa: F401 - _make_point: older pickles
+    FEATURE_NAMES,
+    DecisionPoint,
+    Knob,
+    _make_point,
+    build_points,
+    feature_matrix,
+)
 from autocompress.compression.policy import _EXTRA_KNOBS, CompressionPolicy, LayerAction
 from autocompress.errors import UserInputError
 
@@ -61,114 +67,7 @@ __all__ = ["DEFAULT_KNOBS", "FEATURE_NAMES", "KNOB_NAMES", "CompressionSpace", "
 #: Every registered knob type (``compression/knobs.py``), and those a space offers by default.
 KNOB_NAMES: tuple[str, ...] = knob_names()
 DEFAULT_KNOBS: tuple[str, ...] = default_knob_names()
-FEATURE_NAMES: tuple[str, ...] = (
-    "index",
-    "kind",
-    "in_channels",
-    "out_channels",
-    "kernel",
-    "stride",
-    "fmap_h",
-    "fmap_w",
-    "macs",
-    "params",
-    "prunable",
-    "rankable",
-)
-_KINDS: tuple[str, ...] = (
-    "conv",
-    "depthwise_conv",
-    "grouped_conv",
-    "linear",
-    "lstm",
-    "gru",
-    "rnn",
-    "attention",
-)
 _IDENTITY = LayerAction()
-
-
-@dataclass(frozen=True)
-class Knob:
-    """One knob of a decision point: a continuous range (``prune``, ``rank``) or bit-width choices.
-
-    ``most_compressed`` / ``least_compressed`` are the values at the two ends (``least_compressed``
-    is also the identity value).
-    """
-
-    name: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[int, ...] | None = None
-    most_compressed: float | int = 0
-    least_compressed: float | int = 0
-
-    def contains(self, value: float) -> bool:
-        """Whether ``value`` is allowed."""
-        if self.choices is not None:
-            return value in self.choices
-        assert self.low is not None and self.high is not None
-        if self.name == "rank":  # any fraction in (0, 1]; below `low` behaves as rank 1
-            return 0.0 < value <= self.high
-        return self.low - 1e-12 <= value <= self.high + 1e-12
-
-    def allowed(self) -> str:
-        """Human-readable description of the allowed values."""
-        if self.choices is not None:
-            return f"one of {tuple(self.choices)}"
-        if self.name == "rank":
-            return f"0 < rank <= {self.high:g} (below {self.low:.4g} acts as rank 1)"
-        return f"{self.low:g} <= {self.name} <= {self.high:g}"
-
-    def sample(self, rng: np.random.Generator) -> float | int:
-        """A uniformly random allowed value."""
-        if self.choices is not None:
-            return int(self.choices[int(rng.integers(len(self.choices)))])
-        assert self.low is not None and self.high is not None
-        return float(rng.uniform(self.low, self.high))
-
-
-@dataclass(frozen=True)
-class DecisionPoint:
-    """A layer the policy can act on.
-
-    Attributes:
-        name: module FQN (the key in ``CompressionPolicy.layers``).
-        kind: ``conv``, ``depthwise_conv``, ``grouped_conv``, ``linear``, ``lstm``, ``gru``,
-            ``rnn`` or ``attention``.
-        index: position in ``space.decision_points``.
-        knobs: ``{knob name: Knob}`` for the knobs this layer supports (others are absent).
-        features: static raw features (see ``FEATURE_NAMES``); normalised in
-            ``space.feature_matrix()``.
-        notes: knobs left out here and why.
-    """
-
-    name: str
-    kind: str
-    index: int
-    knobs: Mapping[str, Knob]
-    features: Mapping[str, float]
-    notes: tuple[str, ...] = ()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # read-only mapping proxies do not pickle / deep-copy: rebuild them from plain dicts
-        return (
-            _make_point,
-            (self.name, self.kind, self.index, dict(self.knobs), dict(self.features), self.notes),
-        )
-
-
-def _make_point(
-    name: str,
-    kind: str,
-    index: int,
-    knobs: dict[str, Knob],
-    features: dict[str, float],
-    notes: tuple[str, ...],
-) -> DecisionPoint:
-    return DecisionPoint(
-        name, kind, index, MappingProxyType(knobs), MappingProxyType(features), notes
-    )
 
 
 class CompressionSpace:
@@ -269,12 +168,6 @@ class CompressionSpace:
         self.base_params = count_params(work)
         self._base_shapes = _shapes(work)
         self._modules_kind = {n: type(m) for n, m in work.named_modules()}
-        quantizable = {n for n, m in work.named_modules() if quantize.quantizable(m)}
-        rankable = {n for n, m in work.named_modules()
-                    if lowrank.can_factorise(m) or rnn.can_factorise(m)}
-        for layer in self._layers.values():
-            layer.quant = layer.name in quantizable
-            layer.rank = layer.name in rankable
         # knobs other than the four structural ones: each type says what it offers per layer
         self._extra_knobs: dict[str, dict[str, Any]] = {
             layer.name: {
@@ -319,111 +212,14 @@ class CompressionSpace:
         return self._cost.pgroups
 
     def _build_points(self) -> None:
-        """One decision point per MAC-bearing layer that has at least one knob."""
-        bits = self.bits
-        bits_knob = {
-            k: Knob(k, choices=bits, most_compressed=min(bits), least_compressed=32)
-            for k in ("w_bits", "a_bits")
-        }
-        reasons = {g.point: g.reason for g in self.groups if not g.prunable}
-        follows = {}
-        for g in self.groups:
-            for mname in g.members:
-                follows.setdefault(mname, g.point)
-        points: list[DecisionPoint] = []
-        self._point_layer: list[int] = []
-        self._point_group: list[int] = []
+        """The decision points (``points.build_points``) and the tables that validate policies."""
         cost = self._cost
-        x0 = np.zeros(cost.n_cols)
-        numel0 = cost.numel(x0)
-        rows0 = cost.rows(x0)
-        for li, lay in enumerate(cost.layer_list):
-            if lay.steps == 0 and lay.const_q == 0:
-                continue  # never called in the forward pass
-            knobs: dict[str, Knob] = {}
-            notes: list[str] = []
-            gi = cost.group_index.get(lay.name, -1)
-            if "prune" in self.knob_types:
-                if gi >= 0:
-                    knobs["prune"] = Knob(
-                        "prune",
-                        low=0.0,
-                        high=self.max_prune,
-                        most_compressed=self.max_prune,
-                        least_compressed=0.0,
-                    )
-                elif lay.name in reasons:
-                    notes.append(f"prune: {reasons[lay.name]}")
-                elif lay.name in follows and follows[lay.name] in cost.group_index:
-                    notes.append(f"prune: output channels follow group {follows[lay.name]!r}")
-                elif lay.name in follows:
-                    notes.append(f"prune: in unprunable group {follows[lay.name]!r}")
-                elif self.notes:
-                    notes.append("prune: model not traceable by torch-pruning")
-                elif lay.kind in ("lstm", "gru", "rnn"):
-                    notes.append("prune: hidden size is not pruned")
-                else:
-                    notes.append("prune: not a group root")
-            for k in ("w_bits", "a_bits"):
-                if k in self.knob_types:
-                    if lay.quant:
-                        knobs[k] = bits_knob[k]
-                    else:
-                        cls_name = self._modules_kind[lay.name].__name__
-                        notes.append(f"{k}: {cls_name} layers are not quantized")
-            if "rank" in self.knob_types:
-                if lay.rank:
-                    # the most compressed value keeps rank 1 of every matrix (an RNN has several)
-                    tensors = (lay.weights if lay.kind in ("lstm", "gru", "rnn") else lay.weights[:1])
-                    full = 0.0
-                    for t in (cost.tensor_index[n] for n in tensors):
-                        full = max(full, min(rows0[t], numel0[t] / rows0[t]))
-                    low = 1.0 / full
-                    knobs["rank"] = Knob(
-                        "rank", low=low, high=1.0, most_compressed=low, least_compressed=1.0
-                    )
-                elif lay.kind in ("depthwise_conv", "grouped_conv"):
-                    notes.append("rank: grouped/depthwise conv is not factorised")
-                elif self._modules_kind[lay.name] in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d):
-                    notes.append("rank: no rank saves MACs here (r < m*n/(m+n) impossible)")
-                elif lay.kind in ("lstm", "gru", "rnn"):
-                    notes.append("rank: bidirectional and proj_size layers are not factorised")
-                else:
-                    notes.append("rank: not supported for this layer type")
-            for k, offered in self._extra_knobs.get(lay.name, {}).items():
-                if isinstance(offered, str):
-                    notes.append(f"{k}: {offered}")
-                else:
-                    knobs[k] = offered
-            if not knobs:
-                continue
-            macs = float(lay.steps * (cost.W[li] @ numel0) + lay.const_q + lay.const_f)
-            feats = {
-                "index": float(len(points)),
-                "kind": float(_KINDS.index(lay.kind)),
-                "in_channels": float(lay.in_ch),
-                "out_channels": float(lay.out_ch),
-                "kernel": float(lay.kernel),
-                "stride": float(lay.stride),
-                "fmap_h": float(lay.fmap[0]),
-                "fmap_w": float(lay.fmap[1]),
-                "macs": macs,
-                "params": float(cost.Q[li] @ numel0),
-                "prunable": float("prune" in knobs),
-                "rankable": float("rank" in knobs),
-            }
-            points.append(
-                DecisionPoint(
-                    name=lay.name,
-                    kind=lay.kind,
-                    index=len(points),
-                    knobs=MappingProxyType(knobs),
-                    features=MappingProxyType(feats),
-                    notes=tuple(notes),
-                )
-            )
-            self._point_layer.append(li)
-            self._point_group.append(gi)
+        points, self._point_layer, self._point_group = build_points(
+            cost, self.groups, knob_types=self.knob_types, max_prune=self.max_prune,
+            bits=self.bits, modules_kind=self._modules_kind, extra_knobs=self._extra_knobs,
+            untraced=bool(self.notes),
+        )
+        bits = self.bits
         self.decision_points = points
         self._points_by_name = {p.name: p for p in points}
         self._pt_layer = {p.name: self._point_layer[i] for i, p in enumerate(points)}
@@ -738,15 +534,7 @@ class CompressionSpace:
     # introspection
     def feature_matrix(self) -> np.ndarray:
         """Static AMC-style features, ``(n_points, len(FEATURE_NAMES))``, min-max normalised to [0, 1]."""
-        raw = np.array(
-            [[p.features[f] for f in FEATURE_NAMES] for p in self.decision_points],
-            dtype=np.float64,
-        )
-        if raw.size == 0:
-            return raw.reshape(0, len(FEATURE_NAMES))
-        lo, hi = raw.min(0), raw.max(0)
-        span = np.where(hi > lo, hi - lo, 1.0)
-        return (raw - lo) / span
+        return feature_matrix(self.decision_points)
 
     def describe(self) -> str:
         """A table of the decision points, their knobs, and the knobs left out (and why)."""
