@@ -10,7 +10,7 @@ A knob type (torchao's pattern: a registered config type dispatches to its trans
   and the budget projection all read this one mapping;
 * its **transform** (``transform_``: applied by ``compress`` in ``stage`` order);
 * its **cost contribution**: the metrics it changes (``costs``); the four structural knobs are
-  modelled by the space's closed form (``space.py``), a storage knob by the bits per value, side
+  modelled by the space's closed form (``costmodel.py``), a storage knob by the bits per value, side
   tables and entries kept it declares (``value_bits``, ``side_bytes``, ``stored_params``), turned
   into bytes by :func:`weight_storage_bytes`, the one formula of the cost model and of
   ``count_size_bytes``;

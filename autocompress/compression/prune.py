@@ -2,7 +2,7 @@
 
 We drive the groups ourselves (rather than through ``MetaPruner``) so that the number of channels
 removed from every group is a closed-form function of the policy, which the cost model in
-``space.py`` predicts exactly:
+``costmodel.py`` predicts exactly:
 
 * A *group* (one per root conv/linear, from ``DG.get_all_groups``) couples every layer whose
   channels must be removed together (residual adds, BatchNorm, depthwise convs, concatenations).

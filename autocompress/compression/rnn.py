@@ -8,8 +8,9 @@ about hidden-size pruning.
 
 torch-pruning (2.x) does not handle recurrent hidden units (its LSTM out-channel pruner selects
 rows and columns of different gates, and it has no GRU pruner), so the hidden units of an
-``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` form a group of their own here (``HiddenGroup``), which the
-space probes and the cost model predicts like every other group (``space.py``).
+``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` form a group of their own here (``HiddenGroup``), which
+discovery probes and the cost model predicts like every other group (``discovery.py``,
+``costmodel.py``).
 
 Unit ``j`` of layer ``k`` (``H`` units, ``G`` gates: LSTM 4 = i, f, g, o; GRU 3 = r, z, n; RNN 1)
 owns rows ``j, H + j, ..., (G - 1) H + j`` of ``weight_ih_lk``, ``weight_hh_lk``, ``bias_ih_lk`` and
