@@ -239,7 +239,6 @@ def _record_coefs(
                 coef.setdefault((name, d), {})[(gi, ai)] = float(a - b)
 
 
-
 def _discover_groups(
     model: nn.Module, x: Any, layers: dict[str, _Layer]
 ) -> tuple[list[prune.GroupSpec], Coefs, list[str]]:

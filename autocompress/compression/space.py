@@ -5,14 +5,14 @@ RNN / attention layer, the ``prune`` knob on the root layer of each prunable tor
 and compiles the closed-form cost model, so that ``macs/params/size_bytes/bops(policy)`` are
 evaluated without building any model (tens of microseconds; used inside search loops).
 
-The space is a facade over two modules: ``discovery.py`` records the layers (one forward pass)
-and *measures* how every parameter shape changes when one channel (unit) of each atom of each
-group is removed (rather than encode torch-pruning's rules by hand); ``costmodel.py`` compiles
-those records into numpy arrays and evaluates a policy on them. The space decides which knobs
-each layer offers (and why others are left out), builds, validates and describes policies, and
-maps a policy onto the cost model's rows. ``verify=True`` (default) checks the prediction against
-a really pruned copy at ``max_prune`` and drops the prune knob of any group where they disagree
-or torch-pruning fails, recording why (``describe()``).
+The space is a facade over three modules: ``discovery.py`` records the layers (one forward
+pass) and *measures* how every parameter shape changes when one channel (unit) of each atom of
+each group is removed (rather than encode torch-pruning's rules by hand); ``costmodel.py``
+compiles those records into numpy arrays and evaluates a policy on them; ``points.py`` decides
+which knobs each layer offers (and why others are left out). The space builds, validates and
+describes policies and maps a policy onto the cost model's rows. ``verify=True`` (default)
+checks the prediction against a really pruned copy at ``max_prune`` and drops the prune knob of
+any group where they disagree or torch-pruning fails, recording why (``describe()``).
 
 Units: MACs per input sample (batch 1; FLOPs = 2 x MACs); params in elements; size in bytes;
 BOPs = MACs x w_bits x a_bits (layers without a quantization knob count 32 x 32).
@@ -401,7 +401,7 @@ class CompressionSpace:
                     )
 
     # ------------------------------------------------------------------------------------------
-    # cost model
+    # costs: a policy as the cost model's rows
     def _names_entry(self, names: tuple[str, ...]) -> dict[str, Any] | None:
         """Gather indices and bounds for one name tuple (policies of one space share theirs)."""
         entry = self._names_cache.get(names)
