@@ -1,7 +1,7 @@
 """The search loop: admit a proposal, evaluate it, record it, tell the searcher.
 
-``SearchLoop`` works on an open ``SearchSession`` (the run directory, the study, the recording).
-Its admission rule (:meth:`SearchLoop.admit`: no model evaluated twice, the study's total shared
+``SearchLoop`` works on an open ``SearchSession`` (the run directory, the ledger, the recording).
+Its admission rule (:meth:`SearchLoop.admit`: no model evaluated twice, the ledger's total shared
 with every process) and its recording of one evaluated candidate are what both backends apply;
 :meth:`SearchLoop.run` is the local backend's ask / evaluate / tell loop, and the Ray backend
 (``ray_backend.py``) drives Tune with the same admission. The rules themselves (counting,
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from autocompress.search import storage as st
 from autocompress.search._interrupts import Interrupts
 from autocompress.search.base import BaseSearcher, create_searcher, searcher_class
+from autocompress.search.ledger import Ledger, LedgerTrial, TrialHandle
 from autocompress.search.records import (
     COUNTED_STATUSES,
     SearchResult,
@@ -25,11 +26,10 @@ from autocompress.search.records import (
     result_from_trial,
     safe_evaluate,
 )
+from autocompress.search.resume import reconcile
 from autocompress.search.session import SearchSession, StudyView
 
 if TYPE_CHECKING:
-    import optuna
-
     from autocompress.compression import CompressionPolicy
     from autocompress.evaluators import EvalResult
 
@@ -46,7 +46,7 @@ class SearchLoop:
         self._abandoned: set[int] = set()  # untagged trials of killed processes (see _settle)
 
     def run(self) -> SearchResult:
-        """Ask, evaluate, tell and record until the study holds ``spec.trials`` candidates."""
+        """Ask, evaluate, tell and record until the ledger holds ``spec.trials`` candidates."""
         spec = self.session.spec
         cls = searcher_class(spec.strategy)
         searcher = create_searcher(spec.strategy, self.session.make_context(),
@@ -56,8 +56,8 @@ class SearchLoop:
         if held:
             self.session.emit("setup", message=f"{', '.join(held)}: no objective or budget depends "
                                                 "on it; held uncompressed (add bops or latency to search it)")
-        tell_study = getattr(searcher, "study", None) or self.session.study
-        self.session.reconcile(tell_study, requeue=cls.uses_optuna_study)
+        tell_ledger = self.session.ledger.for_searcher(searcher)
+        reconcile(self.session, tell_ledger, requeue=cls.uses_optuna_study)
         prescreen = bool(getattr(searcher, "prescreen", True)) and bool(spec.budgets)
         idle_cap = max(100, 5 * spec.trials)
         idle = 0
@@ -83,7 +83,7 @@ class SearchLoop:
                         stop_reason = f"{spec.strategy} has nothing more to propose"
                         break
                     otrial = searcher.optuna_trial(policy)
-                    verdict, trial = self.admit(policy, searcher, view, tell_study, otrial=otrial,
+                    verdict, trial = self.admit(policy, searcher, view, tell_ledger, otrial=otrial,
                                                 prescreen=prescreen)
                     if verdict == "surplus":
                         break
@@ -92,25 +92,25 @@ class SearchLoop:
                         continue
                     with guard.allowed():  # an evaluation may take long: Ctrl-C at once
                         result, evaluations = self.evaluate_candidate(policy, trial)
-                    record = self.finish(trial, policy, result, evaluations, searcher, tell_study,
+                    record = self.finish(trial, policy, result, evaluations, searcher,
                                          optuna_owned=otrial is not None)
                     idle = 0
                     done_here += 1
-                    self.session.worker = st.heartbeat(self.session.study, self.session.worker)
+                    self.session.worker = st.heartbeat(self.session.ledger, self.session.worker)
                     view = self.session.view()
                     self.session.write_pareto(view.records)
                     if self.session.progress_cb is not None:
                         self.session.progress_cb(self.session.progress_from_view(
                             view, "trial", started=started, done_here=done_here, last=record))
         except KeyboardInterrupt:
-            guard.depth += 1  # no second interrupt while the study is tidied up
-            # Leave a consistent study: this process's open trial is finished from its final
+            guard.depth += 1  # no second interrupt while the ledger is tidied up
+            # Leave a consistent ledger: this process's open trial is finished from its final
             # trials.jsonl line if it got that far, else marked interrupted (and re-queued).
             searcher.close()
             for t in searcher.open_trials():  # asked but not tagged yet: make them ours
                 if "worker" not in t.user_attrs:
                     t.set_user_attr("worker", self.session.worker.uuid)
-            self.session.reconcile(tell_study, requeue=cls.uses_optuna_study, own=True)
+            reconcile(self.session, tell_ledger, requeue=cls.uses_optuna_study, own=True)
             self.session.write_pareto()
             raise
         finally:
@@ -127,20 +127,20 @@ class SearchLoop:
                 view, "done", started=started, done_here=done_here, message=reason))
 
     def admit(self, policy: CompressionPolicy, searcher: Any, view: StudyView,
-              tell_study: optuna.Study, *, otrial: Any = None, prescreen: bool = False
-              ) -> tuple[str, Any]:
+              tell_ledger: Ledger, *, otrial: TrialHandle | None = None, prescreen: bool = False
+              ) -> tuple[str, TrialHandle | None]:
         """Whether a proposed ``policy`` is evaluated: the rule both backends apply.
 
-        Every process sharing the study (local loops, a Ray driver, on any machine) decides
-        here, so the study ends with ``spec.trials`` counted candidates, each model once.
+        Every process sharing the ledger (local loops, a Ray driver, on any machine) decides
+        here, so the ledger ends with ``spec.trials`` counted candidates, each model once.
 
         Args:
             policy: the proposal.
             searcher: what proposed it: told the recorded result of a model evaluated already
                 (or the predicted stand-in of an infeasible one), or that it is discarded
                 (``tell``/``discard``, as ``BaseSearcher``).
-            view: the study as the caller last read it.
-            tell_study: the study object that finishes ``otrial``.
+            view: the ledger as the caller last read it.
+            tell_ledger: what finishes ``otrial`` (``Ledger.for_searcher``).
             otrial: the Optuna trial the searcher created for the proposal (Optuna strategies);
                 None: a trial is created here.
             prescreen: record a proposal whose predicted costs break a hard budget as
@@ -150,16 +150,15 @@ class SearchLoop:
             ``("evaluate", trial)``: a new candidate, its trial created and tagged.
             ``("skip", None)``: evaluated already (or being evaluated by another live process),
             or infeasible on its predicted costs; the searcher was told or the proposal discarded.
-            ``("surplus", None)``: the study holds ``spec.trials`` counted candidates already
+            ``("surplus", None)``: the ledger holds ``spec.trials`` counted candidates already
             (another process got there first); stop asking.
         """
-        from optuna.trial import TrialState
-
         spec = self.session.spec
+        ledger = self.session.ledger
         one_at_a_time = searcher_class(spec.strategy).max_pending == 1
         key = self.session.structure_key(policy)
 
-        # 1. already evaluated in the study: answer from the record.
+        # 1. already evaluated in the ledger: answer from the record.
         prev = view.final_by_key.get(key)
         if prev is None and key in view.running_by_key and one_at_a_time:
             prev = self._wait_for(view.running_by_key[key].number)
@@ -167,7 +166,7 @@ class SearchLoop:
             if otrial is not None:
                 otrial.set_user_attr("status", "duplicate")
                 otrial.set_user_attr("duplicate_of", view.running_by_key[key].number)
-                tell_study.tell(otrial, state=TrialState.FAIL)
+                tell_ledger.finish(otrial, None)
                 searcher.discard(policy)
             return "skip", None
         if prev is not None:
@@ -181,7 +180,7 @@ class SearchLoop:
         if prescreen and not self.session.make_context().predicted_feasible(policy):
             from autocompress.evaluators import EvalResult
 
-            trial = otrial if otrial is not None else self.session.study.ask()
+            trial = otrial if otrial is not None else ledger.ask()
             standin, predicted = self.session.standin_result(policy)
             shown = EvalResult(metrics=predicted, fidelity="low")
             violations = self.session.make_context().predicted_violations(policy)
@@ -193,25 +192,25 @@ class SearchLoop:
                                         final=True, feasible=False, violations=violations,
                                         fidelity="predicted")
             if otrial is None:
-                self.session.study.tell(trial, state=TrialState.FAIL)
+                ledger.finish(trial, None)
             searcher.tell(policy, standin)
             return "skip", None
 
-        # 3. a new candidate, unless another process filled the study or took this model
+        # 3. a new candidate, unless another process filled the ledger or took this model
         # between the view and the trial's creation (the lower-numbered trial wins).
-        trial = otrial if otrial is not None else self.session.study.ask()
+        trial = otrial if otrial is not None else ledger.ask()
         self._tag(trial, policy)
         self._settle(trial.number)
         if self.session.counted_before(trial.number) >= spec.trials:
             trial.set_user_attr("status", "surplus")
-            tell_study.tell(trial, state=TrialState.FAIL)
+            tell_ledger.finish(trial, None)
             searcher.discard(policy)
             return "surplus", None
         twin = self.earlier_twin(trial.number, key)
         if twin is not None:
             trial.set_user_attr("status", "duplicate")
             trial.set_user_attr("duplicate_of", twin.number)
-            tell_study.tell(trial, state=TrialState.FAIL)
+            tell_ledger.finish(trial, None)
             searcher.discard(policy)
             if one_at_a_time:  # it needs this result before it can go on
                 done = (twin if twin.user_attrs.get("status") in COUNTED_STATUSES
@@ -233,11 +232,9 @@ class SearchLoop:
         would evaluate the model. A trial still untagged after ``SETTLE_S`` belongs to a process
         killed between creating and tagging it; it is not waited for again.
         """
-        from optuna.trial import TrialState
-
         deadline = time.monotonic() + self.SETTLE_S
         while True:
-            running = self.session.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            running = self.session.ledger.trials(running=True)
             untagged = {t.number for t in running
                         if t.number < number and t.number not in self._abandoned
                         and "structure_key" not in t.user_attrs and t.user_attrs.get("status") is None}
@@ -248,51 +245,49 @@ class SearchLoop:
                 return
             time.sleep(poll_s)
 
-    def earlier_twin(self, number: int, key: str) -> Any:
+    def earlier_twin(self, number: int, key: str) -> LedgerTrial | None:
         """A lower-numbered trial of the same policy that is final or running in a live process.
 
         Closes the race of two processes creating trials for one policy at the same moment:
         the higher-numbered trial backs off.
         """
-        from optuna.trial import TrialState
-
-        workers = st.study_workers(self.session.study)
-        for t in self.session.study.get_trials(deepcopy=False):
+        workers = st.study_workers(self.session.ledger)
+        for t in self.session.ledger.trials():
             if t.number >= number or key not in (t.user_attrs.get("structure_key"),
                                                  t.user_attrs.get("policy_key")):
                 continue
             status = t.user_attrs.get("status")
             if status in COUNTED_STATUSES:
                 return t
-            if status is None and t.state == TrialState.RUNNING:
+            if status is None and t.running:
                 w = workers.get(t.user_attrs.get("worker", ""))
                 if w is not None and w.alive():
                     return t
         return None
 
-    def _tag(self, trial: Any, policy: CompressionPolicy) -> None:
+    def _tag(self, trial: TrialHandle, policy: CompressionPolicy) -> None:
         trial.set_user_attr("worker", self.session.worker.uuid)
         trial.set_user_attr("policy", policy.to_dict())
         trial.set_user_attr("policy_key", policy.key())
         trial.set_user_attr("structure_key", self.session.structure_key(policy))
         trial.set_user_attr("strategy", self.session.spec.strategy)
 
-    def _wait_for(self, number: int, poll_s: float = 0.25) -> Any:
-        """Wait until trial ``number`` (another live process's) is final; its frozen trial, or
+    def _wait_for(self, number: int, poll_s: float = 0.25) -> LedgerTrial | None:
+        """Wait until trial ``number`` (another live process's) is final; the trial, or
         None when it ended without a result (then this process evaluates the candidate)."""
         while True:
-            t = self.session.study.get_trials(deepcopy=False)[number]
+            t = self.session.ledger.trial(number)
             status = t.user_attrs.get("status")
             if status in COUNTED_STATUSES:
                 return t
             if status is not None:
                 return None
-            owner = st.study_workers(self.session.study).get(t.user_attrs.get("worker", ""))
+            owner = st.study_workers(self.session.ledger).get(t.user_attrs.get("worker", ""))
             if owner is None or not owner.alive():
                 return None
             time.sleep(poll_s)
 
-    def evaluate_candidate(self, policy: CompressionPolicy, trial: Any
+    def evaluate_candidate(self, policy: CompressionPolicy, trial: TrialHandle
                            ) -> tuple[EvalResult, list[EvalResult]]:
         """Evaluate at full fidelity, or low first and full only when promoted."""
         evaluate = self.session.problem.evaluator.evaluate
@@ -322,12 +317,11 @@ class SearchLoop:
         v = result.metrics.get(name)
         return float(v) if finite(v) else None
 
-    def finish(self, trial: Any, policy: CompressionPolicy, result: EvalResult,
-               evaluations: list[EvalResult], searcher: BaseSearcher, tell_study: optuna.Study,
-               *, optuna_owned: bool) -> TrialRecord:
-        """Record the evaluations (``trials.jsonl`` first, then the study) and tell the searcher."""
-        from optuna.trial import TrialState
-
+    def finish(self, trial: TrialHandle, policy: CompressionPolicy, result: EvalResult,
+               evaluations: list[EvalResult], searcher: BaseSearcher, *, optuna_owned: bool
+               ) -> TrialRecord:
+        """Record the evaluations (``trials.jsonl`` first, then the ledger) and tell the searcher
+        (an Optuna strategy finishes the trial it asked itself)."""
         status = "ok" if result.ok else "failed"
         feasible, violations = self.session.feasibility(policy, result)
         feasible = feasible and result.fidelity == "full"
@@ -345,10 +339,10 @@ class SearchLoop:
         else:
             values = self.session.objective_values(result.metrics)
             if status == "ok" and values is not None:
-                self.session.set_constraints(trial, policy, result.metrics)
-                self.session.study.tell(trial, values)
+                self.session.ledger.finish(trial, values,
+                                           self.session.constraints(policy, result.metrics))
             else:
-                self.session.study.tell(trial, state=TrialState.FAIL)
+                self.session.ledger.finish(trial, None)
             searcher.tell(policy, result)
         return TrialRecord(
             id=int(trial.number), policy=policy, metrics=dict(result.metrics), status=status,

@@ -45,8 +45,10 @@ from typing import TYPE_CHECKING, Any
 from autocompress.errors import UserInputError
 from autocompress.search import storage as st
 from autocompress.search.base import BaseSearcher, create_searcher, searcher_class
+from autocompress.search.ledger import Ledger, OptunaLedger
 from autocompress.search.loop import SearchLoop
 from autocompress.search.records import ProgressCallback, SearchResult, TrialRecord, safe_evaluate
+from autocompress.search.resume import reconcile
 from autocompress.search.session import SearchSession
 from autocompress.search.spec import SearchSpec
 
@@ -355,18 +357,15 @@ class _TrialTeller:
     """``tell``/``discard`` for one Optuna trial that Tune's OptunaSearch asked (what
     ``SearchLoop.admit`` calls when the trial's model was evaluated already)."""
 
-    def __init__(self, session: SearchSession, study: Any, trial: Any) -> None:
-        self.session, self.study, self.trial = session, study, trial
+    def __init__(self, session: SearchSession, ledger: Ledger, trial: Any) -> None:
+        self.session, self.ledger, self.trial = session, ledger, trial
 
     def tell(self, policy: CompressionPolicy, result: EvalResult) -> None:
-        from optuna.trial import TrialState
-
         values = self.session.objective_values(result.metrics) if result.ok else None
         if values is None:
-            self.study.tell(self.trial, state=TrialState.FAIL)
+            self.ledger.finish(self.trial, None)
             return
-        self.session.set_constraints(self.trial, policy, result.metrics)
-        self.study.tell(self.trial, values)
+        self.ledger.finish(self.trial, values, self.session.constraints(policy, result.metrics))
 
     def discard(self, policy: CompressionPolicy) -> None:
         """Nothing to forget: admit finished the trial."""
@@ -374,7 +373,6 @@ class _TrialTeller:
 
 def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> Any:
     """Tune's OptunaSearch on our study with our sampler, recording every completed trial."""
-    from optuna.trial import TrialState
     from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
 
@@ -428,8 +426,9 @@ def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> An
                     return None
                 ot = self._ot_trials[trial_id]
                 policy = policy_from_params(space, ot.params, projector)
-                verdict, _ = loop.admit(policy, _TrialTeller(session, self._ot_study, ot),
-                                        view, self._ot_study, otrial=ot)
+                ledger = OptunaLedger(self._ot_study, session.storage)
+                verdict, _ = loop.admit(policy, _TrialTeller(session, ledger, ot), view, ledger,
+                                        otrial=ot)
                 if verdict == "evaluate":
                     break
                 del self._ot_trials[trial_id]  # finished by admit; the next ask is a new trial
@@ -458,11 +457,11 @@ def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> An
             ot = self._ot_trials[trial_id]
             policy = policy_from_params(space, ot.params, projector)
             res, status, values = recorder.record(ot, policy, result, error)
+            ledger = OptunaLedger(self._ot_study, session.storage)
             if values is not None and status in ("ok", "infeasible"):
-                session.set_constraints(ot, policy, res.metrics)
-                self._ot_study.tell(ot, values)
+                ledger.finish(ot, values, session.constraints(policy, res.metrics))
             else:
-                self._ot_study.tell(ot, state=TrialState.FAIL)
+                ledger.finish(ot, None)
             self._completed_trials.add(trial_id)
             if status != "infeasible":
                 recorder.after(_trial_record(ot, policy, res, status, session))
@@ -476,7 +475,6 @@ def _optuna_search(session: SearchSession, recorder: _Recorder, seed: int) -> An
 
 def _asktell_search(session: SearchSession, recorder: _Recorder, searcher: BaseSearcher) -> Any:
     """A Tune ``Searcher`` driving one of our ask/tell searchers."""
-    from optuna.trial import TrialState
     from ray.tune.search import Searcher
 
     loop = recorder.loop
@@ -518,7 +516,7 @@ def _asktell_search(session: SearchSession, recorder: _Recorder, searcher: BaseS
                 if policy is None:
                     self.finished = True
                     return Searcher.FINISHED
-                verdict, trial = loop.admit(policy, searcher, view, session.study,
+                verdict, trial = loop.admit(policy, searcher, view, session.ledger,
                                             prescreen=prescreen)
                 if verdict == "surplus":
                     self.full = True
@@ -543,10 +541,9 @@ def _asktell_search(session: SearchSession, recorder: _Recorder, searcher: BaseS
             trial, policy = self.pending.pop(trial_id)
             res, status, values = recorder.record(trial, policy, result, error)
             if values is not None and status == "ok":
-                session.set_constraints(trial, policy, res.metrics)
-                session.study.tell(trial, values)
+                session.ledger.finish(trial, values, session.constraints(policy, res.metrics))
             else:
-                session.study.tell(trial, state=TrialState.FAIL)
+                session.ledger.finish(trial, None)
             searcher.tell(policy, res)
             recorder.after(_trial_record(trial, policy, res, status, session))
 
@@ -567,7 +564,7 @@ def run_ray(spec: SearchSpec, progress: ProgressCallback | None = None, *,
 
         cls = searcher_class(spec.strategy)
         seed = session.searcher_seed(cls.uses_optuna_study)
-        session.reconcile(session.study, requeue=cls.uses_optuna_study)
+        reconcile(session, session.ledger, requeue=cls.uses_optuna_study)
         started = time.perf_counter()
         recorder = _Recorder(session, started)
         from autocompress.training import cache_dir

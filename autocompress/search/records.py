@@ -1,7 +1,7 @@
 """What a search records and returns: trial statuses, the candidate record, progress and result.
 
 One evaluated candidate is a ``rundir.Candidate`` everywhere (``TrialRecord`` is its name in the
-search): the search builds it from a finished Optuna trial here (``record_from_trial``), the
+search): the search builds it from a finished trial of its ledger here (``record_from_trial``), the
 report reads it back from the run directory (``report.run.load_run``). ``SearchProgress`` is what
 a progress display is fed during a search and ``SearchResult`` what ``run_search`` returns.
 """
@@ -19,18 +19,17 @@ from autocompress.rundir import Candidate
 from autocompress.search.spec import SearchSpec
 
 if TYPE_CHECKING:
-    import optuna
-
     from autocompress.compression import CompressionPolicy
     from autocompress.evaluators import EvalResult
+    from autocompress.search.ledger import LedgerTrial
 
 #: Statuses that count towards ``spec.trials`` (an evaluation was spent).
 COUNTED_STATUSES = ("ok", "failed")
 #: Every final status a trial can carry.
 TRIAL_STATUSES = ("ok", "failed", "infeasible", "duplicate", "surplus", "interrupted")
 
-#: One candidate of the study, as recorded (also a row of ``SearchResult.trials``): the search's
-#: name for ``rundir.Candidate`` (``id`` is the Optuna trial number, an ``int``).
+#: One candidate of the ledger, as recorded (also a row of ``SearchResult.trials``): the search's
+#: name for ``rundir.Candidate`` (``id`` is the ledger's trial number, an ``int``).
 TrialRecord = Candidate
 
 
@@ -73,9 +72,9 @@ class SearchResult:
     """What ``run_search`` returns (the same for every strategy and backend).
 
     Attributes:
-        run_dir: the run directory (``spec.json``, ``trials.jsonl``, ``pareto.json``, study).
+        run_dir: the run directory (``spec.json``, ``trials.jsonl``, ``pareto.json``, ledger).
         spec: the spec that ran (the stored one under ``resume``).
-        trials: every finished candidate of the study (evaluated ones and ``infeasible`` ones).
+        trials: every finished candidate of the ledger (evaluated ones and ``infeasible`` ones).
         front: the Pareto-optimal feasible full-fidelity candidates.
         pareto: the content of ``pareto.json``.
         base_metrics: the uncompressed model's metrics.
@@ -83,7 +82,7 @@ class SearchResult:
             for more than 3 objectives.
         knee: the knee point of the front.
         best: the feasible candidate with the highest accuracy.
-        n_evaluated, n_feasible, n_failed: counts over the study.
+        n_evaluated, n_feasible, n_failed: counts over the ledger.
         elapsed_s: seconds this call took.
         stop_reason: why the loop ended.
         n_screened: candidates scored at low fidelity only (multi-fidelity: not promoted); they
@@ -153,9 +152,10 @@ def safe_evaluate(evaluate: Callable[[CompressionPolicy, str], EvalResult], poli
     return result
 
 
-# -- Optuna trial -> record / result ----------------------------------------------------------------
-def record_from_trial(t: optuna.trial.FrozenTrial) -> TrialRecord | None:
-    """The ``TrialRecord`` of a finished trial (None for trials without a final record)."""
+# -- ledger trial -> record / result ----------------------------------------------------------------
+def record_from_trial(t: LedgerTrial) -> TrialRecord | None:
+    """The ``TrialRecord`` of a finished trial (None for trials without a final record); reads
+    only ``number`` and ``user_attrs``, so an Optuna ``FrozenTrial`` works too."""
     from autocompress.compression import CompressionPolicy
 
     a = t.user_attrs
@@ -173,7 +173,7 @@ def record_from_trial(t: optuna.trial.FrozenTrial) -> TrialRecord | None:
     )
 
 
-def result_from_trial(t: optuna.trial.FrozenTrial) -> EvalResult:
+def result_from_trial(t: LedgerTrial) -> EvalResult:
     """Rebuild the ``EvalResult`` a finished trial recorded (for duplicates and replays)."""
     from autocompress.evaluators import EvalResult
 

@@ -2,12 +2,13 @@
 
 ``SearchSession(spec)`` checks the run directory (``storage.prepare_run_dir``), builds the
 problem (``build_problem``), resolves the hard budgets (an unreachable one is refused before
-anything is written), opens the Optuna study (refusing one of another search), writes
-``spec.json`` and ``base.json`` and registers this process as a worker. It then reads the study
-(``view``), records candidates (``trials.jsonl`` lines, trial attributes, ``pareto.json``),
-finishes the trials of killed processes on resume (``reconcile``) and builds the
-``SearchResult``. The loop that asks, evaluates and tells is ``loop.SearchLoop``; the Ray backend
-uses the same session, so both write the same study and files.
+anything is written), opens the run's ledger (``resume.open_ledger``: the Optuna study,
+refusing one of another search), writes ``spec.json`` and ``base.json`` and registers this
+process as a worker. It then reads the ledger (``view``), records candidates (``trials.jsonl``
+lines, trial attributes, ``pareto.json``) and builds the ``SearchResult``. Trials of killed
+processes are finished by ``resume.reconcile``; the loop that asks, evaluates and tells is
+``loop.SearchLoop``; the Ray backend uses the same session, so both write the same ledger and
+files.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from autocompress.errors import UserInputError
 from autocompress.search import storage as st
 from autocompress.search.base import SearchContext, searcher_class
+from autocompress.search.ledger import Ledger, LedgerTrial
 from autocompress.search.pareto import pareto_report
 from autocompress.search.records import (
     COUNTED_STATUSES,
@@ -35,11 +37,10 @@ from autocompress.search.records import (
     record_from_trial,
     safe_evaluate,
 )
+from autocompress.search.resume import open_ledger
 from autocompress.search.spec import SearchSpec
 
 if TYPE_CHECKING:
-    import optuna
-
     from autocompress.compression import CompressionPolicy
     from autocompress.evaluators import EvalResult
     from autocompress.problem import Problem
@@ -66,11 +67,11 @@ def _fmt(metric: str, value: float) -> str:
 
 @dataclass
 class StudyView:
-    """A snapshot of the study for one loop step (``SearchSession.view``)."""
+    """A snapshot of the ledger for one loop step (``SearchSession.view``)."""
 
     counted: int
-    final_by_key: dict[str, Any]
-    running_by_key: dict[str, Any]
+    final_by_key: dict[str, LedgerTrial]
+    running_by_key: dict[str, LedgerTrial]
     low_scores: list[float]
     records: list[TrialRecord]
 
@@ -109,25 +110,11 @@ def build_problem(spec: SearchSpec, *, checkpoint: str | None = None,
 
 
 # -- the session ---------------------------------------------------------------------------------
-def _same_search(stored_identity: Any, identity_hash: str) -> bool:
-    """Whether a study's stored settings, with settings added since filled in by their defaults,
-    are the search of ``identity_hash`` (so a newer autocompress resumes an older run)."""
-    if not isinstance(stored_identity, Mapping):
-        return False
-    fields = set(SearchSpec.field_names())
-    if not set(stored_identity) <= fields:
-        return False
-    try:
-        return SearchSpec.from_dict(dict(stored_identity)).identity_hash() == identity_hash
-    except (UserInputError, TypeError, ValueError):
-        return False
-
-
 class SearchSession:
     """Builds the problem, the storage and the context of a spec, and records candidates.
 
     The local loop (``loop.SearchLoop``) and the Ray backend share it, so both write the same
-    study, ``trials.jsonl`` and ``pareto.json``.
+    ledger, ``trials.jsonl`` and ``pareto.json``.
     """
 
     def __init__(self, spec: SearchSpec, progress: ProgressCallback | None = None, *,
@@ -160,7 +147,7 @@ class SearchSession:
         self.log = st.TrialLog(self.run_dir / st.TRIALS_FILE)
         self.log.repair()
         self.storage = st.open_storage(self.spec)
-        self.study = self._open_study()
+        self.ledger: Ledger = open_ledger(self.spec, self.storage)
         st.write_spec(self.run_dir, self.spec, {"num_classes": self.problem.num_classes,
                                                 "input_shape": list(self.problem.input_shape),
                                                 # what round_to "auto" resolved to on this machine
@@ -170,7 +157,7 @@ class SearchSession:
             "timings": dict(base.timings), "model": self.spec.model, "data": self.spec.data,
             "checkpoint": str(self.problem.checkpoint_path) if self.problem.checkpoint_path else None,
         }))
-        self.worker = st.register_worker(self.study)
+        self.worker = st.register_worker(self.ledger)
 
     # -- setup ------------------------------------------------------------------------------
     def emit(self, phase: str, **kw: Any) -> None:
@@ -231,49 +218,11 @@ class SearchSession:
             owner=getattr(getattr(self, "worker", None), "uuid", None),
         )
 
-    def _open_study(self) -> optuna.Study:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        spec = self.spec
-        directions = spec.directions
-        try:
-            study = optuna.create_study(storage=self.storage, study_name=spec.study_name,
-                                        directions=directions, load_if_exists=True)
-        except ValueError as exc:
-            raise UserInputError(
-                f"study {spec.study_name!r} in storage {st.storage_url_for(spec)!r} cannot be used: {exc}"
-            ) from None
-        if [d.name.lower() for d in study.directions] != directions:
-            raise UserInputError(
-                f"study {spec.study_name!r} in {st.storage_url_for(spec)!r} optimises "
-                f"{[d.name.lower() for d in study.directions]}, not {directions}; use another "
-                "--study-name or storage"
-            )
-        stored = study.user_attrs.get("autocompress_identity")
-        mine = spec.identity_hash()
-        if stored is None:
-            study.set_user_attr("autocompress_identity", mine)
-            study.set_user_attr("autocompress_spec", st.jsonable(spec.identity()))
-        elif stored != mine and _same_search(study.user_attrs.get("autocompress_spec"), mine):
-            # Written by a version without some newer setting, all of them at their defaults.
-            study.set_user_attr("autocompress_identity", mine)
-            study.set_user_attr("autocompress_spec", st.jsonable(spec.identity()))
-        elif stored != mine and not spec.resume:
-            if spec.force:
-                optuna.delete_study(study_name=spec.study_name, storage=self.storage)
-                return self._open_study()
-            raise UserInputError(
-                f"study {spec.study_name!r} in {st.storage_url_for(spec)!r} belongs to a different "
-                "search; use another --study-name, --resume to continue it, or --force to replace it"
-            )
-        return study
-
-    # -- the study view ---------------------------------------------------------------------
+    # -- the ledger view --------------------------------------------------------------------
     def view(self) -> StudyView:
-        from optuna.trial import TrialState
-
-        workers = st.study_workers(self.study)
+        """The ledger as the loop needs it: counted candidates, models evaluated (or being
+        evaluated by a live process) by key, low-fidelity scores and the finished records."""
+        workers = st.study_workers(self.ledger)
         alive: dict[str, bool] = {}
 
         def owner_alive(uid: str | None) -> bool:
@@ -285,11 +234,11 @@ class SearchSession:
             return alive[uid]
 
         counted = 0
-        final: dict[str, Any] = {}
-        running: dict[str, Any] = {}
+        final: dict[str, LedgerTrial] = {}
+        running: dict[str, LedgerTrial] = {}
         low: list[float] = []
         records: list[TrialRecord] = []
-        for t in self.study.get_trials(deepcopy=False):
+        for t in self.ledger.trials():
             a = t.user_attrs
             status = a.get("status")
             if a.get("low_score") is not None:
@@ -301,7 +250,7 @@ class SearchSession:
                 counted += 1
                 for k in keys:
                     final.setdefault(k, t)
-            elif t.state == TrialState.RUNNING and status is None and owner_alive(a.get("worker")):
+            elif t.running and status is None and owner_alive(a.get("worker")):
                 counted += 1
                 for k in keys:
                     running.setdefault(k, t)
@@ -312,17 +261,15 @@ class SearchSession:
 
     def counted_before(self, number: int) -> int:
         """Counted trials numbered below ``number`` (the race check after creating a trial)."""
-        from optuna.trial import TrialState
-
-        workers = st.study_workers(self.study)
+        workers = st.study_workers(self.ledger)
         n = 0
-        for t in self.study.get_trials(deepcopy=False):
+        for t in self.ledger.trials():
             if t.number >= number:
                 continue
             a = t.user_attrs
             if a.get("status") in COUNTED_STATUSES:
                 n += 1
-            elif t.state == TrialState.RUNNING and a.get("status") is None:
+            elif t.running and a.get("status") is None:
                 w = workers.get(a.get("worker", ""))
                 if w is not None and (w.uuid == self.worker.uuid or w.alive()):
                     n += 1
@@ -383,7 +330,7 @@ class SearchSession:
     def standin_result(self, policy: CompressionPolicy) -> tuple[EvalResult, dict[str, float]]:
         """(stand-in result, predicted metrics) for a candidate rejected on predicted costs.
 
-        Optuna needs objective values for a completed trial: the predicted costs are real, and
+        The ledger needs objective values for a completed trial: the predicted costs are real, and
         maximised objectives that were not measured stand in as 0. The trial's constraints
         (predicted violations) mark it infeasible, so samplers rank it behind every feasible
         trial whatever those values are.
@@ -398,17 +345,19 @@ class SearchSession:
                     self.base_metrics.get(o.name, 0.0))
         return EvalResult(metrics=values, fidelity="low"), predicted
 
-    def set_constraints(self, trial: Any, policy: CompressionPolicy, metrics: Mapping[str, float]
-                        ) -> None:
-        """Hard budgets as Optuna constraints on ``trial`` (``<= 0`` feasible)."""
-        if self.spec.budgets:
-            from autocompress.search.optuna_searcher import constraint_values, set_constraints
+    def constraints(self, policy: CompressionPolicy, metrics: Mapping[str, float]
+                    ) -> dict[str, float] | None:
+        """The hard budgets as a completed trial's constraints (``<= 0`` feasible; None without
+        hard budgets), read by Optuna's constrained samplers."""
+        if not self.spec.budgets:
+            return None
+        from autocompress.search.optuna_searcher import constraint_values
 
-            set_constraints(trial, constraint_values(self.make_context(), policy, metrics))
+        return constraint_values(self.make_context(), policy, metrics)
 
     # -- results ----------------------------------------------------------------------------
     def write_pareto(self, records: list[TrialRecord] | None = None) -> dict[str, Any]:
-        """Compute the front over the study's feasible full-fidelity candidates; write it."""
+        """Compute the front over the ledger's feasible full-fidelity candidates; write it."""
         if records is None:
             records = self.view().records
         feasible = [r for r in records if r.feasible and r.status == "ok" and r.fidelity == "full"]
@@ -446,7 +395,7 @@ class SearchSession:
 
     def progress_from_view(self, view: StudyView, phase: str, *, started: float, done_here: int,
                            message: str = "", last: TrialRecord | None = None) -> SearchProgress:
-        """Progress numbers from a study snapshot."""
+        """Progress numbers from a ledger snapshot."""
         feas = [r for r in view.records if r.feasible and r.status == "ok" and r.fidelity == "full"]
         best = max(feas, key=lambda r: r.metrics.get("acc", -math.inf), default=None)
         elapsed = time.perf_counter() - self.t_start
@@ -461,7 +410,7 @@ class SearchSession:
         )
 
     def result(self, stop_reason: str) -> SearchResult:
-        """The ``SearchResult`` of the study as it stands (and ``pareto.json`` written), with the
+        """The ``SearchResult`` of the ledger as it stands (and ``pareto.json`` written), with the
         front's test top-1 and the ``finetune_top`` fine-tunes (``report.finetune.finish_search``)."""
         from autocompress.report.finetune import finish_search
 
@@ -491,80 +440,10 @@ class SearchSession:
             base_test_acc=finish.base_test_acc, finetuned=finish.finetuned,
         )
 
-    # -- resume: trials of killed processes -------------------------------------------------
-    def reconcile(self, tell_study: optuna.Study, requeue: bool, own: bool = False) -> list[int]:
-        """Finish ``RUNNING`` trials of dead processes (and this one's with ``own``); returns
-        their numbers.
-
-        From its final ``trials.jsonl`` line when the killed process got that far (nothing is
-        lost), else ``interrupted`` (the candidate is evaluated again later: Optuna strategies get
-        its parameters re-queued; deterministic ones re-propose it).
-        """
-        import optuna
-        from optuna.trial import TrialState
-
-        workers = st.study_workers(self.study)
-        now = time.time()
-        finals: dict[int, dict[str, Any]] | None = None
-        fixed = []
-        others_alive = any(w.uuid != self.worker.uuid and w.alive(now) for w in workers.values())
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            owner = t.user_attrs.get("worker")
-            if owner is None:
-                # Killed between creating the trial and tagging it. With no other live process
-                # on the study nobody can still own it; otherwise give its owner time to tag it.
-                started = t.datetime_start.timestamp() if t.datetime_start else now
-                if others_alive and now - started < st.OWNERLESS_AFTER_S:
-                    continue
-            else:
-                w = workers.get(owner)
-                if owner == self.worker.uuid:
-                    if not own:
-                        continue
-                elif w is not None and w.alive(now):
-                    continue
-            if finals is None:
-                finals = {}
-                for rec in self.log.read():
-                    if rec.get("final") and rec.get("study") == self.spec.study_name:
-                        finals[int(rec["trial"])] = rec
-            rec = finals.get(t.number)
-            # NOTE: the trial belongs to a dead process; Optuna has no public handle on another
-            # process's running trial, so one is made from its id.
-            trial = optuna.trial.Trial(tell_study, t._trial_id)  # noqa: SLF001
-            if rec is not None and rec.get("status") in ("ok", "failed", "infeasible"):
-                policy = _policy(rec["policy"])
-                metrics = {k: (math.nan if v is None else float(v))
-                           for k, v in (rec.get("metrics") or {}).items()}
-                attrs = st.jsonable({
-                    "status": rec["status"], "metrics": metrics,
-                    "fidelity": rec.get("fidelity", "full"), "feasible": bool(rec.get("feasible")),
-                    "violations": rec.get("violations") or {}, "error": rec.get("error"),
-                    "timings": rec.get("timings") or {}, "recovered": True,
-                })
-                for k, v in attrs.items():
-                    trial.set_user_attr(k, v)
-                if rec["status"] == "infeasible":
-                    metrics = self.standin_result(policy)[0].metrics
-                values = self.objective_values(metrics)
-                if rec["status"] in ("ok", "infeasible") and values is not None and (
-                        rec["status"] == "ok" or requeue):
-                    self.set_constraints(trial, policy, metrics)
-                    tell_study.tell(trial, values)
-                else:
-                    tell_study.tell(trial, state=TrialState.FAIL)
-            else:
-                trial.set_user_attr("status", "interrupted")
-                tell_study.tell(trial, state=TrialState.FAIL)
-                if requeue and t.params:
-                    _requeue(tell_study, dict(t.params), t.number)
-            fixed.append(t.number)
-        return fixed
-
     def close(self) -> None:
         """Unregister this worker, release the run's lock and the evaluator's cache connection."""
         try:
-            st.unregister_worker(self.study, self.worker)
+            st.unregister_worker(self.ledger, self.worker)
         except Exception:  # noqa: BLE001 - best effort: a dead worker is detected by pid anyway
             pass
         self.run_lock.release()
@@ -577,29 +456,9 @@ class SearchSession:
         """The searcher's seed for this process (see ``storage.register_worker``)."""
         rank = self.worker.rank
         if uses_study:
-            n = len(self.study.get_trials(deepcopy=False))
+            n = len(self.ledger.trials())
             return self.spec.seed if rank == 0 and n == 0 else st.derive_seed(self.spec.seed, rank, n)
         return self.spec.seed if rank == 0 else st.derive_seed(self.spec.seed, rank)
-
-def _requeue(study: optuna.Study, params: dict[str, Any], number: int) -> None:
-    """Queue ``params`` for evaluation again unless they are queued already.
-
-    Not ``enqueue_trial(skip_if_exists=True)``: that matches any trial with these parameters,
-    the interrupted one included, so the candidate would never be evaluated.
-    """
-    from optuna.trial import TrialState
-
-    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if t.system_attrs.get("fixed_params", t.params) == params:
-            return
-    study.enqueue_trial(params, user_attrs={"requeued_from": number})
-
-
-def _policy(d: Mapping[str, Any]) -> CompressionPolicy:
-    from autocompress.compression import CompressionPolicy
-
-    return CompressionPolicy.from_dict(d)
-
 
 def _json(obj: Any) -> str:
     import json

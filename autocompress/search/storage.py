@@ -49,7 +49,11 @@ from autocompress.rundir import (  # noqa: F401 - the run directory's names, re-
 if TYPE_CHECKING:
     import optuna
 
+    from autocompress.search.ledger import Ledger
     from autocompress.search.spec import SearchSpec
+
+    #: Where workers register: the run's ledger, or an Optuna study (the attribute names agree).
+    _Registry = Ledger | optuna.Study
 
 #: A worker on another host with no heartbeat for this long is taken to be gone.
 STALE_AFTER_S = 1800.0
@@ -541,7 +545,7 @@ def process_alive(pid: int, start: str | None = None) -> bool:
 
 @dataclass(frozen=True)
 class Worker:
-    """One search process registered on a study (a study user attribute ``worker:<uuid>``)."""
+    """One search process registered on a ledger (a ledger attribute ``worker:<uuid>``)."""
 
     uuid: str
     host: str
@@ -554,7 +558,7 @@ class Worker:
 
     @property
     def key(self) -> str:
-        """The study user-attribute key."""
+        """The ledger attribute key."""
         return _WORKER_PREFIX + self.uuid
 
     def to_dict(self) -> dict[str, Any]:
@@ -580,8 +584,8 @@ class Worker:
         return (now or time.time()) - self.beat < STALE_AFTER_S
 
 
-def study_workers(study: optuna.Study) -> dict[str, Worker]:
-    """Every worker ever registered on ``study``, by uuid."""
+def study_workers(study: _Registry) -> dict[str, Worker]:
+    """Every worker ever registered on ``study`` (a ledger or an Optuna study), by uuid."""
     out = {}
     for k, v in study.user_attrs.items():
         if k.startswith(_WORKER_PREFIX) and isinstance(v, Mapping):
@@ -591,7 +595,7 @@ def study_workers(study: optuna.Study) -> dict[str, Worker]:
     return out
 
 
-def register_worker(study: optuna.Study) -> Worker:
+def register_worker(study: _Registry) -> Worker:
     """Register this process on ``study`` with the smallest rank no live worker holds.
 
     The rank makes seeds distinct between concurrent processes (rank 0 keeps the spec's seed, so
@@ -616,14 +620,14 @@ def register_worker(study: optuna.Study) -> Worker:
     return worker
 
 
-def heartbeat(study: optuna.Study, worker: Worker) -> Worker:
+def heartbeat(study: _Registry, worker: Worker) -> Worker:
     """Refresh this worker's heartbeat on the study."""
     beat = Worker(**{**worker.__dict__, "beat": time.time()})
     study.set_user_attr(beat.key, beat.to_dict())
     return beat
 
 
-def unregister_worker(study: optuna.Study, worker: Worker) -> None:
+def unregister_worker(study: _Registry, worker: Worker) -> None:
     """Mark this worker as stopped (its rank is free again; its trials are final)."""
     study.set_user_attr(worker.key, {**worker.to_dict(), "stopped": True, "beat": time.time()})
 
