@@ -7,7 +7,9 @@ cannot drift apart:
 * ``spec.json``: the search spec (flat ``SearchSpec.to_dict()`` plus ``_schema_version``,
   ``_identity`` and ``num_classes``); a directory holding a different spec is refused.
 * ``study.journal`` (default) or ``study.db``: the Optuna study, the ledger of trials; none when
-  ``--storage`` names a database shared by several machines (``postgresql://...``).
+  ``--storage`` names a database shared by several machines (``postgresql://...``), or when the
+  run records into ``ledger.jsonl`` instead (``search.file_ledger``, opt-in for strategies that
+  do not sample from Optuna).
 * ``trials.jsonl``: one JSON line per evaluation, appended under an exclusive lock and fsync'd per
   line (``TrialLog``), so a kill leaves at most one torn last line.
 * ``base.json``: the uncompressed model's metrics; ``pareto.json``: the front.
@@ -52,6 +54,7 @@ PARETO_FILE = "pareto.json"
 BASE_FILE = "base.json"
 JOURNAL_FILE = "study.journal"
 SQLITE_FILE = "study.db"
+LEDGER_FILE = "ledger.jsonl"
 LOCK_FILE = ".lock"
 TEST_CACHE_FILE = "test_top1.json"
 FINETUNE_DIR = "finetune"

@@ -70,6 +70,8 @@ class Ledger(abc.ABC):
 
     #: The Optuna storage behind the ledger (None for a ledger without Optuna).
     storage: Any = None
+    #: How messages and ``pareto.json`` name where the ledger lives.
+    where: str = ""
 
     @property
     @abc.abstractmethod
@@ -127,11 +129,13 @@ class OptunaLedger(Ledger):
         study: the study (the session's, or an Optuna strategy's own object on the same storage:
             trials that strategy asked are told through it, so its sampler sees them).
         storage: the study's storage (handed to Optuna strategies and Ray's ``OptunaSearch``).
+        where: how messages and ``pareto.json`` name the storage.
     """
 
-    def __init__(self, study: optuna.Study, storage: Any = None) -> None:
+    def __init__(self, study: optuna.Study, storage: Any = None, where: str = "") -> None:
         self.study = study
         self.storage = storage
+        self.where = where
 
     @classmethod
     def open(cls, storage: Any, study_name: str, directions: Sequence[str], *, where: str
@@ -148,7 +152,7 @@ class OptunaLedger(Ledger):
             raise UserInputError(
                 f"study {study_name!r} in storage {where!r} cannot be used: {exc}"
             ) from None
-        return cls(study, storage)
+        return cls(study, storage, where)
 
     @property
     def directions(self) -> list[str]:
@@ -217,7 +221,7 @@ class OptunaLedger(Ledger):
     def for_searcher(self, searcher: Any) -> Ledger:
         """The strategy's own study object when it has one (same storage and name)."""
         study = getattr(searcher, "study", None)
-        return OptunaLedger(study, self.storage) if study is not None else self
+        return OptunaLedger(study, self.storage, self.where) if study is not None else self
 
 
 __all__ = ["Ledger", "LedgerTrial", "OptunaLedger", "TrialHandle"]

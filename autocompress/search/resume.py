@@ -1,6 +1,8 @@
-"""Continuing a run: the ledger's identity check, and the trials killed processes left open.
+"""Continuing a run: which ledger it keeps, its identity check, and the trials killed processes
+left open.
 
-``open_ledger`` opens the run's ledger and claims it for this search: a ledger of another search
+``open_ledger`` opens the run's ledger (``ledger_kind``: the Optuna study, or ``ledger.jsonl``
+where a run started with one) and claims it for this search: a ledger of another search
 is refused (or replaced under ``--force``), one written by an older autocompress whose settings
 are this search's with newer settings at their defaults is taken over. ``reconcile`` finishes
 the ``RUNNING`` trials of dead processes from their final ``trials.jsonl`` line, or marks them
@@ -10,12 +12,14 @@ the ``RUNNING`` trials of dead processes from their final ``trials.jsonl`` line,
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from autocompress.errors import UserInputError
 from autocompress.search import storage as st
+from autocompress.search.base import searcher_class
 from autocompress.search.ledger import Ledger, OptunaLedger
 from autocompress.search.spec import SearchSpec
 
@@ -26,6 +30,35 @@ if TYPE_CHECKING:
 #: Study-level attributes naming the search a ledger belongs to.
 IDENTITY_ATTR = "autocompress_identity"
 SPEC_ATTR = "autocompress_spec"
+
+#: Environment variable choosing the ledger of a new run: ``optuna`` (the default) or ``file``
+#: (``ledger.jsonl``; taken only by strategies that do not sample from Optuna, without
+#: ``--storage``). Not a user setting yet: the Optuna study stays the default.
+LEDGER_ENV = "AUTOCOMPRESS_LEDGER"
+LEDGER_KINDS = ("optuna", "file")
+
+
+def requested_ledger() -> str:
+    """The ledger ``AUTOCOMPRESS_LEDGER`` asks for (``optuna`` when unset)."""
+    kind = os.environ.get(LEDGER_ENV, "").strip() or "optuna"
+    if kind not in LEDGER_KINDS:
+        raise UserInputError(f"{LEDGER_ENV}={kind!r} is not allowed; allowed: {', '.join(LEDGER_KINDS)}")
+    return kind
+
+
+def ledger_kind(spec: SearchSpec) -> str:
+    """The ledger ``spec``'s run records into: the one it started with (``ledger.jsonl`` present:
+    ``file``; an Optuna study file present: ``optuna``), else the requested one where the
+    strategy and storage allow it."""
+    run = spec.run_dir
+    if (run / st.LEDGER_FILE).is_file():
+        return "file"
+    if (run / st.JOURNAL_FILE).is_file() or (run / st.SQLITE_FILE).is_file():
+        return "optuna"
+    if (requested_ledger() == "file" and spec.storage is None
+            and not searcher_class(spec.strategy).uses_optuna_study):
+        return "file"
+    return "optuna"
 
 
 def same_search(stored_identity: Any, identity_hash: str) -> bool:
@@ -42,11 +75,17 @@ def same_search(stored_identity: Any, identity_hash: str) -> bool:
         return False
 
 
-def open_ledger(spec: SearchSpec, storage: Any) -> Ledger:
-    """The run's ledger (an Optuna study on ``storage``), checked to hold this search."""
-    where = st.storage_url_for(spec)
-    ledger = OptunaLedger.open(storage, spec.study_name, spec.directions, where=where)
-    return claim(ledger, spec, where, reopen=lambda: open_ledger(spec, storage))
+def open_ledger(spec: SearchSpec) -> Ledger:
+    """The run's ledger (``ledger_kind``), checked to hold this search."""
+    ledger: Ledger
+    if ledger_kind(spec) == "file":
+        from autocompress.search.file_ledger import FileLedger
+
+        ledger = FileLedger.open(spec.run_dir / st.LEDGER_FILE, spec.study_name, spec.directions)
+    else:
+        ledger = OptunaLedger.open(st.open_storage(spec), spec.study_name, spec.directions,
+                                   where=st.storage_url_for(spec))
+    return claim(ledger, spec, ledger.where, reopen=lambda: open_ledger(spec))
 
 
 def claim(ledger: Ledger, spec: SearchSpec, where: str, reopen: Any) -> Ledger:

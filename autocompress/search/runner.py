@@ -1,15 +1,16 @@
 """The search loop: ask, evaluate (cached), tell, record; resumable, shareable, multi-fidelity.
 
 ``run_search(spec, progress=None)`` is the one public entry point (the CLI calls it). One trial of
-the Optuna study is one evaluated candidate, whatever the strategy; the study is the ledger that
-several processes (or a resumed process) share:
+the run's ledger (``ledger.py``: the Optuna study, or ``ledger.jsonl`` for strategies that do not
+sample from Optuna when asked for) is one evaluated candidate, whatever the strategy; the ledger
+is what several processes (or a resumed process) share:
 
 * **Counting.** ``spec.trials`` counts evaluated candidates (status ``ok`` or ``failed``) plus
   candidates being evaluated right now by live processes. A candidate rejected before evaluation
   because its *predicted* costs break a hard budget is recorded as ``infeasible`` and does not
   count. A process whose new trial would exceed the count (a race with another process) marks it
-  ``surplus`` and stops, so the study ends with exactly ``trials`` candidates.
-* **No duplicates.** A proposal that builds a model already evaluated in the study (the same
+  ``surplus`` and stops, so the ledger ends with exactly ``trials`` candidates.
+* **No duplicates.** A proposal that builds a model already evaluated in the ledger (the same
   ``CompressionSpace.structure_key``: kept channel counts, bits and ranks after rounding, so
   ratios that round alike count as one model) is answered with the recorded result and not
   evaluated again, and ``pareto.json`` lists each model once; one that another live process is
@@ -23,15 +24,17 @@ several processes (or a resumed process) share:
 * **Multi-fidelity** (``spec.multi_fidelity``): asynchronous successive halving. Every candidate
   is scored at low fidelity; it is promoted to full fidelity when its low-fidelity score (its
   ``acc``, or first maximised objective) ranks in the top ``promote_fraction`` of all
-  low-fidelity scores in the study so far (ASHA's rule with one rung). The searcher is told the
+  low-fidelity scores in the ledger so far (ASHA's rule with one rung). The searcher is told the
   highest-fidelity result; only full-fidelity candidates can be on the Pareto front.
 * **Failures.** A candidate whose compression or evaluation raises, or whose accuracy is NaN, is
   recorded as ``failed`` (it counts) and the search goes on.
 
 Where each part lives: ``records.py`` (statuses, the candidate record, progress and result),
-``session.py`` (``SearchSession``: set-up, the study view, recording, resume; ``build_problem``),
-``loop.py`` (``SearchLoop``: admission, evaluation, the local loop), ``_interrupts.py`` (Ctrl-C
-held while the study is written), ``ray_backend.py`` (the Ray backend). The names below are
+``ledger.py`` / ``file_ledger.py`` (the ledger interface, the Optuna study behind it, the
+JSON-lines file), ``session.py`` (``SearchSession``: set-up, the ledger view, recording;
+``build_problem``), ``resume.py`` (which ledger a run keeps, its identity check, finishing the
+trials of killed processes), ``loop.py`` (``SearchLoop``: admission, evaluation, the local loop),
+``_interrupts.py`` (Ctrl-C held while the ledger is written), ``ray_backend.py`` (the Ray backend). The names below are
 re-exported here, where callers have always imported them.
 """
 
@@ -74,7 +77,7 @@ def run_search(spec: SearchSpec, progress: ProgressCallback | None = None, *,
 
     Returns:
         A :class:`SearchResult`; ``RUN/pareto.json``, ``RUN/trials.jsonl``, ``RUN/spec.json`` and
-        the study are on disk.
+        the ledger are on disk.
 
     Raises:
         UserInputError: bad settings, an unreachable budget, or a run directory holding another

@@ -37,7 +37,7 @@ from autocompress.search.records import (
     record_from_trial,
     safe_evaluate,
 )
-from autocompress.search.resume import open_ledger
+from autocompress.search.resume import open_ledger, requested_ledger
 from autocompress.search.spec import SearchSpec
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ class SearchSession:
                  problem: Problem | None = None) -> None:
         self.t_start = time.perf_counter()
         self.progress_cb = progress
+        requested_ledger()  # a bad AUTOCOMPRESS_LEDGER is refused before anything is written
         before = st.read_spec(spec.run_dir) if spec.run_dir.is_dir() else None
         self.spec = st.prepare_run_dir(spec)
         self.run_dir = self.spec.run_dir
@@ -146,8 +147,8 @@ class SearchSession:
         self.run_lock.acquire(create=True)
         self.log = st.TrialLog(self.run_dir / st.TRIALS_FILE)
         self.log.repair()
-        self.storage = st.open_storage(self.spec)
-        self.ledger: Ledger = open_ledger(self.spec, self.storage)
+        self.ledger: Ledger = open_ledger(self.spec)
+        self.storage = self.ledger.storage  # the Optuna storage (None for a file ledger)
         st.write_spec(self.run_dir, self.spec, {"num_classes": self.problem.num_classes,
                                                 "input_shape": list(self.problem.input_shape),
                                                 # what round_to "auto" resolved to on this machine
@@ -381,7 +382,7 @@ class SearchSession:
             "budget_limits": {k: v for k, v in self.limits.items()},
             "soft_budgets": [b.text for b in self.spec.soft_budgets],
             "strategy": self.spec.strategy, "seed": self.spec.seed,
-            "study_name": self.spec.study_name, "storage": st.storage_url_for(self.spec),
+            "study_name": self.spec.study_name, "storage": self.ledger.where,
             "n_candidates": sum(r.status in COUNTED_STATUSES for r in records),
             "n_failed": n_failed, "n_infeasible_predicted": sum(r.status == "infeasible" for r in records),
             "n_screened_low_fidelity": n_screened(records),

@@ -34,6 +34,7 @@ from autocompress.errors import UserInputError
 from autocompress.rundir import (  # noqa: F401 - the run directory's names, re-exported for callers
     BASE_FILE,
     JOURNAL_FILE,
+    LEDGER_FILE,
     LOCK_FILE,
     PARETO_FILE,
     RUN_SCHEMA_VERSION,

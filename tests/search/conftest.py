@@ -47,3 +47,11 @@ def search_problem(_isolated_cache: object) -> Problem:
     """The problem every in-process search test runs on (trained once per session)."""
     with torch_threads(1):
         return build_problem(make_tiny_spec("unused"), progress=False)
+
+
+@pytest.fixture(params=["optuna", "file"])
+def ledger_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test once per ledger a new run can record into: the Optuna study, then
+    ``ledger.jsonl`` (``AUTOCOMPRESS_LEDGER``; taken by strategies that do not sample from Optuna)."""
+    monkeypatch.setenv("AUTOCOMPRESS_LEDGER", request.param)
+    return str(request.param)

@@ -16,7 +16,7 @@ from autocompress.evaluators import EvalResult
 from autocompress.problem import Problem
 from autocompress.search import SearchProgress, run_search
 from autocompress.search.base import BaseSearcher, SearchContext
-from autocompress.search.storage import PARETO_FILE, SPEC_FILE, TRIALS_FILE, TrialLog
+from autocompress.search.storage import LEDGER_FILE, PARETO_FILE, SPEC_FILE, TRIALS_FILE, TrialLog
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -27,7 +27,7 @@ def final_lines(run_dir: Path) -> list[dict]:
 
 
 def test_rerun_resumes_to_the_requested_trials_and_replays(search_problem: Problem, tmp_path: Path,
-                                                           tiny_spec: Callable) -> None:
+                                                           tiny_spec: Callable, ledger_kind: str) -> None:
     out = tmp_path / "run"
     first = run_search(tiny_spec(out, strategy="random", trials=3), problem=search_problem)
     assert first.n_evaluated == 3
@@ -42,10 +42,11 @@ def test_rerun_resumes_to_the_requested_trials_and_replays(search_problem: Probl
     lines = final_lines(out)
     assert sorted(r["id"] for r in lines) == sorted(t.id for t in more.trials)
     assert len({r["policy_key"] for r in lines}) == 5
+    assert (out / LEDGER_FILE).is_file() == (ledger_kind == "file")  # the ledger asked for
 
 
 def test_a_different_search_in_the_run_dir_is_refused(search_problem: Problem, tmp_path: Path,
-                                                      tiny_spec: Callable) -> None:
+                                                      tiny_spec: Callable, ledger_kind: str) -> None:
     out = tmp_path / "run"
     run_search(tiny_spec(out, strategy="random", trials=2), problem=search_problem)
     before = (out / SPEC_FILE).read_text()
@@ -66,6 +67,7 @@ def test_a_different_search_in_the_run_dir_is_refused(search_problem: Problem, t
     old = tmp_path / "run.old-1"
     assert json.loads((old / SPEC_FILE).read_text())["strategy"] == "random"
     assert len(final_lines(old)) == 3
+    assert (old / LEDGER_FILE).is_file() == (out / LEDGER_FILE).is_file() == (ledger_kind == "file")
     # a non-empty directory that is not a run is refused too
     stray = tmp_path / "stray"
     stray.mkdir()
