@@ -215,6 +215,60 @@ def local_throughput(out: Path, workers_list: list[int], trials: int) -> dict[st
     return rows
 
 
+def study_growth(out: Path, template_journal: Path, sizes: list[int], repeats: int) -> dict[str, Any]:
+    """What one proposal costs as the study grows: the admission reads the whole study.
+
+    A study of ``n`` finished trials is built from copies of a real trial of the local run (same
+    user attributes, distinct policy keys) on a journal file; then timed: a process joining it
+    (the journal replayed), the search session's view (``study_view``, read before every admission
+    decision; with the session's record memo warm, and without it), and one ask + tell.
+    """
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import create_trial
+
+    from autocompress.search.ledger import OptunaLedger
+    from autocompress.search.session import study_view
+
+    src = optuna.load_study(study_name="scale",
+                            storage=JournalStorage(JournalFileBackend(str(template_journal))))
+    template = next(t for t in src.get_trials() if t.user_attrs.get("status") == "ok")
+    rows: dict[str, Any] = {}
+    for n in sizes:
+        journal = out / "growth" / f"n{n}.journal"
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(study_name="growth", directions=src.directions,
+                                    storage=JournalStorage(JournalFileBackend(str(journal))),
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        trials = []
+        for i in range(n):
+            attrs = {**template.user_attrs, "policy_key": f"p{i}", "structure_key": f"s{i}"}
+            trials.append(create_trial(params=template.params, distributions=template.distributions,
+                                       values=template.values, user_attrs=attrs))
+        study.add_trials(trials)
+        load_s = _median_s(lambda j=journal: optuna.load_study(
+            study_name="growth", storage=JournalStorage(JournalFileBackend(str(j)))).get_trials(deepcopy=False),
+            repeats)
+        ledger = OptunaLedger(study)
+        cold_s = _median_s(lambda ledger=ledger: study_view(ledger, "bench"), repeats)
+        memo: dict[int, Any] = {}
+        study_view(ledger, "bench", memo)  # a running session has seen the earlier trials
+        view_s = _median_s(lambda ledger=ledger, memo=memo: study_view(ledger, "bench", memo), repeats)
+
+        def ask_tell(study: Any = study) -> None:
+            trial = study.ask()
+            trial.suggest_float("p", 0.0, 0.8)
+            study.tell(trial, list(template.values))
+
+        ask_tell_s = _median_s(ask_tell, repeats)
+        rows[str(n)] = {"join_s": load_s, "view_cold_s": cold_s, "view_s": view_s, "ask_tell_s": ask_tell_s}
+        print(f"  study of {n} trials: a process joining it {load_s:.2f} s, the session's view "
+              f"{1e3 * view_s:.1f} ms per proposal ({1e3 * cold_s:.1f} ms without the record memo), "
+              f"ask+tell {1e3 * ask_tell_s:.1f} ms", flush=True)
+    return rows
+
+
 def _rate_row(n: int, ends: list[float], evals: list[float], workers: int, total: float) -> dict[str, Any]:
     span = ends[-1] - ends[0] if len(ends) > 1 else float("nan")
     per_trial = span / (len(ends) - 1) if len(ends) > 1 else float("nan")
@@ -227,10 +281,25 @@ def _rate_row(n: int, ends: list[float], evals: list[float], workers: int, total
     return row
 
 
+def view_fit(growth: dict[str, Any]) -> tuple[float, float]:
+    """Least-squares ``view(k) = a + b·k`` (seconds) through the measured study sizes."""
+    pts = [(float(n), float(r["view_s"])) for n, r in growth.items()]
+    if len(pts) < 2:
+        return (pts[0][1], 0.0) if pts else (0.0, 0.0)
+    mx = statistics.mean(x for x, _ in pts)
+    my = statistics.mean(y for _, y in pts)
+    b = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+    return max(my - b * mx, 0.0), max(b, 0.0)
+
+
 def model(overheads: dict[str, float], rates: dict[str, Any], eval_s: float, candidates: int,
-          gpus_per_node: int, nodes: list[int]) -> dict[str, Any]:
-    """``throughput(W) = min(W / (E + o), 1 / s)`` applied to the big sweep (``rates``: the
-    1-worker row of the local or Ray measurement)."""
+          gpus_per_node: int, nodes: list[int], growth: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``throughput(W, k) = min(W / (E + o), 1 / (s + view(k)))`` summed over the sweep's trials.
+
+    ``rates``: the 1-worker row of the local or Ray measurement. ``view(k)``: the admission's read
+    of a study of ``k`` trials (``growth``, fitted linearly), paid serially by the driver that
+    admits every trial, so the driver's limit falls as the study grows.
+    """
     one = rates.get("1", {})
     o = max(float(one.get("overhead_per_trial_s", 0.0)), 0.0)
     # The serial share of a trial (Tune's driver loop and the searcher, or the study's storage):
@@ -238,13 +307,24 @@ def model(overheads: dict[str, float], rates: dict[str, Any], eval_s: float, can
     # serially; taking all of it plus one storage round trip as serial gives the earliest
     # bottleneck, an upper bound on what the driver costs.
     s = o + overheads["journal_ask_tell_ms"] / 1e3
+    a, b = view_fit(growth or {})
     rows = []
     for n in nodes:
         workers = n * gpus_per_node
-        rate = min(workers / (eval_s + o), 1.0 / s)  # trials per second
-        rows.append({"nodes": n, "gpus": workers, "trials_per_hour": rate * 3600,
-                     "hours": candidates / rate / 3600, "bound": "driver" if workers / (eval_s + o) > 1 / s else "GPUs"})
-    return {"E_s": eval_s, "o_s": o, "s_s": s, "saturating_gpus": (eval_s + o) / s, "rows": rows}
+        gpu_s = (eval_s + o) / workers  # seconds per trial when the GPUs set the pace
+        seconds, driver_from = 0.0, None
+        for k in range(candidates):
+            serial = s + a + b * k
+            if serial > gpu_s and driver_from is None:
+                driver_from = k
+            seconds += max(gpu_s, serial)
+        bound = ("GPUs" if driver_from is None else "driver (scheduler + storage)" if driver_from == 0
+                 else f"GPUs, then the driver from trial {driver_from:,}")
+        rows.append({"nodes": n, "gpus": workers, "trials_per_hour": candidates / seconds * 3600,
+                     "hours": seconds / 3600, "bound": bound, "driver_from": driver_from})
+    return {"E_s": eval_s, "o_s": o, "s_s": s, "view_a_s": a, "view_b_s": b,
+            "saturating_gpus": (eval_s + o) / s, "saturating_gpus_at_end": (eval_s + o) / (s + a + b * candidates),
+            "rows": rows}
 
 
 def main() -> None:
@@ -258,6 +338,8 @@ def main() -> None:
     ap.add_argument("--gpus-per-node", type=int, default=8)
     ap.add_argument("--nodes", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--candidates", type=int, default=10_000)
+    ap.add_argument("--study-sizes", type=int, nargs="+", default=[100, 1_000, 10_000],
+                    help="finished trials in the study when one proposal's admission is timed")
     ap.add_argument("--ray", action="store_true", help="also measure the worker counts as Ray Tune trials")
     ap.add_argument("--tiny", action="store_true", help="a short run (1 and 2 workers, 3 trials, few repeats)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-scale"))
@@ -265,6 +347,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.tiny:
         args.workers, args.trials, args.repeats, args.round_trips = [1, 2], 3, 1, 3
+        args.study_sizes = [20, 200]
     if args.out.exists() and any(args.out.iterdir()):
         sys.exit(f"--out {args.out} is not empty; choose a fresh directory")
     import torch
@@ -287,16 +370,22 @@ def main() -> None:
     print(f"local workers sharing one journal study, {args.trials} trials each run:", flush=True)
     local = local_throughput(args.out, args.workers, args.trials)
     ray = ray_throughput(args.out, problem, args.workers, args.trials) if args.ray else {}
-    m = model(overheads, ray or local, args.resnet50_eval_s, args.candidates, args.gpus_per_node, args.nodes)
+    print("the study growing (admission reads every trial):", flush=True)
+    growth = study_growth(args.out, args.out / "local" / f"w{args.workers[0]}" / "study.journal",
+                          args.study_sizes, args.repeats)
+    m = model(overheads, ray or local, args.resnet50_eval_s, args.candidates, args.gpus_per_node, args.nodes,
+              growth)
     print(f"model: E = {m['E_s']:.0f} s (assumed), o = {m['o_s']:.2f} s, s = {m['s_s']:.2f} s per trial at "
-          f"the driver; the driver saturates at ~{m['saturating_gpus']:.0f} concurrent GPU trials", flush=True)
+          f"the driver plus the view, {1e3 * m['view_a_s']:.1f} ms + {1e6 * m['view_b_s']:.1f} µs per trial "
+          f"in the study; the driver saturates at ~{m['saturating_gpus']:.0f} concurrent GPU trials on an "
+          f"empty study, ~{m['saturating_gpus_at_end']:.0f} at {args.candidates} trials", flush=True)
     for r in m["rows"]:
         print(f"  {r['nodes']:3d} nodes x {args.gpus_per_node} GPUs: {r['trials_per_hour']:8.0f} trials/h, "
               f"{args.candidates} candidates in {r['hours']:6.1f} h (bound by {r['bound']})", flush=True)
     load_end = os.getloadavg()
     print(f"load average {load_end[0]:.1f} {load_end[1]:.1f} {load_end[2]:.1f} at the end; "
           f"{time.perf_counter() - t_start:.0f} s in all", flush=True)
-    report = {"overheads": overheads, "local": local, "ray": ray, "model": m, "load_start": load, "load_end": load_end,
+    report = {"overheads": overheads, "local": local, "ray": ray, "growth": growth, "model": m, "load_start": load, "load_end": load_end,
               "cpus": os.cpu_count(), "seconds": time.perf_counter() - t_start}
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2))

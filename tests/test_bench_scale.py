@@ -33,10 +33,18 @@ def test_tiny_mode_measures_and_models(tmp_path: Path) -> None:
     m = data["model"]
     small, big = m["rows"]
     assert small["nodes"] == 1 and small["gpus"] == 8 and big["gpus"] == 800
-    # throughput(W) = min(W / (E + o), 1 / s): 8 GPUs are GPU-bound, 800 hit the driver's limit
-    # whenever it saturates below 800 concurrent trials.
-    assert small["trials_per_hour"] == pytest.approx(3600 * min(8 / (m["E_s"] + m["o_s"]), 1 / m["s_s"]))
-    assert big["bound"] == ("driver" if m["saturating_gpus"] < 800 else "GPUs")
+    # The study's growth: the admission's view of a 200-trial study costs more than of a 20-trial one.
+    growth = data["growth"]
+    assert set(growth) == {"20", "200"} and growth["200"]["view_s"] > growth["20"]["view_s"] > 0
+    assert m["view_b_s"] > 0
+    # throughput(W, k) = min(W / (E + o), 1 / (s + a + b·k)), summed over the sweep's trials.
+    for row in (small, big):
+        gpu_s = (m["E_s"] + m["o_s"]) / row["gpus"]
+        serial = [m["s_s"] + m["view_a_s"] + m["view_b_s"] * k for k in range(10_000)]
+        assert row["hours"] == pytest.approx(sum(max(gpu_s, x) for x in serial) / 3600)
+        first = next((k for k, x in enumerate(serial) if x > gpu_s), None)
+        assert row["driver_from"] == first
+    assert big["driver_from"] is not None and big["driver_from"] <= (small["driver_from"] or 10_000)
     assert "load average" in proc.stdout and "candidates in" in proc.stdout
     # No failed evaluation in any worker's log (a worker that started after the other had taken
     # every trial has none).

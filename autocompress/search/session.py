@@ -223,42 +223,9 @@ class SearchSession:
     def view(self) -> StudyView:
         """The ledger as the loop needs it: counted candidates, models evaluated (or being
         evaluated by a live process) by key, low-fidelity scores and the finished records."""
-        workers = st.study_workers(self.ledger)
-        alive: dict[str, bool] = {}
-
-        def owner_alive(uid: str | None) -> bool:
-            if uid is None:
-                return False
-            if uid not in alive:
-                w = workers.get(uid)
-                alive[uid] = uid == self.worker.uuid or (w is not None and w.alive())
-            return alive[uid]
-
-        counted = 0
-        final: dict[str, LedgerTrial] = {}
-        running: dict[str, LedgerTrial] = {}
-        low: list[float] = []
-        records: list[TrialRecord] = []
-        for t in self.ledger.trials():
-            a = t.user_attrs
-            status = a.get("status")
-            if a.get("low_score") is not None:
-                low.append(float(a["low_score"]))
-            # Indexed by policy key and by structure key (the model it builds): a proposal
-            # matching either was evaluated already.
-            keys = [a[k] for k in ("policy_key", "structure_key") if k in a]
-            if status in COUNTED_STATUSES:
-                counted += 1
-                for k in keys:
-                    final.setdefault(k, t)
-            elif t.running and status is None and owner_alive(a.get("worker")):
-                counted += 1
-                for k in keys:
-                    running.setdefault(k, t)
-            rec = record_from_trial(t) if status in ("ok", "failed", "infeasible") else None
-            if rec is not None:
-                records.append(rec)
-        return StudyView(counted, final, running, low, records)
+        if not hasattr(self, "_view_memo"):
+            self._view_memo: dict[int, tuple[Any, TrialRecord | None]] = {}
+        return study_view(self.ledger, self.worker.uuid, self._view_memo)
 
     def counted_before(self, number: int) -> int:
         """Counted trials numbered below ``number`` (the race check after creating a trial)."""
@@ -467,4 +434,69 @@ def _json(obj: Any) -> str:
     return json.dumps(st.jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-__all__ = ["SearchSession", "StudyView", "build_problem"]
+def study_view(ledger: Ledger, me: str, memo: dict[int, tuple[Any, TrialRecord | None]] | None = None
+               ) -> StudyView:
+    """The snapshot behind ``SearchSession.view``, read before every admission decision.
+
+    Every proposal reads the whole ledger, so its cost grows with the study; ``memo`` (kept by the
+    session between calls) holds the record of each finished trial, rebuilt only when the trial's
+    status, fidelity, metrics or number of attributes change, which makes a read of a large study
+    several times cheaper (benchmarks/README.md, "Scale").
+
+    Args:
+        ledger: the run's ledger.
+        me: this process's worker uuid (its own running trials count as alive).
+        memo: trial number -> (fingerprint, record), updated in place; None: no reuse.
+    """
+    workers = st.study_workers(ledger)
+    alive: dict[str, bool] = {}
+
+    def owner_alive(uid: str | None) -> bool:
+        if uid is None:
+            return False
+        if uid not in alive:
+            w = workers.get(uid)
+            alive[uid] = uid == me or (w is not None and w.alive())
+        return alive[uid]
+
+    counted = 0
+    final: dict[str, LedgerTrial] = {}
+    running: dict[str, LedgerTrial] = {}
+    low: list[float] = []
+    records: list[TrialRecord] = []
+    for t in ledger.trials():
+        a = t.user_attrs
+        status = a.get("status")
+        if a.get("low_score") is not None:
+            low.append(float(a["low_score"]))
+        # Indexed by policy key and by structure key (the model it builds): a proposal
+        # matching either was evaluated already.
+        keys = [a[k] for k in ("policy_key", "structure_key") if k in a]
+        if status in COUNTED_STATUSES:
+            counted += 1
+            for k in keys:
+                final.setdefault(k, t)
+        elif t.running and status is None and owner_alive(a.get("worker")):
+            counted += 1
+            for k in keys:
+                running.setdefault(k, t)
+        if status not in ("ok", "failed", "infeasible"):
+            continue
+        if memo is None:
+            rec = record_from_trial(t)
+        else:
+            metrics = a.get("metrics") or {}
+            fp = (status, a.get("fidelity"), len(a), tuple(sorted(metrics.items())) if isinstance(metrics, Mapping)
+                  else repr(metrics))
+            hit = memo.get(t.number)
+            if hit is not None and hit[0] == fp:
+                rec = hit[1]
+            else:
+                rec = record_from_trial(t)
+                memo[t.number] = (fp, rec)
+        if rec is not None:
+            records.append(rec)
+    return StudyView(counted, final, running, low, records)
+
+
+__all__ = ["SearchSession", "StudyView", "build_problem", "study_view"]

@@ -267,3 +267,39 @@ def test_two_processes_share_one_file_ledger(search_problem: Problem, tmp_path: 
               if r.get("final") and r["status"] in ("ok", "failed")]
     assert sorted(r["id"] for r in finals) == sorted(t.number for t in counted)
     assert sorted(w.rank for w in study_workers(ledger).values()) == [0, 1]
+
+
+@pytest.mark.parametrize("kind", ["journal", "file"])
+def test_the_view_memo_gives_the_same_view_and_follows_changed_trials(kind: str, tmp_path: Path) -> None:
+    """``study_view`` reuses the records of finished trials between reads (the admission reads
+    the whole ledger per proposal); the memo must never hide a change."""
+    from autocompress.search.session import study_view
+
+    ledger = _opener(kind, tmp_path)()
+    policy = CompressionPolicy({"fc": {"prune": 0.5}})
+    for i in range(3):
+        t = ledger.ask()
+        for k, v in {"status": "ok", "policy": policy.to_dict(), "policy_key": f"p{i}",
+                     "structure_key": f"s{i}", "metrics": {"acc": 0.5 + i / 10, "macs": 10.0},
+                     "fidelity": "full", "feasible": True}.items():
+            t.set_user_attr(k, v)
+        ledger.finish(t, [0.5 + i / 10, 10.0])
+    memo: dict[int, object] = {}
+    first = study_view(ledger, "me", memo)
+    assert len(memo) == 3 and first.records == study_view(ledger, "me").records
+    again = study_view(ledger, "me", memo)
+    assert [r.id for r in again.records] == [0, 1, 2]
+    assert all(x is y for x, y in zip(first.records, again.records))  # reused, not rebuilt
+    # a trial whose record changes (promoted to full fidelity with a new score) is rebuilt
+    t = ledger.ask()
+    for k, v in {"status": "ok", "policy": policy.to_dict(), "policy_key": "p3", "structure_key": "s3",
+                 "metrics": {"acc": 0.1, "macs": 10.0}, "fidelity": "low"}.items():
+        t.set_user_attr(k, v)
+    assert study_view(ledger, "me", memo).records[3].fidelity == "low"
+    t.set_user_attr("fidelity", "full")
+    t.set_user_attr("metrics", {"acc": 0.9, "macs": 10.0})
+    ledger.finish(t, [0.9, 10.0])
+    rec = study_view(ledger, "me", memo).records[3]
+    assert rec.fidelity == "full" and rec.metrics["acc"] == 0.9
+    assert study_view(ledger, "me", memo).records == study_view(ledger, "me").records
+    assert study_view(ledger, "me", memo).counted == 4
