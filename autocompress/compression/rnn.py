@@ -54,6 +54,7 @@ __all__ = [
     "can_factorise",
     "factorise_rnn",
     "hidden_groups",
+    "matrix_ranks",
     "rnn_ranks",
 ]
 
@@ -469,6 +470,19 @@ class LowRankRNN(nn.Module):
                     m[0].act_quant = ActQuant(a).to(m[0].weight.device)
             else:
                 quantize_module_(m, w_bits, a)
+
+
+def matrix_ranks(
+    gates: int, input_size: int, hidden_size: int, num_layers: int, rank: float
+) -> list[tuple[int | None, int | None]] | None:
+    """``rnn_ranks`` from the shapes alone (``gates`` rows per unit, see ``GATES``): what the
+    latency table needs to know which matrices a rank fraction factorises at given widths."""
+    ranks = []
+    for k in range(num_layers):
+        n_ih = input_size if k == 0 else hidden_size
+        ranks.append((factorised_rank(gates * hidden_size, n_ih, rank),
+                      factorised_rank(gates * hidden_size, hidden_size, rank)))
+    return ranks if any(r is not None for pair in ranks for r in pair) else None
 
 
 def rnn_ranks(module: nn.Module, rank: float) -> list[tuple[int | None, int | None]] | None:

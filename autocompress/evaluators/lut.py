@@ -3,7 +3,10 @@
 Every compute layer (conv / linear, with the BatchNorm and activation module that follow it) of
 the base model is rebuilt as a standalone module at its input shape and timed on a grid of input
 and output widths (keep fractions set by the decision points that prune them) and, for layers the
-policy may factorise, on a grid of ranks for its two factors. A prediction interpolates each
+policy may factorise, on a grid of ranks for its two factors. A recurrent module (``nn.LSTM`` /
+``nn.GRU`` / ``nn.RNN``) is one entry over its steps, on a grid of input widths and hidden sizes
+and, when factorised (its steps then run unrolled, not as one fused node), on a grid of rank
+fractions at the extreme widths. A prediction interpolates each
 layer's entry at the widths a policy gives it, sums the entries and adds a constant measured once:
 the whole model's latency minus the sum of its layers' entries (what the table does not see:
 call overhead, adds, pooling, reshapes).
@@ -52,6 +55,9 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _ACTS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
          nn.LeakyReLU, nn.ELU, nn.Mish)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: Recurrent modules timed as one entry each (exact types: what ``compression.rnn`` handles).
+_RNN_MODES: dict[type[nn.Module], str] = {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}
+_RNN_CLASSES: dict[str, type[nn.RNNBase]] = {v: k for k, v in _RNN_MODES.items()}  # type: ignore[misc]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +130,12 @@ class _Layer:
     r_grid: list[int] = field(default_factory=list)       # absolute ranks of the factors
     first: list[list[float]] = field(default_factory=list)     # ms, [in][r]
     second: list[list[float]] = field(default_factory=list)    # ms, [r][out]
+    # recurrent layers factorised (``rank`` < 1): the whole module at rank fractions ``f_grid``,
+    # at the extreme input / hidden keep fractions ``lr_in`` / ``lr_out``
+    f_grid: list[float] = field(default_factory=list)
+    lr_in: list[float] = field(default_factory=list)
+    lr_out: list[float] = field(default_factory=list)
+    lowrank: list[list[list[float]]] = field(default_factory=list)  # ms, [in][out][f]
 
     @property
     def depthwise(self) -> bool:
@@ -159,7 +171,7 @@ def discover_layers(model: nn.Module, example_input: Tensor) -> list[_Layer]:
         events.append((names[mod], mod, x, out))
 
     for m in model.modules():
-        if isinstance(m, _CONV + (nn.Linear,) + _BNS + _ACTS):
+        if isinstance(m, _CONV + (nn.Linear,) + _BNS + _ACTS) or type(m) in _RNN_MODES:
             hooks.append(m.register_forward_hook(hook))
     was = model.training
     model.eval()
@@ -174,6 +186,11 @@ def discover_layers(model: nn.Module, example_input: Tensor) -> list[_Layer]:
     layers: list[_Layer] = []
     seen: set[str] = set()
     for i, (name, mod, x, out) in enumerate(events):
+        if type(mod) in _RNN_MODES:
+            if name not in seen and isinstance(x, Tensor):  # not a packed sequence
+                seen.add(name)
+                layers.append(_Layer(name=name, spec=_rnn_spec(mod, x)))
+            continue
         if not isinstance(mod, _CONV + (nn.Linear,)) or name in seen or not isinstance(x, Tensor):
             continue
         seen.add(name)
@@ -207,10 +224,27 @@ def discover_layers(model: nn.Module, example_input: Tensor) -> list[_Layer]:
     return layers
 
 
+def _rnn_spec(mod: nn.Module, x: Tensor) -> dict[str, Any]:
+    """A recurrent module as a table entry: the whole module (all its layers) over its steps.
+
+    Its widths are the input features (``cin``) and hidden units (``cout``); the standalone module
+    reads a batch-first ``(1, steps, cin)`` sequence from a zero state, as the model's module does
+    unless it is given one.
+    """
+    steps = x.shape[0] if x.dim() == 2 else x.shape[1 if mod.batch_first else 0]
+    return {"kind": "rnn", "mode": _RNN_MODES[type(mod)], "cin": mod.input_size,
+            "cout": mod.hidden_size, "num_layers": mod.num_layers, "bias": bool(mod.bias),
+            "steps": int(steps), "bidirectional": bool(mod.bidirectional),
+            "proj_size": int(getattr(mod, "proj_size", 0)),
+            "nonlinearity": getattr(mod, "nonlinearity", "tanh"), "bn": False, "act": None}
+
+
 def _widths(model: nn.Module) -> dict[str, tuple[int, int]]:
     out = {}
     for name, m in model.named_modules():
-        if isinstance(m, _CONV):
+        if type(m) in _RNN_MODES:
+            out[name] = (m.input_size, m.hidden_size)
+        elif isinstance(m, _CONV):
             out[name] = (m.in_channels, m.out_channels)
         elif isinstance(m, nn.Linear):
             out[name] = (m.in_features, m.out_features)
@@ -298,8 +332,14 @@ def _act_module(desc: dict[str, Any] | None) -> nn.Module | None:
 
 def build_standalone(spec: dict[str, Any], cin: int, cout: int, *, groups: int | None = None,
                      kernel_one: bool = False, bias: bool | None = None, bn: bool | None = None,
-                     act: bool = True) -> tuple[nn.Module, Tensor]:
-    """One layer (+ BN + activation) at widths ``cin -> cout`` and a matching batch-1 input."""
+                     act: bool = True, rank: float | None = None) -> tuple[nn.Module, Tensor]:
+    """One layer (+ BN + activation) at widths ``cin -> cout`` and a matching batch-1 input.
+
+    A recurrent layer (``kind`` ``rnn``): the module with ``cout`` hidden units, factorised at
+    fraction ``rank`` when given (``compression.rnn.LowRankRNN``, as ``compress`` builds it).
+    """
+    if spec["kind"] == "rnn":
+        return _build_rnn(spec, cin, cout, rank)
     use_bias = spec["bias"] if bias is None else bias
     use_bn = spec["bn"] if bn is None else bn
     mods: list[nn.Module] = []
@@ -332,13 +372,43 @@ def build_standalone(spec: dict[str, Any], cin: int, cout: int, *, groups: int |
     return module, x
 
 
+class _SequenceOut(nn.Module):
+    """A recurrent module's output sequence only (what the next layer reads)."""
+
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rnn(x)[0]
+
+
+def _build_rnn(spec: dict[str, Any], cin: int, hidden: int,
+               rank: float | None) -> tuple[nn.Module, Tensor]:
+    from autocompress.compression.rnn import GATES, LowRankRNN, matrix_ranks
+
+    cls = _RNN_CLASSES[spec["mode"]]
+    kw: dict[str, Any] = {"num_layers": spec["num_layers"], "bias": spec["bias"], "batch_first": True,
+                          "bidirectional": spec["bidirectional"]}
+    if spec["proj_size"]:
+        kw["proj_size"] = min(spec["proj_size"], hidden - 1)
+    if cls is nn.RNN:
+        kw["nonlinearity"] = spec["nonlinearity"]
+    module: nn.Module = cls(cin, hidden, **kw)
+    if rank is not None:
+        ranks = matrix_ranks(GATES[cls], cin, hidden, spec["num_layers"], rank)
+        if ranks is not None:
+            module = LowRankRNN(module, ranks)  # type: ignore[arg-type]
+    return _SequenceOut(module).eval(), torch.randn(1, spec["steps"], cin)
+
+
 _ONNX_ACTS: dict[str, str] = {"ReLU": "Relu", "Sigmoid": "Sigmoid", "Tanh": "Tanh",
                               "Hardswish": "HardSwish", "LeakyReLU": "LeakyRelu", "ELU": "Elu"}
 
 
 def standalone_onnx(spec: dict[str, Any], cin: int, cout: int, *, groups: int | None = None,
                     kernel_one: bool = False, bias: bool | None = None, bn: bool | None = None,
-                    act: bool = True) -> bytes | None:
+                    act: bool = True, rank: float | None = None) -> bytes | None:
     """The ONNX graph of ``build_standalone`` written directly (about 50x faster than exporting).
 
     BatchNorm is folded into the bias, as ONNX Runtime's optimiser does anyway. Returns None for
@@ -347,6 +417,8 @@ def standalone_onnx(spec: dict[str, Any], cin: int, cout: int, *, groups: int | 
     """
     from onnx import TensorProto, helper, numpy_helper
 
+    if spec["kind"] == "rnn":  # exported: the exporter's fused LSTM / GRU / RNN node, or the loop
+        return None
     rng = np.random.default_rng(0)
     use_bias = (spec["bias"] if bias is None else bias) or (spec["bn"] if bn is None else bn)
     inits, nodes = [], []
@@ -494,6 +566,13 @@ def _interp2(gx: Sequence[float], gy: Sequence[float], table: Sequence[Sequence[
     return top * (1 - wx) + bot * wx
 
 
+def _interp3(gx: Sequence[float], gy: Sequence[float], gz: Sequence[float],
+             cube: Sequence[Sequence[Sequence[float]]], x: float, y: float, z: float) -> float:
+    i0, i1, wx = _interp_axis(gx, x)
+    lo = _interp2(gy, gz, cube[i0], y, z)
+    return lo if wx == 0.0 else lo * (1 - wx) + _interp2(gy, gz, cube[i1], y, z) * wx
+
+
 # ---------------------------------------------------------------------------------------------
 # the table
 
@@ -523,7 +602,7 @@ class LatencyLUT:
     clock: str = "wall"
     meta: dict[str, Any] = field(default_factory=dict)
 
-    schema_version: ClassVar[int] = 4
+    schema_version: ClassVar[int] = 5
 
     # -- prediction -------------------------------------------------------------------------
     def layer_ms(self, layer: _Layer, policy: CompressionPolicy) -> float:
@@ -534,7 +613,15 @@ class LatencyLUT:
         cin = s["cin"] - _removed(layer.in_sources, policy)
         cout = s["cout"] - _removed(layer.out_sources, policy)
         kin, kout = cin / s["cin"], cout / s["cout"]
-        if layer.rank_point is not None and layer.r_grid:
+        if layer.rank_point is not None and layer.f_grid:  # a recurrent layer
+            from autocompress.compression.rnn import matrix_ranks
+
+            rank = policy.get(layer.rank_point).rank
+            if rank < 1.0 and matrix_ranks(_rnn_gates(s), max(1, round(cin)), max(1, round(cout)),
+                                           s["num_layers"], rank) is not None:
+                return _interp3(layer.lr_in, layer.lr_out, layer.f_grid, layer.lowrank,
+                                kin, kout, rank)
+        elif layer.rank_point is not None and layer.r_grid:
             rank = policy.get(layer.rank_point).rank
             if rank < 1.0:
                 per_out = int(np.prod(s["kernel"])) if s["kind"] == "conv" else 1
@@ -820,7 +907,9 @@ def _plan(layers: list[_Layer], space: CompressionSpace, keep_points: int,
                 cells.append(main_cell(i, j))
 
         rank_knob = knobs.get(lay.rank_point or "", {}).get("rank") if lay.rank_point else None
-        if rank_knob is not None and not dw and fixed_groups == 1:
+        if rank_knob is not None and s["kind"] == "rnn":
+            cells += _plan_rnn_rank(lay, float(rank_knob.most_compressed), rank_points)
+        elif rank_knob is not None and not dw and fixed_groups == 1:
             per_out = int(np.prod(s["kernel"])) if s["kind"] == "conv" else 1
             m, n = s["cout"], s["cin"] * per_out
             lo = float(rank_knob.most_compressed)
@@ -858,3 +947,51 @@ def _plan(layers: list[_Layer], space: CompressionSpace, keep_points: int,
                     cells.append(second_cell(k, j))
         jobs.append(cells)
     return jobs
+
+
+def _rnn_gates(spec: dict[str, Any]) -> int:
+    from autocompress.compression.rnn import GATES
+
+    return GATES[_RNN_CLASSES[spec["mode"]]]
+
+
+def _plan_rnn_rank(lay: _Layer, lowest: float, rank_points: int) -> list[Any]:
+    """Cells of a recurrent layer's factorised entries: rank fractions from ``lowest`` up to the
+    largest that still factorises a matrix at full width, at the extreme widths of each side.
+
+    A factorised recurrent module runs its steps as separate nodes (``LowRankRNN``), not as one
+    fused node, so its latency is not the sum of its factors' matrix products: each entry times
+    the whole module, keyed by the ranks it keeps (fractions keeping the same ranks share one).
+    """
+    from autocompress.compression.rnn import matrix_ranks
+
+    s = lay.spec
+    g, layers = _rnn_gates(s), s["num_layers"]
+    grid = np.linspace(lowest, 1.0, 101)[:-1]
+    factorising = [float(f) for f in grid
+                   if matrix_ranks(g, s["cin"], s["cout"], layers, float(f)) is not None]
+    if not factorising:
+        return []
+    top = max(factorising)
+    lay.f_grid = sorted({round(float(v), 6) for v in np.linspace(lowest, top, max(rank_points, 2))})
+    lay.lr_in = sorted({lay.in_grid[0], lay.in_grid[-1]})
+    lay.lr_out = sorted({lay.out_grid[0], lay.out_grid[-1]})
+    lay.lowrank = [[[math.nan] * len(lay.f_grid) for _ in lay.lr_out] for _ in lay.lr_in]
+
+    def cell(i: int, j: int, k: int) -> Any:
+        cin, h = _channels(s["cin"], lay.lr_in[i]), _channels(s["cout"], lay.lr_out[j])
+        f = lay.f_grid[k]
+
+        def run(prof: _Profiler) -> None:
+            ranks = matrix_ranks(g, cin, h, layers, f)
+            if ranks is None:  # nothing factorised at these widths: the dense module
+                key = {"spec": s, "cin": cin, "cout": h, "groups": 1, "part": "main"}
+                lay.lowrank[i][j][k] = prof.entry(key, s, cin, h, groups=1)
+            else:
+                key = {"spec": s, "cin": cin, "cout": h, "ranks": ranks, "part": "lowrank"}
+                lay.lowrank[i][j][k] = prof.entry(key, s, cin, h, rank=f)
+
+        return run
+
+    return [cell(i, j, k) for i in range(len(lay.lr_in)) for j in range(len(lay.lr_out))
+            for k in range(len(lay.f_grid))]

@@ -136,3 +136,39 @@ def test_direct_onnx_layers_match_the_torch_layers(spec_kw: dict, cin: int, cout
     (out,) = sess.run(None, {"input": xb.numpy()})
     with torch.no_grad():
         assert out.shape == tuple(module(xb).shape)
+
+
+@pytest.mark.timeout(300)
+def test_recurrent_layers_are_table_entries(tmp_path: Path) -> None:
+    """An LSTM is one entry over its steps, on a grid of input widths and hidden sizes, and a
+    factorised LSTM (its steps unrolled into separate nodes, several times slower on ONNX Runtime
+    at batch 1) is predicted slower than the fused original, as measured."""
+    from autocompress.compression import compress
+    from autocompress.evaluators.latency import measure_latency
+
+    torch.manual_seed(0)
+    model = create_model("test_lstm").eval()
+    x = torch.randn(1, 1, 8, 8)
+    space = CompressionSpace.from_model(model, x, knobs=("prune", "rank"))
+    lut = LatencyLUT.build(model, space, x, backend="ort", batch=1, cache_dir=tmp_path, progress=False,
+                           calibration_policies=0, clock="cpu", keep_points=2, rank_points=2,
+                           repeats=7, warmup=1)
+    lstm = {lay.name: lay for lay in lut.layers}["lstm"]
+    assert lstm.spec["kind"] == "rnn" and lstm.spec["steps"] == 8 and lstm.rank_point == "lstm"
+    assert set(lstm.in_sources) == {"embed"} and set(lstm.out_sources) == {"lstm"}
+    assert lstm.out_grid[0] == 0.25 and len(lstm.f_grid) == 2 and not np.isnan(lstm.lowrank).any()
+
+    high = float(next(p for p in space.decision_points if p.name == "lstm").knobs["prune"].most_compressed)
+    policies = {"base": space.identity(), "pruned": CompressionPolicy({"lstm": LayerAction(prune=high)}),
+                "factorised": CompressionPolicy({"lstm": LayerAction(rank=0.25)})}
+    pred = {k: lut.predict(p) for k, p in policies.items()}
+    meas = {k: measure_latency(compress(model, p, space=space), x, backend="ort", batch=1, threads=1,
+                               warmup=3, repeats=25, clock="cpu").median_ms
+            for k, p in policies.items()}
+    # the pruned LSTM is read from the table (its grid's narrowest column: exact at a grid ratio)
+    assert lut.breakdown(policies["pruned"])["lstm"] == pytest.approx(lut.scale * lstm.table[-1][0])
+    # the factorised LSTM: measured about 5x the base here; both sides must see it clearly slower
+    assert meas["factorised"] > 2.0 * meas["base"]
+    assert pred["factorised"] > 2.0 * pred["base"]
+    for k in policies:  # each prediction within a factor of 2 of its measurement
+        assert 0.5 < pred[k] / meas[k] < 2.0, (k, pred, meas)
