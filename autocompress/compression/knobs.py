@@ -39,6 +39,7 @@ __all__ = [
     "KNOB_TYPES",
     "KnobType",
     "check_knob_set",
+    "cost_deltas",
     "default_knob_names",
     "from_unit",
     "knob_names",
@@ -132,6 +133,7 @@ class KnobType:
         label: report column header.
         allowed: the global range, as error messages say it.
         excludes: knobs a space cannot offer together with this one.
+        excludes_why: why (the error message's words).
     """
 
     name: ClassVar[str]
@@ -144,6 +146,7 @@ class KnobType:
     label: ClassVar[str] = ""
     allowed: ClassVar[str] = ""
     excludes: ClassVar[tuple[str, ...]] = ()
+    excludes_why: ClassVar[str] = "both decide how weights are stored"
 
     def check(self, value: Any) -> float | int:
         """``value`` normalised (float or int) after the range check that holds for every layer.
@@ -211,6 +214,13 @@ class KnobType:
         means the rest are zeros left out of a sparse (CSR) layout."""
         return numel
 
+    def cost_delta(self, value: float | int, space: CompressionSpace, name: str,
+                   policy: CompressionPolicy) -> dict[str, float] | None:
+        """Changes of ``macs`` / ``params`` / ``size_bytes`` / ``bops`` at point ``name`` that
+        neither the closed form nor the storage terms model (a knob that restructures a layer
+        itself, ``projection.py``), or None."""
+        return None
+
 
 
 KNOB_TYPES: dict[str, KnobType] = {}
@@ -248,7 +258,7 @@ def check_knob_set(names: Sequence[str]) -> tuple[str, ...]:
         for other in KNOB_TYPES[n].excludes:
             if other in names:
                 raise UserInputError(
-                    f"knobs {n} and {other} both decide how weights are stored; choose one of them"
+                    f"knobs {n} and {other} {KNOB_TYPES[n].excludes_why}; choose one of them"
                 )
     return tuple(k for k in KNOB_TYPES if k in names)
 
@@ -261,6 +271,16 @@ def knob_names() -> tuple[str, ...]:
 def default_knob_names() -> tuple[str, ...]:
     """The knobs a space offers when no list is given."""
     return tuple(n for n, kt in KNOB_TYPES.items() if kt.default)
+
+
+def cost_deltas(space: CompressionSpace, policy: CompressionPolicy) -> dict[str, float]:
+    """The sum of every set knob's :meth:`KnobType.cost_delta` (the space adds it to its costs)."""
+    out: dict[str, float] = {}
+    for name, items in policy._extras().items():
+        for k, v in items:
+            for metric, d in (KNOB_TYPES[k].cost_delta(v, space, name, policy) or {}).items():
+                out[metric] = out.get(metric, 0.0) + d
+    return out
 
 
 def weight_storage_bytes(
@@ -417,3 +437,4 @@ register_knob(RankKnob())
 # Registration order is the knobs' order in every list (env actions, policy JSON): sparsity first.
 from autocompress.compression import sparsity as _sparsity  # noqa: E402,F401,I001 - registers "sparsity"
 from autocompress.compression import sharing as _sharing  # noqa: E402,F401,I001 - registers "share_bits"
+from autocompress.compression import projection as _projection  # noqa: E402,F401,I001 - registers "proj_rank"

@@ -36,6 +36,8 @@ class LayerAction:
         sparsity: fraction of the layer's weights zeroed by magnitude (unstructured).
         share_bits: bits of the shared-weight index: ``2^share_bits`` k-means values per layer
             (32 = not shared).
+        proj_rank: fraction of the hidden size kept by the projection shared by each pair of
+            stacked recurrent layers (1.0 = not shared; ``projection.py``).
 
     Each field's default is its knob type's identity value, and its global range check is the
     knob type's (``compression/knobs.py``). The per-layer limits (``max_prune``, which knobs a
@@ -48,6 +50,7 @@ class LayerAction:
     rank: float = 1.0
     sparsity: float = 0.0
     share_bits: int = 32
+    proj_rank: float = 1.0
 
     def __post_init__(self) -> None:
         # Normalise numeric types so that 8 == 8.0 policies hash and serialise identically.

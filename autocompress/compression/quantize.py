@@ -28,6 +28,8 @@ their states in float, so the exported model computes the same thing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -320,14 +322,18 @@ def quantize_module_(module: nn.Module, w_bits: int, a_bits: int) -> nn.Module:
 
 
 @torch.no_grad()
-def quantize_factorised_(first: nn.Module, second: nn.Module, w_bits: int, a_bits: int) -> None:
+def quantize_factorised_(first: nn.Module, second: nn.Module | Sequence[nn.Module], w_bits: int,
+                         a_bits: int) -> None:
     """Quantize the two factors of a low-rank pair, folding the first factor's scales into the second.
 
     ``first`` (``r x n``) is quantized and divided by its scales (per row at 3-16 bits, one per
     tensor at 1-2 bits) so it stores plain integer levels; the scales multiply the matching
     input columns of ``second`` (``m x r``) before ``second`` is quantized. The pair then stores
     exactly as many scales as the unfactorised layer would (so factorising never adds storage).
+    ``second`` may be several modules reading ``first``'s output (a shared projection,
+    ``rnn.LowRankRNN``): each gets the scales folded in.
     """
+    seconds = list(second) if isinstance(second, (list, tuple)) else [second]
     if w_bits < 32:
         qb = quantize_weight(first.weight, w_bits)
         flat = qb.reshape(qb.shape[0], -1)
@@ -337,11 +343,12 @@ def quantize_factorised_(first: nn.Module, second: nn.Module, w_bits: int, a_bit
             scale = flat.abs().amax(dim=1) / (2 ** (w_bits - 1) - 1)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         first.weight.copy_((flat / scale[:, None]).round().reshape(qb.shape))
-        shape = [1, -1] + [1] * (second.weight.dim() - 2)
-        second.weight.mul_(scale.reshape(shape))
+        for m in seconds:
+            m.weight.mul_(scale.reshape([1, -1] + [1] * (m.weight.dim() - 2)))
     quantize_module_(first, w_bits, a_bits)  # integer levels: re-quantization is exact
     first.scale_folded = True
-    quantize_module_(second, w_bits, a_bits)
+    for m in seconds:
+        quantize_module_(m, w_bits, a_bits)
 
 
 def quantized_weight_bytes(module: nn.Module) -> list[tuple[nn.Parameter, float]]:

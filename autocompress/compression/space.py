@@ -48,6 +48,7 @@ from autocompress.compression.knobs import (
     ALLOWED_BITS,
     KNOB_TYPES,
     check_knob_set,
+    cost_deltas,
     default_knob_names,
     knob_names,
 )
@@ -470,7 +471,12 @@ class CompressionSpace:
         self, policy: CompressionPolicy, full: bool, validate: bool = True
     ) -> dict[str, float]:
         entry, vals = self._entry_and_values(policy, validate)
-        return self._cost.evaluate(entry, vals, full, self._layer_extras(policy) if full else {})
+        out = self._cost.evaluate(entry, vals, full, self._layer_extras(policy) if full else {})
+        if policy._extras():  # knobs restructuring a layer outside the closed form (proj_rank)
+            for metric, d in cost_deltas(self, policy).items():
+                if metric in out:
+                    out[metric] += d
+        return out
 
     def costs(self, policy: CompressionPolicy, *, validate: bool = True) -> dict[str, float]:
         """All four predicted costs at once: ``macs``, ``params``, ``size_bytes``, ``bops``.
