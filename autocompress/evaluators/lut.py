@@ -133,6 +133,7 @@ class _Layer:
     # recurrent layers factorised (``rank`` < 1): the whole module at rank fractions ``f_grid``,
     # at the extreme input / hidden keep fractions ``lr_in`` / ``lr_out``
     f_grid: list[float] = field(default_factory=list)
+    rank_knob: str = "rank"  # or ``proj_rank`` (shared projections, ``compression.projection``)
     lr_in: list[float] = field(default_factory=list)
     lr_out: list[float] = field(default_factory=list)
     lowrank: list[list[list[float]]] = field(default_factory=list)  # ms, [in][out][f]
@@ -285,8 +286,10 @@ def _probe_dependencies(
                             sources[point.name] = [grid, [0.0] * len(grid)]
                         if point.name in sources:
                             sources[point.name][1][k] = float(delta)
-        if "rank" in knobs and point.name in by_name:
-            by_name[point.name].rank_point = point.name
+        for kname in ("rank", "proj_rank"):  # a space offers one of the two
+            if kname in knobs and point.name in by_name:
+                by_name[point.name].rank_point = point.name
+                by_name[point.name].rank_knob = kname
     return probes
 
 
@@ -332,14 +335,16 @@ def _act_module(desc: dict[str, Any] | None) -> nn.Module | None:
 
 def build_standalone(spec: dict[str, Any], cin: int, cout: int, *, groups: int | None = None,
                      kernel_one: bool = False, bias: bool | None = None, bn: bool | None = None,
-                     act: bool = True, rank: float | None = None) -> tuple[nn.Module, Tensor]:
+                     act: bool = True, rank: float | None = None,
+                     rank_knob: str = "rank") -> tuple[nn.Module, Tensor]:
     """One layer (+ BN + activation) at widths ``cin -> cout`` and a matching batch-1 input.
 
     A recurrent layer (``kind`` ``rnn``): the module with ``cout`` hidden units, factorised at
-    fraction ``rank`` when given (``compression.rnn.LowRankRNN``, as ``compress`` builds it).
+    fraction ``rank`` of ``rank_knob`` when given (``compression.rnn.LowRankRNN``, as
+    ``compress`` builds it).
     """
     if spec["kind"] == "rnn":
-        return _build_rnn(spec, cin, cout, rank)
+        return _build_rnn(spec, cin, cout, rank, rank_knob)
     use_bias = spec["bias"] if bias is None else bias
     use_bn = spec["bn"] if bn is None else bn
     mods: list[nn.Module] = []
@@ -383,9 +388,21 @@ class _SequenceOut(nn.Module):
         return self.rnn(x)[0]
 
 
-def _build_rnn(spec: dict[str, Any], cin: int, hidden: int,
-               rank: float | None) -> tuple[nn.Module, Tensor]:
-    from autocompress.compression.rnn import GATES, LowRankRNN, matrix_ranks
+def _rnn_factorised(spec: dict[str, Any], knob: str, cin: int, hidden: int, fraction: float) -> Any:
+    """What ``knob`` at ``fraction`` factorises in a recurrent layer at these widths (the ranks
+    kept, as plain data), or None when it leaves the module dense."""
+    from autocompress.compression.rnn import matrix_ranks, shared_ranks
+
+    if fraction >= 1.0:
+        return None
+    if knob == "proj_rank":
+        return shared_ranks(_rnn_gates(spec), hidden, spec["num_layers"], fraction)
+    return matrix_ranks(_rnn_gates(spec), cin, hidden, spec["num_layers"], fraction)
+
+
+def _build_rnn(spec: dict[str, Any], cin: int, hidden: int, rank: float | None,
+               rank_knob: str) -> tuple[nn.Module, Tensor]:
+    from autocompress.compression.rnn import LowRankRNN, matrix_ranks, share_projections
 
     cls = _RNN_CLASSES[spec["mode"]]
     kw: dict[str, Any] = {"num_layers": spec["num_layers"], "bias": spec["bias"], "batch_first": True,
@@ -395,8 +412,10 @@ def _build_rnn(spec: dict[str, Any], cin: int, hidden: int,
     if cls is nn.RNN:
         kw["nonlinearity"] = spec["nonlinearity"]
     module: nn.Module = cls(cin, hidden, **kw)
-    if rank is not None:
-        ranks = matrix_ranks(GATES[cls], cin, hidden, spec["num_layers"], rank)
+    if rank is not None and rank_knob == "proj_rank":
+        module = share_projections(module, rank) or module
+    elif rank is not None:
+        ranks = matrix_ranks(_rnn_gates(spec), cin, hidden, spec["num_layers"], rank)
         if ranks is not None:
             module = LowRankRNN(module, ranks)  # type: ignore[arg-type]
     return _SequenceOut(module).eval(), torch.randn(1, spec["steps"], cin)
@@ -408,7 +427,7 @@ _ONNX_ACTS: dict[str, str] = {"ReLU": "Relu", "Sigmoid": "Sigmoid", "Tanh": "Tan
 
 def standalone_onnx(spec: dict[str, Any], cin: int, cout: int, *, groups: int | None = None,
                     kernel_one: bool = False, bias: bool | None = None, bn: bool | None = None,
-                    act: bool = True, rank: float | None = None) -> bytes | None:
+                    act: bool = True, rank: float | None = None, rank_knob: str = "rank") -> bytes | None:
     """The ONNX graph of ``build_standalone`` written directly (about 50x faster than exporting).
 
     BatchNorm is folded into the bias, as ONNX Runtime's optimiser does anyway. Returns None for
@@ -614,11 +633,9 @@ class LatencyLUT:
         cout = s["cout"] - _removed(layer.out_sources, policy)
         kin, kout = cin / s["cin"], cout / s["cout"]
         if layer.rank_point is not None and layer.f_grid:  # a recurrent layer
-            from autocompress.compression.rnn import matrix_ranks
-
-            rank = policy.get(layer.rank_point).rank
-            if rank < 1.0 and matrix_ranks(_rnn_gates(s), max(1, round(cin)), max(1, round(cout)),
-                                           s["num_layers"], rank) is not None:
+            rank = float(getattr(policy.get(layer.rank_point), layer.rank_knob))
+            if _rnn_factorised(s, layer.rank_knob, max(1, round(cin)), max(1, round(cout)),
+                               rank) is not None:
                 return _interp3(layer.lr_in, layer.lr_out, layer.f_grid, layer.lowrank,
                                 kin, kout, rank)
         elif layer.rank_point is not None and layer.r_grid:
@@ -906,7 +923,7 @@ def _plan(layers: list[_Layer], space: CompressionSpace, keep_points: int,
             for j in range(len(lay.out_grid)):
                 cells.append(main_cell(i, j))
 
-        rank_knob = knobs.get(lay.rank_point or "", {}).get("rank") if lay.rank_point else None
+        rank_knob = knobs.get(lay.rank_point or "", {}).get(lay.rank_knob) if lay.rank_point else None
         if rank_knob is not None and s["kind"] == "rnn":
             cells += _plan_rnn_rank(lay, float(rank_knob.most_compressed), rank_points)
         elif rank_knob is not None and not dw and fixed_groups == 1:
@@ -956,20 +973,18 @@ def _rnn_gates(spec: dict[str, Any]) -> int:
 
 
 def _plan_rnn_rank(lay: _Layer, lowest: float, rank_points: int) -> list[Any]:
-    """Cells of a recurrent layer's factorised entries: rank fractions from ``lowest`` up to the
-    largest that still factorises a matrix at full width, at the extreme widths of each side.
+    """Cells of a recurrent layer's factorised entries: fractions of its rank knob (``rank`` or
+    ``proj_rank``) from ``lowest`` up to the largest that still factorises a matrix at full
+    width, at the extreme widths of each side.
 
     A factorised recurrent module runs its steps as separate nodes (``LowRankRNN``), not as one
     fused node, so its latency is not the sum of its factors' matrix products: each entry times
     the whole module, keyed by the ranks it keeps (fractions keeping the same ranks share one).
     """
-    from autocompress.compression.rnn import matrix_ranks
-
-    s = lay.spec
-    g, layers = _rnn_gates(s), s["num_layers"]
+    s, knob = lay.spec, lay.rank_knob
     grid = np.linspace(lowest, 1.0, 101)[:-1]
     factorising = [float(f) for f in grid
-                   if matrix_ranks(g, s["cin"], s["cout"], layers, float(f)) is not None]
+                   if _rnn_factorised(s, knob, s["cin"], s["cout"], float(f)) is not None]
     if not factorising:
         return []
     top = max(factorising)
@@ -983,13 +998,13 @@ def _plan_rnn_rank(lay: _Layer, lowest: float, rank_points: int) -> list[Any]:
         f = lay.f_grid[k]
 
         def run(prof: _Profiler) -> None:
-            ranks = matrix_ranks(g, cin, h, layers, f)
+            ranks = _rnn_factorised(s, knob, cin, h, f)
             if ranks is None:  # nothing factorised at these widths: the dense module
                 key = {"spec": s, "cin": cin, "cout": h, "groups": 1, "part": "main"}
                 lay.lowrank[i][j][k] = prof.entry(key, s, cin, h, groups=1)
             else:
-                key = {"spec": s, "cin": cin, "cout": h, "ranks": ranks, "part": "lowrank"}
-                lay.lowrank[i][j][k] = prof.entry(key, s, cin, h, rank=f)
+                key = {"spec": s, "cin": cin, "cout": h, "ranks": ranks, "part": knob}
+                lay.lowrank[i][j][k] = prof.entry(key, s, cin, h, rank=f, rank_knob=knob)
 
         return run
 

@@ -172,3 +172,33 @@ def test_recurrent_layers_are_table_entries(tmp_path: Path) -> None:
     assert pred["factorised"] > 2.0 * pred["base"]
     for k in policies:  # each prediction within a factor of 2 of its measurement
         assert 0.5 < pred[k] / meas[k] < 2.0, (k, pred, meas)
+
+
+def test_recurrent_entries_follow_the_layers_rank_knob() -> None:
+    """A recurrent layer's factorised entries stand for its space's rank knob: ``proj_rank``
+    (shared projections) builds and predicts the shared module, and a fraction that factorises
+    nothing reads the dense table."""
+    from autocompress.compression import LowRankRNN
+    from autocompress.evaluators.lut import _Layer
+
+    spec = {"kind": "rnn", "mode": "gru", "cin": 8, "cout": 16, "num_layers": 2, "bias": True,
+            "steps": 8, "bidirectional": False, "proj_size": 0, "nonlinearity": "tanh", "bn": False,
+            "act": None}
+    module, x = build_standalone(spec, 8, 16, rank=0.25, rank_knob="proj_rank")
+    low = module.rnn
+    assert isinstance(low, LowRankRNN) and low.proj[0].out_features == 4
+    assert module(x).shape == (1, 8, 16)
+    assert isinstance(build_standalone(spec, 8, 16, rank=0.25)[0].rnn.proj[0], torch.nn.Identity)
+
+    lay = _Layer(name="gru", spec=spec, rank_point="gru", rank_knob="proj_rank", in_grid=[1.0],
+                 out_grid=[0.25, 1.0], table=[[1.0, 2.0]], f_grid=[0.1, 0.8], lr_in=[1.0],
+                 lr_out=[0.25, 1.0], lowrank=[[[5.0, 6.0], [7.0, 9.0]]])
+    lut = LatencyLUT(key="k", backend="ort", batch=1, threads=1, input_shape=[1, 8, 8], layers=[lay],
+                     constant_ms=0.0, base_measured_ms=2.0)
+    assert lut.predict(CompressionPolicy({})) == 2.0
+    assert lut.predict(CompressionPolicy({"gru": LayerAction(proj_rank=0.1)})) == 7.0
+    assert lut.predict(CompressionPolicy({"gru": LayerAction(proj_rank=0.45)})) == pytest.approx(8.0)
+    assert lut.predict(CompressionPolicy({"gru": LayerAction(proj_rank=0.95)})) == 2.0  # dense
+    assert lut.predict(CompressionPolicy({"gru": LayerAction(rank=0.1)})) == 2.0  # not its knob
+    round_trip = LatencyLUT.from_dict(json.loads(json.dumps(lut.to_dict())))
+    assert round_trip.predict(CompressionPolicy({"gru": LayerAction(proj_rank=0.1)})) == 7.0

@@ -70,3 +70,28 @@ def test_cli_accepts_the_knobs(tmp_path: Path, _isolated_cache: Path) -> None:
     assert res.exit_code == 0, res.output[-3000:]
     spec = read_spec(out)
     assert spec is not None and spec.knobs == ("prune", "sparsity", "share_bits")
+
+
+def test_tiny_search_over_shared_projections(tmp_path: Path, tiny_spec: Callable,
+                                             _isolated_cache: Path) -> None:
+    """``proj_rank`` on a stacked GRU: searched like any knob, its recorded MACs and params those
+    counted on the compressed model; it cannot be searched next to ``rank``."""
+    from autocompress.compression import LowRankRNN, count_macs, count_params
+
+    spec = tiny_spec(tmp_path / "run", model="test_gru", knobs=["prune", "w_bits", "proj_rank"], trials=4,
+                     train_epochs=1,
+                     strategy="random", objectives=["acc", "macs"], budgets=["macs=70%"])
+    problem = build_problem(spec, progress=False)
+    gru = next(p for p in problem.space.decision_points if p.name == "gru")
+    assert "proj_rank" in gru.knobs
+    result = run_search(spec, problem=problem)
+    done = [c for c in result.trials if c.status == "ok"]
+    assert len(done) == 4 and any(c.policy.get("gru").proj_rank < 1.0 for c in done)
+    shared = [c for c in done if isinstance(problem.evaluator.compress(c.policy).gru, LowRankRNN)]
+    assert shared
+    for c in shared[:2]:
+        small = problem.evaluator.compress(c.policy)
+        x = problem.space.example_input
+        assert c.metrics["macs"] == count_macs(small, x) and c.metrics["params"] == count_params(small)
+    with pytest.raises(UserInputError, match="proj_rank and rank both factorise"):
+        tiny_spec(tmp_path / "both", model="test_gru", knobs=["rank", "proj_rank"])
