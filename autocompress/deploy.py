@@ -549,6 +549,26 @@ def _encode(weight: str, w: np.ndarray, bits: int, axis: int, sparse: bool,
     return _Encoded(tensors, nodes, kind, need)
 
 
+def _encode_directions(weight: str, w: np.ndarray, bits: int, axis: int, sparse: bool,
+                       share: int | None) -> _Encoded | str | None:
+    """``_encode`` of each direction of a bidirectional ``W`` / ``R`` on its own, joined by a
+    ``Concat``: the two directions' rows share the row axis, and each row keeps its own scale
+    (PyTorch quantizes ``weight_ih_l0`` and ``weight_ih_l0_reverse`` separately)."""
+    from onnx import helper
+
+    parts: list[_Encoded] = []
+    for d in range(w.shape[0]):
+        enc = _encode(f"{weight}_dir{d}", w[d:d + 1], bits, axis, sparse, share)
+        if enc is None:  # dense float32 is smaller: the whole weight stays as it is
+            return None
+        if isinstance(enc, str):
+            return enc
+        parts.append(enc)
+    concat = helper.make_node("Concat", [f"{weight}_dir{d}" for d in range(w.shape[0])], [weight], axis=0)
+    return _Encoded([t for e in parts for t in e.tensors], [n for e in parts for n in e.nodes] + [concat],
+                    parts[0].kind, max(e.opset for e in parts))
+
+
 def store_lowbit_weights(blob: bytes, weight_bits: dict[str, int], *, sparse: Collection[str] = (),
                          shared: Mapping[str, int] | None = None) -> tuple[bytes, LowBitWeights]:
     """Store the weights of quantized, sparse and shared layers in their bits.
@@ -557,7 +577,7 @@ def store_lowbit_weights(blob: bytes, weight_bits: dict[str, int], *, sparse: Co
     ``sparse``: modules whose weights have zeros left out (the ``sparsity`` knob); ``shared``:
     module -> index bits of the layers whose weights are k-means shared (``share_bits``). Each
     ``Conv`` / ``Gemm`` / ``MatMul`` weight and each ``LSTM`` / ``GRU`` / ``RNN`` ``W`` and ``R``
-    of such a module (found by node scope, see ``onnx_node_module``, or by the initializer name
+    (each direction of a bidirectional layer on its own, joined by a ``Concat``) of such a module (found by node scope, see ``onnx_node_module``, or by the initializer name
     ``FQN.weight``) that is a plain float initializer read by that module only is replaced:
 
     * quantized, dense: an integer initializer of the ``LOWBIT_STORAGE`` type (codes packed: two
@@ -607,10 +627,6 @@ def store_lowbit_weights(blob: bytes, weight_bits: dict[str, int], *, sparse: Co
                 continue
             if bits < 32 and bits not in LOWBIT_STORAGE:
                 kept[module] = f"{bits}-bit weights have no ONNX integer type"
-            elif any(a.name == "direction" and a.s == b"bidirectional" for a in node.attribute):
-                # NOTE: both directions' rows share one axis of W / R: one scale per row cannot
-                # hold the two directions' scales (a blocked DequantizeLinear could).
-                kept[module] = "bidirectional recurrent weights are not stored in low bits"
             elif weight not in inits:
                 kept[module] = "weight is computed in the graph, not stored"
             else:
@@ -636,7 +652,10 @@ def store_lowbit_weights(blob: bytes, weight_bits: dict[str, int], *, sparse: Co
         if w.ndim == 0 or w.size == 0 or not np.isfinite(w).all():
             kept[module] = "weight is empty or not finite"
             continue
-        enc = _encode(weight, w, bits, axis, module in sparse, shared.get(module))
+        if w.ndim == 3 and w.shape[0] > 1:  # a bidirectional W / R: (directions, rows, columns)
+            enc = _encode_directions(weight, w, bits, axis, module in sparse, shared.get(module))
+        else:
+            enc = _encode(weight, w, bits, axis, module in sparse, shared.get(module))
         if isinstance(enc, str):
             kept[module] = enc
             continue

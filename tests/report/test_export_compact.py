@@ -204,26 +204,40 @@ def test_export_point_writes_compact_rnn_sparse_and_shared_files(lstm_run: Path,
             assert any(line.startswith("weights ") for line in info.lines())
 
 
-def test_bidirectional_lstm_stays_float_and_is_named() -> None:
-    """Both directions' rows share W's row axis: one scale per row cannot hold them, so the
-    weights stay float32 with the reason, and the file still computes the model."""
+@pytest.mark.parametrize("cell,layers,w_bits", [("LSTM", 1, 4), ("GRU", 2, 8), ("LSTM", 2, 2)])
+def test_bidirectional_rnn_stores_each_direction_at_its_bits(cell: str, layers: int, w_bits: int) -> None:
+    """Both directions' rows share W's (and R's) row axis, each with its own scales: every
+    direction is stored as codes behind its own ``DequantizeLinear`` and the two are joined by a
+    ``Concat``; the file computes the model and its weights take the size the search counts."""
+    from autocompress.compression import count_size_bytes
     from autocompress.compression.quantize import quantize_module_
 
-    class BiLSTM(torch.nn.Module):
+    class BiRNN(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.rnn = torch.nn.LSTM(8, 16, batch_first=True, bidirectional=True)
+            self.rnn = getattr(torch.nn, cell)(8, 16, num_layers=layers, batch_first=True, bidirectional=True)
             self.fc = torch.nn.Linear(32, 4)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.fc(self.rnn(x.reshape(x.shape[0], 8, 8))[0][:, -1])
 
     torch.manual_seed(0)
-    model = BiLSTM().eval()
-    quantize_module_(model.rnn, 4, 32)
-    quantize_module_(model.fc, 4, 32)
+    model = BiRNN().eval()
+    float_blob = onnx_bytes(model, torch.randn(1, 1, 8, 8))[0]
+    quantize_module_(model.rnn, w_bits, 32)
+    quantize_module_(model.fc, w_bits, 32)
     x = torch.randn(4, 1, 8, 8)
     blob, _, lowbit = compressed_onnx_bytes(model, x[:1])
-    assert lowbit is not None and [m for m, _, _ in lowbit.stored] == ["fc"]
-    assert lowbit.kept_float == (("rnn", "bidirectional recurrent weights are not stored in low bits"),)
+    assert lowbit is not None and not lowbit.kept_float
+    assert [m for m, _, _ in lowbit.stored].count("rnn") == 2 * layers  # W and R of every layer
+    graph = onnx.load_from_string(blob).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    for node in (n for n in graph.node if n.op_type == cell.upper()):
+        for k in (1, 2):
+            join = producer[node.input[k]]
+            assert join.op_type == "Concat" and len(join.input) == 2
+            assert all(producer[i].op_type == "DequantizeLinear" for i in join.input)
     assert _matches_pytorch(model, x) <= 1e-4
+    reported = count_size_bytes(model)
+    assert _data_bytes(graph) <= 1.1 * reported + 200, (_data_bytes(graph), reported)
+    assert len(blob) < (w_bits / 32 + 0.45) * len(float_blob)
