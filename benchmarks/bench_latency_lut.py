@@ -10,6 +10,7 @@ inference thread, which is what an idle core gives; wall-clock medians there mos
 neighbours.
 
 Run: .venv/bin/python benchmarks/bench_latency_lut.py [--models resnet20 mobilenetv2] [--batches 1 64] [--policies 50] [--clock cpu]
+     [--knobs prune w_bits a_bits proj_rank]   (the space's knobs; default: the default knobs)
 """
 
 from __future__ import annotations
@@ -38,12 +39,15 @@ def main() -> None:
     parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                         help="cpu: CPU time of the inference thread (robust on a shared machine)")
     parser.add_argument("--rebuild", action="store_true", help="profile the tables again")
+    parser.add_argument("--knobs", nargs="+", default=None,
+                        help="knobs of the space (default: the default knobs); e.g. proj_rank on a stacked RNN")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.models:
         problem = Problem.build(name, data="digits", train_epochs=args.epochs, seed=args.seed,
-                                evaluator=EvaluatorConfig(latency="none"), progress=True)
+                                evaluator=EvaluatorConfig(latency="none"), progress=True,
+                                **({"knobs": args.knobs} if args.knobs else {}))
         space, model, x = problem.space, problem.model, problem.example_input
         for batch in args.batches:
             t0 = time.perf_counter()
@@ -75,7 +79,7 @@ def main() -> None:
                   f"policies median {np.median(meas):.3f} ms; table {lut.meta.get('entries', 0)} entries "
                   f"(built/loaded in {build_s:.0f} s), {args.policies} policies measured in {eval_s:.0f} s")
     print(f"\nbackend={args.backend} threads={args.threads} clock={args.clock} repeats={args.repeats} "
-          f"policies={args.policies}")
+          f"policies={args.policies} knobs={args.knobs or 'default'}")
     print(f"{'model':12s} {'batch':>5s} {'med|err|':>9s} {'p90|err|':>9s} {'med err':>8s} {'r':>6s} "
           f"{'base ms':>9s} {'pol. ms':>9s} {'target':>7s}")
     for name, batch, med, p90, sgn, rho, base, polm, *_ in rows:

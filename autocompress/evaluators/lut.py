@@ -998,13 +998,19 @@ def _plan_rnn_rank(lay: _Layer, lowest: float, rank_points: int) -> list[Any]:
         f = lay.f_grid[k]
 
         def run(prof: _Profiler) -> None:
-            ranks = _rnn_factorised(s, knob, cin, h, f)
-            if ranks is None:  # nothing factorised at these widths: the dense module
+            # Only factorised modules are predicted from here; where ``f`` factorises nothing at
+            # these widths, the largest fraction below it that does stands in (the step down
+            # to the fused dense module is not interpolated across).
+            g = f
+            while g > lowest and _rnn_factorised(s, knob, cin, h, g) is None:
+                g = max(lowest, g - 0.5 / max(h, cin))
+            ranks = _rnn_factorised(s, knob, cin, h, g)
+            if ranks is None:  # nothing factorises at these widths: the dense module
                 key = {"spec": s, "cin": cin, "cout": h, "groups": 1, "part": "main"}
                 lay.lowrank[i][j][k] = prof.entry(key, s, cin, h, groups=1)
             else:
                 key = {"spec": s, "cin": cin, "cout": h, "ranks": ranks, "part": knob}
-                lay.lowrank[i][j][k] = prof.entry(key, s, cin, h, rank=f, rank_knob=knob)
+                lay.lowrank[i][j][k] = prof.entry(key, s, cin, h, rank=g, rank_knob=knob)
 
         return run
 
