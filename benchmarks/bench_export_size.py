@@ -25,6 +25,8 @@ import torch
 #: Knobs of the spaces of the sparse and the shared rows (``share_bits`` excludes ``w_bits``).
 _SPARSE_KNOBS = ("prune", "w_bits", "a_bits", "rank", "sparsity")
 _SHARE_KNOBS = ("prune", "a_bits", "rank", "sparsity", "share_bits")
+#: Knobs of the shared-projection row of stacked recurrent models (``proj_rank`` excludes ``rank``).
+_PROJ_KNOBS = ("prune", "w_bits", "a_bits", "proj_rank")
 
 
 def _points(space: object, recurrent: bool) -> dict[str, object]:
@@ -102,6 +104,10 @@ def main() -> None:
         space = CompressionSpace.from_model(model, x[:1])
         recurrent = any(isinstance(m, torch.nn.RNNBase) for m in model.modules())
         rows = [(label, space, policy) for label, policy in _points(space, recurrent).items()]
+        if recurrent:  # shared projections need stacked layers (gru, test_gru)
+            proj = CompressionSpace.from_model(model, x[:1], knobs=_PROJ_KNOBS)
+            if any("proj_rank" in p.knobs for p in proj.decision_points):
+                rows.append(("proj_rank 0.5 + w8 (unrolled)", proj, proj.uniform(proj_rank=0.5, w_bits=8)))
         if not recurrent:  # the sparsity and share_bits knobs act on conv / linear layers
             rows += _compact_points(CompressionSpace.from_model(model, x[:1], knobs=_SPARSE_KNOBS),
                                     CompressionSpace.from_model(model, x[:1], knobs=_SHARE_KNOBS))
