@@ -33,6 +33,83 @@ INT8_LAYER_OPS: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
 INT8_SCHEMES: tuple[str, ...] = ("full", "layers")
 
 
+class _ProjLSTM(nn.Module):
+    """A unidirectional ``nn.LSTM`` with ``proj_size``, its steps as separate matrix products.
+
+    ONNX's ``LSTM`` node has no output projection (the TorchScript exporter refuses such an LSTM
+    and the dynamo exporter writes a node ONNX Runtime rejects), so ``exportable`` swaps it for
+    this module before export: per layer ``k``, ``ih[k]`` (``W_ih x + b_ih``), ``hh[k]``
+    (``W_hh h + b_hh``) and ``hr[k]`` (``h = W_hr (o * tanh(c))``), PyTorch's equations. A quantized
+    LSTM's input rounding (``act_quant``) and weight bits (``w_bits`` on each matrix, which
+    ``store_lowbit_weights`` reads through the exporter's node scopes) come along.
+    """
+
+    def __init__(self, lstm: nn.LSTM) -> None:
+        super().__init__()
+        self.act_quant = getattr(lstm, "act_quant", None)
+        self.batch_first, self.num_layers = lstm.batch_first, lstm.num_layers
+        self.hidden_size, self.proj_size = lstm.hidden_size, lstm.proj_size
+        self.ih, self.hh, self.hr = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        bits = getattr(lstm, "w_bits", 32)
+        for k in range(lstm.num_layers):
+            for mods, name in ((self.ih, "ih"), (self.hh, "hh"), (self.hr, "hr")):
+                w = getattr(lstm, f"weight_{name}_l{k}").detach()
+                b = getattr(lstm, f"bias_{name}_l{k}", None) if lstm.bias and name != "hr" else None
+                lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None).to(w.device, w.dtype)
+                with torch.no_grad():
+                    lin.weight.copy_(w)
+                    if b is not None:
+                        lin.bias.copy_(b.detach())
+                if bits < 32:
+                    lin.w_bits = bits
+                mods.append(lin)
+
+    def forward(self, x: Tensor, hx: Any = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        if self.act_quant is not None:
+            x = self.act_quant(x)
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        b, steps = x.shape[0], x.shape[1]
+        if hx is None:
+            h0 = x.new_zeros(self.num_layers, b, self.proj_size)
+            c0 = x.new_zeros(self.num_layers, b, self.hidden_size)
+        else:
+            h0, c0 = hx
+        hs, cs = [], []
+        for k in range(self.num_layers):
+            gi = self.ih[k](x)
+            h, c = h0[k], c0[k]
+            outs = []
+            for t in range(steps):
+                i, f, g, o = (gi[:, t] + self.hh[k](h)).chunk(4, -1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = self.hr[k](torch.sigmoid(o) * torch.tanh(c))
+                outs.append(h)
+            x = torch.stack(outs, 1)
+            hs.append(h)
+            cs.append(c)
+        out = x if self.batch_first else x.transpose(0, 1)
+        return out, (torch.stack(hs), torch.stack(cs))
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """``model`` itself, or a copy whose unidirectional ``proj_size`` LSTMs are ``_ProjLSTM``s
+    (same outputs; see there why). Batched inputs only, as exports take."""
+    import copy
+
+    def swappable(m: nn.Module) -> bool:
+        return isinstance(m, nn.LSTM) and getattr(m, "proj_size", 0) > 0 and not m.bidirectional
+
+    if not any(swappable(m) for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for name, m in list(model.named_modules()):
+        if swappable(m):
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, _ProjLSTM(m))
+    return model
+
+
 def export_onnx_with(model: nn.Module, example_input: Tensor, *, opset: int = ONNX_OPSET,
                      fold_batchnorm: bool = True) -> tuple[bytes, str]:
     """The model as ONNX bytes with a dynamic batch axis (weights embedded), and the exporter used.
@@ -43,9 +120,9 @@ def export_onnx_with(model: nn.Module, example_input: Tensor, *, opset: int = ON
     graph does not trace. The graph has one input ``input`` and one output ``output``.
     ``fold_batchnorm=False`` keeps BatchNorm layers as ``BatchNormalization`` nodes instead of
     folding them into the preceding convolution's weight, so quantized weights stay on their grid
-    (see ``store_lowbit_weights``).
+    (see ``store_lowbit_weights``). A ``proj_size`` LSTM is exported unrolled (``exportable``).
     """
-    model = model.eval()
+    model = exportable(model.eval())
     buf = io.BytesIO()
     mode: dict[str, Any] = {} if fold_batchnorm else {"training": torch.onnx.TrainingMode.PRESERVE}
     with warnings.catch_warnings():

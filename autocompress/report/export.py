@@ -91,6 +91,7 @@ from autocompress.deploy import (  # noqa: F401
     ONNX_OPSET,
     LowBitWeights,
     export_onnx_with,
+    exportable,
     onnx_node_module,
     ort_session,
     pt_bytes,
@@ -341,6 +342,7 @@ def compressed_onnx_bytes(model: nn.Module, example_input: Tensor) -> tuple[byte
     shared weight by its indices and codebook, and each sparse weight by its nonzeros and their
     offsets: the same values, in about the bytes ``size_bytes`` counts.
     """
+    model = exportable(model)  # a proj_size LSTM's matrices, each with its bits
     bits = weight_bits(model)
     sparse, shared = sparse_layers(model), shared_layers(model)
     if not bits and not sparse and not shared:

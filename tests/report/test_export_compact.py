@@ -241,3 +241,38 @@ def test_bidirectional_rnn_stores_each_direction_at_its_bits(cell: str, layers: 
     reported = count_size_bytes(model)
     assert _data_bytes(graph) <= 1.1 * reported + 200, (_data_bytes(graph), reported)
     assert len(blob) < (w_bits / 32 + 0.45) * len(float_blob)
+
+
+@pytest.mark.parametrize("layers,w_bits,a_bits", [(1, 4, 32), (2, 8, 8), (2, 32, 32)])
+def test_proj_size_lstm_exports_unrolled_with_its_bits(layers: int, w_bits: int, a_bits: int) -> None:
+    """ONNX's LSTM node has no output projection: a ``proj_size`` LSTM is exported as separate
+    matrix products per step (``deploy.exportable``), which compute what PyTorch does at any batch
+    size, and its ``W_ih``, ``W_hh`` and ``W_hr`` are stored in their bits like any layer's."""
+    from autocompress.compression import CompressionPolicy, LayerAction
+
+    class ProjLSTM(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = torch.nn.LSTM(8, 16, num_layers=layers, batch_first=True, proj_size=6)
+            self.fc = torch.nn.Linear(6, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.lstm(x.reshape(x.shape[0], 8, 8))[0][:, -1])
+
+    torch.manual_seed(0)
+    model = ProjLSTM().eval()
+    x = torch.randn(4, 1, 8, 8)
+    space = CompressionSpace.from_model(model, x[:1], knobs=("w_bits", "a_bits"))
+    policy = CompressionPolicy({n: LayerAction(w_bits=w_bits, a_bits=a_bits if n == "lstm" else 32)
+                                for n in ("lstm", "fc")})
+    small = compress(model, policy, space=space, calib=x).eval()
+    blob, exporter, lowbit = compressed_onnx_bytes(small, x[:1])
+    assert exporter == "torch.onnx (TorchScript)"
+    assert _matches_pytorch(small, x) <= 1e-4
+    if w_bits == 32:
+        assert lowbit is None
+        return
+    assert lowbit is not None and not lowbit.kept_float
+    assert sorted(m for m, _, _ in lowbit.stored if m.startswith("lstm.")) == sorted(
+        f"lstm.{kind}.{k}" for k in range(layers) for kind in ("ih", "hh", "hr"))
+    assert _data_bytes(onnx.load_from_string(blob).graph) <= 1.1 * space.size_bytes(policy) + 200
