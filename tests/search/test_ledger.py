@@ -289,7 +289,7 @@ def test_the_view_memo_gives_the_same_view_and_follows_changed_trials(kind: str,
     assert len(memo) == 3 and first.records == study_view(ledger, "me").records
     again = study_view(ledger, "me", memo)
     assert [r.id for r in again.records] == [0, 1, 2]
-    assert all(x is y for x, y in zip(first.records, again.records))  # reused, not rebuilt
+    assert all(x is y for x, y in zip(first.records, again.records, strict=True))  # reused, not rebuilt
     # a trial whose record changes (promoted to full fidelity with a new score) is rebuilt
     t = ledger.ask()
     for k, v in {"status": "ok", "policy": policy.to_dict(), "policy_key": "p3", "structure_key": "s3",
