@@ -129,3 +129,28 @@ def test_the_checker_sees_in_function_and_relative_imports(tmp_path: Path) -> No
     finally:
         PACKAGE = saved
     assert "autocompress.search.runner" in names and "autocompress.report" in names
+
+
+#: Modules a run-directory reader, a plug-in's spec or a tool needs without paying for torch.
+LIGHT_MODULES = ("autocompress", "autocompress.errors", "autocompress.metrics", "autocompress.registry",
+                 "autocompress.rundir", "autocompress.compression", "autocompress.search")
+
+
+def test_light_modules_import_without_torch_or_optuna() -> None:
+    """The package's ``__init__`` files load their names on first use, so importing a light module
+    does not import torch (about 1 s) or the search frameworks."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, sys\n"
+            f"for m in {LIGHT_MODULES!r}: importlib.import_module(m)\n"
+            "heavy = sorted(h for h in ('torch', 'optuna', 'ray', 'numpy') if h in sys.modules)\n"
+            "print(','.join(heavy))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=PACKAGE.parent, check=True).stdout.strip()
+    assert out == "", f"importing {LIGHT_MODULES} loaded {out}"
+    # ...and the names are still there on first use
+    code = "import autocompress as a; from autocompress.compression import compress; print(a.CompressionSpace.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=PACKAGE.parent, check=True).stdout.strip()
+    assert out == "CompressionSpace"

@@ -14,34 +14,40 @@ Example:
 
 from __future__ import annotations
 
-from autocompress.compression.apply import compress
-from autocompress.compression.counting import count_macs, count_params, count_size_bytes
-from autocompress.compression.lowrank import LowRank
-from autocompress.compression.policy import ALLOWED_BITS, CompressionPolicy, LayerAction
-from autocompress.compression.quantize import ActQuant
-from autocompress.compression.rnn import LowRankRNN
-from autocompress.compression.space import (
-    FEATURE_NAMES,
-    KNOB_NAMES,
-    CompressionSpace,
-    DecisionPoint,
-    Knob,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "ALLOWED_BITS",
-    "FEATURE_NAMES",
-    "KNOB_NAMES",
-    "ActQuant",
-    "CompressionPolicy",
-    "CompressionSpace",
-    "DecisionPoint",
-    "Knob",
-    "LayerAction",
-    "LowRank",
-    "LowRankRNN",
-    "compress",
-    "count_macs",
-    "count_params",
-    "count_size_bytes",
-]
+# Names load on first use, so that a light module of the package (``metrics``, ``rundir``, a run
+# directory's reader) does not pay for torch by importing this package's ``__init__``.
+_EXPORTS: dict[str, str] = {
+    "compress": "autocompress.compression.apply",
+    "count_macs": "autocompress.compression.counting",
+    "count_params": "autocompress.compression.counting",
+    "count_size_bytes": "autocompress.compression.counting",
+    "LowRank": "autocompress.compression.lowrank",
+    "ALLOWED_BITS": "autocompress.compression.policy",
+    "CompressionPolicy": "autocompress.compression.policy",
+    "LayerAction": "autocompress.compression.policy",
+    "ActQuant": "autocompress.compression.quantize",
+    "LowRankRNN": "autocompress.compression.rnn",
+    "FEATURE_NAMES": "autocompress.compression.space",
+    "KNOB_NAMES": "autocompress.compression.space",
+    "CompressionSpace": "autocompress.compression.space",
+    "DecisionPoint": "autocompress.compression.space",
+    "Knob": "autocompress.compression.space",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autocompress.compression' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
