@@ -154,3 +154,12 @@ def test_light_modules_import_without_torch_or_optuna() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=PACKAGE.parent, check=True).stdout.strip()
     assert out == "CompressionSpace"
+
+
+def test_test_file_names_are_unique() -> None:
+    """The test folders have no ``__init__.py``, so pytest imports each test file by its base name:
+    two files of one name in different folders fail the whole run's collection."""
+    from collections import Counter
+
+    names = Counter(p.name for p in (PACKAGE.parent / "tests").rglob("test_*.py"))
+    assert [n for n, k in names.items() if k > 1] == []
