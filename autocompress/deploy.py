@@ -303,14 +303,15 @@ SHARED_INDEX_STORAGE: dict[int, tuple[str, int, int]] = {
     **{b: ("UINT8", 8, 13) for b in range(5, 9)},
 }
 
-#: Types of the offsets between a sparse weight's stored entries, tried in turn (the smallest
-#: file wins; a gap longer than the type holds costs filler entries).
-SPARSE_OFFSET_STORAGE: tuple[tuple[str, int, int], ...] = (
-    ("UINT4", 4, 21), ("UINT8", 8, 13), ("UINT16", 16, 13),
-)
-
-#: Initializer holding the axis of every sparse weight's ``CumSum`` (one per file).
-SPARSE_AXIS = "sparse_axis"
+#: File-level constants of the sparse weights' rebuild (``_encode``), added once per file when
+#: read: the bit positions of a byte, the modulus that isolates one bit, the shapes of a column and
+#: of a flat vector, the scatter axis.
+SPARSE_CONSTANTS: dict[str, np.ndarray] = {
+    "sparse_shifts": np.arange(8, dtype=np.uint8).reshape(1, 8),
+    "sparse_two": np.array(2, dtype=np.uint8),
+    "sparse_column": np.array([-1, 1], dtype=np.int64),
+    "sparse_flat": np.array([-1], dtype=np.int64),
+}
 
 
 @dataclass(frozen=True)
@@ -319,7 +320,7 @@ class LowBitWeights:
 
     ``stored``: ``(module, bits, storage)`` per weight replaced: integer codes and a
     ``DequantizeLinear`` (storage = the ONNX type, ``INT4``), shared indices (bits = index bits,
-    ``UINT4 indices + codebook``) or a sparse layout (``sparse INT8 + UINT4 offsets``; bits 32
+    ``UINT4 indices + codebook``) or a sparse layout (``sparse INT8 + bitmap``; bits 32
     for float values); ``kept_float``: ``(module, reason)`` per compressed layer whose weight
     stays float32 in the file; ``opset``: the file's ONNX opset.
     """
@@ -480,21 +481,6 @@ class _Encoded:
     opset: int
 
 
-def _sparse_offsets(pos: np.ndarray, largest: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(positions with fillers, offsets)``: each offset (the first: the position itself) is at
-    most ``largest``; a longer gap gets filler entries (stored zeros) every ``largest`` steps."""
-    prev = np.concatenate(([0], pos[:-1]))
-    fill = np.maximum(0, -(-(pos - prev) // largest) - 1)
-    if fill.any():
-        parts = []
-        for k in range(len(pos)):
-            if fill[k]:
-                parts.append(prev[k] + largest * np.arange(1, fill[k] + 1))
-            parts.append(pos[k:k + 1])
-        pos = np.concatenate(parts)
-    return pos, np.diff(pos, prepend=0)
-
-
 def _encode(weight: str, w: np.ndarray, bits: int, axis: int, sparse: bool,
             share: int | None) -> _Encoded | str | None:
     """The compact storage of one float32 weight, or why it stays float32 (None: dense float32
@@ -503,9 +489,10 @@ def _encode(weight: str, w: np.ndarray, bits: int, axis: int, sparse: bool,
     Values: ``share`` (k-means shared): unsigned ``share``-bit indices into a float32 codebook of
     the weight's distinct values, rebuilt by ``Cast`` + ``Gather``; ``bits`` < 32: integer codes
     and float32 scales (``_codes_and_scales``); else float32. ``sparse``: only the nonzeros are
-    stored, as values plus unsigned offsets from the previous nonzero of the flattened weight
-    (UINT4, UINT8 or UINT16, whichever is smallest with its fillers), rebuilt by ``Cast`` +
-    ``CumSum`` + ``ScatterElements`` into ``ConstantOfShape`` zeros + ``Reshape`` (and ``Mul`` by
+    stored, as values plus a bitmap of the flattened weight (one bit per entry, eight per UINT8,
+    ``ceil(numel / 8)`` bytes: the layout ``sparsity.sparse_bytes`` counts, so the file holds the
+    bytes the search reports), rebuilt by ``BitShift`` + ``Mod`` (the bits) + ``NonZero`` (their
+    positions) + ``ScatterElements`` into ``ConstantOfShape`` zeros + ``Reshape`` (and ``Mul`` by
     the scales for codes), when that is smaller than the dense storage. Every rebuilt weight is
     checked here to equal ``w`` as float32 values.
     """
@@ -550,18 +537,13 @@ def _encode(weight: str, w: np.ndarray, bits: int, axis: int, sparse: bool,
         value_type, value_bits, need, zero_code, values = "FLOAT", 32, ONNX_OPSET, 0, flat
 
     dense_bytes = flat.size * value_bits / 8
-    layout: tuple[np.ndarray, np.ndarray, tuple[str, int, int]] | None = None
+    layout: np.ndarray | None = None  # the stored positions of a sparse layout
     if sparse:
         pos = np.flatnonzero(keep)
         # A full codebook has no zero: such a weight can only be stored sparse.
         best = dense_bytes if zero_code is not None else math.inf
-        for off in SPARSE_OFFSET_STORAGE:
-            filled, offsets = _sparse_offsets(pos, 2 ** off[1] - 1)
-            if len(filled) > len(pos) and zero_code is None:
-                continue  # fillers need a stored zero (a full codebook has none)
-            nbytes = len(filled) * (value_bits + off[1]) / 8
-            if nbytes < best:
-                best, layout = nbytes, (filled, offsets, off)
+        if -(-flat.size // 8) + len(pos) * value_bits / 8 < best:
+            layout = pos
         if layout is None and share is None and bits >= 32:
             return None
         if layout is None and zero_code is None:
@@ -594,11 +576,14 @@ def _encode(weight: str, w: np.ndarray, bits: int, axis: int, sparse: bool,
                                           **({} if s.ndim == 0 else {"axis": axis})))
             return _Encoded(tensors, nodes, value_type, need)
     else:
-        filled, offsets, (off_type, _, off_need) = layout
-        stored = values[filled]  # fillers sit on zeros: their value is the zero's
+        stored = values[layout]
         vals = tensor(stored.astype(_np_type(value_type)), "values")
-        pos64 = node("CumSum", [node("Cast", [tensor(offsets.astype(_np_type(off_type)), "offsets")],
-                                     to=TensorProto.INT64), SPARSE_AXIS])
+        bitmap = np.zeros(flat.size, dtype=bool)
+        bitmap[layout] = True
+        column = node("Reshape", [tensor(np.packbits(bitmap, bitorder="little"), "bitmap"),
+                                  "sparse_column"])
+        bit = node("Mod", [node("BitShift", [column, "sparse_shifts"], direction="RIGHT"), "sparse_two"])
+        pos64 = node("Reshape", [node("NonZero", [node("Reshape", [bit, "sparse_flat"])]), "sparse_flat"])
         if book is not None:
             vals = node("Gather", [tensor(book, "codebook"), node("Cast", [vals], to=TensorProto.INT64)])
             dense = book[stored]
@@ -613,14 +598,13 @@ def _encode(weight: str, w: np.ndarray, bits: int, axis: int, sparse: bool,
         shaped = node("Reshape", [full, tensor(np.array(w.shape, dtype=np.int64), "shape")],
                       None if scale is not None else weight)
         rebuilt = np.zeros(flat.size, dtype=np.float32)
-        rebuilt[filled] = dense
+        rebuilt[layout] = dense
         rebuilt = rebuilt.reshape(w.shape)
         if scale is not None:
             node("Mul", [shaped, tensor(scale.astype(np.float32), "scale")], weight)
             rebuilt = rebuilt * scale
         values_kind = f"{value_type} indices + codebook" if book is not None else value_type
-        kind = f"sparse {values_kind} + {off_type} offsets"
-        need = max(need, off_need)
+        kind = f"sparse {values_kind} + bitmap"
     if not np.array_equal(rebuilt, w):
         return "the compact storage does not reproduce the weight exactly"
     return _Encoded(tensors, nodes, kind, need)
@@ -661,8 +645,9 @@ def store_lowbit_weights(blob: bytes, weight_bits: dict[str, int], *, sparse: Co
       INT4 or four INT2 per byte), one float32 scale per output channel (per tensor at 1-2
       bits), a zero zero point, and a ``DequantizeLinear``;
     * shared, dense: ``SHARED_INDEX_STORAGE`` indices and a float32 codebook, ``Cast`` + ``Gather``;
-    * sparse: the nonzeros' values (float32, codes or shared indices) and their offsets, rebuilt
-      by ``CumSum`` + ``ScatterElements`` when smaller than the dense storage (see ``_encode``).
+    * sparse: the nonzeros' values (float32, codes or shared indices) and a bitmap of their
+      positions, rebuilt by ``NonZero`` + ``ScatterElements`` when smaller than the dense storage
+      (see ``_encode``).
 
     The rebuilding nodes' output keeps the old initializer's name and equals the float32 weight
     (bit for bit, except that a -0.0 comes back as +0.0; checked here, tensor by tensor), so the
@@ -759,8 +744,8 @@ def store_lowbit_weights(blob: bytes, weight_bits: dict[str, int], *, sparse: Co
     if not encoded:
         return blob, LowBitWeights((), report_kept, current)
     extra = []
-    if any(SPARSE_AXIS in n.input for e in encoded.values() for n in e.nodes):
-        extra.append(numpy_helper.from_array(np.array(0, dtype=np.int64), SPARSE_AXIS))
+    read = {i for e in encoded.values() for n in e.nodes for i in n.input}
+    extra.extend(numpy_helper.from_array(v, k) for k, v in SPARSE_CONSTANTS.items() if k in read)
     keep = [i for i in graph.initializer if i.name not in encoded]
     del graph.initializer[:]
     graph.initializer.extend(keep + [t for e in encoded.values() for t in e.tensors] + extra)

@@ -1,11 +1,11 @@
 """Reported size vs ONNX file size of quantized, sparse and shared points (compact weight storage).
 
 For each model and point: the search's ``size_bytes`` metric (``space.size_bytes(policy)``: weights
-at their bit-widths plus one float32 scale per output channel, sparse weights as CSR, shared
+at their bit-widths plus one float32 scale per output channel, sparse weights as nonzeros + bitmap, shared
 weights as indices plus codebook, every other parameter in float32), the ONNX file ``autocompress
 export`` writes (``compressed_onnx_bytes``: quantized weights, LSTM / GRU ``W`` and ``R``
 included, as INT2/INT4/INT8/INT16 codes behind ``DequantizeLinear``; shared weights as
-UINT2/UINT4/UINT8 indices + codebook; sparse weights as nonzeros + offsets), their ratio, and the
+UINT2/UINT4/UINT8 indices + codebook; sparse weights as nonzeros + bitmap), their ratio, and the
 file split into initializer bytes (weights, scales, biases, BatchNorm) and graph bytes (nodes and
 names). Sizes do not depend on the weights' values (the sparse and shared rows barely do), so
 models are randomly initialised (no training) and the activation ranges are calibrated on random

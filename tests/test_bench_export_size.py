@@ -28,6 +28,6 @@ def test_rows_of_test_convnet() -> None:
         assert float(diff) <= 1e-4, key
         assert "float)" not in types, key  # no weight left in float32
         assert 0.5 < float(ratio.strip("*×")) < 8, key
-    assert rows["test_convnet", "sparse 0.8"][5] == "8×sparse FLOAT + UINT4 offsets"
+    assert rows["test_convnet", "sparse 0.8"][5] == "8×sparse FLOAT + bitmap"
     assert rows["test_convnet", "share 4"][5] == "8×UINT4 indices + codebook"
-    assert rows["test_convnet", "sparse 0.8 + share 4"][5].endswith("indices + codebook + UINT4 offsets")
+    assert rows["test_convnet", "sparse 0.8 + share 4"][5].endswith("indices + codebook + bitmap")

@@ -193,7 +193,7 @@ def count_size_bytes(model: nn.Module) -> float:
     Quantized weight tensors (see ``autocompress.compression.quantize``) count ``numel x bits / 8``
     plus 4 bytes per scale (per output channel at 3-16 bits, one per tensor at 1-2 bits), capped
     at their float32 size; every other parameter counts 4 bytes (float32). A sparse weight (a
-    ``weight_mask`` buffer) is stored as CSR when that is smaller, a shared weight (a
+    ``weight_mask`` buffer) is stored as its nonzeros plus a bitmap when that is smaller, a shared weight (a
     ``weight_codebook``) as log2(k)-bit indices plus its codebook (``knobs.weight_storage_bytes``).
     Buffers (BatchNorm running statistics, activation ranges, masks) are not counted.
     """

@@ -211,7 +211,7 @@ class KnobType:
 
     def stored_params(self, value: float | int, numel: int) -> int:
         """Entries of a weight tensor (``numel`` so far) stored under this knob; fewer than all
-        means the rest are zeros left out of a sparse (CSR) layout."""
+        means the rest are zeros left out of a sparse (bitmap) layout."""
         return numel
 
     def cost_delta(self, value: float | int, space: CompressionSpace, name: str,
@@ -290,14 +290,15 @@ def weight_storage_bytes(
 
     ``numel`` entries in ``rows`` rows, ``nnz`` of them stored, each value in ``bits`` bits (32 =
     float), ``scales`` float32 scales, ``side`` bytes of side tables (a codebook). Dense: values
-    x bits + scales, never above float32; with zeros left out (``nnz < numel``) CSR
-    (``sparsity.csr_bytes``) when that is smaller.
+    x bits + scales, never above float32; with zeros left out (``nnz < numel``) the nonzeros and a
+    bitmap (``sparsity.sparse_bytes``, what the exported file stores) when that is smaller. ``rows``
+    does not enter the bitmap layout (it is part of the signature the cost model calls).
     """
-    from autocompress.compression.sparsity import csr_bytes
+    from autocompress.compression.sparsity import sparse_bytes
 
     dense = 4.0 * numel if bits >= 32 else min(numel * bits / 8.0 + 4.0 * scales, 4.0 * numel)
     if nnz < numel:
-        dense = min(dense, csr_bytes(nnz, rows, numel // max(rows, 1), bits, scales))
+        dense = min(dense, sparse_bytes(nnz, numel, bits, scales))
     return dense + side
 
 

@@ -10,7 +10,7 @@ after every optimizer step ``distill.reapply_constraints_`` sums each cluster's 
 into its centroid (with plain SGD exactly ``c_k -= lr * sum of the cluster's gradients``) and
 writes the centroids back.
 
-Storage: ``numel x b`` bits of indices plus the ``k x 32``-bit codebook; in a sparse layer the CSR
+Storage: ``numel x b`` bits of indices plus the ``k x 32``-bit codebook; in a sparse layer the stored
 values are the ``b``-bit indices. The survey's Eq. 10 compression ratio of a layer of ``n`` weights
 of ``32`` bits is ``r = 32 n / (n log2 k + 32 k)`` (:func:`eq10_ratio`); :func:`huffman_bits` gives
 the optional Huffman coding of the indices (measured on the weights, so a report figure, not a
@@ -164,7 +164,7 @@ def sharing_report(model: nn.Module) -> list[dict[str, float | int | str]]:
 
     Each row: ``layer``, ``n`` (weights shared, nonzeros of a sparse layer), ``k`` (shared
     values), ``eq10`` (``32 n / (n log2 k + 32 k)``), ``dense_bytes`` (float32), ``bytes`` (as
-    ``count_size_bytes`` counts it: indices + codebook, CSR when sparse) and ``huffman_bytes``
+    ``count_size_bytes`` counts it: indices + codebook, nonzeros + bitmap when sparse) and ``huffman_bytes``
     (the same with Huffman-coded indices).
     """
     from autocompress.compression.knobs import weight_storage_bytes

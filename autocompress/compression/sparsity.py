@@ -5,13 +5,15 @@ layer (of each factor of a factorised layer), ties broken by position. The zeros
 boolean ``weight_mask`` buffer on the layer: fine-tuning (``distill``) multiplies the weight by it
 after every optimizer step, and quantization (``quantize.requantize``) keeps masked weights at zero.
 
-Storage: a sparse weight is stored as CSR: for each nonzero its value (at the layer's weight
-bit-width, 32 in float) and its column offset from the previous nonzero of its row in
-``ceil(log2(cols))`` bits (the offset always fits, so no filler entries are needed and the size
-depends on the nonzero count alone), plus one 32-bit row pointer per row and one more; quantized
-layers keep their float32 scales. A tensor is stored dense when that is smaller, so raising
-``sparsity`` never raises the size. MACs and BOPs are those of the dense layer (dense kernels);
-``params`` counts the stored (nonzero) weights.
+Storage (:func:`sparse_bytes`): a sparse weight is stored as its nonzeros' values (at the layer's
+weight bit-width, 32 in float) plus a bitmap of the flattened weight, one bit per entry packed
+eight to a byte (``ceil(numel / 8)`` bytes); quantized layers keep their float32 scales. This is
+the layout the exported ONNX file holds (``deploy._encode``: a UINT8 bitmap, rebuilt with standard
+operators), so the reported size is the file's weight bytes. Unlike Deep Compression's relative
+indices with filler zeros for long gaps, its size depends on the nonzero count alone, so the cost
+model predicts it from the policy. A tensor is stored dense when that is smaller (sparsity above
+``1 / bits`` makes the bitmap pay), so raising ``sparsity`` never raises the size. MACs and BOPs
+are those of the dense layer (dense kernels); ``params`` counts the stored (nonzero) weights.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from autocompress.compression.policy import CompressionPolicy
     from autocompress.compression.space import CompressionSpace
 
-__all__ = ["MAX_SPARSITY", "csr_bytes", "index_bits", "magnitude_mask", "zeroed"]
+__all__ = ["MAX_SPARSITY", "magnitude_mask", "sparse_bytes", "zeroed"]
 
 #: Largest sparsity offered per layer (the survey's magnitude-pruning settings reach 0.9).
 MAX_SPARSITY = 0.95
@@ -40,14 +42,10 @@ def zeroed(numel: int, sparsity: float) -> int:
     return int(math.floor(sparsity * numel + 1e-9))
 
 
-def index_bits(cols: int) -> int:
-    """Bits of one relative column index in a row of ``cols`` columns."""
-    return max(1, math.ceil(math.log2(max(cols, 2))))
-
-
-def csr_bytes(nnz: int, rows: int, cols: int, bits: int, scales: int) -> float:
-    """Bytes of a CSR weight: values at ``bits`` + relative indices, row pointers, float32 scales."""
-    return nnz * (bits + index_bits(cols)) / 8.0 + 4.0 * (rows + 1) + 4.0 * scales
+def sparse_bytes(nnz: int, numel: int, bits: int, scales: int) -> float:
+    """Bytes of a sparse weight: ``nnz`` values at ``bits``, a one-bit-per-entry bitmap of its
+    ``numel`` entries (whole bytes), float32 scales."""
+    return nnz * bits / 8.0 + float(-(-numel // 8)) + 4.0 * scales
 
 
 @torch.no_grad()

@@ -39,8 +39,9 @@ Formats:
       and a ``DequantizeLinear`` feeding the layer. Weights k-means shared (``share_bits``) are
       stored as UINT2 / UINT4 / UINT8 indices plus their float32 codebook, rebuilt by ``Cast`` +
       ``Gather``; sparse weights (``sparsity``) as their nonzeros (float32, codes or shared
-      indices) plus UINT4 / UINT8 / UINT16 offsets between them, rebuilt by ``CumSum`` +
-      ``ScatterElements`` + ``Reshape`` (+ ``Mul`` by the scales), when smaller than dense. The
+      indices) plus a one-bit-per-entry bitmap of their positions (the layout ``size_bytes``
+      counts), rebuilt by ``BitShift`` + ``NonZero`` + ``ScatterElements`` + ``Reshape`` (+ ``Mul``
+      by the scales), when smaller than dense. The
       rebuilt weights equal the fp32 ones (checked per tensor), so the file passes the same
       checks; BatchNorm is then kept as ``BatchNormalization`` (folded into the weights it would
       move them off their grid). The file's size is printed next to the search's ``size_bytes``
@@ -165,8 +166,8 @@ class ExportInfo:
     #: The search's ``size_bytes`` metric of the point: its weights at their bit-widths.
     reported_size_bytes: float | None = None
     #: ONNX: ``"module: wB as TYPE"`` per quantized weight stored as integer codes
-    #: (``"module: shareB as UINT4 indices + codebook"``, ``"module: w32 as sparse FLOAT + UINT4
-    #: offsets"`` for shared and sparse weights; an LSTM / GRU has one entry per ``W`` / ``R``).
+    #: (``"module: shareB as UINT4 indices + codebook"``, ``"module: w32 as sparse FLOAT +
+    #: bitmap"`` for shared and sparse weights; an LSTM / GRU has one entry per ``W`` / ``R``).
     weight_storage: tuple[str, ...] = ()
     #: ONNX: ``"module (wB): reason"`` per compressed weight the file keeps in float32.
     weight_float_layers: tuple[str, ...] = ()
@@ -339,8 +340,8 @@ def compressed_onnx_bytes(model: nn.Module, example_input: Tensor) -> tuple[byte
     convolution weights (``fold_batchnorm=False``: folding would move them off their grid or
     codebook) and ``store_lowbit_weights`` replaces each quantized weight (LSTM / GRU ``W`` and
     ``R`` included) by INT2/INT4/INT8/INT16 codes, its scales and a ``DequantizeLinear``, each
-    shared weight by its indices and codebook, and each sparse weight by its nonzeros and their
-    offsets: the same values, in about the bytes ``size_bytes`` counts.
+    shared weight by its indices and codebook, and each sparse weight by its nonzeros and a
+    bitmap: the same values, in about the bytes ``size_bytes`` counts.
     """
     model = exportable(model)  # a proj_size LSTM's matrices, each with its bits
     bits = weight_bits(model)

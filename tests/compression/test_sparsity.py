@@ -1,4 +1,4 @@
-"""The ``sparsity`` knob: magnitude masks, CSR storage, the cost model, fine-tuning with masks."""
+"""The ``sparsity`` knob: magnitude masks, bitmap storage, the cost model, fine-tuning with masks."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from autocompress.compression import (
     count_params,
     count_size_bytes,
 )
-from autocompress.compression.sparsity import MAX_SPARSITY, csr_bytes, index_bits, magnitude_mask
+from autocompress.compression.knobs import weight_storage_bytes
+from autocompress.compression.sparsity import MAX_SPARSITY, magnitude_mask, sparse_bytes
 from autocompress.distill import distill
 from autocompress.errors import UserInputError
 from autocompress.models import create_model
@@ -34,13 +35,16 @@ def resnet() -> tuple[nn.Module, torch.Tensor, CompressionSpace]:
     return tiny_resnet_space(KNOBS)
 
 
-def test_csr_formula() -> None:
-    """Values at the weight's bits plus ceil(log2(cols))-bit relative indices, row pointers, scales."""
-    assert index_bits(72) == 7 and index_bits(64) == 6 and index_bits(1) == 1
-    # 10 nonzeros of a 4 x 72 float weight: 10 x (32 + 7) bits + 5 row pointers
-    assert csr_bytes(10, 4, 72, 32, 0) == 10 * 39 / 8 + 20
-    # at 4 bits with 4 per-row scales
-    assert csr_bytes(10, 4, 72, 4, 4) == 10 * 11 / 8 + 20 + 16
+def test_sparse_formula() -> None:
+    """Values at the weight's bits plus a one-bit-per-entry bitmap (whole bytes) and the scales."""
+    # 10 nonzeros of a 4 x 72 float weight: 10 x 32 bits + 288 bits of bitmap
+    assert sparse_bytes(10, 288, 32, 0) == 40 + 36
+    # at 4 bits with 4 per-row scales; a 289-entry bitmap takes 37 bytes
+    assert sparse_bytes(10, 289, 4, 4) == 5 + 37 + 16
+    # 70 of 288 entries at 4 bits: 35 + 36 bytes (+ scales), less than dense (144)
+    assert weight_storage_bytes(288, 70, 4, 4, 4) == 35 + 36 + 16
+    # float at sparsity 1/32 and less: the bitmap does not pay
+    assert weight_storage_bytes(320, 315, 4, 32, 0) == 4 * 320
 
 
 def test_magnitude_mask_zeroes_the_smallest_fraction() -> None:
@@ -59,7 +63,7 @@ def test_magnitude_mask_zeroes_the_smallest_fraction() -> None:
         {"sparsity": 0.8, "w_bits": 1},
         {"sparsity": 0.7, "prune": 0.5, "rank": 0.3},
         {"sparsity": 0.8, "prune": 0.3, "rank": 0.2, "w_bits": 8, "a_bits": 8},
-        {"sparsity": 0.1},  # CSR larger than dense: stored dense
+        {"sparsity": 0.02},  # bitmap larger than dense: stored dense
     ],
 )
 def test_cost_model_equals_the_counted_model(resnet, knobs) -> None:  # type: ignore[no-untyped-def]

@@ -51,7 +51,7 @@ def _matches_pytorch(small: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def _data_bytes(graph: Any) -> int:
-    """Bytes of the initializers' data (weights, codes, offsets, scales, biases, ranges)."""
+    """Bytes of the initializers' data (weights, codes, bitmaps, scales, biases, ranges)."""
     return sum(len(i.raw_data) if i.raw_data else len(numpy_helper.to_array(i).tobytes())
                for i in graph.initializer)
 
@@ -134,34 +134,60 @@ def test_low_rank_rnn_unrolled_over_the_steps_stores_every_factor() -> None:
 @pytest.mark.parametrize("sparsity,w_bits,values", [(0.5, 32, TensorProto.FLOAT),
                                                      (0.8, 32, TensorProto.FLOAT),
                                                      (0.8, 4, TensorProto.INT4)])
-def test_sparse_layers_store_their_nonzeros_and_offsets(sparsity: float, w_bits: int, values: int) -> None:
+def test_sparse_layers_store_their_nonzeros_and_a_bitmap(sparsity: float, w_bits: int, values: int) -> None:
     """test_resnet with the ``sparsity`` knob: each conv / linear weight is rebuilt in the graph
-    from its nonzeros (float32 or INT4 codes) and UINT4 offsets; the data is within 10% of the
-    CSR size the search counts."""
+    from its nonzeros (float32 or INT4 codes) and a UINT8 bitmap, whose bytes are those the search
+    counts for the weight (values, bitmap, scales; INT4 packing rounds up to a whole byte)."""
+    from autocompress.compression import count_size_bytes
+
     small, x, reported = _compressed("test_resnet", SPARSE_KNOBS, sparsity=sparsity, w_bits=w_bits)
+    assert reported == count_size_bytes(small)
     blob, _, lowbit = compressed_onnx_bytes(small, x[:1])
     assert lowbit is not None and not lowbit.kept_float
     assert {m for m, _, _ in lowbit.stored} == set(sparse_layers(small))
+    assert {t for _, _, t in lowbit.stored} == {f"sparse {'FLOAT' if w_bits == 32 else 'INT4'} + bitmap"}
     graph = onnx.load_from_string(blob).graph
     onnx.checker.check_model(onnx.load_from_string(blob), full_check=True)
     layers = [n for n in graph.node if n.op_type in deploy.LOWBIT_LAYER_OPS]
     assert len(layers) == len(sparse_layers(small))
+    counted = {id(p): b for m in small.modules() for p, b in _weight_bytes(m)}
     for node in layers:
         src = {i.name.rsplit("_", 1)[-1]: i for i in _sources(graph, node.input[1])}
-        assert src["values"].data_type == values and src["offsets"].data_type == TensorProto.UINT4
+        assert src["values"].data_type == values and src["bitmap"].data_type == TensorProto.UINT8
         numel = int(np.prod(numpy_helper.to_array(src["shape"])))
-        stored = int(np.prod(src["values"].dims))
-        assert stored <= 1.1 * (1 - sparsity) * numel + 2  # the nonzeros and a few fillers
+        assert src["bitmap"].dims == [-(-numel // 8)]
+        nnz = int(numpy_helper.to_array(src["values"]).size)
+        assert nnz <= (1 - sparsity) * numel + 1  # the nonzeros only, no fillers
         assert not any(i.data_type == TensorProto.FLOAT and np.prod(i.dims) == numel for i in src.values())
+        module = small.get_submodule(deploy.onnx_node_module(node.name))
+        stored = sum(_data_bytes_of(src[k]) for k in ("values", "bitmap", "scale") if k in src)
+        assert counted[id(module.weight)] <= stored <= counted[id(module.weight)] + 0.5
     assert _matches_pytorch(small, x) <= 1e-4
-    assert _data_bytes(graph) <= 1.1 * reported + 2500  # + BatchNorm statistics
+
+
+def _weight_bytes(m: torch.nn.Module) -> list[tuple[Any, float]]:
+    """``(weight, bytes counted)`` of a sparse layer (the formula ``count_size_bytes`` applies)."""
+    from autocompress.compression.knobs import weight_storage_bytes
+    from autocompress.compression.quantize import weight_scale_count
+
+    mask = getattr(m, "weight_mask", None)
+    if mask is None:
+        return []
+    bits = int(getattr(m, "w_bits", 32))
+    scales = 0 if bits >= 32 else weight_scale_count(m.weight.shape, bits)
+    return [(m.weight, weight_storage_bytes(m.weight.numel(), int(mask.sum()), m.weight.shape[0],
+                                            bits, scales))]
+
+
+def _data_bytes_of(init: Any) -> int:
+    return len(init.raw_data) if init.raw_data else len(numpy_helper.to_array(init).tobytes())
 
 
 @pytest.mark.parametrize("sparsity,layout", [(0.0, "UINT4 indices + codebook"),
-                                             (0.8, "sparse UINT4 indices + codebook + UINT4 offsets")])
+                                             (0.8, "sparse UINT4 indices + codebook + bitmap")])
 def test_shared_layers_store_indices_and_codebook(sparsity: float, layout: str) -> None:
     """``share_bits`` 4: UINT4 indices into at most 16 float32 values, gathered in the graph
-    (the nonzeros' indices and their offsets when the layer is sparse too)."""
+    (the nonzeros' indices and their bitmap when the layer is sparse too)."""
     small, x, reported = _compressed("test_resnet", SHARE_KNOBS, share_bits=4, sparsity=sparsity)
     blob, _, lowbit = compressed_onnx_bytes(small, x[:1])
     assert lowbit is not None and not lowbit.kept_float
@@ -192,8 +218,8 @@ def test_export_point_writes_compact_rnn_sparse_and_shared_files(lstm_run: Path,
     on sparse and shared MLPs, and it reports the compact storage next to the search's size."""
     runs = [
         (lstm_run, {"1": "lstm: w8 as INT8", "2": "lstm: w4 as INT4"}),
-        (compact_run, {"1": "w32 as sparse FLOAT + UINT4 offsets", "2": "share4 as UINT4 indices + codebook",
-                       "3": "share4 as sparse UINT4 indices + codebook + UINT4 offsets"}),
+        (compact_run, {"1": "w32 as sparse FLOAT + bitmap", "2": "share4 as UINT4 indices + codebook",
+                       "3": "share4 as sparse UINT4 indices + codebook + bitmap"}),
     ]
     for k, (run, expected) in enumerate(runs):
         for pid, entry in expected.items():
