@@ -183,7 +183,7 @@ def _search_progress(console: Any) -> tuple[Any, Callable[[Any], None]]:
 @click.option("--budget", "budget", multiple=True, help="hard budget METRIC=VALUE: macs/flops/params=50M|50%, size=1.5MB, latency=2ms, acc-drop=1%")
 @click.option("--soft-budget", "soft_budget", multiple=True, help="soft budget (penalised, not excluded), same form as --budget")
 @click.option("--objective", "objective", multiple=True, help="objective METRIC[:min|max]: acc, acc_top5, macs, flops, params, size, bops, latency")
-@click.option("--knob", "knob", multiple=True, help="compression knobs to search: prune, w_bits, a_bits, rank, sparsity, share_bits, proj_rank [default: prune]")
+@click.option("--knob", "knob", multiple=True, help="compression knobs to search: prune, w_bits, a_bits, rank, sparsity, share_bits, proj_rank, pow2_bits [default: prune]")
 @click.option("--strategy", default=None, help="nsga2 (default), tpe, ddpg, td3, sac, ppo, ddpg_bc, random, uniform, greedy")
 @click.option("--set", "set_", multiple=True, help="strategy setting KEY=VALUE (repeatable)")
 @click.option("--eval-set", "evaluator_setting", multiple=True, help="evaluator setting KEY=VALUE, e.g. finetune_steps=20")

@@ -192,13 +192,17 @@ def count_size_bytes(model: nn.Module) -> float:
 
     Quantized weight tensors (see ``autocompress.compression.quantize``) count ``numel x bits / 8``
     plus 4 bytes per scale (per output channel at 3-16 bits, one per tensor at 1-2 bits), capped
-    at their float32 size; every other parameter counts 4 bytes (float32). A sparse weight (a
+    at their float32 size (powers-of-two weights: their value table instead of scales); every other parameter counts 4 bytes (float32). A sparse weight (a
     ``weight_mask`` buffer) is stored as its nonzeros plus a bitmap when that is smaller, a shared weight (a
     ``weight_codebook``) as log2(k)-bit indices plus its codebook (``knobs.weight_storage_bytes``).
     Buffers (BatchNorm running statistics, activation ranges, masks) are not counted.
     """
     from autocompress.compression.knobs import weight_storage_bytes
-    from autocompress.compression.quantize import quantized_weight_bytes, weight_scale_count
+    from autocompress.compression.quantize import (
+        pow2_codebook_bytes,
+        quantized_weight_bytes,
+        weight_scale_count,
+    )
 
     special: dict[int, float] = {}
     for m in model.modules():
@@ -210,9 +214,11 @@ def count_size_bytes(model: nn.Module) -> float:
         if not isinstance(w, Tensor) or not (isinstance(mask, Tensor) or isinstance(book, Tensor)):
             continue
         bits = int(getattr(m, "w_bits", 32))
-        scales = 0 if bits >= 32 or getattr(m, "scale_folded", False) else weight_scale_count(w.shape, bits)
+        pow2 = bits < 32 and getattr(m, "w_grid", "uniform") == "pow2"  # a value table, no scales
+        scales = (0 if bits >= 32 or pow2 or getattr(m, "scale_folded", False)
+                  else weight_scale_count(w.shape, bits))
         nnz = int(mask.sum()) if isinstance(mask, Tensor) else w.numel()
-        side = 0.0
+        side = pow2_codebook_bytes(bits) if pow2 else 0.0
         if isinstance(book, Tensor):
             bits, side = int(round(math.log2(book.numel()))), 4.0 * book.numel()
         special[id(w)] = weight_storage_bytes(w.numel(), nnz, int(w.shape[0]), bits, scales, side)

@@ -439,3 +439,4 @@ register_knob(RankKnob())
 from autocompress.compression import sparsity as _sparsity  # noqa: E402,F401,I001 - registers "sparsity"
 from autocompress.compression import sharing as _sharing  # noqa: E402,F401,I001 - registers "share_bits"
 from autocompress.compression import projection as _projection  # noqa: E402,F401,I001 - registers "proj_rank"
+from autocompress.compression import pow2 as _pow2  # noqa: E402,F401,I001 - registers "pow2_bits"

@@ -38,6 +38,7 @@ class LayerAction:
             (32 = not shared).
         proj_rank: fraction of the hidden size kept by the projection shared by each pair of
             stacked recurrent layers (1.0 = not shared; ``projection.py``).
+        pow2_bits: bits of INQ's powers-of-two weights, ``{0, +-2^n}`` (32 = not on that grid).
 
     Each field's default is its knob type's identity value, and its global range check is the
     knob type's (``compression/knobs.py``). The per-layer limits (``max_prune``, which knobs a
@@ -51,6 +52,7 @@ class LayerAction:
     sparsity: float = 0.0
     share_bits: int = 32
     proj_rank: float = 1.0
+    pow2_bits: int = 32
 
     def __post_init__(self) -> None:
         # Normalise numeric types so that 8 == 8.0 policies hash and serialise identically.

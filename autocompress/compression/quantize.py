@@ -6,7 +6,9 @@ Weights (``w_bits``):
     * 2 bits: ternary (TWN, Li et al. 2016), per tensor: ``D = 0.7 * mean|w|``,
       ``a = mean(|w| for |w| > D)``, ``q = a * sign(w) * [|w| > D]``: exactly the values ``{-a, 0, +a}``;
     * 1 bit: binary, per tensor: ``q = mean|w| * sign(w)`` (sign(0) = +1);
-    * 32 bits: untouched.
+    * 32 bits: untouched;
+    * powers of two (a layer whose ``w_grid`` is ``"pow2"``, set by the ``pow2_bits`` knob): INQ's
+      grid ``{0, +-2^n2, ..., +-2^n1}`` (:func:`pow2_weight`).
 The quantized values are written into the layer's weight at compress time, so the stored model
 already holds them (plain inference needs no quantization op for weights). In training mode the
 weight is re-quantized in the forward pass with a straight-through estimator, so fine-tuning
@@ -28,6 +30,7 @@ their states in float, so the exported model computes the same thing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -45,6 +48,10 @@ __all__ = [
     "QuantMultiheadAttention",
     "QuantRNN",
     "calibrate_",
+    "pow2_codebook_bytes",
+    "pow2_levels",
+    "pow2_quantize_",
+    "pow2_weight",
     "quantize_factorised_",
     "quantize_levels",
     "quantize_module_",
@@ -89,6 +96,39 @@ def quantize_weight(w: Tensor, bits: int) -> Tensor:
     return q.reshape(w.shape).to(w.dtype)
 
 
+def pow2_levels(w: Tensor, bits: int) -> Tensor:
+    """INQ's magnitudes for ``w`` at ``bits`` (Zhou et al. 2017): ``[0, 2^n2, ..., 2^n1]`` (float64).
+
+    ``n1 = floor(log2(4 max|w| / 3))`` (so the largest weight rounds to ``2^n1``) and
+    ``n2 = n1 + 1 - 2^(b-2)``: one bit says zero, one the sign, ``b - 2`` the exponent, so
+    ``2^(b-2)`` exponents and ``2^(b-1) + 1`` values (5 bits: 8 exponents, 17 values). An
+    all-zero ``w`` has the single level 0.
+    """
+    s = float(w.detach().abs().max()) if w.numel() else 0.0
+    if s <= 0.0 or not math.isfinite(s):
+        return torch.zeros(1, dtype=torch.float64)
+    m, e = math.frexp(s)  # s = m 2^e, 0.5 <= m < 1: 4 s / 3 >= 2^e exactly when m >= 3/4
+    n1 = e if m >= 0.75 else e - 1
+    n2 = n1 + 1 - 2 ** (bits - 2)
+    exps = torch.arange(n2, n1 + 1, dtype=torch.float64)
+    return torch.cat([torch.zeros(1, dtype=torch.float64), torch.pow(2.0, exps)])
+
+
+@torch.no_grad()
+def pow2_weight(w: Tensor, bits: int, levels: Tensor | None = None) -> Tensor:
+    """``w`` on INQ's powers-of-two grid: ``sign(w) beta`` for the level ``beta`` of
+    :func:`pow2_levels` with ``(alpha + beta) / 2 <= |w| < (beta + gamma) / 2`` (``alpha`` the
+    level below, ``gamma`` the one above; 0 below half the smallest power). ``levels``: a grid
+    fixed beforehand (INQ's stages keep the one of the full-precision layer). Idempotent: the
+    largest weight lands on ``2^n1``, whose grid is the same.
+    """
+    w = w.detach()
+    lv = pow2_levels(w, bits) if levels is None else levels.to(torch.float64)
+    mids = (lv[:-1] + lv[1:]) / 2
+    mag = lv[torch.bucketize(w.abs().double().cpu(), mids, right=True)]
+    return (torch.sign(w).double().cpu() * mag + 0.0).to(device=w.device, dtype=w.dtype)  # no -0.0
+
+
 @torch.no_grad()
 def quantize_levels(w: Tensor, bits: int) -> Tensor:
     """Round onto the unit-scale integer grid (a low-rank first factor whose scales were folded).
@@ -112,11 +152,17 @@ def requantize(module: nn.Module, w: Tensor) -> Tensor:
 
     A quantized layer's grid is ``quantize_weight(w, module.w_bits)``, except for the first
     factor of a quantized low-rank pair (``module.scale_folded``), whose scales live in the second
-    factor: its grid is the unit-scale integer one (``quantize_levels``). A sparse layer's
+    factor: its grid is the unit-scale integer one (``quantize_levels``), and for a layer on the
+    powers-of-two grid (``module.w_grid == "pow2"``: ``pow2_weight``). A sparse layer's
     ``weight_mask`` is applied after rounding (binary weights have no zero level).
     """
     bits = int(getattr(module, "w_bits", 32))
-    q = quantize_levels(w, bits) if getattr(module, "scale_folded", False) else quantize_weight(w, bits)
+    if getattr(module, "w_grid", "uniform") == "pow2" and bits < 32:
+        q = pow2_weight(w, bits)
+    elif getattr(module, "scale_folded", False):
+        q = quantize_levels(w, bits)
+    else:
+        q = quantize_weight(w, bits)
     mask = getattr(module, "weight_mask", None)  # unstructured sparsity: zeros stay zeros
     if isinstance(mask, Tensor) and mask.shape == q.shape:
         q = q * mask
@@ -351,10 +397,40 @@ def quantize_factorised_(first: nn.Module, second: nn.Module | Sequence[nn.Modul
         quantize_module_(m, w_bits, a_bits)
 
 
+@torch.no_grad()
+def pow2_quantize_(module: nn.Module, bits: int) -> nn.Module:
+    """Put a conv / linear layer's weight on INQ's powers-of-two grid at ``bits`` (in place).
+
+    The layer becomes (or stays, when ``a_bits`` made it one) a quantized layer with
+    ``w_bits = bits`` and ``w_grid = "pow2"``, so fine-tuning re-projects it straight-through and
+    ``requantize`` knows its grid; no scale is folded into it. Returns the module.
+    """
+    if not isinstance(module, _QuantMixin):
+        quantize_module_(module, 32, 32)
+    module.w_bits = int(bits)  # type: ignore[union-attr]
+    module.w_grid = "pow2"  # type: ignore[union-attr]
+    module.scale_folded = False  # type: ignore[union-attr]
+    w = module.weight
+    w.copy_(requantize(module, w))  # type: ignore[arg-type]
+    return module
+
+
+def pow2_codebook_bytes(bits: int) -> float:
+    """Bytes of the float32 table of a powers-of-two weight's ``2^(b-1) + 1`` values (0, +-2^n):
+    what a file of standard operators stores next to its ``b``-bit indices."""
+    return 4.0 * (2 ** (bits - 1) + 1)
+
+
 def quantized_weight_bytes(module: nn.Module) -> list[tuple[nn.Parameter, float]]:
-    """``(parameter, bytes)`` for each quantized weight owned by ``module`` (empty if none)."""
+    """``(parameter, bytes)`` for each quantized weight owned by ``module`` (empty if none).
+
+    Powers-of-two weights: ``bits`` per entry plus their value table (``pow2_codebook_bytes``).
+    """
     if not isinstance(module, _QuantMixin) or module.w_bits >= 32:
         return []
+    if getattr(module, "w_grid", "uniform") == "pow2":
+        w = module.weight  # type: ignore[attr-defined]
+        return [(w, min(w.numel() * module.w_bits / 8.0, 4.0 * w.numel()) + pow2_codebook_bytes(module.w_bits))]
     out = []
     names = module._quant_weight_names()
     params = [getattr(module, n) for n in names]

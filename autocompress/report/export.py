@@ -315,10 +315,15 @@ def onnx_bytes(model: nn.Module, example_input: Tensor) -> tuple[bytes, str]:
     return export_onnx_with(model, example_input, opset=ONNX_OPSET)
 
 
+def _pow2(m: nn.Module) -> bool:
+    return getattr(m, "w_grid", "uniform") == "pow2" and int(getattr(m, "w_bits", 32)) < 32
+
+
 def weight_bits(model: nn.Module) -> dict[str, int]:
-    """Module FQN -> weight bits of every layer of ``model`` whose weights are quantized (< 32)."""
+    """Module FQN -> weight bits of every layer of ``model`` whose weights are quantized (< 32)
+    on the uniform grid (powers-of-two weights are stored as indices, see ``shared_layers``)."""
     return {n: int(m.w_bits) for n, m in model.named_modules()
-            if isinstance(getattr(m, "w_bits", None), int) and m.w_bits < 32}
+            if isinstance(getattr(m, "w_bits", None), int) and m.w_bits < 32 and not _pow2(m)}
 
 
 def sparse_layers(model: nn.Module) -> list[str]:
@@ -327,9 +332,12 @@ def sparse_layers(model: nn.Module) -> list[str]:
 
 
 def shared_layers(model: nn.Module) -> dict[str, int]:
-    """Module FQN -> index bits of every layer whose weight is k-means shared (a codebook)."""
-    return {n: int(round(math.log2(m.weight_codebook.numel()))) for n, m in model.named_modules()
-            if isinstance(getattr(m, "weight_codebook", None), Tensor)}
+    """Module FQN -> index bits of every layer whose weight is k-means shared (a codebook) or on
+    the powers-of-two grid (``pow2_bits``: indices into its few values, as ``size_bytes`` counts)."""
+    out = {n: int(round(math.log2(m.weight_codebook.numel()))) for n, m in model.named_modules()
+           if isinstance(getattr(m, "weight_codebook", None), Tensor)}
+    out.update({n: int(m.w_bits) for n, m in model.named_modules() if _pow2(m)})
+    return out
 
 
 def compressed_onnx_bytes(model: nn.Module, example_input: Tensor) -> tuple[bytes, str, LowBitWeights | None]:

@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_torch_threa
 
 SPARSE_KNOBS = ("prune", "w_bits", "a_bits", "rank", "sparsity")
 SHARE_KNOBS = ("prune", "a_bits", "rank", "sparsity", "share_bits")
+POW2_KNOBS = ("prune", "a_bits", "rank", "sparsity", "pow2_bits")
 
 
 def _compressed(name: str, knobs: tuple[str, ...] | None = None, **policy: Any) -> tuple[Any, Any, float]:
@@ -201,6 +202,30 @@ def test_shared_layers_store_indices_and_codebook(sparsity: float, layout: str) 
         assert src["codebook"].data_type == TensorProto.FLOAT and src["codebook"].dims[0] <= 16
     assert _matches_pytorch(small, x) <= 1e-4
     assert _data_bytes(graph) <= 1.1 * reported + 2500  # + BatchNorm statistics
+
+
+@pytest.mark.parametrize("bits,index_type,stored_bits", [(5, TensorProto.UINT8, 8),
+                                                         (4, TensorProto.UINT4, 4)])
+def test_pow2_layers_store_indices_into_their_powers_of_two(bits: int, index_type: int,
+                                                            stored_bits: int) -> None:
+    """``pow2_bits``: each weight is indices into its few values (0 and +-2^n, at most
+    2^(b-1) + 1), gathered in the graph; the data is the size the search counts, except that
+    ONNX has no 5-bit type (5-bit indices are stored in UINT8)."""
+    small, x, reported = _compressed("test_resnet", POW2_KNOBS, pow2_bits=bits)
+    assert not weight_bits(small) and set(shared_layers(small).values()) == {bits}
+    blob, _, lowbit = compressed_onnx_bytes(small, x[:1])
+    assert lowbit is not None and not lowbit.kept_float
+    assert {m for m, _, _ in lowbit.stored} == set(shared_layers(small))
+    graph = onnx.load_from_string(blob).graph
+    for node in (n for n in graph.node if n.op_type in deploy.LOWBIT_LAYER_OPS):
+        src = {i.name.rsplit("_", 1)[-1]: i for i in _sources(graph, node.input[1])}
+        assert src["index"].data_type == index_type
+        book = numpy_helper.to_array(src["codebook"])
+        assert len(book) <= 2 ** (bits - 1) + 1
+        mag = np.abs(book[book != 0]).astype(np.float64)
+        assert np.array_equal(np.exp2(np.round(np.log2(mag))), mag)  # powers of two
+    assert _matches_pytorch(small, x) <= 1e-4
+    assert _data_bytes(graph) <= reported * stored_bits / bits + 2500  # + BatchNorm statistics
 
 
 def test_a_full_codebook_with_zeros_is_stored_sparse() -> None:
