@@ -9,13 +9,21 @@ differ only in the batches, optimizer and schedule they hand it. It imports only
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from autocompress.devices import train_autocast
+
+
+def hinge_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Multi-class squared hinge loss, the loss BNN trains with (Hubara et al. 2016):
+    ``mean over samples of sum_c max(0, 1 - t_c z_c)^2`` with ``t_c = +1`` for the label, ``-1``
+    for every other class."""
+    t = 2.0 * F.one_hot(target, logits.shape[1]).to(logits.dtype) - 1.0
+    return torch.clamp(1.0 - t * logits, min=0.0).pow(2).sum(dim=1).mean()
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, *, alpha: float,
@@ -73,13 +81,15 @@ def distill(
     temperature: float = 4.0,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     device: torch.device | None = None,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> list[tuple[float, int]]:
     """Train ``student`` in place: one optimizer step (then one ``scheduler`` step) per batch.
 
     After each optimizer step sparse and shared layers are put back on their constraint
     (``reapply_constraints_``: masks re-applied, centroids updated).
-    The loss is ``kd_loss`` against ``teacher``'s logits, or plain cross-entropy without a teacher
-    or with ``alpha=0`` (the teacher is then not run). The teacher runs in eval mode without
+    The loss is ``kd_loss`` against ``teacher``'s logits, or ``loss_fn(logits, labels)`` (plain
+    cross-entropy when None; e.g. ``hinge_loss``) without a teacher or with ``alpha=0`` (the
+    teacher is then not run). The teacher runs in eval mode without
     gradients; the student trains in train mode, so its BatchNorm statistics follow its weights,
     and is left in eval mode, also when a step raises.
 
@@ -107,7 +117,7 @@ def distill(
                         t_out = teacher(x)
                     loss = kd_loss(out.float(), t_out.float(), y, alpha=alpha, temperature=temperature)
                 else:
-                    loss = F.cross_entropy(out.float(), y)
+                    loss = (loss_fn or F.cross_entropy)(out.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -10,13 +10,15 @@ magnitude pruning, network slimming (Table 5), training the pruned architecture 
    ``autocompress train`` runs; ``slimming_l1`` for network slimming) or loads it from
    ``--checkpoint-dir`` (``alexnet_cifar.pt``, ``alexnet_cifar_bnd.pt``,
    ``alexnet_cifar_bnd-slim.pt``, each with its ``.json`` training record);
-2. turns the recipe into a ``CompressionPolicy`` (per layer ``prune`` / ``sparsity`` / ``w_bits``;
+2. turns the recipe into a ``CompressionPolicy`` (per layer ``prune`` / ``sparsity`` / ``w_bits`` /
+   ``pow2_bits``;
    network slimming's global |gamma| threshold by ``prune.global_bn_ratios``), compresses the base
    as the engine's evaluator scores it (compress with reconstruction, BatchNorm recalibration)
    and fine-tunes it with the engine's training loop (``autocompress.distill``, the settings of
    ``finetune_point``; cross-entropy as the survey's recipes, ``--kd`` distils from the base);
    Table 6 also trains the pruned architecture from fresh weights for the base's epochs, Table 7's
-   INQ rows quantize a growing share of the weights stage by stage;
+   INQ rows put a growing share of the weights on INQ's powers-of-two grid stage by stage, its
+   BNN hinge-loss row fine-tunes with the squared hinge loss (``distill.hinge_loss``);
 3. runs a short ``ladder`` search (``run_search``) at the recipe's FLOPs (filter pruning), params
    (magnitude pruning) or weight size (quantization), fine-tunes its best feasible point the same
    way, and reports it beside the recipe;
@@ -45,7 +47,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,11 @@ BASE_LR = {"alexnet_cifar": 0.01, "alexnet_cifar_bnd": 0.05}
 #: its base rate); the same fifth for the model without BatchNorm, which diverges at 0.01.
 FINETUNE_LR = {"alexnet_cifar": 0.002, "alexnet_cifar_bnd": 0.01}
 COMPRESS_KNOBS = ("prune", "w_bits", "sparsity")
+#: The space of a recipe on INQ's powers-of-two grid (``pow2_bits`` excludes ``w_bits``).
+POW2_KNOBS = ("prune", "sparsity", "pow2_bits")
+SEARCH_KNOBS = ("prune", "w_bits", "sparsity", "pow2_bits")
+LOSSES = ("ce", "hinge")
+_LAYER_KNOBS = ("prune", "sparsity", "w_bits", "pow2_bits")
 
 
 def _error(msg: str) -> Exception:
@@ -80,12 +87,14 @@ def _error(msg: str) -> Exception:
 class Recipe:
     """One row of the survey's Tables 5-7 as data: the base model, per-layer knobs, the schedule.
 
-    ``prune``, ``sparsity`` and ``w_bits`` map a layer selector (``first_conv``: the first
-    convolution; ``conv``: every convolution, or every other one when ``first_conv`` is given;
-    ``linear``: every fully connected layer that has the knob; ``all``) to the knob's value.
+    ``prune``, ``sparsity``, ``w_bits`` and ``pow2_bits`` (INQ's powers-of-two grid; a recipe
+    uses it or ``w_bits``) map a layer selector (``first_conv``: the first convolution; ``conv``:
+    every convolution, or every other one when ``first_conv`` is given; ``linear``: every fully
+    connected layer that has the knob; ``all``) to the knob's value.
     ``global_bn_prune``: network slimming's share of all BatchNorm-normalised channels removed
     network-wide. ``schedule``: ``finetune``, ``scratch`` (Table 6: also train the pruned
     architecture from fresh weights) or ``inq`` (incremental quantization over ``inq_steps``).
+    ``loss``: the fine-tune's loss, ``ce`` (cross-entropy) or ``hinge`` (BNN's squared hinge loss).
     ``search``: the budget metric (``flops``, ``params``, ``size``) and knobs of the searched row.
     ``survey``: the survey's figures (accuracies in %, params and FLOPs in millions).
     """
@@ -99,15 +108,18 @@ class Recipe:
     prune: Mapping[str, float] = field(default_factory=dict)
     sparsity: Mapping[str, float] = field(default_factory=dict)
     w_bits: Mapping[str, int] = field(default_factory=dict)
+    pow2_bits: Mapping[str, int] = field(default_factory=dict)
     global_bn_prune: float | None = None
     schedule: str = "finetune"
     inq_steps: tuple[float, ...] = ()
+    loss: str = "ce"
     search_budget: str | None = None
     search_knobs: tuple[str, ...] = ()
     survey: Mapping[str, float | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from autocompress.compression.knobs import ALLOWED_BITS
+        from autocompress.compression.pow2 import POW2_BITS
         from autocompress.compression.prune import IMPORTANCES
         from autocompress.models import list_models
 
@@ -120,18 +132,23 @@ class Recipe:
             raise _error(f"{where}: importance={self.importance!r}; allowed: {', '.join(IMPORTANCES)}")
         if self.schedule not in SCHEDULES:
             raise _error(f"{where}: schedule={self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
-        for knob in ("prune", "sparsity", "w_bits"):
+        if self.loss not in LOSSES:
+            raise _error(f"{where}: loss={self.loss!r}; allowed: {', '.join(LOSSES)}")
+        for knob in _LAYER_KNOBS:
             table = getattr(self, knob)
             if not isinstance(table, Mapping):
                 raise _error(f"{where}: {knob} must map layer selectors to values, got {table!r}")
+            choices = {"w_bits": ALLOWED_BITS, "pow2_bits": POW2_BITS}.get(knob)
             for sel, v in table.items():
                 if sel not in SELECTORS:
                     raise _error(f"{where}: {knob} selector {sel!r}; allowed: {', '.join(SELECTORS)}")
-                ok = (v in ALLOWED_BITS) if knob == "w_bits" else (
+                ok = (v in choices) if choices else (
                     isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v < 1.0)
                 if not ok:
-                    allowed = f"one of {ALLOWED_BITS}" if knob == "w_bits" else "0 <= value < 1"
+                    allowed = f"one of {choices}" if choices else "0 <= value < 1"
                     raise _error(f"{where}: {knob}.{sel}={v!r}; allowed: {allowed}")
+        if self.w_bits and self.pow2_bits:
+            raise _error(f"{where}: w_bits and pow2_bits both set the weights' grid; allowed: one of them")
         if self.global_bn_prune is not None and not 0.0 < self.global_bn_prune < 1.0:
             raise _error(f"{where}: global_bn_prune={self.global_bn_prune!r}; allowed: 0 < value < 1")
         if self.global_bn_prune is not None and self.importance != "bn":
@@ -140,13 +157,14 @@ class Recipe:
             steps = list(self.inq_steps)
             if not steps or steps != sorted(steps) or steps[-1] != 1.0 or steps[0] <= 0.0:
                 raise _error(f"{where}: inq_steps={steps!r}; allowed: increasing shares ending at 1.0")
-            if not self.w_bits or min(self.w_bits.values()) < 3:
-                raise _error(f"{where}: schedule inq needs w_bits of 3 or more (the per-channel grid)")
+            if not self.pow2_bits and (not self.w_bits or min(self.w_bits.values()) < 3):
+                raise _error(f"{where}: schedule inq needs w_bits of 3 or more (the per-channel grid) "
+                             "or pow2_bits (INQ's powers of two)")
         if self.search_budget is not None and self.search_budget not in SEARCH_BUDGETS:
             raise _error(f"{where}: search budget {self.search_budget!r}; allowed: {', '.join(SEARCH_BUDGETS)}")
         for k in self.search_knobs:
-            if k not in COMPRESS_KNOBS:
-                raise _error(f"{where}: search knob {k!r}; allowed: {', '.join(COMPRESS_KNOBS)}")
+            if k not in SEARCH_KNOBS:
+                raise _error(f"{where}: search knob {k!r}; allowed: {', '.join(SEARCH_KNOBS)}")
         for k in self.survey:
             if k not in SURVEY_KEYS:
                 raise _error(f"{where}: survey figure {k!r}; allowed: {', '.join(SURVEY_KEYS)}")
@@ -156,9 +174,14 @@ class Recipe:
         """File stem of the base model this recipe starts from."""
         return self.model + ("-slim" if self.slimming_l1 else "")
 
+    @property
+    def knobs(self) -> tuple[str, ...]:
+        """The knobs of the space the recipe's policy lives in."""
+        return POW2_KNOBS if self.pow2_bits else COMPRESS_KNOBS
+
 
 _RECIPE_KEYS = {"table", "row", "model", "importance", "slimming_l1", "prune", "sparsity", "w_bits",
-                "global_bn_prune", "schedule", "inq_steps", "search", "survey"}
+                "pow2_bits", "global_bn_prune", "schedule", "inq_steps", "loss", "search", "survey"}
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -222,7 +245,7 @@ def recipe_policy(recipe: Recipe, problem: Any) -> Any:
     layers = {}
     for point in space.decision_points:
         kw: dict[str, Any] = {}
-        for knob in ("prune", "sparsity", "w_bits"):
+        for knob in _LAYER_KNOBS:
             v = pick(getattr(recipe, knob), point)
             if v is not None and knob in point.knobs:
                 kw[knob] = v
@@ -403,11 +426,11 @@ class Bench:
 
     # --- training steps --------------------------------------------------------------------
     def finetune_(self, student: nn.Module, teacher: nn.Module | None, problem: Any, epochs: int,
-                  around: Any = None) -> float:
+                  around: Any = None, loss: str = "ce") -> float:
         """Fine-tune in place with the engine's training loop (``distill``, ``finetune_point``'s
-        settings: SGD Nesterov, cosine to 0; cross-entropy, or KD alpha 0.9 T 4 with ``--kd``), then
-        snap quantized weights to their grid."""
-        from autocompress.distill import distill
+        settings: SGD Nesterov, cosine to 0; cross-entropy or ``loss="hinge"`` (BNN's squared hinge
+        loss), or KD alpha 0.9 T 4 with ``--kd``), then snap quantized weights to their grid."""
+        from autocompress.distill import distill, hinge_loss
         from autocompress.report.finetune import snap_quantized_weights_
         from autocompress.training import seed_everything
 
@@ -426,7 +449,8 @@ class Bench:
         for _ in range(epochs):
             batches = loader if around is None else around(loader)
             distill(student, teacher if self.args.kd else None, batches, opt, scheduler=sched,
-                    device=None if dev.type == "cpu" else dev)
+                    device=None if dev.type == "cpu" else dev,
+                    loss_fn=hinge_loss if loss == "hinge" else None)
         student.cpu().eval()
         if teacher is not None:
             teacher.cpu()
@@ -451,36 +475,51 @@ class Bench:
         res = train_model(small, self.train_data(problem), cfg, device=self.device)
         return small.eval(), res.seconds
 
-    def inq(self, problem: Any, policy: Any, steps: Sequence[float]) -> tuple[nn.Module, float]:
-        """Incremental quantization (Zhou et al. 2017) onto the engine's per-channel grid.
+    def inq(self, problem: Any, policy: Any, steps: Sequence[float], loss: str = "ce") -> tuple[nn.Module, float]:
+        """Incremental network quantization (Zhou et al. 2017): INQ's powers-of-two grid for the
+        policy's ``pow2_bits`` layers, the engine's per-channel grid for its ``w_bits`` ones.
 
         Stage ``i`` fixes the ``steps[i]`` share of each quantized layer's weights with the largest
-        magnitude (and, from the first stage, every output channel's largest weight, so the
-        channel's scale ``max|w| / (2^(b-1) - 1)`` never moves) at their grid values, and trains
-        the others for ``--finetune-epochs``; after the last stage (1.0) every weight is on the
-        grid, and ``compress`` with the policy's ``w_bits`` leaves them where they are.
+        magnitude (and, from the first stage, every output channel's largest weight, so the grid,
+        set by the layer's or the channel's largest weight, never moves) at their grid values, and
+        trains the others for ``--finetune-epochs``; after the last stage (1.0) every weight is on
+        the grid, and ``compress`` with the policy leaves them where they are.
         """
         from autocompress.compression import compress
+        from autocompress.compression.quantize import pow2_levels, pow2_weight
 
         t0 = time.perf_counter()
         model = copy.deepcopy(problem.model)
-        layers = {n: (model.get_submodule(n), a.w_bits) for n, a in policy.layers.items() if a.w_bits < 32}
-        grid: dict[str, tuple[torch.Tensor, int]] = {}
+        grids: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         frozen: dict[str, torch.Tensor] = {}
         fixed: dict[str, torch.Tensor] = {}
+        layers: dict[str, nn.Module] = {}
+
+        def uniform(scale: torch.Tensor, qmax: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda w: torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+
+        def powers(levels: torch.Tensor, bits: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda w: pow2_weight(w, bits, levels)
+
         with torch.no_grad():
-            for n, (m, bits) in layers.items():
+            for n, a in policy.layers.items():
+                if a.w_bits >= 32 and a.pow2_bits >= 32:
+                    continue
+                m = layers[n] = model.get_submodule(n)
                 w = m.weight
-                qmax = 2 ** (bits - 1) - 1
-                scale = w.reshape(w.shape[0], -1).abs().amax(1).clamp_min(1e-12) / qmax
-                grid[n] = (scale.reshape(-1, *([1] * (w.dim() - 1))), qmax)
+                if a.pow2_bits < 32:
+                    grids[n] = powers(pow2_levels(w, a.pow2_bits), a.pow2_bits)
+                else:
+                    qmax = 2 ** (a.w_bits - 1) - 1
+                    scale = w.reshape(w.shape[0], -1).abs().amax(1).clamp_min(1e-12) / qmax
+                    grids[n] = uniform(scale.reshape(-1, *([1] * (w.dim() - 1))), qmax)
                 frozen[n] = torch.zeros_like(w, dtype=torch.bool)
                 top = w.reshape(w.shape[0], -1).abs().argmax(1)
                 frozen[n].reshape(w.shape[0], -1)[torch.arange(w.shape[0]), top] = True
 
         def restore() -> None:
             with torch.no_grad():
-                for n, (m, _) in layers.items():
+                for n, m in layers.items():
                     m.weight[frozen[n]] = fixed[n][frozen[n]]
 
         def around(batches: Any) -> Iterator[Any]:
@@ -491,17 +530,17 @@ class Bench:
 
         for share in steps:
             with torch.no_grad():
-                for n, (m, _) in layers.items():
+                for n, m in layers.items():
                     w = m.weight
                     k = int(math.ceil(share * w.numel() - 1e-9))
                     order = torch.argsort(w.abs().flatten(), descending=True, stable=True)[:k]
                     frozen[n].view(-1)[order] = True
-                    scale, qmax = grid[n]
-                    q = torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
+                    q = grids[n](w)
                     w[frozen[n]] = q[frozen[n]]
                     fixed[n] = w.detach().clone()
             if share < 1.0:
-                self.finetune_(model, problem.model, problem, self.args.finetune_epochs, around=around)
+                self.finetune_(model, problem.model, problem, self.args.finetune_epochs, around=around,
+                               loss=loss)
                 restore()
         small = compress(model.eval(), policy, space=problem.space)
         return small.eval(), time.perf_counter() - t0
@@ -512,7 +551,7 @@ class Bench:
         from autocompress.report._rebuild import scored_model
 
         t0 = time.perf_counter()
-        problem = self.problem(recipe)
+        problem = self.problem(recipe, recipe.knobs)
         split, x, y = self.eval_split(problem)
         ex = problem.example_input
         policy = recipe_policy(recipe, problem)
@@ -524,10 +563,11 @@ class Bench:
             "base_key": recipe.base_key, "schedule": recipe.schedule, "split": split,
             "survey": dict(recipe.survey), "policy": policy.to_dict(), "base": base, "before": before}
         if recipe.schedule == "inq":
-            small, secs = self.inq(problem, policy, recipe.inq_steps)
+            small, secs = self.inq(problem, policy, recipe.inq_steps, loss=recipe.loss)
             row["inq_steps"] = list(recipe.inq_steps)
         else:
-            secs = self.finetune_(small, problem.model, problem, self.args.finetune_epochs)
+            secs = self.finetune_(small, problem.model, problem, self.args.finetune_epochs, loss=recipe.loss)
+        row["loss"] = recipe.loss
         row["after"] = measure(small, x, y, ex)
         row["finetune_s"] = secs
         # the counts are those of the compressed modules, and the space predicts the same
@@ -571,7 +611,8 @@ class Bench:
         point = ranked[0]
         small = scored_model(problem, point.policy).cpu()
         out["before"] = measure(small, x, y, problem.example_input)
-        out["finetune_s"] = self.finetune_(small, problem.model, problem, self.args.finetune_epochs)
+        out["finetune_s"] = self.finetune_(small, problem.model, problem, self.args.finetune_epochs,
+                                           loss=recipe.loss)
         out["after"] = measure(small, x, y, problem.example_input)
         out["policy"] = point.policy.to_dict()
         return out
@@ -670,7 +711,7 @@ def tables(rows: Sequence[Mapping[str, Any]], args: argparse.Namespace,
         f"Data {args.data} ({'all' if args.train_samples is None else args.train_samples} training "
         f"samples), accuracies on the {split} split. Base models: {base_txt}. Every compressed model "
         f"(recipe and searched) is fine-tuned {args.finetune_epochs} epoch(s) "
-        f"({'KD from the base' if args.kd else 'cross-entropy'}, SGD lr "
+        f"({'KD from the base' if args.kd else 'cross-entropy; squared hinge loss where the row says so'}, SGD lr "
         f"{args.finetune_lr or 'per model (alexnet_cifar 0.002, alexnet_cifar_bnd 0.01)'}, "
         f"cosine); INQ: {args.finetune_epochs} epoch(s) per stage; scratch: the base's epochs. "
         f"Searches: ladder, {args.search_trials} candidates each, scored on {args.val_samples} "

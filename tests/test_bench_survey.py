@@ -67,6 +67,13 @@ def test_recipes_become_the_policies_they_describe() -> None:
     assert p["features.8"].sparsity == 0.6 and p["classifier.4"].sparsity == 0.7 and p["features.8"].prune == 0
     p = bench.recipe_policy(bench.load_recipe(ROOT / "configs/survey/t7_bnn_1bit.yaml"), plain)
     assert {a.w_bits for a in p.layers.values()} == {1}
+    hinge = bench.load_recipe(ROOT / "configs/survey/t7_bnn_1bit_hinge.yaml")
+    assert hinge.loss == "hinge" and bench.recipe_policy(hinge, plain) == p
+    inq = bench.load_recipe(ROOT / "configs/survey/t7_inq_5bit.yaml")
+    assert inq.knobs == bench.POW2_KNOBS and inq.schedule == "inq"
+    bnd.space = CompressionSpace.from_model(bnd.model, knobs=inq.knobs, importance="l1")
+    p = bench.recipe_policy(inq, bnd)
+    assert {(a.pow2_bits, a.w_bits) for a in p.layers.values()} == {(5, 32)}  # INQ's grid, every layer
     p = bench.recipe_policy(bench.load_recipe(ROOT / "configs/survey/t5_slimming_50.yaml"), slim)
     n = {"features.0": 64, "features.4": 192, "features.8": 384, "features.11": 256, "features.14": 256}
     removed = sum(round(p[k].prune * v) for k, v in n.items())
@@ -83,6 +90,10 @@ def test_bad_recipes_are_refused_with_one_line(tmp_path: Path) -> None:
         "inq_low": ("table: 7\nrow: x\nmodel: alexnet_cifar\nw_bits: {all: 1}\nschedule: inq\n"
                     "inq_steps: [0.5, 1.0]\n", "inq needs w_bits of 3 or more"),
         "model": ("table: 5\nrow: x\nmodel: alexnet\n", "model='alexnet'"),
+        "two_grids": ("table: 7\nrow: x\nmodel: alexnet_cifar\nw_bits: {all: 8}\npow2_bits: {all: 5}\n",
+                      "w_bits and pow2_bits both"),
+        "pow2_bits": ("table: 7\nrow: x\nmodel: alexnet_cifar\npow2_bits: {conv: 1}\n", "pow2_bits.conv=1"),
+        "loss": ("table: 7\nrow: x\nmodel: alexnet_cifar\nloss: l2\n", "loss='l2'; allowed: ce, hinge"),
     }
     for name, (text, match) in cases.items():
         path = tmp_path / f"{name}.yaml"
@@ -91,6 +102,48 @@ def test_bad_recipes_are_refused_with_one_line(tmp_path: Path) -> None:
             bench.load_recipe(path)
     with pytest.raises(UserInputError, match="--recipes 'nope' is unknown"):
         bench.load_recipes(["nope"])
+
+
+@pytest.mark.timeout(120)
+def test_inq_schedule_ends_on_the_powers_of_two_grid(tmp_path: Path) -> None:
+    """INQ on a tiny model: the first stage fixes each layer's largest half on the grid of the
+    full-precision layer, the rest is retrained, and the last stage puts every weight on that
+    grid, which ``compress`` then leaves as it is; with the single step 1.0 it is ``compress``."""
+    import torch
+
+    from autocompress.compression import CompressionSpace, compress
+    from autocompress.compression.quantize import pow2_levels, pow2_weight
+    from autocompress.data import load_data
+    from autocompress.models import create_model
+
+    bench = _bench()
+
+    class _Problem:  # what Bench.inq and Bench.finetune_ read
+        model_name = "test_mlp"
+
+        def __init__(self) -> None:
+            torch.manual_seed(0)
+            self.model = create_model("test_mlp").eval()
+            self.data = load_data("digits", input_shape=(1, 8, 8), seed=0)
+            self.space = CompressionSpace.from_model(self.model, knobs=bench.POW2_KNOBS)
+
+    problem = _Problem()
+    args = bench.parse_args(["--quick", "--train-samples", "64", "--out", str(tmp_path)])
+    b = bench.Bench(args)
+    policy = problem.space.uniform(pow2_bits=4)
+    direct = compress(problem.model, policy, space=problem.space)
+    small, _ = b.inq(problem, policy, [0.5, 1.0])
+    one, _ = b.inq(problem, policy, [1.0])
+    changed = 0
+    for n in policy.layers:
+        w0 = problem.model.get_submodule(n).weight.detach()
+        q, q0 = small.get_submodule(n).weight.detach(), direct.get_submodule(n).weight.detach()
+        assert torch.equal(q, pow2_weight(q, 4, pow2_levels(w0, 4)))  # on the original layer's grid
+        top = torch.argsort(w0.abs().flatten(), descending=True, stable=True)[: (w0.numel() + 1) // 2]
+        assert torch.equal(q.flatten()[top], q0.flatten()[top])  # frozen at the first stage
+        changed += int((q != q0).sum())
+        assert torch.equal(one.get_submodule(n).weight, q0)
+    assert changed > 0  # the other half was retrained before it was quantized
 
 
 def _readme_commands() -> list[list[str]]:

@@ -188,3 +188,43 @@ def test_teacher_is_not_run_for_cross_entropy_and_student_ends_in_eval(
     with pytest.raises(RuntimeError, match="data loader failed"):
         distill(student, None, broken(), opt)
     assert not student.training  # a failed fine-tune leaves no model in train mode behind
+
+
+def test_hinge_loss_is_bnns_squared_hinge() -> None:
+    """sum_c max(0, 1 - t_c z_c)^2 with t = +1 for the label, -1 elsewhere; zero at margin 1."""
+    from autocompress.distill import hinge_loss
+
+    z = torch.tensor([[2.0, -1.0, -3.0], [0.5, 0.0, 1.0]])
+    y = torch.tensor([0, 2])
+    # row 0: all margins met -> 0; row 1: (1 + 0.5)^2 + (1 + 0)^2 + (1 - 1)^2 = 3.25
+    assert float(hinge_loss(z, y)) == pytest.approx(3.25 / 2)
+    assert float(hinge_loss(torch.tensor([[1.0, -1.0]]), torch.tensor([0]))) == 0.0
+
+
+def test_binary_weights_train_with_the_hinge_loss_straight_through() -> None:
+    """BNN's variant on a tiny model: 1-bit weights (straight-through) fine-tuned with the squared
+    hinge loss lower that loss, stay binary after re-projection and classify a separable set."""
+    from autocompress.compression import CompressionSpace, compress
+    from autocompress.distill import hinge_loss
+    from autocompress.report.finetune import snap_quantized_weights_
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 64)
+    y = (x[:, :10].argmax(1)).clamp(max=9)
+    model = create_model("test_mlp", num_classes=10)
+    space = CompressionSpace.from_model(model, x[:1].reshape(1, 1, 8, 8))
+    small = compress(model, space.uniform(w_bits=1), space=space)
+    xs = x.reshape(-1, 1, 8, 8)
+    with torch.no_grad():
+        before, first = float(hinge_loss(small(xs), y)), float(hinge_loss(small(xs[:32]), y[:32]))
+    opt = torch.optim.SGD(small.parameters(), lr=0.01, momentum=0.9)
+    batches = [(xs[i:i + 32], y[i:i + 32]) for i in range(0, 256, 32)] * 15
+    steps = distill(small, None, batches, opt, loss_fn=hinge_loss)
+    assert steps[0][0] == pytest.approx(first, rel=1e-5)  # the first step's loss is the hinge loss
+    snap_quantized_weights_(small)
+    binary = [m for m in small.modules() if getattr(m, "w_bits", 32) == 1]
+    assert binary and all(len(torch.unique(m.weight)) <= 2 for m in binary)
+    with torch.no_grad():
+        after = float(hinge_loss(small(xs), y))
+        acc = float((small(xs).argmax(1) == y).float().mean())
+    assert after < 0.7 * before and acc > 0.5
