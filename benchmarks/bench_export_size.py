@@ -1,12 +1,12 @@
 """Reported size vs ONNX file size of quantized, sparse and shared points (compact weight storage).
 
 For each model and point: the search's ``size_bytes`` metric (``space.size_bytes(policy)``: weights
-at their bit-widths plus one float32 scale per output channel, sparse weights as nonzeros + bitmap, shared
-weights as indices plus codebook, every other parameter in float32), the ONNX file ``autocompress
-export`` writes (``compressed_onnx_bytes``: quantized weights, LSTM / GRU ``W`` and ``R``
-included, as INT2/INT4/INT8/INT16 codes behind ``DequantizeLinear``; shared weights as
-UINT2/UINT4/UINT8 indices + codebook; sparse weights as nonzeros + bitmap), their ratio, and the
-file split into initializer bytes (weights, scales, biases, BatchNorm) and graph bytes (nodes and
+at their bit-widths plus one float32 scale per output channel, sparse weights as nonzeros + bitmap,
+shared and powers-of-two weights as indices plus their values, every other parameter in float32),
+the ONNX file ``autocompress export`` writes (``compressed_onnx_bytes``: quantized weights, LSTM /
+GRU ``W`` and ``R`` included, as INT2/INT4/INT8/INT16 codes behind ``DequantizeLinear``; shared and
+powers-of-two weights as UINT2/UINT4/UINT8 indices + codebook; sparse weights as nonzeros +
+bitmap), their ratio, and the file split into initializer bytes (weights, scales, biases, BatchNorm) and graph bytes (nodes and
 names). Sizes do not depend on the weights' values (the sparse and shared rows barely do), so
 models are randomly initialised (no training) and the activation ranges are calibrated on random
 inputs. Every file is checked against PyTorch in ONNX Runtime (activation rounding replaced by
@@ -27,6 +27,7 @@ _SPARSE_KNOBS = ("prune", "w_bits", "a_bits", "rank", "sparsity")
 _SHARE_KNOBS = ("prune", "a_bits", "rank", "sparsity", "share_bits")
 #: Knobs of the shared-projection row of stacked recurrent models (``proj_rank`` excludes ``rank``).
 _PROJ_KNOBS = ("prune", "w_bits", "a_bits", "proj_rank")
+_POW2_KNOBS = ("prune", "a_bits", "rank", "sparsity", "pow2_bits")
 
 
 def _points(space: object, recurrent: bool) -> dict[str, object]:
@@ -56,9 +57,10 @@ def _points(space: object, recurrent: bool) -> dict[str, object]:
     }
 
 
-def _compact_points(sparse_space: object, share_space: object) -> list[tuple[str, object, object]]:
-    """``(label, space, policy)`` of the sparse and shared rows (conv / linear layers only)."""
-    sp, sh = sparse_space.uniform, share_space.uniform  # type: ignore[attr-defined]
+def _compact_points(sparse_space: object, share_space: object,
+                    pow2_space: object) -> list[tuple[str, object, object]]:
+    """``(label, space, policy)`` of the sparse, shared and powers-of-two rows (conv / linear)."""
+    sp, sh, p2 = sparse_space.uniform, share_space.uniform, pow2_space.uniform  # type: ignore[attr-defined]
     return [
         ("sparse 0.5", sparse_space, sp(sparsity=0.5)),
         ("sparse 0.8", sparse_space, sp(sparsity=0.8)),
@@ -66,6 +68,9 @@ def _compact_points(sparse_space: object, share_space: object) -> list[tuple[str
         ("share 4", share_space, sh(share_bits=4)),
         ("sparse 0.5 + share 4", share_space, sh(sparsity=0.5, share_bits=4)),
         ("sparse 0.8 + share 4", share_space, sh(sparsity=0.8, share_bits=4)),
+        ("pow2 4", pow2_space, p2(pow2_bits=4)),
+        ("pow2 5", pow2_space, p2(pow2_bits=5)),
+        ("sparse 0.8 + pow2 4", pow2_space, p2(sparsity=0.8, pow2_bits=4)),
     ]
 
 
@@ -108,9 +113,9 @@ def main() -> None:
             proj = CompressionSpace.from_model(model, x[:1], knobs=_PROJ_KNOBS)
             if any("proj_rank" in p.knobs for p in proj.decision_points):
                 rows.append(("proj_rank 0.5 + w8 (unrolled)", proj, proj.uniform(proj_rank=0.5, w_bits=8)))
-        if not recurrent:  # the sparsity and share_bits knobs act on conv / linear layers
-            rows += _compact_points(CompressionSpace.from_model(model, x[:1], knobs=_SPARSE_KNOBS),
-                                    CompressionSpace.from_model(model, x[:1], knobs=_SHARE_KNOBS))
+        if not recurrent:  # the sparsity, share_bits and pow2_bits knobs act on conv / linear layers
+            rows += _compact_points(*(CompressionSpace.from_model(model, x[:1], knobs=k)
+                                      for k in (_SPARSE_KNOBS, _SHARE_KNOBS, _POW2_KNOBS)))
         for label, sp, policy in rows:
             small = compress(model, policy, space=sp, calib=x).eval()
             blob, _, lowbit = compressed_onnx_bytes(small, x[:1])
