@@ -20,10 +20,10 @@ from autocompress.devices import train_autocast
 
 def hinge_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Multi-class squared hinge loss, the loss BNN trains with (Hubara et al. 2016):
-    ``mean over samples of sum_c max(0, 1 - t_c z_c)^2`` with ``t_c = +1`` for the label, ``-1``
-    for every other class."""
+    ``max(0, 1 - t_c z_c)^2`` averaged over samples and classes (as BNN's code does), with
+    ``t_c = +1`` for the label and ``-1`` for every other class."""
     t = 2.0 * F.one_hot(target, logits.shape[1]).to(logits.dtype) - 1.0
-    return torch.clamp(1.0 - t * logits, min=0.0).pow(2).sum(dim=1).mean()
+    return torch.clamp(1.0 - t * logits, min=0.0).pow(2).mean()
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, *, alpha: float,
