@@ -305,7 +305,7 @@ SHARED_INDEX_STORAGE: dict[int, tuple[str, int, int]] = {
 
 #: File-level constants of the sparse weights' rebuild (``_encode``), added once per file when
 #: read: the bit positions of a byte, the modulus that isolates one bit, the shapes of a column and
-#: of a flat vector, the scatter axis.
+#: of a flat vector.
 SPARSE_CONSTANTS: dict[str, np.ndarray] = {
     "sparse_shifts": np.arange(8, dtype=np.uint8).reshape(1, 8),
     "sparse_two": np.array(2, dtype=np.uint8),
