@@ -8,7 +8,7 @@ numel`` (conv: ``H_out W_out x C_out x C_in/groups x k x k``; linear: ``position
 RNN: ``steps x sum of weight-matrix numels``) plus a constant for work no knob changes (attention
 products, functional matmuls, the residual to ``count_macs``). Total parameters are a quadratic
 form in ``x``; a factorised matrix stores ``r (m + n)`` weights; quantized storage and the
-storage knobs (``sparsity``, ``share_bits``) follow ``knobs.weight_storage_bytes``.
+storage knobs (``sparsity``, ``share_bits``, ``pow2_bits``) follow ``knobs.weight_storage_bytes``.
 
 ``CostModel.evaluate`` reads a policy as rows of numbers (``CompressionPolicy._vectors``) and
 never builds a model (tens of microseconds; used inside search loops). Units: MACs per input
