@@ -18,6 +18,7 @@ import click
 
 from autocompress.errors import CheckFailedError, UserInputError, disk_error_line, is_disk_error
 from autocompress.rundir import SPEC_FILE
+from autocompress.search.base import DEFAULT_STRATEGY, list_searchers
 
 EXIT_USAGE = 2
 DEVICE_HELP = ("auto (CUDA when available), cpu, cuda or cuda:N; training runs under bf16 autocast "
@@ -184,7 +185,8 @@ def _search_progress(console: Any) -> tuple[Any, Callable[[Any], None]]:
 @click.option("--soft-budget", "soft_budget", multiple=True, help="soft budget (penalised, not excluded), same form as --budget")
 @click.option("--objective", "objective", multiple=True, help="objective METRIC[:min|max]: acc, acc_top5, macs, flops, params, size, bops, latency")
 @click.option("--knob", "knob", multiple=True, help="compression knobs to search: prune, w_bits, a_bits, rank, sparsity, share_bits, proj_rank, pow2_bits [default: prune]")
-@click.option("--strategy", default=None, help="nsga2 (default), tpe, ddpg, td3, sac, ppo, ddpg_bc, random, uniform, greedy")
+@click.option("--strategy", default=None, help=f"{DEFAULT_STRATEGY} (default), "
+              + ", ".join(n for n in list_searchers() if n != DEFAULT_STRATEGY))
 @click.option("--set", "set_", multiple=True, help="strategy setting KEY=VALUE (repeatable)")
 @click.option("--eval-set", "evaluator_setting", multiple=True, help="evaluator setting KEY=VALUE, e.g. finetune_steps=20")
 @click.option("--trials", default=None, type=int, help="candidates to evaluate [default: 40]")

@@ -208,3 +208,17 @@ def test_lstm_search_prunes_hidden_units_and_the_export_matches(tmp_path: Path) 
     (node,) = [n for n in onnx.load(str(onnx_path)).graph.node if n.op_type == "LSTM"]
     hidden = next(a.i for a in node.attribute if a.name == "hidden_size")
     assert hidden < 16  # test_lstm's LSTM has 16 units
+
+
+def test_search_help_names_the_default_strategy_and_every_registered_one() -> None:
+    """The help is built from the registry and the spec's default, so it cannot drift from them
+    (it once called nsga2 the default after the ladder became it)."""
+    from autocompress.search.base import list_searchers
+    from autocompress.search.spec import SearchSpec
+
+    text = " ".join(invoke("search", "--help").stdout.split())
+    default = SearchSpec.__dataclass_fields__["strategy"].default
+    assert f"{default} (default)" in text
+    assert text.count("(default),") == 1
+    for name in list_searchers():
+        assert name in text, name

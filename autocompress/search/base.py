@@ -193,6 +193,10 @@ class BaseSearcher(abc.ABC):
                 )
 
 
+#: The strategy of a search that names none: the uniform ladder refined per layer
+#: (benchmarks/README.md, "Default strategy `ladder` vs the uniform sweep").
+DEFAULT_STRATEGY = "ladder"
+
 #: name -> class, or ``"module:Class"`` entry point imported on first use (keeps optuna, ray and
 #: stable-baselines3 out of ``import autocompress.search``).
 _SEARCHERS: Registry[type[BaseSearcher]] = Registry("strategy", BaseSearcher)

@@ -26,6 +26,7 @@ from autocompress.devices import check_device_name, resolve_device
 from autocompress.errors import UserInputError, check_checkpoint_path
 from autocompress.evaluators.config import EvaluatorConfig, check_backend_available
 from autocompress.metrics import DIRECTIONS, Budget, parse_budget, parse_metric
+from autocompress.search.base import DEFAULT_STRATEGY
 
 #: Metrics that may be objectives (every evaluated metric of ``autocompress.metrics``), with their
 #: natural direction.
@@ -414,7 +415,7 @@ class SearchSpec:
     objectives: tuple[Objective, ...] = (Objective("acc", "maximize"), Objective("macs", "minimize"))
     budgets: tuple[Budget, ...] = field(default_factory=lambda: (parse_budget("macs=50%"),))
     soft_budgets: tuple[Budget, ...] = ()
-    strategy: str = "ladder"
+    strategy: str = DEFAULT_STRATEGY
     strategy_settings: Mapping[str, Any] = field(default_factory=dict)
     trials: int = 40
     seed: int = 0
