@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from autocompress.errors import CheckFailedError, UserInputError, disk_error_line, is_disk_error
-from autocompress.rundir import SPEC_FILE
+from autocompress.rundir import read_spec_dict
 from autocompress.search.base import DEFAULT_STRATEGY, list_searchers
 
 EXIT_USAGE = 2
@@ -291,7 +291,7 @@ def _classic_search(config: str | None, set_: tuple[str, ...], options: dict[str
     result = run_classic_search(spec)
     out = _stdout_console()
     out.print(f"run directory: {result.run_dir}  ({result.summary()})")
-    out.print(classic_front_table(json.loads((result.run_dir / SPEC_FILE).read_text()), result.pareto))
+    out.print(classic_front_table(read_spec_dict(result.run_dir), result.pareto))
 
 
 def _classic_run(run_dir: str) -> Any:
@@ -301,12 +301,9 @@ def _classic_run(run_dir: str) -> Any:
     return read_classic_run(run_dir)
 
 
-POINT_ALIASES = ("knee", "best")
-
-
 def _resolve_point(run_dir: str, point: str) -> str:
     """``knee`` / ``best`` (highest accuracy on the front) name a point without looking its id up."""
-    from autocompress.report.run import resolve_point
+    from autocompress.rundir import resolve_point
 
     return resolve_point(run_dir, point)
 

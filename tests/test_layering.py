@@ -9,6 +9,7 @@ design notes), so the layering cannot drift silently.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "autocompress"
@@ -112,6 +113,34 @@ def test_compression_core_does_not_import_search_frameworks() -> None:
     for path in (PACKAGE / "compression").rglob("*.py"):
         for name, line in _imports(path):
             if name.split(".")[0] in COMPRESSION_FORBIDDEN:
+                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
+#: What ``rundir`` may import at run time: it stays light enough for every reader and writer of a
+#: run directory (``TYPE_CHECKING`` imports are for type checkers only and are not counted).
+RUNDIR_ALLOWED = ("autocompress.errors", "autocompress.metrics", "autocompress.rundir")
+
+
+def _runtime_imports(path: Path) -> list[tuple[str, int]]:
+    """``_imports`` less those under ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    hidden = {id(n) for node in ast.walk(tree)
+              if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+              for stmt in node.body for n in ast.walk(stmt)}
+    lines = {n.lineno for n in ast.walk(tree)
+             if isinstance(n, ast.Import | ast.ImportFrom) and id(n) not in hidden}
+    return [(name, line) for name, line in _imports(path) if line in lines]
+
+
+def test_rundir_imports_only_the_standard_library_errors_and_metrics() -> None:
+    bad = []
+    for path in (PACKAGE / "rundir").rglob("*.py"):
+        for name, line in _runtime_imports(path):
+            top = name.split(".")[0]
+            if top in sys.stdlib_module_names or top == "__future__":
+                continue
+            if not any(name == a or name.startswith(a + ".") for a in RUNDIR_ALLOWED):
                 bad.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {name}")
     assert not bad, "\n".join(bad)
 

@@ -30,8 +30,9 @@ from autocompress.report.plots import (
     show_point,
     write_report,
 )
-from autocompress.report.run import Candidate, RunRecord, load_run, read_pareto, resolve_point
+from autocompress.report.run import load_run
 from autocompress.report.tables import format_metric, front_table, policy_table
+from autocompress.rundir import Candidate, RunRecord, read_pareto, resolve_point
 
 _LAZY: dict[str, str] = {
     "ExportInfo": "autocompress.report.export",

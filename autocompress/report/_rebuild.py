@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from autocompress.errors import UserInputError
-from autocompress.rundir import BASE_FILE
+from autocompress.rundir import recorded_checkpoint
 
 if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy
     from autocompress.problem import Problem
-    from autocompress.report.run import RunRecord
+    from autocompress.rundir import RunRecord
 
 
 #: Problems rebuilt in this process, keyed by run directory and spec: ``report``, ``export`` and
@@ -59,13 +59,9 @@ def _build(run: RunRecord, progress: bool) -> Problem:
             # The base model the search used: its checkpoint (a cached one when the spec named
             # none) while that file exists, so a moved or cleared cache does not change weights.
             checkpoint = None
-            base_file = run.path / BASE_FILE
-            if stored.checkpoint is None and base_file.is_file():
-                try:
-                    recorded = json.loads(base_file.read_text()).get("checkpoint")
-                except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-                    recorded = None
-                if isinstance(recorded, str) and Path(recorded).is_file():
+            if stored.checkpoint is None:
+                recorded = recorded_checkpoint(run.path)
+                if recorded is not None and Path(recorded).is_file():
                     checkpoint = recorded
             used = run.spec.get("round_to_used")
             if stored.round_to == "auto" and isinstance(used, int) and not isinstance(used, bool):

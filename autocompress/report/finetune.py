@@ -43,18 +43,18 @@ from torch import nn
 from autocompress.compression import CompressionPolicy
 from autocompress.distill import distill
 from autocompress.errors import UserInputError
-from autocompress.report.run import (
-    Candidate,
-    RunRecord,
-    latest_finetune,  # noqa: F401 - re-exported: the fine-tune API names it here
-    load_run,
-    safe_point_name,
-)
+from autocompress.report.run import load_run
 from autocompress.rundir import (
     FINETUNE_DIR,
     PARETO_FILE,
     TEST_CACHE_FILE,
+    Candidate,
+    RunRecord,
     atomic_path,
+    latest_finetune,  # noqa: F401 - re-exported: the fine-tune API names it here
+    read_pareto,
+    read_test_cache,
+    safe_point_name,
     write_text_atomic,
 )
 
@@ -400,19 +400,12 @@ def measure_front_test(run_dir: str | Path, problem: Problem) -> tuple[dict[str,
     nothing is measured or written: ``({}, None)``.
     """
     from autocompress.report._rebuild import scored_model
-    from autocompress.report.run import read_pareto
-
     test = test_tensors(problem)
     if test is None:
         return {}, None
     path = Path(run_dir)
     pareto = read_pareto(path)
-    cache_file = path / TEST_CACHE_FILE
-    try:
-        cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        cache = {}
-    cache = cache if isinstance(cache, dict) else {}
+    cache = read_test_cache(path)
     if not isinstance(cache.get("_base"), int | float):
         cache["_base"] = _accuracy(problem.model.eval(), *test)
     out: dict[str, float] = {}
@@ -426,7 +419,7 @@ def measure_front_test(run_dir: str | Path, problem: Problem) -> tuple[dict[str,
         out[str(p.get("id"))] = float(cache[key])
     pareto["test"] = {"base": float(cache["_base"]), "samples": int(len(test[1])),
                       "split": "held-out test split (never used to choose anything)"}
-    write_text_atomic(cache_file, json.dumps(cache, indent=2, sort_keys=True))
+    write_text_atomic(path / TEST_CACHE_FILE, json.dumps(cache, indent=2, sort_keys=True))
     write_text_atomic(path / PARETO_FILE, json.dumps(pareto, indent=2, sort_keys=True) + "\n")
     return out, float(cache["_base"])
 

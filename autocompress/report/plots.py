@@ -16,7 +16,7 @@ from rich.table import Table
 
 from autocompress.compression.knobs import KNOB_TYPES
 from autocompress.metrics import COST_METRICS, VOCABULARY
-from autocompress.report.run import Candidate, RunRecord, layer_order, load_run
+from autocompress.report.run import layer_order, load_run
 from autocompress.report.tables import (
     METRIC_LABELS,
     finetune_table,
@@ -27,7 +27,7 @@ from autocompress.report.tables import (
     point_notes,
     policy_table,
 )
-from autocompress.rundir import PARETO_HTML, PARETO_PNG, atomic_path
+from autocompress.rundir import PARETO_HTML, PARETO_PNG, Candidate, RunRecord, atomic_path
 
 _AXIS_LABELS = {n: VOCABULARY[n].axis_label for n in COST_METRICS}
 

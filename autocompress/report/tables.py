@@ -14,7 +14,7 @@ from autocompress.compression.knobs import KNOB_TYPES
 from autocompress.metrics import VOCABULARY, format_value
 
 if TYPE_CHECKING:
-    from autocompress.report.run import Candidate, RunRecord
+    from autocompress.rundir import Candidate, RunRecord
 
 #: Column headers (``autocompress.metrics.VOCABULARY`` labels), so no number is shown without
 #: saying what it counts.

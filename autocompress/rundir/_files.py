@@ -1,34 +1,8 @@
-"""The run directory: its file names, and the low-level reading and writing of its files.
+"""The run directory's file names, its atomic writes, strict JSON reading, ``Candidate`` and
+the trial log (``TrialLog``); ``autocompress.rundir`` describes the files and re-exports these.
 
-A search writes one directory ``RUN/``; ``report``, ``show``, ``finetune``, ``export`` and the
-classic-ML search read it. Every name below is spelled here once, so a reader and the writer
-cannot drift apart:
-
-* ``spec.json``: the search spec (flat ``SearchSpec.to_dict()`` plus ``_schema_version``,
-  ``_identity`` and ``num_classes``); a directory holding a different spec is refused.
-* ``study.journal`` (default) or ``study.db``: the Optuna study, the ledger of trials; none when
-  ``--storage`` names a database shared by several machines (``postgresql://...``), or when the
-  run records into ``ledger.jsonl`` instead (``search.file_ledger``, opt-in for strategies that
-  do not sample from Optuna).
-* ``trials.jsonl``: one JSON line per evaluation, appended under an exclusive lock and fsync'd per
-  line (``TrialLog``), so a kill leaves at most one torn last line.
-* ``base.json``: the uncompressed model's metrics; ``pareto.json``: the front.
-* ``.lock``: every process searching in ``RUN`` holds a shared ``flock`` on it.
-* ``test_top1.json``: test-split accuracies of front points, cached by the report.
-* ``finetune/point-<id>[-n].json`` + ``.pt``: fine-tune records and weights.
-* ``export/point-<id>.<ext>`` and ``export/exports.jsonl``: exported files and their log.
-* ``pareto.png`` / ``pareto.html``: the report's plots.
-
-Writes are atomic (a temporary file in the same directory, fsync'd, then renamed), so a reader
-sees the old file or the new one, never half of one.
-
-``Candidate`` is the one record of an evaluated candidate: the search builds it from its study
-(``search.records.record_from_trial``; ``TrialRecord`` is its name there) and the report from
-``trials.jsonl`` and ``pareto.json`` (``report.run.load_run``).
-
-This module imports only the standard library and ``autocompress.errors`` at run time (the
-policy type is named for type checkers only): it sits just above compression and below search
-and report (docs/design.md, "Layers").
+Imports only the standard library and ``autocompress.errors`` at run time (the policy type is
+named for type checkers only).
 """
 
 from __future__ import annotations

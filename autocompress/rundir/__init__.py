@@ -1,0 +1,123 @@
+"""The run directory: its file names, and the reading and writing of its files.
+
+A search writes one directory ``RUN/``; ``report``, ``show``, ``finetune``, ``export`` and the
+classic-ML search read it. Every name below is spelled here once, so a reader and the writer
+cannot drift apart:
+
+* ``spec.json``: the search spec (flat ``SearchSpec.to_dict()`` plus ``_schema_version``,
+  ``_identity`` and ``num_classes``); a directory holding a different spec is refused.
+* ``study.journal`` (default) or ``study.db``: the Optuna study, the ledger of trials; none when
+  ``--storage`` names a database shared by several machines (``postgresql://...``), or when the
+  run records into ``ledger.jsonl`` instead (``search.file_ledger``, opt-in for strategies that
+  do not sample from Optuna).
+* ``trials.jsonl``: one JSON line per evaluation, appended under an exclusive lock and fsync'd per
+  line (``TrialLog``), so a kill leaves at most one torn last line.
+* ``base.json``: the uncompressed model's metrics; ``pareto.json``: the front.
+* ``.lock``: every process searching in ``RUN`` holds a shared ``flock`` on it.
+* ``test_top1.json``: test-split accuracies of front points, cached by the report.
+* ``finetune/point-<id>[-n].json`` + ``.pt``: fine-tune records and weights.
+* ``export/point-<id>.<ext>`` and ``export/exports.jsonl``: exported files and their log.
+* ``pareto.png`` / ``pareto.html``: the report's plots.
+
+Writes are atomic (a temporary file in the same directory, fsync'd, then renamed), so a reader
+sees the old file or the new one, never half of one (``_files``). Reading is checked: an empty,
+truncated or malformed file is a one-line ``UserInputError`` (``_read``: ``read_run`` gives the
+whole run as a ``RunRecord``; ``read_pareto``, ``resolve_point``, ``latest_finetune`` and
+``read_spec_dict`` read one file each).
+
+``Candidate`` is the one record of an evaluated candidate: the search builds it from its study
+(``search.records.record_from_trial``; ``TrialRecord`` is its name there) and ``read_run`` from
+``trials.jsonl`` and ``pareto.json``.
+
+This package imports only the standard library, ``autocompress.errors`` and
+``autocompress.metrics`` (itself standard library only) at run time: the policy type is named for
+type checkers only, and ``read_run`` builds policies with the reader its caller passes
+(``report.run.load_run`` passes the compression policy's). It sits just above compression and
+below search and report (docs/design.md, "Layers").
+"""
+
+from autocompress.rundir._files import (
+    BASE_FILE,
+    EXPORT_DIR,
+    EXPORT_LOG,
+    FINETUNE_DIR,
+    JOURNAL_FILE,
+    LEDGER_FILE,
+    LOCK_FILE,
+    PARETO_FILE,
+    PARETO_HTML,
+    PARETO_PNG,
+    RUN_SCHEMA_VERSION,
+    SPEC_FILE,
+    SQLITE_FILE,
+    TEST_CACHE_FILE,
+    TRIAL_RECORD_VERSION,
+    TRIALS_FILE,
+    Candidate,
+    TrialLog,
+    atomic_path,
+    atomic_write_text,
+    jsonable,
+    read_json,
+    write_bytes_atomic,
+    write_text_atomic,
+)
+from autocompress.rundir._read import (
+    COST_METRICS,
+    MAXIMIZED,
+    POINT_ALIASES,
+    PolicyReader,
+    RunRecord,
+    finetune_record_files,
+    latest_finetune,
+    parse_budget_value,
+    read_pareto,
+    read_run,
+    read_spec_dict,
+    read_test_cache,
+    recorded_checkpoint,
+    resolve_point,
+    safe_point_name,
+)
+
+__all__ = [
+    "BASE_FILE",
+    "COST_METRICS",
+    "EXPORT_DIR",
+    "EXPORT_LOG",
+    "FINETUNE_DIR",
+    "JOURNAL_FILE",
+    "LEDGER_FILE",
+    "LOCK_FILE",
+    "MAXIMIZED",
+    "PARETO_FILE",
+    "PARETO_HTML",
+    "PARETO_PNG",
+    "POINT_ALIASES",
+    "RUN_SCHEMA_VERSION",
+    "SPEC_FILE",
+    "SQLITE_FILE",
+    "TEST_CACHE_FILE",
+    "TRIALS_FILE",
+    "TRIAL_RECORD_VERSION",
+    "Candidate",
+    "PolicyReader",
+    "RunRecord",
+    "TrialLog",
+    "atomic_path",
+    "atomic_write_text",
+    "finetune_record_files",
+    "jsonable",
+    "latest_finetune",
+    "parse_budget_value",
+    "read_json",
+    "read_pareto",
+    "read_run",
+    "read_spec_dict",
+    "read_test_cache",
+    "recorded_checkpoint",
+    "resolve_point",
+    "safe_point_name",
+    "write_bytes_atomic",
+    "write_text_atomic",
+]
