@@ -36,13 +36,25 @@ def one_torch_thread() -> Iterator[None]:
     """One torch intra-op thread for the test, the previous count restored after.
 
     Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two threads spin
-    against each other (10x slower measured). The test directories of tiny models (compression,
-    envs, evaluators, policies, search, ``test_problem.py``) use it for every test.
+    against each other (10x slower measured). The test directories of tiny models
+    (``ONE_THREAD_DIRS``) use it for every test, ``test_problem.py`` and others ask for it.
     """
     from autocompress.evaluators.latency import torch_threads
 
     with torch_threads(1):
         yield
+
+
+#: Test directories of tiny models: every test in them runs on one torch thread.
+ONE_THREAD_DIRS = ("compression", "envs", "evaluators", "policies", "search")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request: pytest.FixtureRequest) -> None:
+    """``one_torch_thread`` for every test under ``ONE_THREAD_DIRS`` (other tests ask for it)."""
+    rel = Path(str(request.node.path)).resolve().relative_to(Path(__file__).resolve().parent)
+    if rel.parts[0] in ONE_THREAD_DIRS:
+        request.getfixturevalue("one_torch_thread")
 
 
 def suite_threads() -> int:

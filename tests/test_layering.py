@@ -24,8 +24,9 @@ LAYERS: dict[str, int] = {
     "problem": 5,
     "envs": 6, "policies": 6,
     "search": 7, "classic": 7,
-    "report": 8, "train_cli": 8, "cli": 9,
-    "__init__": 9,
+    "report": 8, "train_cli": 8,
+    "testing": 9,
+    "cli": 10, "__init__": 10,
 }
 
 #: Known upward imports, each with where it is documented. Keep this list short.

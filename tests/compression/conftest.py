@@ -11,11 +11,6 @@ from torch import nn
 from autocompress.models import create_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_torch_thread: None) -> None:
-    """Every test here runs on one torch thread (``tests/conftest.py``)."""
-
-
 @pytest.fixture(scope="session")
 def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_train, y_train, x_test, y_test): sklearn digits, 8x8 x 3 channels."""

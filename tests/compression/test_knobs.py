@@ -91,3 +91,10 @@ def test_space_validates_every_registered_knob() -> None:
         space.uniform(foo=1)
     with pytest.raises(UserInputError, match="unknown knob"):
         CompressionSpace.from_model(model, knobs=("prune", "foo"))
+
+
+def test_tests_here_run_on_one_torch_thread() -> None:
+    """``tests/conftest.py`` gives every test of this directory one torch thread."""
+    import torch
+
+    assert torch.get_num_threads() == 1

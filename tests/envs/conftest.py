@@ -15,11 +15,6 @@ TINY_EVAL = EvaluatorConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_torch_thread: None) -> None:
-    """Every test here runs on one torch thread (``tests/conftest.py``)."""
-
-
 @pytest.fixture(scope="session")
 def convnet_problem() -> Problem:
     """test_convnet (residual, concat, depthwise) trained briefly on digits."""

@@ -9,11 +9,6 @@ from autocompress.evaluators.latency import torch_threads
 from autocompress.problem import Problem
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_torch_thread: None) -> None:
-    """Every test here runs on one torch thread (``tests/conftest.py``)."""
-
-
 @pytest.fixture(scope="session")
 def tiny_problem(_isolated_cache: object) -> Problem:
     """test_resnet trained 5 epochs on digits (about 96% top-1), latency off, default cache."""

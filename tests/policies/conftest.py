@@ -12,11 +12,6 @@ from autocompress.compression import CompressionPolicy, CompressionSpace
 from autocompress.models import create_model, default_input_shape
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_torch_thread: None) -> None:
-    """The agents' networks are tiny: every test here runs on one torch thread."""
-
-
 def _space(name: str, knobs: tuple[str, ...]) -> CompressionSpace:
     torch.manual_seed(0)
     model = create_model(name, num_classes=10).eval()

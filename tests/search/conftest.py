@@ -37,11 +37,6 @@ def tiny_spec() -> Callable[..., SearchSpec]:
     return make_tiny_spec
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(one_torch_thread: None) -> None:
-    """Every test here runs on one torch thread (``tests/conftest.py``)."""
-
-
 @pytest.fixture(scope="session")
 def search_problem(_isolated_cache: object) -> Problem:
     """The problem every in-process search test runs on (trained once per session)."""
