@@ -17,6 +17,7 @@ from autocompress.problem import Problem
 from autocompress.search import list_searchers
 from autocompress.search.base import BaseSearcher
 from autocompress.testing import (
+    TINY_STRATEGY_SETTINGS,
     check_evaluator,
     check_knob,
     check_searcher,
@@ -28,16 +29,6 @@ from autocompress.testing import (
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("one_torch_thread")]
 
-#: Small settings per strategy (tiny networks, one warm-up episode).
-SETTINGS = {
-    "ddpg": {"net_arch": [16, 16], "warmup_episodes": 1},
-    "td3": {"net_arch": [16, 16], "warmup_episodes": 1},
-    "sac": {"net_arch": [16, 16], "warmup_episodes": 1},
-    "ddpg_bc": {"net_arch": [16, 16], "warmup_episodes": 1},
-    "ppo": {"net_arch": [16], "episodes_per_update": 2},
-    "nsga2": {"population_size": 4},
-    "tpe": {"n_startup_trials": 2},
-}
 #: How the suite builds each registered evaluator on the tiny problem; a new evaluator adds itself.
 EVALUATORS = {"compression": lambda problem: problem.evaluator}
 
@@ -51,7 +42,7 @@ def problem(_isolated_cache: object) -> Problem:
 @pytest.mark.parametrize("strategy", list_searchers())
 def test_every_strategy_passes_the_searcher_contract(strategy: str, problem: Problem) -> None:
     proposals = check_searcher(strategy, lambda: tiny_context(problem=problem),
-                               settings=SETTINGS.get(strategy, {}))
+                               settings=TINY_STRATEGY_SETTINGS.get(strategy, {}))
     assert len(proposals) == 4
 
 

@@ -15,6 +15,7 @@ Everything is seeded and small enough for a CPU test suite (see ``_tiny``).
 from autocompress.testing._contracts import check_evaluator, check_knob, check_searcher
 from autocompress.testing._tiny import (
     TINY_MODEL,
+    TINY_STRATEGY_SETTINGS,
     synthetic_result,
     tiny_context,
     tiny_data,
@@ -25,6 +26,7 @@ from autocompress.testing._tiny import (
 
 __all__ = [
     "TINY_MODEL",
+    "TINY_STRATEGY_SETTINGS",
     "check_evaluator",
     "check_knob",
     "check_searcher",

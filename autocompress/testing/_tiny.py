@@ -20,6 +20,17 @@ if TYPE_CHECKING:
 
 #: The registered test model every helper defaults to (residual, concat and depthwise layers).
 TINY_MODEL = "test_convnet"
+#: Settings that keep each built-in strategy small in tests (tiny networks, one warm-up episode,
+#: small populations); strategies not named need none.
+TINY_STRATEGY_SETTINGS: dict[str, dict[str, object]] = {
+    "ddpg": {"net_arch": [16, 16], "warmup_episodes": 1},
+    "td3": {"net_arch": [16, 16], "warmup_episodes": 1},
+    "sac": {"net_arch": [16, 16], "warmup_episodes": 1},
+    "ddpg_bc": {"net_arch": [16, 16], "warmup_episodes": 1},
+    "ppo": {"net_arch": [16], "episodes_per_update": 2},
+    "nsga2": {"population_size": 4},
+    "tpe": {"n_startup_trials": 2},
+}
 #: Evaluator settings of a tiny problem: no latency, small validation subsets.
 TINY_EVAL_SETTINGS = {"latency": "none", "val_samples": 96, "low_fidelity_val_samples": 48,
                       "recalib_batches": 2, "recalib_batch_size": 32}

@@ -16,19 +16,12 @@ from autocompress.search.base import SearchContext, register_searcher
 from autocompress.search.baseline_searchers import UniformSearcher, knob_value, uniform_policy
 from autocompress.search.budgets import parse_budget
 from autocompress.search.spec import Objective
+from autocompress.testing import TINY_STRATEGY_SETTINGS
 
 #: Trials per strategy: greedy needs 1 base + one probe per point + its candidates (the allocation,
 #: the uniform policy, then local-search moves).
 TRIALS = {"greedy": 12}
-SETTINGS = {
-    "ddpg": {"net_arch": [16, 16], "warmup_episodes": 1},
-    "td3": {"net_arch": [16, 16], "warmup_episodes": 1},
-    "sac": {"net_arch": [16, 16], "warmup_episodes": 1},
-    "ddpg_bc": {"net_arch": [16, 16], "warmup_episodes": 1},
-    "ppo": {"net_arch": [16], "episodes_per_update": 2},
-    "nsga2": {"population_size": 4},
-    "tpe": {"n_startup_trials": 2},
-}
+SETTINGS = TINY_STRATEGY_SETTINGS
 
 
 @pytest.mark.timeout(240)
