@@ -33,6 +33,7 @@ postgres-bin:
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check autocompress tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

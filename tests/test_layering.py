@@ -1,6 +1,7 @@
 """The package's layering (docs/design.md, "Layers"), checked on the source: a lower layer never
 imports a higher one, in-function imports included, and the compression core stays free of the
-search frameworks.
+search frameworks. The same rules are import-linter contracts in ``pyproject.toml``
+(``[tool.importlinter]``); ``lint-imports`` runs here, and a test checks the two lists agree.
 
 A new top-level module or subpackage fails here until it is given a place in ``LAYERS`` (and in the
 design notes), so the layering cannot drift silently.
@@ -9,10 +10,17 @@ design notes), so the layering cannot drift silently.
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "autocompress"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "autocompress"
 
 #: Rank of every top-level unit of the package (lower ranks never import higher ones).
 LAYERS: dict[str, int] = {
@@ -193,3 +201,53 @@ def test_test_file_names_are_unique() -> None:
 
     names = Counter(p.name for p in (PACKAGE.parent / "tests").rglob("test_*.py"))
     assert [n for n, k in names.items() if k > 1] == []
+
+
+# -- the import-linter contracts (pyproject.toml) ---------------------------------------------------
+def _contracts() -> list[dict]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    """``lint-imports`` of the venv running the tests, on the package under ``root``."""
+    exe = Path(sys.executable).with_name("lint-imports")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([str(exe), "--no-cache", "--no-logo"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_the_import_linter_contracts_are_the_layers_above() -> None:
+    """The layers contract ranks the units as ``LAYERS`` does, and its ignored imports, and the
+    forbidden frameworks of compression, are the ones listed here."""
+    layers = next(c for c in _contracts() if c["type"] == "layers")
+    ranks = {}
+    for rank, line in enumerate(reversed(layers["layers"])):
+        for unit in line.split(":"):
+            ranks[unit.strip()] = rank
+    ours = {u: r for u, r in LAYERS.items() if u != "__init__"}  # the container itself
+    assert ranks.keys() == ours.keys()
+    assert all((ranks[a] < ranks[b]) == (ours[a] < ours[b]) for a in ours for b in ours)
+    ignored = {tuple(x.split(".")[1] for x in i.split(" -> ")) for i in layers["ignore_imports"]}
+    assert ignored == set(EXCEPTIONS)
+    forbidden = next(c for c in _contracts() if c.get("source_modules") == ["autocompress.compression"])
+    assert tuple(forbidden["forbidden_modules"]) == COMPRESSION_FORBIDDEN
+
+
+@pytest.mark.timeout(300)
+def test_lint_imports_keeps_every_contract() -> None:
+    proc = _lint_imports(ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"Contracts: {len(_contracts())} kept, 0 broken." in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_lint_imports_sees_an_in_function_upward_import(tmp_path: Path) -> None:
+    """On a copy of the package with one in-function import of search inside compression, the
+    layers contract breaks and names it."""
+    shutil.copytree(PACKAGE, tmp_path / "autocompress", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    (tmp_path / "autocompress" / "compression" / "_probe.py").write_text(
+        "def f():\n    import autocompress.search.runner\n")
+    proc = _lint_imports(tmp_path)
+    assert proc.returncode != 0
+    assert "autocompress.compression._probe -> autocompress.search.runner" in proc.stdout, proc.stdout
