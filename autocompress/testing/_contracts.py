@@ -109,9 +109,14 @@ def _unit_round_trip(kt: KnobType, knob: Any, where: str) -> None:
             f"{where}: the unit mapping is not monotone")
 
 
-def check_knob(knob: str | KnobType, model: str = "test_resnet", *, seed: int = 0
+#: Tiny registered models a knob is checked on when none is named: the first that offers it.
+KNOB_MODELS: tuple[str, ...] = ("test_resnet", "test_gru")
+
+
+def check_knob(knob: str | KnobType, model: str | None = None, *, seed: int = 0
                ) -> CompressionSpace:
-    """A knob type's contract on a tiny model, in a space offering only this knob:
+    """A knob type's contract on a tiny model (``model``, else the first of ``KNOB_MODELS`` with
+    a layer offering the knob), in a space offering only this knob:
 
     * its identity value on every point leaves the model's outputs bit-identical;
     * the unit mapping round-trips (``from_unit(to_unit(v)) == v``, ends at 0 and 1, monotone);
@@ -133,9 +138,12 @@ def check_knob(knob: str | KnobType, model: str = "test_resnet", *, seed: int = 
     from autocompress.compression.knobs import knob_type
 
     kt = knob_type(knob) if isinstance(knob, str) else knob
-    model_, x, space = tiny_space((kt.name,), model, seed=seed)
-    points = [p for p in space.decision_points if kt.name in p.knobs]
-    _expect(bool(points), f"knob {kt.name!r} is offered at no layer of {model!r}")
+    for name in (model,) if model is not None else KNOB_MODELS:
+        model_, x, space = tiny_space((kt.name,), name, seed=seed)
+        points = [p for p in space.decision_points if kt.name in p.knobs]
+        if points:
+            break
+    _expect(bool(points), f"knob {kt.name!r} is offered at no layer of {model or KNOB_MODELS}")
     with torch.no_grad():
         reference = model_(x)
         identity = CompressionPolicy({p.name: LayerAction(**{kt.name: kt.identity}) for p in points})
