@@ -47,6 +47,9 @@ def run_train(*, model: str, data: str, data_root: str | None = None, epochs: in
     # An interrupted run left its per-epoch state next to --out: the same command continues it.
     state_path = out_path.with_name(out_path.name + ".partial")
     resumed_from = _check_state(state_path, config, force)
+    # Only now, with every input checked, the output's folder is made (`--out runs/base.pt` in a
+    # fresh directory); a refused command creates nothing.
+    out_path.parent.mkdir(parents=True, exist_ok=True)
 
     from rich.console import Console
     from rich.progress import (

@@ -34,7 +34,7 @@ def test_training_learns_and_is_seeded() -> None:
 
 
 def test_train_cli_one_epoch_on_digits(tmp_path: Path) -> None:
-    out = tmp_path / "base.pt"
+    out = tmp_path / "runs" / "base.pt"  # a folder that does not exist yet is made
     proc = subprocess.run(
         CLI + ["train", "--model", "resnet20", "--data", "digits", "--epochs", "1", "--seed", "0", "--out", str(out)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "120"},
@@ -55,10 +55,11 @@ def test_train_cli_one_epoch_on_digits(tmp_path: Path) -> None:
 
 
 def test_train_cli_bad_model_is_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run(CLI + ["train", "--model", "resnet21", "--out", str(tmp_path / "x.pt")],
+    proc = subprocess.run(CLI + ["train", "--model", "resnet21", "--out", str(tmp_path / "new" / "x.pt")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown model 'resnet21'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "new").exists()  # refused before anything was created
 
 
 def test_digits_keep_their_schedule_and_base_model_key() -> None:
