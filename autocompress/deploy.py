@@ -34,13 +34,17 @@ INT8_SCHEMES: tuple[str, ...] = ("full", "layers")
 
 
 class _ProjLSTM(nn.Module):
-    """A unidirectional ``nn.LSTM`` with ``proj_size``, its steps as separate matrix products.
+    """An ``nn.LSTM`` with ``proj_size`` (uni- or bidirectional, any depth), its steps as separate
+    matrix products.
 
     ONNX's ``LSTM`` node has no output projection (the TorchScript exporter refuses such an LSTM
-    and the dynamo exporter writes a node ONNX Runtime rejects), so ``exportable`` swaps it for
-    this module before export: per layer ``k``, ``ih[k]`` (``W_ih x + b_ih``), ``hh[k]``
-    (``W_hh h + b_hh``) and ``hr[k]`` (``h = W_hr (o * tanh(c))``), PyTorch's equations. A quantized
-    LSTM's input rounding (``act_quant``) and weight bits (``w_bits`` on each matrix, which
+    and the dynamo exporter writes a file ONNX Runtime rejects), so ``exportable`` swaps it for
+    this module before export: per layer ``k`` and direction ``d`` (``j = k * directions + d``,
+    PyTorch's order of ``h_n``), ``ih[j]`` (``W_ih x + b_ih``), ``hh[j]`` (``W_hh h + b_hh``) and
+    ``hr[j]`` (``h = W_hr (o * tanh(c))``), PyTorch's equations. The reverse direction runs over
+    the steps from last to first; a bidirectional layer's output at step ``t`` is the forward and
+    the reverse ``h`` of that step concatenated, the next layer's input. A quantized LSTM's input
+    rounding (``act_quant``) and weight bits (``w_bits`` on each matrix, which
     ``store_lowbit_weights`` reads through the exporter's node scopes) come along.
     """
 
@@ -49,20 +53,23 @@ class _ProjLSTM(nn.Module):
         self.act_quant = getattr(lstm, "act_quant", None)
         self.batch_first, self.num_layers = lstm.batch_first, lstm.num_layers
         self.hidden_size, self.proj_size = lstm.hidden_size, lstm.proj_size
+        self.directions = 2 if lstm.bidirectional else 1
         self.ih, self.hh, self.hr = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         bits = getattr(lstm, "w_bits", 32)
         for k in range(lstm.num_layers):
-            for mods, name in ((self.ih, "ih"), (self.hh, "hh"), (self.hr, "hr")):
-                w = getattr(lstm, f"weight_{name}_l{k}").detach()
-                b = getattr(lstm, f"bias_{name}_l{k}", None) if lstm.bias and name != "hr" else None
-                lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None).to(w.device, w.dtype)
-                with torch.no_grad():
-                    lin.weight.copy_(w)
-                    if b is not None:
-                        lin.bias.copy_(b.detach())
-                if bits < 32:
-                    lin.w_bits = bits
-                mods.append(lin)
+            for suffix in ("", "_reverse")[: self.directions]:
+                for mods, name in ((self.ih, "ih"), (self.hh, "hh"), (self.hr, "hr")):
+                    w = getattr(lstm, f"weight_{name}_l{k}{suffix}").detach()
+                    b = (getattr(lstm, f"bias_{name}_l{k}{suffix}", None)
+                         if lstm.bias and name != "hr" else None)
+                    lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None).to(w.device, w.dtype)
+                    with torch.no_grad():
+                        lin.weight.copy_(w)
+                        if b is not None:
+                            lin.bias.copy_(b.detach())
+                    if bits < 32:
+                        lin.w_bits = bits
+                    mods.append(lin)
 
     def forward(self, x: Tensor, hx: Any = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         if self.act_quant is not None:
@@ -70,35 +77,40 @@ class _ProjLSTM(nn.Module):
         if not self.batch_first:
             x = x.transpose(0, 1)
         b, steps = x.shape[0], x.shape[1]
+        n = self.num_layers * self.directions
         if hx is None:
-            h0 = x.new_zeros(self.num_layers, b, self.proj_size)
-            c0 = x.new_zeros(self.num_layers, b, self.hidden_size)
+            h0 = x.new_zeros(n, b, self.proj_size)
+            c0 = x.new_zeros(n, b, self.hidden_size)
         else:
             h0, c0 = hx
         hs, cs = [], []
         for k in range(self.num_layers):
-            gi = self.ih[k](x)
-            h, c = h0[k], c0[k]
-            outs = []
-            for t in range(steps):
-                i, f, g, o = (gi[:, t] + self.hh[k](h)).chunk(4, -1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = self.hr[k](torch.sigmoid(o) * torch.tanh(c))
-                outs.append(h)
-            x = torch.stack(outs, 1)
-            hs.append(h)
-            cs.append(c)
+            layer_out = []
+            for d in range(self.directions):
+                j = k * self.directions + d
+                gi = self.ih[j](x)
+                h, c = h0[j], c0[j]
+                outs: list[Tensor] = [h] * steps
+                for t in range(steps) if d == 0 else reversed(range(steps)):
+                    i, f, g, o = (gi[:, t] + self.hh[j](h)).chunk(4, -1)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    h = self.hr[j](torch.sigmoid(o) * torch.tanh(c))
+                    outs[t] = h
+                layer_out.append(torch.stack(outs, 1))
+                hs.append(h)
+                cs.append(c)
+            x = torch.cat(layer_out, -1) if self.directions == 2 else layer_out[0]
         out = x if self.batch_first else x.transpose(0, 1)
         return out, (torch.stack(hs), torch.stack(cs))
 
 
 def exportable(model: nn.Module) -> nn.Module:
-    """``model`` itself, or a copy whose unidirectional ``proj_size`` LSTMs are ``_ProjLSTM``s
-    (same outputs; see there why). Batched inputs only, as exports take."""
+    """``model`` itself, or a copy whose ``proj_size`` LSTMs are ``_ProjLSTM``s (same outputs;
+    see there why). Batched inputs only, as exports take."""
     import copy
 
     def swappable(m: nn.Module) -> bool:
-        return isinstance(m, nn.LSTM) and getattr(m, "proj_size", 0) > 0 and not m.bidirectional
+        return isinstance(m, nn.LSTM) and getattr(m, "proj_size", 0) > 0
 
     if not any(swappable(m) for m in model.modules()):
         return model

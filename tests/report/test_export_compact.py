@@ -294,21 +294,37 @@ def test_bidirectional_rnn_stores_each_direction_at_its_bits(cell: str, layers: 
     assert len(blob) < (w_bits / 32 + 0.45) * len(float_blob)
 
 
-@pytest.mark.parametrize("layers,w_bits,a_bits", [(1, 4, 32), (2, 8, 8), (2, 32, 32)])
-def test_proj_size_lstm_exports_unrolled_with_its_bits(layers: int, w_bits: int, a_bits: int) -> None:
+@pytest.mark.parametrize(
+    "layers,w_bits,a_bits,bidirectional,batch_first",
+    [(1, 4, 32, False, True), (2, 8, 8, False, True), (2, 32, 32, False, True),
+     (1, 4, 32, True, True), (2, 8, 8, True, True), (2, 32, 32, True, False),
+     (1, 32, 32, True, False), (2, 4, 8, True, False)],
+)
+def test_proj_size_lstm_exports_unrolled_with_its_bits(layers: int, w_bits: int, a_bits: int,
+                                                       bidirectional: bool, batch_first: bool) -> None:
     """ONNX's LSTM node has no output projection: a ``proj_size`` LSTM is exported as separate
     matrix products per step (``deploy.exportable``), which compute what PyTorch does at any batch
-    size, and its ``W_ih``, ``W_hh`` and ``W_hr`` are stored in their bits like any layer's."""
+    size, and its ``W_ih``, ``W_hh`` and ``W_hr`` are stored in their bits like any layer's. A
+    bidirectional one runs its reverse direction over the reversed steps; the output (both
+    directions per step), ``h_n`` and ``c_n`` (layer-major, direction-minor) all match."""
     from autocompress.compression import CompressionPolicy, LayerAction
+
+    directions = 2 if bidirectional else 1
 
     class ProjLSTM(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.lstm = torch.nn.LSTM(8, 16, num_layers=layers, batch_first=True, proj_size=6)
-            self.fc = torch.nn.Linear(6, 4)
+            self.lstm = torch.nn.LSTM(8, 16, num_layers=layers, batch_first=batch_first, proj_size=6,
+                                      bidirectional=bidirectional)
+            self.fc = torch.nn.Linear(6 * directions, 4)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(self.lstm(x.reshape(x.shape[0], 8, 8))[0][:, -1])
+            seq = x.reshape(x.shape[0], 8, 8)
+            out, (h, c) = self.lstm(seq if batch_first else seq.transpose(0, 1))
+            out = out if batch_first else out.transpose(0, 1)
+            # every output: the head on the last step, the whole sequence, h_n and c_n by sample
+            return torch.cat([self.fc(out[:, -1]), out.flatten(1), h.transpose(0, 1).flatten(1),
+                              c.transpose(0, 1).flatten(1)], 1)
 
     torch.manual_seed(0)
     model = ProjLSTM().eval()
@@ -317,6 +333,8 @@ def test_proj_size_lstm_exports_unrolled_with_its_bits(layers: int, w_bits: int,
     policy = CompressionPolicy({n: LayerAction(w_bits=w_bits, a_bits=a_bits if n == "lstm" else 32)
                                 for n in ("lstm", "fc")})
     small = compress(model, policy, space=space, calib=x).eval()
+    with torch.no_grad():  # the unrolled module is the LSTM, step for step
+        assert torch.allclose(deploy.exportable(small)(x), small(x), atol=1e-6)
     blob, exporter, lowbit = compressed_onnx_bytes(small, x[:1])
     assert exporter == "torch.onnx (TorchScript)"
     assert _matches_pytorch(small, x) <= 1e-4
@@ -325,5 +343,5 @@ def test_proj_size_lstm_exports_unrolled_with_its_bits(layers: int, w_bits: int,
         return
     assert lowbit is not None and not lowbit.kept_float
     assert sorted(m for m, _, _ in lowbit.stored if m.startswith("lstm.")) == sorted(
-        f"lstm.{kind}.{k}" for k in range(layers) for kind in ("ih", "hh", "hr"))
+        f"lstm.{kind}.{j}" for j in range(layers * directions) for kind in ("ih", "hh", "hr"))
     assert _data_bytes(onnx.load_from_string(blob).graph) <= 1.1 * space.size_bytes(policy) + 200
