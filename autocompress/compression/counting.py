@@ -52,6 +52,15 @@ def _batch_size(example_input: Any) -> int:
     return 1
 
 
+def _module_batch(module: nn.Module, x: Any) -> int:
+    """Batch size of an RNN / attention module's first input: dim 1 of a sequence-first one."""
+    if isinstance(x, nn.utils.rnn.PackedSequence):
+        return int(x.batch_sizes[0])
+    if not isinstance(x, Tensor) or x.dim() < 3:  # unbatched (T, I) / (L, E)
+        return 1
+    return int(x.shape[0] if getattr(module, "batch_first", False) else x.shape[1])
+
+
 def _rnn_steps(module: nn.RNNBase, inputs: tuple[Any, ...]) -> float:
     x = inputs[0]
     if isinstance(x, nn.utils.rnn.PackedSequence):
@@ -155,7 +164,7 @@ def count_macs(model: nn.Module, example_input: Any) -> int:
                     module(*inputs, **kwargs)
                 counted = macs_from_flops(counter.get_total_flops())
                 full = _full_inputs(module, inputs, kwargs)
-                total += module_macs_formula(module, full) * _batch_size(full[0]) - counted
+                total += module_macs_formula(module, full) * _module_batch(module, full[0]) - counted
     finally:
         for h in handles:
             h.remove()

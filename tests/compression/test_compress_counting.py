@@ -40,6 +40,29 @@ def test_recurrent_macs_use_the_closed_form(rnn: nn.Module, per_step: int) -> No
 
 
 @pytest.mark.timeout(60)
+def test_sequence_first_and_packed_rnns_count_per_sample() -> None:
+    """A sequence-first RNN's batch is its input's dim 1 and a packed one's the first step's
+    batch: with 3 samples of 5 steps MACs per sample stay steps x weight numel (not x 5 / 3)."""
+
+    class SeqFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(6, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.rnn(x.transpose(0, 1))[0]
+
+    class Packed(SeqFirst):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            packed = nn.utils.rnn.pack_padded_sequence(x, [5] * x.shape[0], batch_first=True)
+            return self.rnn(packed)[0].data
+
+    per_step = 4 * 10 * (6 + 10)
+    x = torch.randn(3, 5, 6)
+    assert count_macs(SeqFirst(), x) == count_macs(Packed(), x) == 5 * per_step
+
+
+@pytest.mark.timeout(60)
 def test_attention_macs_include_the_attention_products() -> None:
     class Block(nn.Module):
         def __init__(self) -> None:
