@@ -21,6 +21,7 @@ from typing import Any
 # directory's reader) does not pay for torch by importing this package's ``__init__``.
 _EXPORTS: dict[str, str] = {
     "compress": "autocompress.compression.apply",
+    "count_bops": "autocompress.compression.counting",
     "count_macs": "autocompress.compression.counting",
     "count_params": "autocompress.compression.counting",
     "count_size_bytes": "autocompress.compression.counting",

@@ -13,7 +13,10 @@ storage knobs (``sparsity``, ``share_bits``, ``pow2_bits``) follow ``knobs.weigh
 ``CostModel.evaluate`` reads a policy as rows of numbers (``CompressionPolicy._vectors``) and
 never builds a model (tens of microseconds; used inside search loops). Units: MACs per input
 sample (batch 1; FLOPs = 2 x MACs); params in elements; size in bytes; BOPs = MACs x w_bits x
-a_bits (layers without a quantization knob count 32 x 32).
+a_bits (layers without a quantization knob count 32 x 32), where ``w_bits`` is the width a weight
+multiplies at (``KnobType.compute_bits``): ``pow2_bits = b`` counts ``b`` (a sign and an exponent
+index, a shift), ``share_bits`` keeps 32 (its indices pick float32 codebook values). Counted on a
+compressed model by ``counting.count_bops``.
 """
 
 from __future__ import annotations
@@ -309,8 +312,23 @@ class CostModel:
             "macs": float(layer_macs.sum() + self._const_f_total),
             "params": params,
             "size_bytes": size,
-            "bops": float((layer_macs * wb * ab).sum() + self._const_f_total * 1024.0),
+            "bops": float((layer_macs * self._compute_bits(wb, extras) * ab).sum()
+                          + self._const_f_total * 1024.0),
         }
+
+    @staticmethod
+    def _compute_bits(wb: np.ndarray, extras: Extras) -> np.ndarray:
+        """Per layer the width its weights multiply at (BOPs): ``w_bits`` unless a storage knob
+        says otherwise (``KnobType.compute_bits``: ``pow2_bits = b`` multiplies as ``b`` bits)."""
+        if not extras:
+            return wb
+        out = np.array(wb, dtype=np.float64)
+        for li, items in extras.items():
+            bits = int(out[li])
+            for k, v in items:
+                bits = KNOB_TYPES[k].compute_bits(v, bits)
+            out[li] = bits
+        return out
 
     def _storage_terms(
         self,

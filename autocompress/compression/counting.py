@@ -1,4 +1,4 @@
-"""Count MACs, parameters and storage bytes on a real module (the ground truth the cost model must match).
+"""Count MACs, BOPs, parameters and storage bytes on a real module (the ground truth the cost model must match).
 
 Units: MACs are multiply-accumulates per input sample (batch 1); FLOPs = 2 x MACs.
 """
@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from autocompress.metrics import macs_from_flops
 
-__all__ = ["count_macs", "count_params", "count_size_bytes", "module_macs_formula"]
+__all__ = ["count_bops", "count_macs", "count_params", "count_size_bytes", "module_macs_formula"]
 
 # Modules whose MACs FlopCounterMode misses or under-counts (checked on torch 2.14): nn.LSTM runs as
 # one aten op without a FLOP formula (counted 0), nn.GRU/nn.RNN are counted by some dispatch paths
@@ -114,10 +114,42 @@ def _full_inputs(
     return tuple(full)
 
 
-def _flops(fn: Any, *args: Any) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn(*args)
-    return int(counter.get_total_flops())
+def _macs_total(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> float:
+    """MACs of one call ``model(*args, **kwargs)`` for the whole batch (see ``count_macs``)."""
+    calls: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]] = []
+    # Only the outermost formula module counts (an LSTM inside a custom RNN wrapper is fine).
+    depth = [0]
+
+    def pre(module: nn.Module, inputs: tuple[Any, ...], kw: dict[str, Any]) -> None:
+        if depth[0] == 0:
+            calls.append((module, inputs, dict(kw)))
+        depth[0] += 1
+
+    def post(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        depth[0] -= 1
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, _FORMULA_TYPES):
+            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(m.register_forward_hook(post))
+    try:
+        with eval_mode(model):
+            with FlopCounterMode(display=False) as counter:
+                model(*args, **(kwargs or {}))
+            total = macs_from_flops(counter.get_total_flops())
+            for h in handles:
+                h.remove()
+            for module, inputs, kw in calls:
+                with FlopCounterMode(display=False) as counter:
+                    module(*inputs, **kw)
+                counted = macs_from_flops(counter.get_total_flops())
+                full = _full_inputs(module, inputs, kw)
+                total += module_macs_formula(module, full) * _module_batch(module, full[0]) - counted
+    finally:
+        for h in handles:
+            h.remove()
+    return float(total)
 
 
 @torch.no_grad()
@@ -136,39 +168,84 @@ def count_macs(model: nn.Module, example_input: Any) -> int:
     Returns:
         Integer MACs per sample (FLOPs = 2 x MACs).
     """
-    args = _as_args(example_input)
-    calls: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]] = []
-    # Only the outermost formula module counts (an LSTM inside a custom RNN wrapper is fine).
-    depth = [0]
+    total = _macs_total(model, _as_args(example_input))
+    return int(round(total / _batch_size(example_input)))
 
-    def pre(module: nn.Module, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+
+def _layer_bits(module: nn.Module) -> tuple[int, int] | None:
+    """``(weight bits, activation bits)`` a layer multiplies at, or None for a float layer.
+
+    A quantized layer holds them (``w_bits``, ``a_bits``; a powers-of-two layer's ``w_bits`` is
+    its ``pow2_bits``). A ``LowRankRNN`` is one layer whose matrices share ``w_bits`` while only
+    the first reads the quantized input sequence: the cost model counts all its MACs at that pair.
+    """
+    from autocompress.compression.lowrank import LowRank
+    from autocompress.compression.rnn import LowRankRNN
+
+    if isinstance(module, LowRankRNN):
+        first = module.matrices()[0]
+        first = first[0] if isinstance(first, LowRank) else first
+        aq = getattr(first, "act_quant", None)
+        return int(getattr(first, "w_bits", 32)), int(aq.bits) if aq is not None else 32
+    wb, ab = getattr(module, "w_bits", None), getattr(module, "a_bits", None)
+    if isinstance(wb, int) and isinstance(ab, int):
+        return wb, ab
+    return None
+
+
+@torch.no_grad()
+def count_bops(model: nn.Module, example_input: Any) -> float:
+    """Bit-operations per sample of one forward pass: each MAC times the widths of its operands.
+
+    A quantized layer's MACs count ``w_bits x a_bits`` (a powers-of-two layer holds ``w_bits =
+    pow2_bits``: its ``b``-bit weights multiply as ``b``-bit operands, really shifts; a k-means
+    shared layer multiplies by float32 codebook values, 32 bits); every other MAC, and the
+    attention products of a quantized ``MultiheadAttention``, counts ``32 x 32``. The ground truth
+    of ``CompressionSpace.bops``.
+
+    Args:
+        model: any module.
+        example_input: a tensor, or a tuple of positional inputs.
+
+    Returns:
+        BOPs per sample (a float: MACs per sample may be fractional for packed sequences).
+    """
+    args = _as_args(example_input)
+    units = {id(m): bits for m in model.modules()
+             if (bits := _layer_bits(m)) is not None and bits != (32, 32)}
+    calls: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]] = []
+    depth = [0]  # only the outermost quantized layer counts (a factor inside a LowRankRNN)
+
+    def pre(module: nn.Module, inputs: tuple[Any, ...], kw: dict[str, Any]) -> None:
         if depth[0] == 0:
-            calls.append((module, inputs, dict(kwargs)))
+            calls.append((module, inputs, dict(kw)))
         depth[0] += 1
 
     def post(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         depth[0] -= 1
 
+    total = 1024.0 * _macs_total(model, args)
     handles = []
     for m in model.modules():
-        if isinstance(m, _FORMULA_TYPES):
+        if id(m) in units:
             handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(m.register_forward_hook(post))
     try:
         with eval_mode(model):
-            total = macs_from_flops(_flops(model, *args))
+            model(*args)  # which layers run, on what
             for h in handles:
                 h.remove()
-            for module, inputs, kwargs in calls:
-                with FlopCounterMode(display=False) as counter:
-                    module(*inputs, **kwargs)
-                counted = macs_from_flops(counter.get_total_flops())
-                full = _full_inputs(module, inputs, kwargs)
-                total += module_macs_formula(module, full) * _module_batch(module, full[0]) - counted
+            for module, inputs, kw in calls:
+                macs = _macs_total(module, inputs, kw)
+                if isinstance(module, nn.MultiheadAttention):  # QK^T and AV stay float
+                    lq, lk = _mha_lengths(module, _full_inputs(module, inputs, kw))
+                    macs -= 2.0 * lq * lk * module.embed_dim * _module_batch(module, inputs[0])
+                wb, ab = units[id(module)]
+                total += macs * (wb * ab - 1024.0)
     finally:
         for h in handles:
             h.remove()
-    return int(round(total / _batch_size(example_input)))
+    return total / _batch_size(example_input)
 
 
 def _masked(model: nn.Module) -> dict[int, tuple[nn.Module, Tensor]]:

@@ -13,7 +13,8 @@ A knob type (torchao's pattern: a registered config type dispatches to its trans
   modelled by the space's closed form (``costmodel.py``), a storage knob by the bits per value, side
   tables and entries kept it declares (``value_bits``, ``side_bytes``, ``stored_params``), turned
   into bytes by :func:`weight_storage_bytes`, the one formula of the cost model and of
-  ``count_size_bytes``;
+  ``count_size_bytes``, and by the width its weights multiply at (``compute_bits``, the BOPs
+  factor ``count_bops`` reads from the layer's ``w_bits``);
 * how reports **show** it (``label``, ``format``).
 
 Adding a knob = one module with a ``KnobType`` subclass registered by ``register_knob`` (imported
@@ -208,6 +209,12 @@ class KnobType:
     def side_bytes(self, value: float | int) -> float:
         """Bytes stored once per weight tensor besides its values (a shared-weight codebook)."""
         return 0.0
+
+    def compute_bits(self, value: float | int, bits: int) -> int:
+        """Width of a weight as a multiplier operand under this knob (``bits``: the layer's weight
+        bit-width so far), the ``w_bits`` factor of BOPs. Unchanged unless the layer multiplies by
+        the stored values themselves: a shared-weight index only picks a float32 codebook value."""
+        return bits
 
     def stored_params(self, value: float | int, numel: int) -> int:
         """Entries of a weight tensor (``numel`` so far) stored under this knob; fewer than all

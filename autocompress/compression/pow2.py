@@ -16,6 +16,12 @@ standard operators (the indices and the values present, rebuilt by ``Gather``, t
 ``share_bits``; a ``b``-bit index is stored in the narrowest ONNX type that holds it: UINT2 at 2
 bits, UINT4 at 3-4, UINT8 at 5-8). ``pow2_bits``, ``w_bits`` and ``share_bits`` all decide how the
 weights are stored, so a space offers one of them.
+
+BOPs (MACs x weight bits x activation bits, the multiplier's operand widths): a ``b``-bit
+powers-of-two weight (a sign and an exponent index) multiplies as a ``b``-bit operand (really a
+shift), so the layer counts ``b`` where ``w_bits`` would stand (``compute_bits``; the layer holds
+``w_bits = b``, which ``counting.count_bops`` reads). A ``share_bits`` layer, by contrast, still
+multiplies by float32 codebook values and counts 32.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ class Pow2BitsKnob(KnobType):
     integer = True
     default = False
     stage = 45  # after ``w_bits`` / ``a_bits`` (40), which may have made the layer quantized
-    costs = ("size_bytes",)
+    costs = ("size_bytes", "bops")
     restats = False
     label = "pow2 bits"
     allowed = f"one of {POW2_BITS}"
@@ -84,6 +90,9 @@ class Pow2BitsKnob(KnobType):
         from autocompress.compression.quantize import pow2_codebook_bytes
 
         return pow2_codebook_bytes(int(value)) if value < 32 else 0.0
+
+    def compute_bits(self, value: float | int, bits: int) -> int:
+        return int(value) if value < 32 else bits
 
 
 register_knob(Pow2BitsKnob())

@@ -16,6 +16,10 @@ of ``32`` bits is ``r = 32 n / (n log2 k + 32 k)`` (:func:`eq10_ratio`); :func:`
 the optional Huffman coding of the indices (measured on the weights, so a report figure, not a
 predicted cost). ``share_bits`` and ``w_bits`` both decide how the weights are stored, so a space
 offers one of them.
+
+BOPs: a shared layer multiplies by its float32 codebook values, so its weights count 32 bits
+whatever ``share_bits`` is (``KnobType.compute_bits`` keeps the layer's ``w_bits``, which the
+exclusion leaves at 32); only a quantized codebook would narrow the multiplier, and none is.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ checks the prediction against a really pruned copy at ``max_prune`` and drops th
 any group where they disagree or torch-pruning fails, recording why (``describe()``).
 
 Units: MACs per input sample (batch 1; FLOPs = 2 x MACs); params in elements; size in bytes;
-BOPs = MACs x w_bits x a_bits (layers without a quantization knob count 32 x 32).
+BOPs = MACs x w_bits x a_bits (layers without a quantization knob count 32 x 32; a ``pow2_bits``
+layer counts its ``pow2_bits`` as ``w_bits``, see ``costmodel.py``).
 """
 
 from __future__ import annotations
@@ -509,7 +510,8 @@ class CompressionSpace:
         return self.costs(policy)["size_bytes"]
 
     def bops(self, policy: CompressionPolicy) -> float:
-        """Predicted bit-operations: sum over layers of MACs x w_bits x a_bits (32 x 32 elsewhere)."""
+        """Predicted bit-operations: sum over layers of MACs x w_bits x a_bits (32 x 32 elsewhere;
+        a ``pow2_bits`` layer multiplies at its ``pow2_bits``); ``count_bops`` counts the same."""
         return self.costs(policy)["bops"]
 
     def structure(self, policy: CompressionPolicy) -> dict[str, Any]:

@@ -121,7 +121,7 @@ def check_knob(knob: str | KnobType, model: str | None = None, *, seed: int = 0
     * its identity value on every point leaves the model's outputs bit-identical;
     * the unit mapping round-trips (``from_unit(to_unit(v)) == v``, ends at 0 and 1, monotone);
     * at a middle and at the most compressed value the cost model equals what is counted on the
-      compressed module: MACs and parameters exactly, bytes to 1e-9;
+      compressed module: MACs and parameters exactly, bytes and BOPs to 1e-9;
     * the most compressed value lowers at least one of the costs it declares.
 
     Returns:
@@ -131,6 +131,7 @@ def check_knob(knob: str | KnobType, model: str | None = None, *, seed: int = 0
         CompressionPolicy,
         LayerAction,
         compress,
+        count_bops,
         count_macs,
         count_params,
         count_size_bytes,
@@ -164,6 +165,8 @@ def check_knob(knob: str | KnobType, model: str | None = None, *, seed: int = 0
                 f"{where}: predicted params {costs['params']} != counted {count_params(small)}")
         _expect(math.isclose(costs["size_bytes"], count_size_bytes(small), rel_tol=1e-9),
                 f"{where}: predicted bytes {costs['size_bytes']} != counted {count_size_bytes(small)}")
+        _expect(math.isclose(costs["bops"], count_bops(small, x), rel_tol=1e-9),
+                f"{where}: predicted BOPs {costs['bops']} != counted {count_bops(small, x)}")
     base = space.costs(space.identity())
     predicted = [c for c in kt.costs if c in costs]  # latency is not the cost model's
     _expect(not predicted or any(costs[c] < base[c] for c in predicted),

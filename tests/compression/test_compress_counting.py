@@ -63,6 +63,38 @@ def test_sequence_first_and_packed_rnns_count_per_sample() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_bops_count_each_layer_at_its_bits() -> None:
+    """BOPs: a quantized layer's MACs x w_bits x a_bits (a quantized LSTM's all at its pair, a
+    quantized attention's projections at its pair and its QK^T / AV products at 32 x 32), every
+    other MAC at 32 x 32."""
+    from autocompress.compression import count_bops
+    from autocompress.compression.quantize import quantize_module_
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(6, 16, batch_first=True)
+            self.att = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.rnn(x)[0]
+            return self.fc(self.att(h, h, h, need_weights=False)[0])
+
+    net = Net().eval()
+    x = torch.randn(2, 5, 6)
+    L, E = 5, 16
+    rnn, proj, att, fc = 5 * 4 * 16 * (6 + 16), 4 * L * E * E, 2 * L * L * E, L * 16 * 3
+    assert count_bops(net, x) == pytest.approx(1024 * count_macs(net, x))
+    quantize_module_(net.rnn, 4, 8)
+    quantize_module_(net.att, 8, 8)
+    quantize_module_(net.fc, 2, 32)
+    want = rnn * 4 * 8 + proj * 8 * 8 + att * 1024 + fc * 2 * 32
+    assert count_bops(net, x) == pytest.approx(want, rel=1e-12)
+    assert count_macs(net, x) == rnn + proj + att + fc
+
+
+@pytest.mark.timeout(60)
 def test_attention_macs_include_the_attention_products() -> None:
     class Block(nn.Module):
         def __init__(self) -> None:

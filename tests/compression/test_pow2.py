@@ -9,8 +9,11 @@ from _compression_utils import tiny_resnet_space
 from torch import nn
 
 from autocompress.compression import (
+    CompressionPolicy,
     CompressionSpace,
+    LayerAction,
     compress,
+    count_bops,
     count_macs,
     count_params,
     count_size_bytes,
@@ -83,6 +86,7 @@ def test_cost_model_equals_the_counted_model(resnet, knobs) -> None:  # type: ig
     assert costs["size_bytes"] == count_size_bytes(small)
     assert costs["params"] == count_params(small)
     assert space.macs(policy) == count_macs(small, x)
+    assert costs["bops"] == pytest.approx(count_bops(small, x), rel=1e-12)
     pow2 = [m for m in small.modules() if getattr(m, "w_grid", "") == "pow2"]
     assert pow2 and all(m.w_bits == knobs["pow2_bits"] for m in pow2)
     for m in pow2:
@@ -91,6 +95,30 @@ def test_cost_model_equals_the_counted_model(resnet, knobs) -> None:  # type: ig
             assert bool((m.weight[~m.weight_mask] == 0).all())
     # b bits per weight and a table of 2^(b-1) + 1 float32 values, smaller than float32
     assert costs["size_bytes"] < space.size_bytes(space.identity())
+
+
+def test_a_pow2_layer_multiplies_at_its_bits(resnet) -> None:  # type: ignore[no-untyped-def]
+    """BOPs count a b-bit powers-of-two weight as a b-bit operand (a sign and an exponent index:
+    a shift), not as float32: one layer at pow2_bits = 4 and a_bits = 8 lowers the model's BOPs
+    by exactly its MACs x (32 x 8 - 4 x 8), in the cost model and counted on the module."""
+    model, x, space = resnet
+    point = next(p for p in space.decision_points if "pow2_bits" in p.knobs)
+    a8 = CompressionPolicy({point.name: LayerAction(a_bits=8)})
+    p4 = CompressionPolicy({point.name: LayerAction(a_bits=8, pow2_bits=4)})
+    module = model.get_submodule(point.name)
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    layer_macs = count_macs(module, seen[0])  # per sample, as the model's
+    counted = {}
+    for policy in (a8, p4):
+        small = compress(model, policy, space=space, calib=x)
+        counted[policy] = count_bops(small, x)
+        assert space.bops(policy) == pytest.approx(counted[policy], rel=1e-12)
+    assert space.bops(p4) < space.bops(a8) < space.bops(space.identity())
+    assert counted[a8] - counted[p4] == pytest.approx(layer_macs * (32 * 8 - 4 * 8), rel=1e-9)
 
 
 def test_pow2_excludes_the_other_weight_grids() -> None:

@@ -13,6 +13,7 @@ from autocompress.compression import (
     LayerAction,
     LowRankRNN,
     compress,
+    count_bops,
     count_macs,
     count_params,
     count_size_bytes,
@@ -108,6 +109,7 @@ def test_proj_rank_cost_model_equals_counting(gru_space: tuple) -> None:
         assert pred["macs"] == count_macs(small, x) == space.macs(policy), action
         assert pred["params"] == count_params(small), action
         assert pred["size_bytes"] == pytest.approx(count_size_bytes(small)), action
+        assert pred["bops"] == pytest.approx(count_bops(small, x), rel=1e-12), action
         with torch.no_grad():
             assert torch.isfinite(small(x)).all()
     # monotone: a lower proj_rank never raises any cost

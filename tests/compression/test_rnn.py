@@ -14,6 +14,7 @@ from autocompress.compression import (
     CompressionSpace,
     LayerAction,
     compress,
+    count_bops,
     count_macs,
     count_params,
     count_size_bytes,
@@ -185,6 +186,7 @@ def test_cost_model_equals_the_counted_model(name: str) -> None:
         assert count_macs(small, x) == space.macs(policy)
         assert count_params(small) == space.params(policy)
         assert count_size_bytes(small) == pytest.approx(space.size_bytes(policy), rel=1e-9)
+        assert count_bops(small, x) == pytest.approx(space.bops(policy), rel=1e-12)
     assert space.macs(space.most_compressed()) < space.base_macs
     assert factorised >= 2  # rank=0.4 and 0.5 factorise every recurrent module here
 

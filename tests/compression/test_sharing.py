@@ -14,6 +14,7 @@ from autocompress.compression import (
     CompressionSpace,
     LayerAction,
     compress,
+    count_bops,
     count_macs,
     count_params,
     count_size_bytes,
@@ -65,6 +66,11 @@ def test_cost_model_equals_the_counted_model(resnet, knobs) -> None:  # type: ig
     assert space.costs(policy)["size_bytes"] == count_size_bytes(small)
     assert space.costs(policy)["params"] == count_params(small)
     assert space.macs(policy) == count_macs(small, x)
+    # a shared layer multiplies by float32 codebook values: 32-bit weights, whatever share_bits
+    assert space.bops(policy) == pytest.approx(count_bops(small, x), rel=1e-12)
+    assert space.bops(policy) == space.bops(space.uniform(a_bits=knobs.get("a_bits", 32),
+                                                          prune=knobs.get("prune", 0.0),
+                                                          rank=knobs.get("rank", 1.0)))
     k = 2 ** knobs["share_bits"]
     for m in small.modules():
         if hasattr(m, "weight_codebook"):
