@@ -118,7 +118,9 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         problem: a ``Problem`` (model, data, space, evaluator). If ``None`` and no ``space`` is
             given, ``Problem.build(**problem_kwargs)`` builds one (``Problem.default()`` when no
             kwargs at all).
-        space: a ``CompressionSpace`` to use without a problem (then ``evaluate_fn`` is required).
+        space: a ``CompressionSpace`` to use without a problem (then ``evaluate_fn`` is required):
+            what a searcher holds, so the RL searchers build their env this way. The base costs,
+            budgets' fractions and observations come from the space's predicted costs either way.
         budgets: hard budgets, metric -> absolute value or ``Budget(fraction of base)``, metrics in
             ``macs, flops, params, size_bytes, bops, latency_ms``. Default: ``{"macs": Budget(0.5)}``
             unless ``budget_range`` is given; pass ``{}`` for none.

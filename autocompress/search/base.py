@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy, CompressionSpace
     from autocompress.evaluators import EvalResult
     from autocompress.metrics import Budget
-    from autocompress.problem import Problem
     from autocompress.search.spec import Objective
 
 #: Metrics the compression space predicts without building a model (cheap, monotone): the
@@ -36,6 +35,9 @@ PREDICTED_METRICS: tuple[str, ...] = _PREDICTED
 class SearchContext:
     """What a searcher may look at: the space, objectives, budgets and the base model's metrics.
 
+    Never the problem or its evaluator: a searcher proposes, the runner evaluates (RL searchers
+    build their environment on the space and hand its evaluations to the runner through ask/tell).
+
     Args:
         space: the compression space (decision points, knobs, predicted costs).
         objectives: metrics optimised, with directions.
@@ -43,13 +45,14 @@ class SearchContext:
         soft_budgets: soft budgets (penalised by RL rewards, reported, never excluding).
         base_metrics: the uncompressed model's metrics.
         limits: budget name -> absolute bound on its metric (``acc-drop``: lowest accuracy).
-        problem: the full problem (RL searchers build their environment from it); may be None
-            for searchers that only need the space.
         storage: the Optuna storage of the study (Optuna searchers open the study on it).
         study_name: the Optuna study's name.
         trials: candidates the study should evaluate in total.
         run_dir: the run directory (searchers may keep checkpoints under ``run_dir/searcher``).
         predict_latency: predicted latency (ms) of a policy, when a latency predictor is on.
+        latency_table: the latency lookup table's prediction (ms) of a policy, built on its first
+            call, offered even when the search predicts no latency (RL searchers whose reward
+            weighs ``latency_ms`` use it); None when the evaluator has no lookup table.
         owner: the search process's worker id; searchers that create study trials tag them with
             it at once, so a process killed before it records a candidate leaves no ownerless
             trial behind.
@@ -61,12 +64,12 @@ class SearchContext:
     soft_budgets: Sequence[Budget] = ()
     base_metrics: Mapping[str, float] = field(default_factory=dict)
     limits: Mapping[str, float] = field(default_factory=dict)
-    problem: Problem | None = None
     storage: Any = None
     study_name: str = "autocompress"
     trials: int = 0
     run_dir: Path | None = None
     predict_latency: Callable[[CompressionPolicy], float] | None = None
+    latency_table: Callable[[CompressionPolicy], float] | None = None
     owner: str | None = None
 
     def predicted_metrics(self, policy: CompressionPolicy) -> dict[str, float]:

@@ -39,6 +39,9 @@ _STOP = object()
 class AgentSearcher(BaseSearcher):
     """Adapter: an ``autocompress.policies`` agent learning on a ``CompressionEnv``, as ask/tell.
 
+    The env is built from the context's space, budgets and latency predictor only; the searcher
+    never sees the problem or its evaluator.
+
     Args:
         reward: env reward (``acc``, ``r_flops``, ``lagrangian``, ``weighted``); ``lagrangian``
             penalises the spec's soft budgets.
@@ -64,8 +67,6 @@ class AgentSearcher(BaseSearcher):
                  total_episodes: int | None = None,
                  budget_range: Sequence[float] | None = None, **agent_kw: Any) -> None:
         super().__init__(context, seed)
-        if context.problem is None:
-            raise UserInputError(f"strategy {self.name!r} needs a Problem (the environment is built on it)")
         from autocompress.envs import CompressionEnv
         from autocompress.policies import create_agent
 
@@ -83,10 +84,16 @@ class AgentSearcher(BaseSearcher):
             budgets.pop("macs", None)
             budgets.pop("flops", None)
         self.budget_range = env_range
+        latency_fn = context.predict_latency
+        if latency_fn is None and "latency_ms" in (reward_weights or {}):
+            # A reward weighing latency in a search that predicts none: the lookup table's
+            # prediction, built on first use (as the env would build it from an evaluator).
+            latency_fn = context.latency_table
+        # The env is built on the space alone; every evaluation it asks for goes to the runner.
         self.env = CompressionEnv(
-            context.problem, budgets=budgets, soft_budgets=soft or None, reward=reward,
+            space=context.space, budgets=budgets, soft_budgets=soft or None, reward=reward,
             reward_weights=reward_weights, budget_range=env_range,
-            evaluate_fn=self._evaluate_fn, latency_fn=context.predict_latency,
+            evaluate_fn=self._evaluate_fn, latency_fn=latency_fn,
         )
         settings = {**dict(agent_settings or {}), **agent_kw}
         if self._uses_warmup() and "warmup_episodes" not in settings:

@@ -176,6 +176,14 @@ class SearchSession:
         lut = self.problem.evaluator.get_lut()
         return lambda policy: float(lut.predict(policy))
 
+    def _latency_table(self) -> Callable[[CompressionPolicy], float] | None:
+        # The evaluator's lookup table, built only when a searcher first asks for a prediction
+        # (profiling every layer once): searchers never see the evaluator itself.
+        get_lut = getattr(self.problem.evaluator, "get_lut", None)
+        if get_lut is None:
+            return None
+        return lambda policy: float(get_lut().predict(policy))
+
     def _resolve_budgets(self) -> dict[str, float]:
         """Absolute limits of the hard budgets; an unreachable one raises with the floor value."""
         space = self.problem.space
@@ -208,14 +216,16 @@ class SearchSession:
         return limits
 
     def make_context(self) -> SearchContext:
-        """The searcher's view of the problem."""
+        """The searcher's view of the problem: space, objectives, budgets and base metrics (never
+        the problem or its evaluator)."""
         return SearchContext(
             space=self.problem.space, objectives=self.spec.objectives, budgets=self.spec.budgets,
             soft_budgets=self.spec.soft_budgets, base_metrics=self.base_metrics,
-            limits=getattr(self, "limits", {}), problem=self.problem,
+            limits=getattr(self, "limits", {}),
             storage=getattr(self, "storage", None), study_name=self.spec.study_name,
             trials=self.spec.trials, run_dir=self.run_dir,
             predict_latency=getattr(self, "predict_latency", None),
+            latency_table=self._latency_table(),
             owner=getattr(getattr(self, "worker", None), "uuid", None),
         )
 
