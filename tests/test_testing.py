@@ -41,7 +41,7 @@ def problem(_isolated_cache: object) -> Problem:
 
 @pytest.mark.parametrize("strategy", list_searchers())
 def test_every_strategy_passes_the_searcher_contract(strategy: str, problem: Problem) -> None:
-    proposals = check_searcher(strategy, lambda: tiny_context(problem=problem),
+    proposals = check_searcher(strategy, lambda: tiny_context(problem.space),
                                settings=TINY_STRATEGY_SETTINGS.get(strategy, {}))
     assert len(proposals) == 4
 

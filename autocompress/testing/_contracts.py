@@ -70,8 +70,8 @@ def check_searcher(searcher: str | type[BaseSearcher],
 
     Args:
         searcher: a registered strategy name or a ``BaseSearcher`` subclass.
-        context: builds a fresh ``SearchContext`` per run (default :func:`tiny_context`; RL
-            searchers need one with a ``problem``).
+        context: builds a fresh ``SearchContext`` per run (default :func:`tiny_context`, for
+            every strategy: none needs a problem).
         settings: the strategy's settings (keep them small: tiny networks, short warm-ups).
         n: ask/tell round trips per run.
         seed: the seed of both runs.

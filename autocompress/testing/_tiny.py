@@ -75,22 +75,24 @@ def tiny_problem(name: str = TINY_MODEL, *, knobs: Sequence[str] = ("prune",), t
 
 
 def tiny_context(space: CompressionSpace | None = None, *, budgets: Sequence[str] = ("macs=50%",),
-                 problem: Problem | None = None, trials: int = 8) -> SearchContext:
+                 trials: int = 8) -> SearchContext:
     """A ``SearchContext`` maximising ``acc`` and minimising ``macs`` under ``budgets`` (relative
-    to the space's identity policy), over ``problem``'s space or ``space`` (default
-    :func:`tiny_space` with pruning only). Optuna searchers get an in-memory study."""
+    to the space's identity policy), over ``space`` (default :func:`tiny_space` with pruning
+    only; a problem's ``problem.space`` for a trained model). Like every context it holds no
+    problem and no evaluator: searchers are told results, here :func:`synthetic_result`.
+    Optuna searchers get an in-memory study."""
     from autocompress.metrics import parse_budget, predicted_costs
     from autocompress.search.base import SearchContext
     from autocompress.search.spec import Objective
 
     if space is None:
-        space = problem.space if problem is not None else tiny_space(("prune",))[2]
+        space = tiny_space(("prune",))[2]
     base = predicted_costs(space.costs(space.identity()))
     base["acc"] = 1.0
     parsed = tuple(parse_budget(b) for b in budgets)
     return SearchContext(space=space, objectives=(Objective("acc", "maximize"), Objective("macs", "minimize")),
                          budgets=parsed, base_metrics=base,
-                         limits={b.name: b.limit(base) for b in parsed}, problem=problem, trials=trials)
+                         limits={b.name: b.limit(base) for b in parsed}, trials=trials)
 
 
 def synthetic_result(context: SearchContext, policy: CompressionPolicy) -> EvalResult:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from autocompress.compression import CompressionPolicy
 from autocompress.errors import UserInputError
 from autocompress.problem import Problem
 from autocompress.report import load_run
@@ -16,7 +17,7 @@ from autocompress.search.base import SearchContext, register_searcher
 from autocompress.search.baseline_searchers import UniformSearcher, knob_value, uniform_policy
 from autocompress.search.budgets import parse_budget
 from autocompress.search.spec import Objective
-from autocompress.testing import TINY_STRATEGY_SETTINGS
+from autocompress.testing import TINY_STRATEGY_SETTINGS, synthetic_result, tiny_context
 
 #: Trials per strategy: greedy needs 1 base + one probe per point + its candidates (the allocation,
 #: the uniform policy, then local-search moves).
@@ -80,7 +81,68 @@ def _context(problem: Problem, budgets: list[str]) -> SearchContext:
     return SearchContext(space=problem.space,
                          objectives=(Objective("acc", "maximize"), Objective("macs", "minimize")),
                          budgets=bs, base_metrics=base, limits={b.name: b.limit(base) for b in bs},
-                         problem=problem, trials=8)
+                         trials=8)
+
+
+RL_STRATEGIES = ["ddpg", "td3", "sac", "ppo", "ddpg_bc"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("strategy", RL_STRATEGIES)
+def test_rl_searcher_runs_on_the_space_without_any_problem(strategy: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An RL searcher builds its env from the context's space and budgets: no Problem exists
+    (building one fails), and every score reaches the agent through tell."""
+    def no_problem(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a searcher built a Problem")
+
+    monkeypatch.setattr(Problem, "build", no_problem)
+    monkeypatch.setattr(Problem, "default", no_problem)
+    assert "problem" not in SearchContext.__dataclass_fields__
+    ctx = tiny_context(trials=4)
+    searcher = create_searcher(strategy, ctx, seed=0, **SETTINGS[strategy])
+    try:
+        assert searcher.env.problem is None and searcher.env.space is ctx.space
+        for _ in range(4):
+            policy = searcher.ask()
+            assert policy is not None
+            assert ctx.space.macs(policy) <= ctx.limits["macs"] * (1 + 1e-9)
+            searcher.tell(policy, synthetic_result(ctx, policy))
+        assert searcher.n_told == 4
+    finally:
+        searcher.close()
+
+
+@pytest.mark.timeout(60)
+def test_rl_reward_on_latency_uses_the_contexts_latency_table() -> None:
+    """A reward weighing latency in a search that predicts none takes the context's lookup-table
+    prediction (the searcher has no evaluator to build one from); without one it is refused."""
+    weights = {"acc": 1.0, "latency_ms": 0.5}
+    settings = {**SETTINGS["ddpg"], "reward": "weighted", "reward_weights": weights}
+    calls: list[CompressionPolicy] = []
+
+    def table(policy: CompressionPolicy) -> float:
+        calls.append(policy)
+        return 1.0 + ctx.space.macs(policy) / 1000.0
+
+    ctx = tiny_context(trials=2)
+    with pytest.raises(UserInputError, match="latency"):
+        create_searcher("ddpg", ctx, seed=0, **settings)
+    ctx.latency_table = table
+    searcher = create_searcher("ddpg", ctx, seed=0, **settings)
+    try:
+        assert calls, "the env's base latency comes from the table"
+        identity = ctx.space.identity()
+        assert searcher.env.cost("latency_ms", identity) == table(identity)
+    finally:
+        searcher.close()
+    # a search that predicts latency keeps its own predictor
+    ctx.predict_latency = lambda policy: 7.0
+    searcher = create_searcher("ddpg", ctx, seed=0, **settings)
+    try:
+        assert searcher.env.cost("latency_ms", ctx.space.identity()) == 7.0
+    finally:
+        searcher.close()
 
 
 @pytest.mark.timeout(60)
