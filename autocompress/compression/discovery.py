@@ -279,3 +279,55 @@ def _discover_groups(
         members = sorted((m for m in g.members if m in layers), key=lambda m: order[m])
         g.point = members[0] if members else g.root
     return groups, coef, notes
+
+
+def channels_removed(
+    model: nn.Module,
+    groups: list[prune.GroupSpec],
+    coef: Coefs,
+    round_to: int,
+    point: str,
+    ratios: list[float],
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Input and output channels each conv / linear / recurrent layer loses at each prune ratio
+    of ``point``: ``{layer: (removed inputs, removed outputs)}``, layers that lose none left out.
+
+    Read from the probed coefficients and the units ``removed_units`` takes from each atom, the
+    same numbers ``compress`` prunes to (``round_to`` included), so a latency lookup table needs
+    no probing of its own.
+    """
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for gi, g in enumerate(groups):
+        if g.point != point or not g.prunable:
+            continue
+        rnd = math.lcm(round_to, g.unit) // g.unit
+        units = g.atom_units()
+        rem = [[float(prune.removed_units(r, u, rnd)) if u >= 2 else 0.0 for r in ratios]
+               for u in units]
+
+        def delta(tensor: str, dim: int, gi: int = gi, rem: list[list[float]] = rem) -> list[float]:
+            c = coef.get((tensor, dim), {})
+            return [sum(c.get((gi, a), 0.0) * rem[a][k] for a in range(len(rem)))
+                    for k in range(len(ratios))]
+
+        for name, m in model.named_modules():
+            if isinstance(m, nn.modules.conv._ConvNd):  # weight (out, in/groups, ...), transposed
+                full, part = (1, 0) if m.transposed else (0, 1)  # (in, out/groups, ...)
+                whole = delta(f"{name}.weight", full)
+                if m.groups > 1 and m.groups == m.in_channels == m.out_channels:  # depthwise
+                    i = o = whole
+                else:
+                    per = [v * m.groups for v in delta(f"{name}.weight", part)]
+                    o, i = (per, whole) if m.transposed else (whole, per)
+            elif isinstance(m, nn.Linear):
+                o, i = delta(f"{name}.weight", 0), delta(f"{name}.weight", 1)
+            elif type(m) in rnn.GATES:
+                o = [v / rnn.GATES[type(m)] for v in delta(f"{name}.weight_hh_l0", 0)]
+                i = delta(f"{name}.weight_ih_l0", 1)
+            else:
+                continue
+            if any(i) or any(o):
+                old_i, old_o = out.get(name, ([0.0] * len(ratios), [0.0] * len(ratios)))
+                out[name] = ([a + b for a, b in zip(old_i, i, strict=True)],
+                             [a + b for a, b in zip(old_o, o, strict=True)])
+    return out

@@ -44,6 +44,7 @@ from autocompress.compression.discovery import (  # noqa: F401
     _record_coefs,
     _record_layers,
     _shapes,
+    channels_removed,
 )
 from autocompress.compression.knobs import (
     ALLOWED_BITS,
@@ -307,6 +308,16 @@ class CompressionSpace:
 
     def __getitem__(self, name: str) -> DecisionPoint:
         return self._points_by_name[name]
+
+    def channels_removed(
+        self, model: nn.Module, point: str, ratios: list[float]
+    ) -> dict[str, tuple[list[float], list[float]]]:
+        """Channels each layer of ``model`` (the base model) loses at each prune ratio of ``point``.
+
+        ``{layer: (removed inputs, removed outputs)}`` from the probed coefficients
+        (``discovery.channels_removed``): what a latency lookup table needs, without probing again.
+        """
+        return channels_removed(model, self.groups, self._coef, self.round_to, point, ratios)
 
     def identity(self) -> CompressionPolicy:
         """prune=0, w_bits=a_bits=32, rank=1.0 at every point: ``compress`` returns an exact copy."""

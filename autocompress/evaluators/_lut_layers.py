@@ -2,9 +2,9 @@
 
 ``discover_layers`` records what the table times standalone (a layer's input shape, and the BN and
 activation modules that consume its output), which the compression space's records do not keep.
-``_probe_dependencies`` finds which decision point changes which layer's widths by compressing the
-base model with one point pruned at each ratio of a small grid: the public ``compress`` contract,
-``round_to`` rounding included, so the widths are exact at the grid ratios.
+``_width_sources`` reads which decision point changes which layer's widths, by how many channels at
+each ratio of a small grid, from the compression space (its probed coefficients, the numbers
+``compress`` prunes to), so the table probes nothing itself.
 """
 
 from __future__ import annotations
@@ -154,57 +154,32 @@ def _rnn_spec(mod: nn.Module, x: Tensor) -> dict[str, Any]:
             "nonlinearity": getattr(mod, "nonlinearity", "tanh"), "bn": False, "act": None}
 
 
-def _widths(model: nn.Module) -> dict[str, tuple[int, int]]:
-    out = {}
-    for name, m in model.named_modules():
-        if type(m) in _RNN_MODES:
-            out[name] = (m.input_size, m.hidden_size)
-        elif isinstance(m, _CONV):
-            out[name] = (m.in_channels, m.out_channels)
-        elif isinstance(m, nn.Linear):
-            out[name] = (m.in_features, m.out_features)
-    return out
+def _width_sources(space: CompressionSpace, model: nn.Module, layers: list[_Layer],
+                   points: int) -> None:
+    """Fill each layer's width sources and rank point from what the space knows.
 
-
-def _probe_dependencies(
-    model: nn.Module, space: CompressionSpace, example_input: Tensor, layers: list[_Layer],
-    points: int,
-) -> int:
-    """Fill each layer's width sources and rank point by compressing with one point changed.
-
-    Every prunable point is compressed alone at the ratios of ``_probe_grid``, so
-    the channels each layer loses are known exactly there (``round_to`` rounding included) and
-    interpolated in between. Returns the number of probes.
+    At every prunable point, the channels each layer loses at the ratios of ``_probe_grid`` come
+    from the space's probed coefficients (``CompressionSpace.channels_removed``, the numbers
+    ``compress`` prunes to, ``round_to`` rounding included): exact there, interpolated in between.
     """
-    from autocompress.compression import CompressionPolicy, LayerAction, compress
-
-    base = _widths(model)
     by_name = {lay.name: lay for lay in layers}
-    probes = 0
     for point in space.decision_points:
         knobs = point.knobs
         if "prune" in knobs:
             high = float(knobs["prune"].most_compressed)
             grid = _probe_grid(high, int(point.features.get("out_channels", 0)), points)
-            for k, ratio in enumerate(grid[1:], start=1):
-                small = compress(model, CompressionPolicy({point.name: LayerAction(prune=ratio)}),
-                                 space=space, example_input=example_input)
-                probes += 1
-                now = _widths(small)
-                for lname, lay in by_name.items():
-                    if lname not in now:
-                        continue
-                    (ci, co), (ni, no) = base[lname], now[lname]
-                    for sources, delta in ((lay.in_sources, ci - ni), (lay.out_sources, co - no)):
-                        if delta and point.name not in sources:
-                            sources[point.name] = [grid, [0.0] * len(grid)]
-                        if point.name in sources:
-                            sources[point.name][1][k] = float(delta)
+            removed = space.channels_removed(model, point.name, grid) if grid else {}
+            for lname, lay in by_name.items():
+                if lname not in removed:
+                    continue
+                for sources, delta in zip((lay.in_sources, lay.out_sources), removed[lname],
+                                          strict=True):
+                    if any(delta[1:]):
+                        sources[point.name] = [grid, [0.0, *delta[1:]]]
         for kname in ("rank", "proj_rank"):  # a space offers one of the two
             if kname in knobs and point.name in by_name:
                 by_name[point.name].rank_point = point.name
                 by_name[point.name].rank_knob = kname
-    return probes
 
 
 def _probe_grid(high: float, channels: int, points: int) -> list[float]:

@@ -11,10 +11,10 @@ layer's entry at the widths a policy gives it, sums the entries and adds a const
 the whole model's latency minus the sum of its layers' entries (what the table does not see:
 call overhead, adds, pooling, reshapes).
 
-Which decision point changes which layer's widths is found by compressing the base model with only
-that point pruned, at each ratio of the grid (probing), so the table relies on nothing but the
-public ``compress`` contract: widths are exact at the grid ratios (``round_to`` included) and
-interpolated linearly in between. The constant (and a scale) are fitted robustly on a few random
+Which decision point changes which layer's widths, and by how many channels at each ratio of the
+grid, is read from the compression space (``CompressionSpace.channels_removed``: the coefficients it
+probed, the numbers ``compress`` prunes to), so widths are exact at the grid ratios (``round_to``
+included) and interpolated linearly in between. The constant (and a scale) are fitted robustly on a few random
 compressed models measured whole, which absorbs what standalone layers see differently from the
 same layers inside the graph.
 """
@@ -37,8 +37,8 @@ from torch import Tensor, nn
 from autocompress.errors import UserInputError
 from autocompress.evaluators._lut_layers import (
     _Layer,
-    _probe_dependencies,
     _removed,
+    _width_sources,
     discover_layers,
 )
 from autocompress.evaluators._lut_plan import _interp2, _interp3, _plan, _theil_sen
@@ -325,7 +325,7 @@ class LatencyLUT:
         model = model.eval()
         example_input = example_input[:1]
         layers = discover_layers(model, example_input)
-        _probe_dependencies(model, space, example_input, layers, keep_points)
+        _width_sources(space, model, layers, keep_points)
         prof = _Profiler(backend, batch, threads, warmup, repeats, clock)
         with torch_threads(threads):
             prof.measure_overhead()
