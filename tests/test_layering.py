@@ -169,9 +169,12 @@ def test_the_checker_sees_in_function_and_relative_imports(tmp_path: Path) -> No
     assert "autocompress.search.runner" in names and "autocompress.report" in names
 
 
-#: Modules a run-directory reader, a plug-in's spec or a tool needs without paying for torch.
+#: Modules a run-directory reader, a plug-in's spec or a tool needs without paying for torch: the
+#: policy type, the knob registry (its transforms load torch when applied) and the search records.
 LIGHT_MODULES = ("autocompress", "autocompress.errors", "autocompress.metrics", "autocompress.registry",
-                 "autocompress.rundir", "autocompress.compression", "autocompress.search")
+                 "autocompress.rundir", "autocompress.compression", "autocompress.search",
+                 "autocompress.compression.policy", "autocompress.compression.knobs",
+                 "autocompress.search.records")
 
 
 def test_light_modules_import_without_torch_or_optuna() -> None:

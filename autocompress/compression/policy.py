@@ -8,12 +8,13 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from autocompress.compression.knobs import ALLOWED_BITS, KNOB_TYPES  # noqa: F401 - ALLOWED_BITS re-exported
 from autocompress.errors import UserInputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _PACK = struct.Struct("<4d").pack
 #: The knobs the space's closed-form cost model reads as one packed vector per layer.
@@ -157,6 +158,8 @@ class CompressionPolicy:
         """
         cached = self.__dict__.get("_vectors_cache")
         if cached is None:
+            import numpy as np  # here, so that reading and writing policies needs no numpy
+
             names = tuple(self.layers)
             packed = b"".join([a._vec for a in self.layers.values()]) + _IDENTITY_PACKED  # type: ignore[attr-defined]
             cached = (names, np.frombuffer(packed, dtype=np.float64).reshape(-1, 4))

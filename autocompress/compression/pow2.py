@@ -28,11 +28,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
 from autocompress.compression.knobs import KnobType, register_knob
 
+# torch is imported where a layer is looked at: the knob's spec (range, identity, storage) is read
+# by policies and run-directory readers that never load torch.
 if TYPE_CHECKING:
+    from torch import nn
+
     from autocompress.compression.policy import CompressionPolicy
     from autocompress.compression.space import CompressionSpace
 
@@ -64,6 +66,8 @@ class Pow2BitsKnob(KnobType):
         return "-" if value == 32 else str(int(value))
 
     def layer_knob(self, kind: str, module: nn.Module) -> Any:
+        from torch import nn
+
         from autocompress.compression.space import Knob
 
         if kind not in _POW2_KINDS or not isinstance(getattr(module, "weight", None), nn.Parameter):

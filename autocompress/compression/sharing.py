@@ -29,12 +29,13 @@ import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
+from autocompress.compression.knobs import KnobType, register_knob, weight_storage_bytes
 
-from autocompress.compression.knobs import KnobType, register_knob
-
+# torch is imported by the functions that touch tensors: the knob's spec (range, identity, storage)
+# is read by policies and run-directory readers that never load torch.
 if TYPE_CHECKING:
+    from torch import Tensor, nn
+
     from autocompress.compression.policy import CompressionPolicy
     from autocompress.compression.space import CompressionSpace
 
@@ -45,47 +46,54 @@ SHARE_BITS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 32)
 _SHARE_KINDS = ("conv", "depthwise_conv", "grouped_conv", "linear")
 
 
-@torch.no_grad()
 def kmeans_share(w: Tensor, bits: int, iters: int = 100) -> tuple[Tensor, Tensor]:
     """``(codebook, index)``: 1-D k-means of ``w`` into ``2^bits`` clusters, linear initialisation.
 
     Deterministic (no random start); empty clusters keep their initial value.
     """
-    k = 2**bits
-    flat = w.detach().flatten().double()
-    lo, hi = float(flat.min()), float(flat.max())
-    codebook = torch.linspace(lo, hi, k, dtype=torch.float64)
-    index = torch.zeros(flat.numel(), dtype=torch.long)
-    for i in range(iters):
-        mids = (codebook[1:] + codebook[:-1]) / 2  # centroids stay sorted in 1-D k-means
-        new = torch.bucketize(flat, mids)
-        if i > 0 and torch.equal(new, index):
-            break
-        index = new
-        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, index, flat)
-        counts = torch.bincount(index, minlength=k)
-        codebook = torch.where(counts > 0, sums / counts.clamp(min=1), codebook)
-    return codebook.to(w.dtype), index.reshape(w.shape)
+    import torch
+
+    with torch.no_grad():
+        k = 2**bits
+        flat = w.detach().flatten().double()
+        lo, hi = float(flat.min()), float(flat.max())
+        codebook = torch.linspace(lo, hi, k, dtype=torch.float64)
+        index = torch.zeros(flat.numel(), dtype=torch.long)
+        for i in range(iters):
+            mids = (codebook[1:] + codebook[:-1]) / 2  # centroids stay sorted in 1-D k-means
+            new = torch.bucketize(flat, mids)
+            if i > 0 and torch.equal(new, index):
+                break
+            index = new
+            sums = torch.zeros(k, dtype=torch.float64).index_add_(0, index, flat)
+            counts = torch.bincount(index, minlength=k)
+            codebook = torch.where(counts > 0, sums / counts.clamp(min=1), codebook)
+        return codebook.to(w.dtype), index.reshape(w.shape)
 
 
-@torch.no_grad()
 def share_(module: nn.Module, bits: int) -> None:
     """Share ``module.weight`` among ``2^bits`` values (its kept entries when it has a mask)."""
-    w = module.weight
-    mask = getattr(module, "weight_mask", None)
-    values = w[mask] if isinstance(mask, Tensor) else w.flatten()
-    codebook, idx = kmeans_share(values, bits)
-    index = torch.zeros(w.shape, dtype=torch.long, device=w.device)
-    if isinstance(mask, Tensor):
-        index[mask] = idx.to(w.device)
-    else:
-        index = idx.reshape(w.shape).to(w.device)
-    module.register_buffer("weight_codebook", codebook.to(w.device))
-    module.register_buffer("weight_index", index.to(torch.uint8 if bits <= 8 else torch.int16))
-    w.copy_(_shared_weight(module))
+    import torch
+    from torch import Tensor
+
+    with torch.no_grad():
+        w = module.weight
+        mask = getattr(module, "weight_mask", None)
+        values = w[mask] if isinstance(mask, Tensor) else w.flatten()
+        codebook, idx = kmeans_share(values, bits)
+        index = torch.zeros(w.shape, dtype=torch.long, device=w.device)
+        if isinstance(mask, Tensor):
+            index[mask] = idx.to(w.device)
+        else:
+            index = idx.reshape(w.shape).to(w.device)
+        module.register_buffer("weight_codebook", codebook.to(w.device))
+        module.register_buffer("weight_index", index.to(torch.uint8 if bits <= 8 else torch.int16))
+        w.copy_(_shared_weight(module))
 
 
 def _shared_weight(module: nn.Module) -> Tensor:
+    from torch import Tensor
+
     w = module.weight_codebook[module.weight_index.long()]
     mask = getattr(module, "weight_mask", None)
     return w * mask if isinstance(mask, Tensor) else w
@@ -134,6 +142,8 @@ class ShareBitsKnob(KnobType):
         return "-" if value == 32 else str(int(value))
 
     def layer_knob(self, kind: str, module: nn.Module) -> Any:
+        from torch import nn
+
         from autocompress.compression.space import Knob
 
         if kind not in _SHARE_KINDS or not isinstance(getattr(module, "weight", None), nn.Parameter):
@@ -171,7 +181,7 @@ def sharing_report(model: nn.Module) -> list[dict[str, float | int | str]]:
     ``count_size_bytes`` counts it: indices + codebook, nonzeros + bitmap when sparse) and ``huffman_bytes``
     (the same with Huffman-coded indices).
     """
-    from autocompress.compression.knobs import weight_storage_bytes
+    from torch import Tensor
 
     rows: list[dict[str, float | int | str]] = []
     for name, m in model.named_modules():

@@ -21,12 +21,13 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
-
 from autocompress.compression.knobs import KnobType, register_knob
 
+# torch is imported by the functions that touch tensors: the knob's spec (range, identity, storage)
+# is read by policies and run-directory readers that never load torch.
 if TYPE_CHECKING:
+    from torch import Tensor, nn
+
     from autocompress.compression.policy import CompressionPolicy
     from autocompress.compression.space import CompressionSpace
 
@@ -48,23 +49,27 @@ def sparse_bytes(nnz: int, numel: int, bits: int, scales: int) -> float:
     return nnz * bits / 8.0 + float(-(-numel // 8)) + 4.0 * scales
 
 
-@torch.no_grad()
 def magnitude_mask(w: Tensor, sparsity: float) -> Tensor:
     """Boolean mask keeping all but the ``zeroed(numel, sparsity)`` smallest ``|w|`` (stable)."""
+    import torch
+
     k = zeroed(w.numel(), sparsity)
-    mask = torch.ones(w.numel(), dtype=torch.bool)
-    if k > 0:
-        order = torch.sort(w.detach().abs().flatten().cpu(), stable=True).indices
-        mask[order[:k]] = False
-    return mask.reshape(w.shape).to(w.device)
+    with torch.no_grad():
+        mask = torch.ones(w.numel(), dtype=torch.bool)
+        if k > 0:
+            order = torch.sort(w.detach().abs().flatten().cpu(), stable=True).indices
+            mask[order[:k]] = False
+        return mask.reshape(w.shape).to(w.device)
 
 
-@torch.no_grad()
 def sparsify_(module: nn.Module, sparsity: float) -> None:
     """Zero the smallest weights of ``module`` and register its ``weight_mask`` buffer."""
-    mask = magnitude_mask(module.weight, sparsity)
-    module.register_buffer("weight_mask", mask)
-    module.weight.mul_(mask)
+    import torch
+
+    with torch.no_grad():
+        mask = magnitude_mask(module.weight, sparsity)
+        module.register_buffer("weight_mask", mask)
+        module.weight.mul_(mask)
 
 
 class SparsityKnob(KnobType):
@@ -83,6 +88,8 @@ class SparsityKnob(KnobType):
         return math.isfinite(value) and 0.0 <= value <= MAX_SPARSITY
 
     def layer_knob(self, kind: str, module: nn.Module) -> Any:
+        from torch import nn
+
         from autocompress.compression.space import Knob
 
         if kind not in _SPARSE_KINDS or not isinstance(getattr(module, "weight", None), nn.Parameter):

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autocompress.compression.policy import CompressionPolicy
 from autocompress.rundir import Candidate
-from autocompress.search.spec import SearchSpec
 
 if TYPE_CHECKING:
-    from autocompress.compression import CompressionPolicy
     from autocompress.evaluators import EvalResult
     from autocompress.search.ledger import LedgerTrial
+    from autocompress.search.spec import SearchSpec
 
 #: Statuses that count towards ``spec.trials`` (an evaluation was spent).
 COUNTED_STATUSES = ("ok", "failed")
