@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autocompress.classic.forest import _pack_bits, _unpack_bits
+from autocompress.compression.policy import CompressionPolicy
 from autocompress.compression.space import Knob
 from autocompress.errors import UserInputError
 
@@ -356,8 +357,6 @@ class DenseSpace:
 
     def identity(self) -> CompressionPolicy:
         """The uncompressed model."""
-        from autocompress.compression.policy import CompressionPolicy
-
         return CompressionPolicy({})
 
     def most_compressed(self) -> CompressionPolicy:

@@ -43,6 +43,7 @@ from autocompress.classic.dense import DenseSpace, PackedDense, dense_from_sklea
 from autocompress.classic.forest import ForestArrays, PackedForest, forest_from_sklearn
 from autocompress.classic.models import check_model_name, create_classic_model
 from autocompress.classic.space import ForestSpace
+from autocompress.compression.policy import CompressionPolicy, LayerAction
 from autocompress.errors import UserInputError
 from autocompress.rundir import PARETO_FILE, SPEC_FILE, TRIALS_FILE, TrialLog, atomic_write_text
 from autocompress.search.budgets import Budget, parse_budget
@@ -213,8 +214,6 @@ class _SweepSearcher:
         self.u_min = lo
 
     def _policy(self, u: float) -> CompressionPolicy:
-        from autocompress.compression.policy import CompressionPolicy, LayerAction
-
         return CompressionPolicy({self.point: LayerAction(prune=min(1.0, u) * self.high)})
 
     def ask(self) -> CompressionPolicy | None:
@@ -249,8 +248,6 @@ class _GreedySearcher:
     LEVELS = (1 / 3, 2 / 3, 1.0)
 
     def __init__(self, context: Any) -> None:
-        from autocompress.compression.policy import LayerAction
-
         self.context = context
         self.ladders: dict[str, list[Any]] = {}
         for p in context.space.decision_points:
@@ -269,8 +266,6 @@ class _GreedySearcher:
         self.walking = False
 
     def _policy(self, level: Mapping[str, int]) -> CompressionPolicy:
-        from autocompress.compression.policy import CompressionPolicy
-
         return CompressionPolicy({n: self.ladders[n][i] for n, i in level.items() if i >= 0})
 
     def _acc(self, name: str, i: int) -> float:
@@ -490,8 +485,6 @@ def write_front(problem: ClassicProblem, run: Path, records: list[dict[str, Any]
                 pareto_report: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """``RUN/pareto.json`` over the feasible records (first record per artefact), with test
     accuracy and the artefact file of every front point."""
-    from autocompress.compression.policy import CompressionPolicy
-
     seen: set[str] = set()
     feasible = []
     for r in records:

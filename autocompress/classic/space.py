@@ -42,6 +42,7 @@ from autocompress.classic.forest import (
     node_masks,
     packed_size,
 )
+from autocompress.compression.policy import CompressionPolicy, LayerAction
 from autocompress.compression.space import Knob
 from autocompress.errors import UserInputError
 
@@ -165,21 +166,15 @@ class ForestSpace:
 
     def identity(self) -> CompressionPolicy:
         """The uncompressed forest."""
-        from autocompress.compression.policy import CompressionPolicy
-
         return CompressionPolicy({})
 
     def most_compressed(self) -> CompressionPolicy:
         """Every knob at its most compressed value."""
-        from autocompress.compression.policy import CompressionPolicy, LayerAction
-
         return CompressionPolicy({p.name: LayerAction(**{k: kn.most_compressed for k, kn in p.knobs.items()})
                                   for p in self.decision_points})
 
     def sample(self, seed_or_rng: int | np.random.Generator) -> CompressionPolicy:
         """Every knob uniform over its range (bit-widths uniform over the choices)."""
-        from autocompress.compression.policy import CompressionPolicy, LayerAction
-
         rng = (seed_or_rng if isinstance(seed_or_rng, np.random.Generator)
                else np.random.default_rng(seed_or_rng))
         layers = {}

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from autocompress.compression.knobs import weight_storage_bytes
 from autocompress.metrics import macs_from_flops
 
 __all__ = ["count_bops", "count_macs", "count_params", "count_size_bytes", "module_macs_formula"]
@@ -283,7 +284,6 @@ def count_size_bytes(model: nn.Module) -> float:
     ``weight_codebook``) as log2(k)-bit indices plus its codebook (``knobs.weight_storage_bytes``).
     Buffers (BatchNorm running statistics, activation ranges, masks) are not counted.
     """
-    from autocompress.compression.knobs import weight_storage_bytes
     from autocompress.compression.quantize import (
         pow2_codebook_bytes,
         quantized_weight_bytes,

@@ -12,6 +12,8 @@ narrowest layer would otherwise lose its pruning choices (see :func:`auto_round_
 
 from __future__ import annotations
 
+from autocompress.errors import UserInputError
+
 #: PyTorch's CPU capability name -> fp32 lanes of one SIMD register.
 _LANES = {"AVX512": 16, "AVX2": 8, "AVX": 8, "ZVECTOR": 4, "VSX": 4, "NEON": 4, "SVE256": 8, "DEFAULT": 4}
 
@@ -62,8 +64,6 @@ def auto_round_to(model: object = None, num_classes: int | None = None) -> int:
 def check_round_to(value: object) -> int | str:
     """``"auto"`` stays ``"auto"`` (resolved per model by :func:`auto_round_to`); a positive
     integer (or its text) becomes an int; anything else is refused in one line."""
-    from autocompress.errors import UserInputError
-
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     if isinstance(value, str) and value.strip().isdigit():

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from autocompress.compression.knobs import KNOB_TYPES
+from autocompress.compression.policy import CompressionPolicy
 from autocompress.devices import device_tag
 from autocompress.errors import UserInputError
 from autocompress.evaluators.accuracy import (
@@ -55,16 +57,12 @@ def structural_policy(policy: CompressionPolicy) -> CompressionPolicy:
     down, so latency reflects pruning and factorisation; ``ort-int8`` runs the whole network in
     int8 whatever the policy's bit-widths.
     """
-    from autocompress.compression import CompressionPolicy
-
     return CompressionPolicy({n: a.replace(w_bits=32, a_bits=32) for n, a in policy.layers.items()})
 
 
 def changes_structure(policy: CompressionPolicy) -> bool:
     """True when the policy prunes, factorises or sparsifies somewhere (BatchNorm statistics go
     stale): some knob whose type declares ``restats`` is off its identity value."""
-    from autocompress.compression.knobs import KNOB_TYPES
-
     stale = [(k, kt.identity) for k, kt in KNOB_TYPES.items() if kt.restats]
     return any(getattr(a, k) != ident for a in policy.layers.values() for k, ident in stale)
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from autocompress.compression.knobs import from_unit, to_unit
+from autocompress.compression.policy import CompressionPolicy, LayerAction
 from autocompress.metrics import COST_METRICS
 
 if TYPE_CHECKING:
@@ -44,21 +46,15 @@ BUDGET_FILL = "budget_fill"
 def _unit(knob: object, value: float) -> float:
     """Relative compression of ``value`` on ``knob``: 0 = least, 1 = most compressed (the knob
     registry's unit mapping, shared with the environment and the baseline searchers)."""
-    from autocompress.compression.knobs import to_unit
-
     return to_unit(knob, value)
 
 
 def _value(knob: object, u: float) -> float:
-    from autocompress.compression.knobs import from_unit
-
     return from_unit(knob, u)
 
 
 def cost_knobs(space: CompressionSpace, cost: Callable[[CompressionPolicy], float]) -> tuple[str, ...]:
     """Knob names whose most compressed value (at every point) lowers ``cost`` below the base's."""
-    from autocompress.compression import CompressionPolicy, LayerAction
-
     base = float(cost(space.identity()))
     names: list[str] = []
     for p in space.decision_points:
@@ -98,8 +94,6 @@ class BudgetProjector:
 
     def _scaled(self, units: Mapping[tuple[str, str], float], lam: float,
                 fixed: Mapping[str, Mapping[str, float]]) -> CompressionPolicy:
-        from autocompress.compression import CompressionPolicy, LayerAction
-
         layers: dict[str, dict[str, float]] = {p: dict(kw) for p, kw in fixed.items()}
         for (point, knob_name), u in units.items():
             knob = self.space_points[point].knobs[knob_name]

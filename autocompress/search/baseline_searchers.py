@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from autocompress.compression.knobs import from_unit, to_unit
+from autocompress.compression.policy import CompressionPolicy, LayerAction
 from autocompress.search.base import BaseSearcher, SearchContext, register_searcher
 from autocompress.search.rl_searcher import AgentSearcher
 
@@ -23,15 +25,11 @@ if TYPE_CHECKING:
 def knob_value(knob: Any, u: float) -> float | int:
     """The value of ``knob`` a fraction ``u`` of the way from least (0) to most (1) compressed
     (the knob registry's unit mapping, ``compression.knobs.from_unit``)."""
-    from autocompress.compression.knobs import from_unit
-
     return from_unit(knob, u)
 
 
 def uniform_policy(space: CompressionSpace, u: float) -> CompressionPolicy:
     """Every knob of every point ``u`` of the way to its most compressed value."""
-    from autocompress.compression import CompressionPolicy, LayerAction
-
     return CompressionPolicy({
         p.name: LayerAction(**{k: knob_value(knob, u) for k, knob in p.knobs.items()})
         for p in space.decision_points
@@ -41,9 +39,6 @@ def uniform_policy(space: CompressionSpace, u: float) -> CompressionPolicy:
 def blend_policy(space: CompressionSpace, policy: CompressionPolicy, lam: float) -> CompressionPolicy:
     """Move every knob of ``policy`` a share ``lam`` of the way to its most compressed value
     (in the knob registry's unit coordinates: ``u + lam * (1 - u)``)."""
-    from autocompress.compression import CompressionPolicy, LayerAction
-    from autocompress.compression.knobs import from_unit, to_unit
-
     layers = {}
     for p in space.decision_points:
         action = policy.get(p.name)

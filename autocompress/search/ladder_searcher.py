@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from autocompress.compression.policy import CompressionPolicy, LayerAction
 from autocompress.search._projection import (
     PROJECTABLE,
     BudgetProjector,
@@ -109,8 +110,6 @@ class LadderSearcher(BaseSearcher):
 
     def _ladder_policy(self, u: float) -> CompressionPolicy:
         from dataclasses import replace
-
-        from autocompress.compression import CompressionPolicy
 
         policy = uniform_policy(self.context.space, u)
         if not self.held:
@@ -194,8 +193,6 @@ class LadderSearcher(BaseSearcher):
         return self._floor_cost
 
     def _child(self) -> CompressionPolicy:
-        from autocompress.compression import CompressionPolicy, LayerAction
-
         rng = self._rng
         shape, cost = self._parent()
         layers: dict[str, dict[str, Any]] = {}

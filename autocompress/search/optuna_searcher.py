@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from autocompress.compression.policy import CompressionPolicy, LayerAction
 from autocompress.search._projection import BUDGET_FILL, BudgetProjector, make_projector
 from autocompress.search.base import BaseSearcher, SearchContext, register_searcher
 
@@ -70,8 +71,6 @@ def policy_from_params(space: CompressionSpace, params: Mapping[str, Any],
     With a ``projector`` and a ``budget_fill`` parameter, the sampled values are read as relative
     compression and scaled onto the budget (a pure function of the parameters).
     """
-    from autocompress.compression import CompressionPolicy, LayerAction
-
     layers = {}
     for point in space.decision_points:
         knobs = {}

@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autocompress.compression.policy import CompressionPolicy
 from autocompress.errors import UserInputError
 from autocompress.search import storage as st
 from autocompress.search.base import BaseSearcher, create_searcher, searcher_class
@@ -197,7 +198,6 @@ def evaluate_trial(config: dict[str, Any], payload: dict[str, Any]) -> None:
     """A Tune function trainable: evaluate one candidate (low, then full under multi-fidelity)."""
     from ray import tune
 
-    from autocompress.compression import CompressionPolicy
     from autocompress.search.optuna_searcher import policy_from_params
 
     problem, source = _worker_problem(payload)

@@ -156,8 +156,6 @@ def safe_evaluate(evaluate: Callable[[CompressionPolicy, str], EvalResult], poli
 def record_from_trial(t: LedgerTrial) -> TrialRecord | None:
     """The ``TrialRecord`` of a finished trial (None for trials without a final record); reads
     only ``number`` and ``user_attrs``, so an Optuna ``FrozenTrial`` works too."""
-    from autocompress.compression import CompressionPolicy
-
     a = t.user_attrs
     status = a.get("status")
     if status not in ("ok", "failed", "infeasible") or "policy" not in a:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from autocompress.compression.policy import CompressionPolicy
 from autocompress.errors import UserInputError
 from autocompress.search import storage as st
 from autocompress.search.base import searcher_class
@@ -190,8 +191,6 @@ def reconcile(session: SearchSession, ledger: Ledger, requeue: bool, own: bool =
 
 
 def _policy(d: Mapping[str, Any]) -> CompressionPolicy:
-    from autocompress.compression import CompressionPolicy
-
     return CompressionPolicy.from_dict(d)
 
 

@@ -23,7 +23,7 @@ from autocompress.compression.hardware import check_round_to
 from autocompress.compression.knobs import check_knob_set, knob_names
 from autocompress.compression.prune import IMPORTANCES
 from autocompress.devices import check_device_name, resolve_device
-from autocompress.errors import UserInputError, check_checkpoint_path
+from autocompress.errors import UserInputError, check_checkpoint_path, check_writable
 from autocompress.evaluators.config import EvaluatorConfig, check_backend_available
 from autocompress.metrics import DIRECTIONS, Budget, parse_budget, parse_metric
 from autocompress.search.base import DEFAULT_STRATEGY
@@ -541,8 +541,6 @@ class SearchSpec:
         run directory can be written, and a storage URL can be opened. ``run_search`` calls it
         first, so a bad path fails in a second and leaves no run directory behind.
         """
-        from autocompress.errors import check_writable
-
         if self.checkpoint is not None:
             check_checkpoint_path(self.checkpoint)
         if self.data_root is not None and not Path(self.data_root).is_dir():
@@ -748,8 +746,6 @@ def check_storage(storage: str | None, run_dir: Path) -> None:
     (or the run directory); any other URL is connected to once (an unreachable database is
     named now, not after the base model has been trained).
     """
-    from autocompress.errors import check_writable
-
     if storage is None or storage in _STORAGE_WORDS:
         return
     if "://" not in storage:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autocompress.errors import UserInputError
+from autocompress.errors import UserInputError, check_writable
 from autocompress.rundir import (  # noqa: F401 - the run directory's names, re-exported for callers
     BASE_FILE,
     JOURNAL_FILE,
@@ -370,8 +370,6 @@ def check_database_url(storage: str, run_dir: Path) -> None:
     server, a refused login or a missing database is one ``UserInputError`` line now, not a
     traceback after the base model has been trained. The password never appears in the message.
     """
-    from autocompress.errors import check_writable
-
     shown = mask_url(storage)
     try:
         from sqlalchemy.engine import make_url

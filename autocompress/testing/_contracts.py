@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from autocompress.compression.knobs import knob_type
+from autocompress.compression.policy import CompressionPolicy
 from autocompress.errors import UserInputError
+from autocompress.metrics import VOCABULARY, Direction, predicted_costs
 from autocompress.testing._tiny import synthetic_result, tiny_context, tiny_space
 
 if TYPE_CHECKING:
@@ -32,8 +35,6 @@ def _expect(condition: bool, message: str) -> None:
 # -- searchers ------------------------------------------------------------------------------------
 def _proposals(cls: type[BaseSearcher], context: SearchContext, seed: int, n: int,
                settings: Mapping[str, Any]) -> list[CompressionPolicy]:
-    from autocompress.compression import CompressionPolicy
-
     cls.check_settings(settings)
     searcher = cls(context, seed=seed, **settings)
     out: list[CompressionPolicy] = []
@@ -136,7 +137,6 @@ def check_knob(knob: str | KnobType, model: str | None = None, *, seed: int = 0
         count_params,
         count_size_bytes,
     )
-    from autocompress.compression.knobs import knob_type
 
     kt = knob_type(knob) if isinstance(knob, str) else knob
     for name in (model,) if model is not None else KNOB_MODELS:
@@ -192,8 +192,6 @@ def check_evaluator(evaluator: BaseEvaluator, space: CompressionSpace) -> dict[s
     Returns:
         The results by name (``identity``, ``compressed``, ``compressed_low``).
     """
-    from autocompress.metrics import VOCABULARY, Direction, predicted_costs
-
     name = type(evaluator).__name__
     declared = getattr(evaluator, "metrics", None)
     _expect(isinstance(declared, Mapping) and bool(declared), f"{name} declares no metrics")

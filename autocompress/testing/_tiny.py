@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from autocompress.metrics import parse_budget, predicted_costs
+
 if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy, CompressionSpace
     from autocompress.evaluators import EvalResult
@@ -81,7 +83,6 @@ def tiny_context(space: CompressionSpace | None = None, *, budgets: Sequence[str
     only; a problem's ``problem.space`` for a trained model). Like every context it holds no
     problem and no evaluator: searchers are told results, here :func:`synthetic_result`.
     Optuna searchers get an in-memory study."""
-    from autocompress.metrics import parse_budget, predicted_costs
     from autocompress.search.base import SearchContext
     from autocompress.search.spec import Objective
 
