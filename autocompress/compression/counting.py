@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -115,10 +115,12 @@ def _full_inputs(
     return tuple(full)
 
 
-def _macs_total(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> float:
-    """MACs of one call ``model(*args, **kwargs)`` for the whole batch (see ``count_macs``)."""
+@contextlib.contextmanager
+def _outermost_calls(modules: Iterable[nn.Module]) -> Iterator[list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]]]:
+    """Record ``(module, inputs, kwargs)`` of each call of ``modules`` made while the block runs,
+    the outermost only (a module called inside another recorded one is skipped: an LSTM inside a
+    custom RNN wrapper, a factor inside a ``LowRankRNN``); the hooks are gone after the block."""
     calls: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]] = []
-    # Only the outermost formula module counts (an LSTM inside a custom RNN wrapper is fine).
     depth = [0]
 
     def pre(module: nn.Module, inputs: tuple[Any, ...], kw: dict[str, Any]) -> None:
@@ -130,26 +132,29 @@ def _macs_total(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] 
         depth[0] -= 1
 
     handles = []
-    for m in model.modules():
-        if isinstance(m, _FORMULA_TYPES):
+    try:
+        for m in modules:
             handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(m.register_forward_hook(post))
-    try:
-        with eval_mode(model):
-            with FlopCounterMode(display=False) as counter:
-                model(*args, **(kwargs or {}))
-            total = macs_from_flops(counter.get_total_flops())
-            for h in handles:
-                h.remove()
-            for module, inputs, kw in calls:
-                with FlopCounterMode(display=False) as counter:
-                    module(*inputs, **kw)
-                counted = macs_from_flops(counter.get_total_flops())
-                full = _full_inputs(module, inputs, kw)
-                total += module_macs_formula(module, full) * _module_batch(module, full[0]) - counted
+        yield calls
     finally:
         for h in handles:
             h.remove()
+
+
+def _macs_total(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> float:
+    """MACs of one call ``model(*args, **kwargs)`` for the whole batch (see ``count_macs``)."""
+    with eval_mode(model):
+        with _outermost_calls(m for m in model.modules() if isinstance(m, _FORMULA_TYPES)) as calls:
+            with FlopCounterMode(display=False) as counter:
+                model(*args, **(kwargs or {}))
+        total = macs_from_flops(counter.get_total_flops())
+        for module, inputs, kw in calls:
+            with FlopCounterMode(display=False) as counter:
+                module(*inputs, **kw)
+            counted = macs_from_flops(counter.get_total_flops())
+            full = _full_inputs(module, inputs, kw)
+            total += module_macs_formula(module, full) * _module_batch(module, full[0]) - counted
     return float(total)
 
 
@@ -214,38 +219,17 @@ def count_bops(model: nn.Module, example_input: Any) -> float:
     args = _as_args(example_input)
     units = {id(m): bits for m in model.modules()
              if (bits := _layer_bits(m)) is not None and bits != (32, 32)}
-    calls: list[tuple[nn.Module, tuple[Any, ...], dict[str, Any]]] = []
-    depth = [0]  # only the outermost quantized layer counts (a factor inside a LowRankRNN)
-
-    def pre(module: nn.Module, inputs: tuple[Any, ...], kw: dict[str, Any]) -> None:
-        if depth[0] == 0:
-            calls.append((module, inputs, dict(kw)))
-        depth[0] += 1
-
-    def post(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        depth[0] -= 1
-
     total = 1024.0 * _macs_total(model, args)
-    handles = []
-    for m in model.modules():
-        if id(m) in units:
-            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(m.register_forward_hook(post))
-    try:
-        with eval_mode(model):
+    with eval_mode(model):
+        with _outermost_calls(m for m in model.modules() if id(m) in units) as calls:
             model(*args)  # which layers run, on what
-            for h in handles:
-                h.remove()
-            for module, inputs, kw in calls:
-                macs = _macs_total(module, inputs, kw)
-                if isinstance(module, nn.MultiheadAttention):  # QK^T and AV stay float
-                    lq, lk = _mha_lengths(module, _full_inputs(module, inputs, kw))
-                    macs -= 2.0 * lq * lk * module.embed_dim * _module_batch(module, inputs[0])
-                wb, ab = units[id(module)]
-                total += macs * (wb * ab - 1024.0)
-    finally:
-        for h in handles:
-            h.remove()
+        for module, inputs, kw in calls:
+            macs = _macs_total(module, inputs, kw)
+            if isinstance(module, nn.MultiheadAttention):  # QK^T and AV stay float
+                lq, lk = _mha_lengths(module, _full_inputs(module, inputs, kw))
+                macs -= 2.0 * lq * lk * module.embed_dim * _module_batch(module, inputs[0])
+            wb, ab = units[id(module)]
+            total += macs * (wb * ab - 1024.0)
     return total / _batch_size(example_input)
 
 
