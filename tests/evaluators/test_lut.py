@@ -142,7 +142,7 @@ def test_direct_onnx_layers_match_the_torch_layers(spec_kw: dict, cin: int, cout
 def test_recurrent_layers_are_table_entries(tmp_path: Path) -> None:
     """An LSTM is one entry over its steps, on a grid of input widths and hidden sizes, and a
     factorised LSTM (its steps unrolled into separate nodes, several times slower on ONNX Runtime
-    at batch 1) is predicted slower than the fused original, as measured, and a pruned one faster."""
+    at batch 1) is predicted slower than the fused original, as measured."""
     from autocompress.compression import compress
     from autocompress.evaluators.latency import measure_latency
 
@@ -171,7 +171,6 @@ def test_recurrent_layers_are_table_entries(tmp_path: Path) -> None:
     # the factorised LSTM: measured about 5x the base here; both sides must see it clearly slower
     assert meas["factorised"] > 2.0 * meas["base"]
     assert pred["factorised"] > 2.0 * pred["base"]
-    assert pred["pruned"] < pred["base"]
     # How close each prediction comes to its measurement is a benchmark figure (bench_latency_lut.py,
     # benchmarks/README.md "The latency table on recurrent layers"), not a unit test's: on a loaded
     # machine one median of a 0.04 ms layer can double.
