@@ -16,7 +16,11 @@ a share of the sweep (``ladder_fraction`` of the trials, the same van der Corput
   projection's scale) by Gaussian noise of width ``sigma``: compression shifts between layers;
 * scale the result onto the chosen cost (times a small random factor; never above the hard
   budget): the child competes with its neighbours at equal cost, so any accuracy gained by a
-  better allocation lifts the front there.
+  better allocation lifts the front there;
+* the last ``polish_fraction`` of the trials (when the number of trials is known) polish the point
+  a user deploys: moves of the most accurate feasible point, ``polish_sigma`` wide, scaled onto
+  the hard budget itself (its own cost without one), a local search of the allocation where the
+  budget is spent, as the sensitivity-greedy baseline ends with.
 
 Knobs no objective or budget depends on are held uncompressed, as in the budget projection.
 Everything random comes from ``seed`` and the results told, so a seeded search is reproducible and
@@ -82,15 +86,24 @@ class LadderSearcher(BaseSearcher):
         sigma: width of the Gaussian move of each knob's relative compression.
         best_share: probability that the parent is the front's most accurate point.
         cost_jitter: log-normal width of the child's cost target around its parent's cost.
+        polish_fraction: share of the trials, at the end, spent moving the most accurate point at
+            the budget (0 = none; only when the number of trials is known).
+        polish_sigma: width of those moves.
     """
 
     def __init__(self, context: SearchContext, seed: int = 0, *, ladder_fraction: float = 0.4,
-                 sigma: float = 0.15, best_share: float = 0.5, cost_jitter: float = 0.1) -> None:
+                 sigma: float = 0.15, best_share: float = 0.5, cost_jitter: float = 0.1,
+                 polish_fraction: float = 0.2, polish_sigma: float = 0.08) -> None:
         super().__init__(context, seed)
         self.ladder_fraction, self.sigma = float(ladder_fraction), float(sigma)
         self.best_share, self.cost_jitter = float(best_share), float(cost_jitter)
+        self.polish_fraction, self.polish_sigma = float(polish_fraction), float(polish_sigma)
         trials = max(1, int(context.trials) or 40)
         self.n_ladder = min(trials, max(2, round(self.ladder_fraction * trials)))
+        #: Index of the first polishing trial (never, when the number of trials is open).
+        known = int(context.trials) > 0
+        self.polish_from = (max(self.n_ladder, trials - round(self.polish_fraction * trials))
+                            if known and self.polish_fraction > 0 else math.inf)
         self.projector = _cost_projector(context)
         self.held = self.projector.held if self.projector is not None else ()
         space = context.space
@@ -132,6 +145,8 @@ class LadderSearcher(BaseSearcher):
         self.index += 1
         if i < self.n_ladder or not self.front:
             return self._ladder_policy(self.grid_point(i))
+        if i >= self.polish_from:
+            return self._polish()
         return self._child()
 
     def _shape(self, policy: CompressionPolicy) -> dict[tuple[str, str], float]:
@@ -154,7 +169,7 @@ class LadderSearcher(BaseSearcher):
         """
         rng = self._rng
         if rng.random() < self.best_share:
-            parent, _, cost = min(self.front, key=lambda e: (e[1][self._best_axis], e[2]))
+            parent, _, cost = self._best()
             return self._shape(parent), cost
         if len(self.context.objectives) != 2 or self.projector is None:
             parent, _, cost = self.front[int(rng.integers(len(self.front)))]
@@ -192,9 +207,30 @@ class LadderSearcher(BaseSearcher):
             self._floor_cost = float(self.projector.cost(self._ladder_policy(1.0)))
         return self._floor_cost
 
+    def _best(self) -> tuple[CompressionPolicy, tuple[float, ...], float]:
+        """The front's most accurate point (the cheaper one on a tie)."""
+        return min(self.front, key=lambda e: (e[1][self._best_axis], e[2]))
+
+    def _polish(self) -> CompressionPolicy:
+        """A narrow move of the most accurate point, scaled onto the budget a user deploys at."""
+        parent, _, cost = self._best()
+        child = self._move(self._shape(parent), self.polish_sigma)
+        if self.projector is None:
+            return child
+        return self.projector.to_cost(child, self._limit if math.isfinite(self._limit) else cost)
+
     def _child(self) -> CompressionPolicy:
         rng = self._rng
         shape, cost = self._parent()
+        child = self._move(shape, self.sigma)
+        if self.projector is None:
+            return child
+        target = min(self._limit, cost * math.exp(self.cost_jitter * float(rng.normal())))
+        return self.projector.to_cost(child, target)
+
+    def _move(self, shape: dict[tuple[str, str], float], sigma: float) -> CompressionPolicy:
+        """``shape`` with every searched knob moved by Gaussian noise of width ``sigma``."""
+        rng = self._rng
         layers: dict[str, dict[str, Any]] = {}
         for name, point in self._points.items():
             knobs: dict[str, Any] = {}
@@ -202,14 +238,10 @@ class LadderSearcher(BaseSearcher):
                 if k in self.held:
                     knobs[k] = knob.least_compressed
                     continue
-                u = shape[(name, k)] + self.sigma * float(rng.normal())
+                u = shape[(name, k)] + sigma * float(rng.normal())
                 knobs[k] = _value(knob, min(1.0, max(0.0, u)))
             layers[name] = knobs
-        child = CompressionPolicy({n: LayerAction(**kw) for n, kw in layers.items()})
-        if self.projector is None:
-            return child
-        target = min(self._limit, cost * math.exp(self.cost_jitter * float(rng.normal())))
-        return self.projector.to_cost(child, target)
+        return CompressionPolicy({n: LayerAction(**kw) for n, kw in layers.items()})
 
     def tell(self, policy: CompressionPolicy, result: EvalResult) -> None:
         """Keep the feasible, full-fidelity, non-dominated results as the front to move from."""

@@ -189,7 +189,7 @@ def test_ladder_starts_with_the_uniform_sweep_then_moves_front_points_at_equal_c
     from autocompress.search.ladder_searcher import LadderSearcher
 
     ctx = _context(search_problem, ["macs=50%"])
-    ladder = create_searcher("ladder", ctx, seed=0, ladder_fraction=0.5, cost_jitter=0.0)
+    ladder = create_searcher("ladder", ctx, seed=0, ladder_fraction=0.5, cost_jitter=0.0, polish_fraction=0.0)
     uniform = create_searcher("uniform", ctx, seed=0, points=8)
     assert isinstance(ladder, LadderSearcher) and ladder.n_ladder == 4
     rungs = [ladder.ask() for _ in range(4)]
@@ -206,7 +206,7 @@ def test_ladder_starts_with_the_uniform_sweep_then_moves_front_points_at_equal_c
         # at its parent's cost: the largest cost not above it, within one channel's step
         cost = space.macs(child)
         assert cost <= limit and min(abs(cost - c) for c in front_costs) <= 0.2 * limit
-    again = create_searcher("ladder", ctx, seed=0, ladder_fraction=0.5, cost_jitter=0.0)
+    again = create_searcher("ladder", ctx, seed=0, ladder_fraction=0.5, cost_jitter=0.0, polish_fraction=0.0)
     for policy in [again.ask() for _ in range(4)]:
         again.tell(policy, search_problem.evaluator.evaluate(policy))
     assert [again.ask() for _ in range(6)] == children  # seeded: the same moves
@@ -217,7 +217,8 @@ def test_ladder_proposes_between_the_fronts_most_expensive_point_and_the_budget(
     """A front that ends far below the budget (a coarse ladder can) is extended towards it: the
     gap up to the budget is one the children are placed in, not only the gaps between points."""
     ctx = _context(search_problem, ["macs=50%"])
-    ladder = create_searcher("ladder", ctx, seed=0, ladder_fraction=0.1, best_share=0.0, cost_jitter=0.0)
+    ladder = create_searcher("ladder", ctx, seed=0, ladder_fraction=0.1, best_share=0.0, cost_jitter=0.0,
+                             polish_fraction=0.0)
     for _ in range(ladder.n_ladder):
         ladder.ask()  # the rungs, not told: the front is the one cheap point below
     cheap = ladder._ladder_policy(1.0)
@@ -229,6 +230,29 @@ def test_ladder_proposes_between_the_fronts_most_expensive_point_and_the_budget(
     assert all(c <= limit for c in costs)
     # the middle of the gap from the cheap point to the budget, within one channel step
     assert all(c > low + 0.25 * (limit - low) for c in costs), (low, limit, costs)
+
+
+@pytest.mark.timeout(120)
+def test_ladder_ends_polishing_its_most_accurate_point_at_the_budget(search_problem: Problem) -> None:
+    """The last ``polish_fraction`` of the trials are narrow moves of the most accurate feasible
+    point, scaled onto the hard budget (where a user deploys), not onto the parent's own cost."""
+    ctx = _context(search_problem, ["macs=50%"])
+    ladder = create_searcher("ladder", ctx, seed=0, ladder_fraction=0.5, polish_fraction=0.25)
+    trials = ladder.n_ladder * 2
+    assert ladder.polish_from == trials - round(0.25 * trials)
+    cheap = ladder._ladder_policy(1.0)  # the front: one point far below the budget
+    ladder.index = ladder.polish_from
+    ladder.tell(cheap, search_problem.evaluator.evaluate(cheap))
+    space, limit = search_problem.space, ctx.limits["macs"]
+    low = space.macs(cheap)
+    polished = [ladder.ask() for _ in range(3)]
+    for child in polished:
+        cost = space.macs(child)
+        assert ctx.predicted_feasible(child) and cost <= limit
+        assert cost > low + 0.75 * (limit - low), (low, limit, cost)  # at the budget, not at its parent
+    assert len({tuple(a.prune for a in c.layers.values()) for c in polished}) > 1  # moved, not copied
+    off = create_searcher("ladder", ctx, seed=0, ladder_fraction=0.5, polish_fraction=0.0)
+    assert off.polish_from == float("inf")
 
 
 @pytest.mark.timeout(300)
