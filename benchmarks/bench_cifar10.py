@@ -36,6 +36,9 @@ Run (the full benchmark, hours on 2 cores; in the background with its log)::
     .venv/bin/python benchmarks/bench_cifar10.py --checkpoint ~/.cache/autocompress/bench/resnet20-cifar10-e15.pt \\
         --fastnas-row --json /tmp/bench-cifar10.json > /tmp/bench-cifar10.log 2>&1 &
 
+A row can be a strategy with some settings changed (an ablation run side by side), written
+``NAME:KEY=VALUE[,KEY=VALUE]``, e.g. ``--strategies ladder ladder:polish_fraction=0``.
+
 Seeds run separately (one process each, e.g. to interleave other jobs) are merged into one table,
 mean +- sd over all their seeds, without running anything::
 
@@ -57,6 +60,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -93,7 +97,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--evals", type=int, default=None, help="evaluated candidates per search (100; quick 8)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="searcher seeds (0 1 2; quick 0)")
     p.add_argument("--strategies", nargs="+", default=None,
-                   help=f"default: {' '.join(DEFAULT_STRATEGIES)} (quick: ladder uniform)")
+                   help=f"default: {' '.join(DEFAULT_STRATEGIES)} (quick: ladder uniform); a variant "
+                        "with settings as NAME:KEY=VALUE[,KEY=VALUE], e.g. ladder:polish_fraction=0")
     p.add_argument("--budget", default="macs=50%")
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--finetune-fraction", type=float, default=None,
@@ -134,7 +139,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad settings with one line each, before anything is built or written."""
     from autocompress.errors import UserInputError, check_checkpoint_path
-    from autocompress.search.base import list_searchers
 
     if args.checkpoint is None:
         raise UserInputError("--checkpoint is missing; allowed: the weights written by `autocompress train "
@@ -148,10 +152,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserInputError(f"--finetune-fraction={args.finetune_fraction}; allowed: 0 < f <= 1")
     if args.finetune_eval_samples is not None and args.finetune_eval_samples < 1:
         raise UserInputError(f"--finetune-eval-samples={args.finetune_eval_samples}; allowed: >= 1")
-    known = list_searchers()
     for s in args.strategies:
-        if s not in known:
-            raise UserInputError(f"--strategies {s!r} is unknown; allowed: {', '.join(known)}")
+        strategy_variant(s)  # a one-line error for an unknown strategy or setting
     if any(s < 0 for s in args.seeds):
         raise UserInputError(f"--seeds {args.seeds}; allowed: integers >= 0")
     if args.data.startswith("imagefolder:"):
@@ -183,6 +185,29 @@ def load_avg() -> list[float]:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return []
+
+
+def strategy_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME`` or ``NAME:KEY=VALUE[,KEY=VALUE]`` as (strategy, checked settings): a row of the
+    table can be one strategy with some of its settings changed (an ablation, side by side)."""
+    from autocompress.errors import UserInputError
+    from autocompress.search.base import list_searchers
+    from autocompress.search.spec import check_strategy_settings
+
+    name, _, rest = text.partition(":")
+    known = list_searchers()
+    if name not in known:
+        raise UserInputError(f"--strategies {text!r} is unknown; allowed: {', '.join(known)}")
+    settings: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserInputError(f"--strategies {text!r}: {item!r} is not KEY=VALUE")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return name, check_strategy_settings(name, settings)
 
 
 def _spec(args: argparse.Namespace, **kw: Any) -> Any:
@@ -312,16 +337,17 @@ def run_one(args: argparse.Namespace, problem: Any, ft_problem: Any, timer: Time
     from autocompress.report.finetune import FinetuneResult, load_finetuned
     from autocompress.search.runner import run_search
 
-    out_dir = Path(args.out) / f"{name}-s{seed}"
-    spec = _spec(args, strategy=strategy, seed=seed, trials=args.evals, budgets=[budget],
-                 round_to=problem.settings["round_to"], out=str(out_dir))
+    strategy, settings = strategy_variant(strategy)
+    out_dir = Path(args.out) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}-s{seed}"
+    spec = _spec(args, strategy=strategy, strategy_settings=settings, seed=seed, trials=args.evals,
+                 budgets=[budget], round_to=problem.settings["round_to"], out=str(out_dir))
     t0 = time.perf_counter()
     result = run_search(spec, problem=problem)
     search_s = time.perf_counter() - t0
     base_macs = result.base_metrics["macs"]
     base_params = result.base_metrics["params"]
     row: dict[str, Any] = {
-        "strategy": strategy, "seed": seed, "budget": budget, "run_dir": str(out_dir),
+        "strategy": strategy, "settings": settings, "seed": seed, "budget": budget, "run_dir": str(out_dir),
         "evaluated": result.n_evaluated, "feasible": result.n_feasible, "search_s": search_s,
         "hypervolume": result.hypervolume,
     }

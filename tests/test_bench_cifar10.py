@@ -63,7 +63,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         result = bench.main(["--checkpoint", str(ckpt), "--data", data, "--model", "test_convnet",
-                             "--strategies", "ladder", "uniform", "--evals", "3", "--seeds", "0",
+                             "--strategies", "ladder", "uniform:points=3", "--evals", "3", "--seeds", "0",
                              "--finetune-epochs", "1", "--val-samples", "40", "--threads", "1",
                              "--latency-rounds", "1", "--fastnas-row", "--fastnas-round-to", "2", "--out", str(root / "runs"), "--json", str(out_json)])
     return result, buf.getvalue(), out_json
@@ -76,7 +76,11 @@ def test_rows_and_values_are_sane(bench_run: tuple[dict[str, Any], str, Path]) -
     assert base["epochs"] == 10 and base["minutes"] > 0 and base["record"] == "found"
     assert 0.5 < base["test_acc"] <= 1.0  # the colours are easy: the base learnt them
     assert base["latency"]["b1_ms"] > 0 and base["latency"]["b64_ms"] > base["latency"]["b1_ms"]
-    assert list(result["runs"]) == ["ladder", "uniform", "ladder @73%, ×2 ch"]
+    assert list(result["runs"]) == ["ladder", "uniform:points=3", "ladder @73%, ×2 ch"]
+    # a variant row runs its strategy with the settings given (NAME:KEY=VALUE)
+    variant = result["runs"]["uniform:points=3"][0]
+    assert variant["strategy"] == "uniform" and variant["settings"] == {"points": 3}
+    assert json.loads(Path(variant["run_dir"], "spec.json").read_text())["strategy_settings"] == {"points": 3}
     for name, rows in result["runs"].items():
         (row,) = rows
         budget = 0.73 if "73%" in name else 0.5
@@ -111,7 +115,7 @@ def test_markdown_table_has_our_rows_and_the_anchors(bench_run: tuple[dict[str, 
     assert set(lines[1]) <= set("|-")
     names = [ln.split("|")[1].strip() for ln in lines[2:]]
     assert names[0].startswith("base (10 epochs)")
-    assert names[1:4] == ["ladder (1 seed)", "uniform (1 seed)", "ladder @73%, ×2 ch (1 seed)"]
+    assert names[1:4] == ["ladder (1 seed)", "uniform:points=3 (1 seed)", "ladder @73%, ×2 ch (1 seed)"]
     assert any("FastNAS" in n for n in names) and any("AMC" in n for n in names)
     assert sum("survey Table 5" in n for n in names) == 2
     assert all(ln.count("|") == lines[0].count("|") for ln in lines)
@@ -150,6 +154,11 @@ def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:
     ckpt.write_bytes(b"x")
     with pytest.raises(UserInputError, match="--strategies 'nope'"):
         bench.main(["--checkpoint", str(ckpt), "--data", f"imagefolder:{tmp_path}", "--strategies", "nope"])
+    with pytest.raises(UserInputError, match="strategy 'ladder' has no setting 'nope'"):
+        bench.main(["--checkpoint", str(ckpt), "--data", f"imagefolder:{tmp_path}", "--strategies", "ladder:nope=1"])
+    with pytest.raises(UserInputError, match="'polish_fraction' is not KEY=VALUE"):
+        bench.main(["--checkpoint", str(ckpt), "--data", f"imagefolder:{tmp_path}", "--strategies",
+                    "ladder:polish_fraction"])
     with pytest.raises(UserInputError, match="--evals=0"):
         bench.main(["--checkpoint", str(ckpt), "--data", f"imagefolder:{tmp_path}", "--evals", "0"])
     with pytest.raises(UserInputError, match="--checkpoint is missing"):
