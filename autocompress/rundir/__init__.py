@@ -21,9 +21,9 @@ cannot drift apart:
 
 Writes are atomic (a temporary file in the same directory, fsync'd, then renamed), so a reader
 sees the old file or the new one, never half of one (``_files``). Reading is checked: an empty,
-truncated or malformed file is a one-line ``UserInputError`` (``_read``: ``read_run`` gives the
-whole run as a ``RunRecord``; ``read_pareto``, ``resolve_point``, ``latest_finetune`` and
-``read_spec_dict`` read one file each).
+truncated or malformed file is a one-line ``UserInputError``. ``read_run`` (``_read``) gives the
+whole run as a ``RunRecord`` (``_record``); ``read_pareto`` / ``resolve_point`` (``_pareto``),
+``latest_finetune`` (``_finetune``) and ``read_spec_dict`` (``_read``) read one file each.
 
 ``Candidate`` is the one record of an evaluated candidate: the search builds it from its study
 (``search.records.record_from_trial``; ``TrialRecord`` is its name there) and ``read_run`` from
@@ -62,23 +62,16 @@ from autocompress.rundir._files import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from autocompress.rundir._finetune import finetune_record_files, latest_finetune, safe_point_name
+from autocompress.rundir._pareto import POINT_ALIASES, read_pareto, resolve_point
 from autocompress.rundir._read import (
-    COST_METRICS,
-    MAXIMIZED,
-    POINT_ALIASES,
-    PolicyReader,
-    RunRecord,
-    finetune_record_files,
-    latest_finetune,
     parse_budget_value,
-    read_pareto,
     read_run,
     read_spec_dict,
     read_test_cache,
     recorded_checkpoint,
-    resolve_point,
-    safe_point_name,
 )
+from autocompress.rundir._record import COST_METRICS, MAXIMIZED, PolicyReader, RunRecord
 
 __all__ = [
     "BASE_FILE",
