@@ -5,8 +5,9 @@ Reports, ``show``, ``export`` and ``finetune`` all start from the ``RunRecord`` 
 on-disk format is interpreted in one place, and checked there: an empty, truncated or malformed
 file is a one-line ``UserInputError``, a torn last line of ``trials.jsonl`` (a killed search) is
 skipped with a warning, and a front point the log does not hold is refused (see ``read_run``).
-``pareto.json`` on its own is read by ``_pareto``, the fine-tune records by ``_finetune``; the
-small single files (spec, recorded checkpoint, test cache) here.
+``pareto.json`` on its own is read by ``_pareto``, the fine-tune records by ``_finetune``, a
+classic-ML run by ``_classic``; the small single files (spec, recorded checkpoint, test cache)
+here.
 
 Policies are built by the ``read_policy`` function the caller passes (``report.run.load_run``
 passes the compression policy's reader), so this module stays import-light: the standard
