@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autocompress.classic.data import TabularSplits, check_data_name, load_tabular
-from autocompress.classic.dense import DenseSpace, PackedDense, dense_from_sklearn, load_artefact
+from autocompress.classic.dense import PackedDense, dense_from_sklearn, load_artefact
+from autocompress.classic.dense_space import DenseSpace
 from autocompress.classic.forest import ForestArrays, PackedForest, forest_from_sklearn
 from autocompress.classic.models import check_model_name, create_classic_model
 from autocompress.classic.space import ForestSpace
