@@ -219,6 +219,7 @@ def forest_from_sklearn(model: Any, n_classes: int) -> ForestArrays:
                         int(trees[0].tree_.n_features), impurity=np.concatenate(imps), init=init,
                         boost_classes=n_classes if init is not None else 0, averaged=averaged)
 
+
 def ancestor_min(base: ForestArrays, collapse: np.ndarray) -> np.ndarray:
     """Per node: the smallest collapse alpha among its strict ancestors (``inf`` at roots)."""
     out = np.full(len(collapse), np.inf)

@@ -143,6 +143,7 @@ def default_export_path(run_dir: str | Path, point_id: str | int, fmt: str) -> P
     """``RUN/export/point-<id>.<onnx|ts|pt>``."""
     return Path(run_dir) / EXPORT_DIR / f"point-{point_id}{_SUFFIX[fmt]}"
 
+
 def export_point(
     run_dir: str | Path,
     point_id: str | int,
