@@ -296,7 +296,7 @@ def _classic_search(config: str | None, set_: tuple[str, ...], options: dict[str
 
 def _classic_run(run_dir: str) -> Any:
     """``(spec, pareto)`` of a classic run directory, else None."""
-    from autocompress.classic.search import read_classic_run
+    from autocompress.rundir import read_classic_run
 
     return read_classic_run(run_dir)
 
@@ -341,7 +341,7 @@ def show(run_dir: str, point: str) -> None:
     classic = _classic_run(run_dir)
     if classic is not None:
         from autocompress.classic.report import classic_point_lines
-        from autocompress.classic.search import resolve_classic_point
+        from autocompress.rundir import resolve_classic_point
 
         click.echo("\n".join(classic_point_lines(classic[0], resolve_classic_point(classic[1], point))))
         return

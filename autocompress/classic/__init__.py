@@ -14,7 +14,8 @@ Example:
 from __future__ import annotations
 
 from autocompress.classic.data import BUNDLED, TabularSplits, load_tabular
-from autocompress.classic.dense import DenseSpace, PackedDense, dense_to_onnx, load_artefact
+from autocompress.classic.dense import PackedDense, dense_to_onnx, load_artefact
+from autocompress.classic.dense_space import DenseSpace
 from autocompress.classic.export import export_classic_point, forest_to_onnx
 from autocompress.classic.forest import (
     ForestArrays,

@@ -20,6 +20,7 @@ import numpy as np
 
 from autocompress.classic.forest import PackedForest
 from autocompress.errors import CheckFailedError, UserInputError
+from autocompress.rundir import read_classic_run, resolve_classic_point
 
 ML_OPSET = 3
 
@@ -193,8 +194,6 @@ def export_classic_point(run_dir: str | Path, point: str, out: str | None = None
                          fmt: str = "onnx", force: bool = False) -> ClassicExport:
     """Write a front point of a classic run as ONNX, after checking ONNX Runtime's labels equal
     the packed artefact's on the test split (``CheckFailedError`` otherwise, nothing written)."""
-    from autocompress.classic.search import read_classic_run, resolve_classic_point
-
     if fmt != "onnx":
         raise UserInputError(f"--format {fmt!r} for a classic model; allowed: onnx")
     found = read_classic_run(run_dir)

@@ -39,20 +39,32 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from autocompress.classic.data import TabularSplits, check_data_name, load_tabular
-from autocompress.classic.dense import DenseSpace, PackedDense, dense_from_sklearn, load_artefact
+from autocompress.classic.dense import PackedDense, dense_from_sklearn, load_artefact
+from autocompress.classic.dense_space import DenseSpace
 from autocompress.classic.forest import ForestArrays, PackedForest, forest_from_sklearn
 from autocompress.classic.models import check_model_name, create_classic_model
 from autocompress.classic.space import ForestSpace
 from autocompress.compression.policy import CompressionPolicy, LayerAction
 from autocompress.errors import UserInputError
-from autocompress.rundir import PARETO_FILE, SPEC_FILE, TRIALS_FILE, TrialLog, atomic_write_text
+
+# The run's readers live with the other run-directory readers; their names stay importable here.
+from autocompress.rundir import (  # noqa: F401
+    CLASSIC_KIND,
+    PARETO_FILE,
+    SPEC_FILE,
+    TRIALS_FILE,
+    TrialLog,
+    atomic_write_text,
+    read_classic_run,
+    resolve_classic_point,
+)
 from autocompress.search.budgets import Budget, parse_budget
 
 if TYPE_CHECKING:
     from autocompress.compression.policy import CompressionPolicy
 
 SCHEMA_VERSION = 1
-KIND = "classic"
+KIND = CLASSIC_KIND
 ENGINE_STRATEGIES = ("nsga2", "tpe", "random", "uniform")
 SWEEP_STRATEGIES = {"fewer_trees": "trees", "shallower_trees": "depth"}
 STRATEGIES = (*ENGINE_STRATEGIES, "greedy", *SWEEP_STRATEGIES)
@@ -506,42 +518,3 @@ def write_front(problem: ClassicProblem, run: Path, records: list[dict[str, Any]
         p["test_acc"] = s.score(packed.predict(s.x_test), s.y_test)
     atomic_write_text(run / PARETO_FILE, json.dumps(report, indent=2, sort_keys=True))
     return report
-
-
-def read_classic_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """``(spec.json, pareto.json)`` of a classic run, None when ``run_dir`` is not one."""
-    run = Path(run_dir)
-    try:
-        spec = json.loads((run / SPEC_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(spec, dict) or spec.get("kind") != KIND:
-        return None
-    try:
-        pareto = json.loads((run / PARETO_FILE).read_text())
-    except (OSError, ValueError):
-        raise UserInputError(f"{str(run)!r} holds no pareto.json; the search did not finish") from None
-    return spec, pareto
-
-
-def resolve_classic_point(pareto: Mapping[str, Any], point: str) -> dict[str, Any]:
-    """The front point named by an id, ``knee`` or ``best`` (highest validation accuracy)."""
-    points = list(pareto.get("points", []))
-    if not points:
-        raise UserInputError("the run has no Pareto points (no feasible candidate)")
-    if point == "knee":
-        want = pareto.get("knee")
-    elif point == "best":
-        want = max(points, key=lambda p: (p["metrics"]["acc"], -p["metrics"]["size_bytes"]))["id"]
-    else:
-        try:
-            want = int(point)
-        except ValueError:
-            raise UserInputError(f"--point {point!r}; allowed: a front point id, knee, best") from None
-    for p in points:
-        if p["id"] == want:
-            return dict(p)
-    raise UserInputError(f"--point {point!r} is not on the front; front ids: "
-                         f"{', '.join(str(p['id']) for p in points)}")
-
-

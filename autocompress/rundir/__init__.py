@@ -21,9 +21,11 @@ cannot drift apart:
 
 Writes are atomic (a temporary file in the same directory, fsync'd, then renamed), so a reader
 sees the old file or the new one, never half of one (``_files``). Reading is checked: an empty,
-truncated or malformed file is a one-line ``UserInputError`` (``_read``: ``read_run`` gives the
-whole run as a ``RunRecord``; ``read_pareto``, ``resolve_point``, ``latest_finetune`` and
-``read_spec_dict`` read one file each).
+truncated or malformed file is a one-line ``UserInputError``. ``read_run`` (``_read``) gives the
+whole run as a ``RunRecord`` (``_record``); ``read_pareto`` / ``resolve_point`` (``_pareto``),
+``latest_finetune`` (``_finetune``) and ``read_spec_dict`` (``_read``) read one file each; a
+classic-ML run (``"kind": "classic"``) is read as plain JSON by ``read_classic_run`` /
+``resolve_classic_point`` (``_classic``).
 
 ``Candidate`` is the one record of an evaluated candidate: the search builds it from its study
 (``search.records.record_from_trial``; ``TrialRecord`` is its name there) and ``read_run`` from
@@ -36,6 +38,7 @@ type checkers only, and ``read_run`` builds policies with the reader its caller 
 below search and report (docs/design.md, "Layers").
 """
 
+from autocompress.rundir._classic import CLASSIC_KIND, read_classic_run, resolve_classic_point
 from autocompress.rundir._files import (
     BASE_FILE,
     EXPORT_DIR,
@@ -62,26 +65,20 @@ from autocompress.rundir._files import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from autocompress.rundir._finetune import finetune_record_files, latest_finetune, safe_point_name
+from autocompress.rundir._pareto import POINT_ALIASES, read_pareto, resolve_point
 from autocompress.rundir._read import (
-    COST_METRICS,
-    MAXIMIZED,
-    POINT_ALIASES,
-    PolicyReader,
-    RunRecord,
-    finetune_record_files,
-    latest_finetune,
     parse_budget_value,
-    read_pareto,
     read_run,
     read_spec_dict,
     read_test_cache,
     recorded_checkpoint,
-    resolve_point,
-    safe_point_name,
 )
+from autocompress.rundir._record import COST_METRICS, MAXIMIZED, PolicyReader, RunRecord
 
 __all__ = [
     "BASE_FILE",
+    "CLASSIC_KIND",
     "COST_METRICS",
     "EXPORT_DIR",
     "EXPORT_LOG",
@@ -110,12 +107,14 @@ __all__ = [
     "jsonable",
     "latest_finetune",
     "parse_budget_value",
+    "read_classic_run",
     "read_json",
     "read_pareto",
     "read_run",
     "read_spec_dict",
     "read_test_cache",
     "recorded_checkpoint",
+    "resolve_classic_point",
     "resolve_point",
     "safe_point_name",
     "write_bytes_atomic",

@@ -1,10 +1,13 @@
 """Reading a run directory: ``spec.json``, ``trials.jsonl``, ``pareto.json``, ``base.json`` and
-the fine-tune records, checked as they are read, into one ``RunRecord``.
+the fine-tune records, checked as they are read, into one ``RunRecord`` (``_record``).
 
 Reports, ``show``, ``export`` and ``finetune`` all start from the ``RunRecord`` read here, so the
 on-disk format is interpreted in one place, and checked there: an empty, truncated or malformed
 file is a one-line ``UserInputError``, a torn last line of ``trials.jsonl`` (a killed search) is
 skipped with a warning, and a front point the log does not hold is refused (see ``read_run``).
+``pareto.json`` on its own is read by ``_pareto``, the fine-tune records by ``_finetune``, a
+classic-ML run by ``_classic``; the small single files (spec, recorded checkpoint, test cache)
+here.
 
 Policies are built by the ``read_policy`` function the caller passes (``report.run.load_run``
 passes the compression policy's reader), so this module stays import-light: the standard
@@ -16,8 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +33,8 @@ from autocompress.metrics import (
     macs_from_flops,
     parse_budget,
 )
-from autocompress.metrics import COST_METRICS as _COSTS
-from autocompress.metrics import MAXIMIZED as _MAXIMIZED
 from autocompress.rundir._files import (
     BASE_FILE,
-    FINETUNE_DIR,
     PARETO_FILE,
     SPEC_FILE,
     TEST_CACHE_FILE,
@@ -44,268 +43,12 @@ from autocompress.rundir._files import (
     TrialLog,
     read_json,
 )
+from autocompress.rundir._finetune import _finetuned
+from autocompress.rundir._pareto import read_pareto
+from autocompress.rundir._record import MAXIMIZED, PolicyReader, RunRecord
 
 if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy
-
-#: Builds a policy from what a run file holds for one (a serialised dict, a JSON string, a bare
-#: ``{layer: knobs}`` mapping); raises ``UserInputError`` / ``ValueError`` / ``TypeError`` when
-#: it cannot.
-PolicyReader = Callable[[Any], "CompressionPolicy"]
-
-#: Metrics that are better when larger; every other metric is a cost (smaller is better).
-MAXIMIZED: frozenset[str] = _MAXIMIZED
-#: Cost metrics in the order a plot prefers them for its x axis when no objective names one.
-COST_METRICS: tuple[str, ...] = tuple(sorted(_COSTS, key=lambda n: VOCABULARY[n].axis_rank or 0))
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """Everything a report needs from one run directory.
-
-    Args:
-        path: the run directory.
-        spec: ``spec.json`` as a dict.
-        trials: every candidate of ``trials.jsonl`` in file order (failed ones included).
-        front: the points of ``pareto.json`` (feasible, non-dominated), in file order.
-        objectives: objective name -> ``"maximize"`` / ``"minimize"``.
-        base_metrics: metrics of the uncompressed model (empty when the run does not record them).
-        budgets: hard budgets as absolute upper bounds per cost metric (``acc`` as a lower bound).
-        pareto: ``pareto.json`` as a dict (hypervolume, knee, ...).
-        warnings: what was read but not trusted, one line each (a torn last line of
-            ``trials.jsonl``, front points evaluated by processes logging elsewhere); reports
-            print them.
-        finetuned: front point id -> its latest fine-tune record (``RUN/finetune/point-<id>.json``
-            of the same policy, with its weights next to it), for the points that have one.
-    """
-
-    path: Path
-    spec: dict[str, Any]
-    trials: list[Candidate]
-    front: list[Candidate]
-    objectives: dict[str, str]
-    base_metrics: dict[str, float]
-    budgets: dict[str, float]
-    pareto: dict[str, Any]
-    warnings: tuple[str, ...] = ()
-    finetuned: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def n_evaluated(self) -> int:
-        """Candidates that cost an evaluation (status ``ok`` or ``failed``)."""
-        return sum(t.status in ("ok", "failed") for t in self.trials)
-
-    @property
-    def front_ids(self) -> list[str]:
-        """Ids of the Pareto points, in file order."""
-        return [p.id for p in self.front]
-
-    @property
-    def knee_id(self) -> str | None:
-        """Id of the knee point of the front, when the run names one."""
-        knee = self.pareto.get("knee")
-        if isinstance(knee, Mapping):
-            knee = knee.get("id")
-        return None if knee is None else str(knee)
-
-    @property
-    def cost_metric(self) -> str:
-        """The cost objective a 2-D plot puts on its x axis (first minimised objective)."""
-        for name, direction in self.objectives.items():
-            if direction == "minimize":
-                return name
-        for name in COST_METRICS:
-            if any(name in c.metrics for c in self.front or self.trials):
-                return name
-        return "macs"
-
-    @property
-    def quality_metric(self) -> str:
-        """The accuracy objective a 2-D plot puts on its y axis."""
-        for name, direction in self.objectives.items():
-            if direction == "maximize":
-                return name
-        return "acc"
-
-    @property
-    def base_test_acc(self) -> float | None:
-        """The uncompressed model's top-1 on the held-out test split, when the search measured it."""
-        test = self.pareto.get("test")
-        value = test.get("base") if isinstance(test, Mapping) else None
-        return _finite_or_none(value)
-
-    def test_acc(self, point: Candidate) -> float | None:
-        """A front point's top-1 on the held-out test split (the searched model, not fine-tuned),
-        when the search measured it (data with a test split only)."""
-        return _finite_or_none(point.extra.get("test_acc"))
-
-    @property
-    def has_test(self) -> bool:
-        """Whether any test top-1 is on record (search's front or a fine-tune record)."""
-        return (self.base_test_acc is not None or any(self.test_acc(p) is not None for p in self.front)
-                or any(_finite_or_none(r.get("test_before")) is not None for r in self.finetuned.values()))
-
-    def by_proxy_rank(self) -> list[Candidate]:
-        """The front's feasible points, best first: highest search accuracy (the quality
-        objective, as scored during the search), ties broken by lower cost, then by id.
-
-        This is the order ``--finetune-top K`` and ``finetune --top K`` take points in.
-        """
-        q, cost = self.quality_metric, self.cost_metric
-        sign = -1.0 if self.objectives.get(q, "maximize") == "maximize" else 1.0
-
-        def key(c: Candidate) -> tuple[float, float, int, str]:
-            acc = c.metrics.get(q, math.nan)
-            c_v = c.metrics.get(cost, math.nan)
-            return (sign * acc if math.isfinite(acc) else math.inf,
-                    c_v if math.isfinite(c_v) else math.inf,
-                    int(c.id) if c.id.isdigit() else 1 << 62, c.id)
-
-        return sorted((p for p in self.front if p.feasible and p.ok), key=key)
-
-    def point(self, point_id: str | int) -> Candidate:
-        """The front point with this id; any other id is a user error listing the valid ids."""
-        key = str(point_id).strip()
-        for p in self.front:
-            if p.id == key:
-                return p
-        ids = sorted(self.front_ids, key=lambda i: (0, int(i), "") if i.isdigit() else (1, 0, i))
-        valid = ", ".join(ids) or "(the front is empty)"
-        raise UserInputError(
-            f"point {key!r} is not on the Pareto front of {str(self.path)!r}; valid points: {valid}"
-        )
-
-
-# -- reading ------------------------------------------------------------------------------------
-
-
-def _finite_or_none(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def safe_point_name(point_id: str | int) -> str:
-    """A point id as it appears in file names (``point-<id>.json``)."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(point_id))
-
-
-def finetune_record_files(directory: Path, point_id: str | int) -> list[tuple[int, Path]]:
-    """``(n, path)`` of ``point-<id>.json`` (n = 1) and ``point-<id>-<n>.json``, oldest first."""
-    safe = safe_point_name(point_id)
-    out = []
-    for f in directory.glob(f"point-{safe}*.json"):
-        suffix = f.stem[len(f"point-{safe}"):]
-        if suffix == "":
-            out.append((1, f))
-        elif suffix.startswith("-") and suffix[1:].isdigit():
-            out.append((int(suffix[1:]), f))
-    return sorted(out)
-
-
-def latest_finetune(run_dir: str | Path, point_id: str | int) -> dict[str, Any] | None:
-    """The most recent fine-tune record of a point (``RUN/finetune/point-<id>[-n].json``), or None.
-
-    Only a record whose weights file (same stem, ``.pt``) exists counts; ``weights_path`` and
-    ``record_path`` are set to where they are now.
-    """
-    directory = Path(run_dir) / FINETUNE_DIR
-    for _, path in reversed(finetune_record_files(directory, point_id)):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            continue  # an unreadable or torn record: an older one may still serve
-        weights = path.with_suffix(".pt")  # written next to its record, same stem
-        if isinstance(rec, dict) and weights.is_file():
-            rec["weights_path"] = str(weights)
-            rec["record_path"] = str(path)
-            return rec
-    return None
-
-
-def _finetuned(path: Path, front: Sequence[Candidate], read_policy: PolicyReader
-               ) -> dict[str, dict[str, Any]]:
-    """The latest fine-tune record of each front point that has one for the same policy."""
-    if not (path / FINETUNE_DIR).is_dir():
-        return {}
-    out: dict[str, dict[str, Any]] = {}
-    for p in front:
-        rec = latest_finetune(path, p.id)
-        if rec is None:
-            continue
-        try:
-            policy = rec["policy"]  # written by to_dict(): anything else is not this point's
-            same = isinstance(policy, Mapping) and "_type" in policy and read_policy(policy) == p.policy
-        except Exception:  # noqa: BLE001 - a record we cannot read as a policy is not this point's
-            same = False
-        if same and _finite_or_none(rec.get("acc_after")) is not None:
-            out[p.id] = rec
-    return out
-
-
-def read_pareto(run_dir: str | Path) -> dict[str, Any]:
-    """``RUN/pareto.json`` checked for shape: a JSON object whose ``points`` is a list of objects.
-
-    ``show``, ``export`` and ``finetune`` resolve ``--point knee|best`` through it, so a missing,
-    empty, truncated or hand-broken file is a one-line ``UserInputError`` rather than a traceback.
-    """
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise UserInputError(f"run directory {str(path)!r} does not exist")
-    file = path / PARETO_FILE
-    if not file.is_file():
-        raise UserInputError(
-            f"{str(path)!r} has no pareto.json: not a finished search run "
-            "(run `autocompress search --out DIR` first)"
-        )
-    pareto = read_json(file, "the Pareto front (re-run the search with the same --out to rewrite it)")
-    if not isinstance(pareto, Mapping):
-        raise UserInputError(f"{str(file)!r} does not hold a JSON object")
-    points = pareto.get("points", pareto.get("front", []))
-    if points is None:
-        points = []
-    if not isinstance(points, list) or not all(isinstance(p, Mapping) for p in points):
-        raise UserInputError(f"{str(file)!r}: 'points' must be a list of objects")
-    for i, p in enumerate(points):
-        if p.get("policy") is None:
-            raise UserInputError(f"{str(file)!r}: point #{i} ({p.get('id', '?')!r}) has no 'policy'")
-        if not isinstance(p.get("metrics") or {}, Mapping):
-            raise UserInputError(f"{str(file)!r}: point #{i} ({p.get('id', '?')!r}) has no metrics object")
-    return dict(pareto)
-
-
-POINT_ALIASES: tuple[str, ...] = ("knee", "best")
-
-
-def resolve_point(run_dir: str | Path, point: str | int) -> str:
-    """The point id meant by ``point``: ``knee``, ``best`` (highest accuracy on the front) or an id.
-
-    Ids are returned as given (``RunRecord.point`` checks them); the aliases need the front, read
-    through ``read_pareto`` (so a broken ``pareto.json`` is a one-line error).
-    """
-    key = str(point).strip()
-    if key not in POINT_ALIASES:
-        return key
-    pareto = read_pareto(run_dir)
-    points = pareto.get("points", pareto.get("front")) or []
-    if not points:
-        raise UserInputError(f"--point {key}: the Pareto front of {str(run_dir)!r} is empty")
-    if key == "knee":
-        knee = pareto.get("knee")
-        if isinstance(knee, Mapping):
-            knee = knee.get("id")
-        if knee is not None:
-            return str(knee)
-
-    def acc(p: Mapping[str, Any]) -> float:
-        v = (p.get("metrics") or {}).get("acc")
-        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) \
-            else -math.inf
-
-    best = max(points, key=acc)
-    if "id" not in best:
-        raise UserInputError(f"{str(Path(run_dir) / 'pareto.json')!r}: the front's points have no 'id'")
-    return str(best["id"])
 
 
 def _policy(obj: Any, where: str, read_policy: PolicyReader) -> CompressionPolicy:

@@ -13,6 +13,7 @@ from onnx import TensorProto, numpy_helper
 
 import autocompress.deploy as deploy
 from autocompress.compression import CompressionSpace, compress
+from autocompress.deploy import lowbit
 from autocompress.models import create_model
 from autocompress.models._registry import default_input_shape
 from autocompress.report.export import (
@@ -233,8 +234,8 @@ def test_a_full_codebook_with_zeros_is_stored_sparse() -> None:
     rng = np.random.default_rng(0)
     w = rng.standard_normal(16).astype(np.float32)[rng.integers(0, 16, (8, 16, 3, 3))]
     w[rng.random(w.shape) < 0.3] = 0.0
-    enc = deploy._encode("w", w, 32, 0, True, 4)
-    assert isinstance(enc, deploy._Encoded) and enc.kind.startswith("sparse UINT4 indices")
+    enc = lowbit._encode("w", w, 32, 0, True, 4)
+    assert isinstance(enc, lowbit._Encoded) and enc.kind.startswith("sparse UINT4 indices")
 
 
 def test_export_point_writes_compact_rnn_sparse_and_shared_files(lstm_run: Path, compact_run: Path,
