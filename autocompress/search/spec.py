@@ -25,6 +25,7 @@ from autocompress.devices import check_device_name, resolve_device
 from autocompress.errors import UserInputError, check_checkpoint_path, check_writable
 from autocompress.evaluators.config import EvaluatorConfig, check_backend_available
 from autocompress.metrics import Budget, parse_budget
+from autocompress.search._optuna_storage import check_storage, mask_url
 from autocompress.search._spec_rules import (
     as_list,
     budget_list,
@@ -313,8 +314,6 @@ class SearchSpec:
     def identity(self) -> dict[str, Any]:
         """The fields that define *what* is searched (everything but ``RUN_LEVEL_FIELDS``; a
         storage URL without its password, which spec.json does not keep)."""
-        from autocompress.search.storage import mask_url
-
         return {k: (mask_url(v) if k == "storage" and isinstance(v, str) else v)
                 for k, v in self.to_dict().items() if k not in RUN_LEVEL_FIELDS}
 
@@ -446,32 +445,6 @@ class SearchSpec:
                 continue
             ov[name] = value
         return cls.from_dict(base, **ov)
-
-
-_STORAGE_WORDS = ("journal", "sqlite")
-
-
-def check_storage(storage: str | None, run_dir: Path) -> None:
-    """Refuse a storage that cannot work before the run directory is created.
-
-    ``journal``/``sqlite`` live in the run directory (checked with it); a ``*.journal`` /
-    ``*.log`` path needs a writable place; a ``sqlite:///`` URL an existing, writable directory
-    (or the run directory); any other URL is connected to once (an unreachable database is
-    named now, not after the base model has been trained).
-    """
-    if storage is None or storage in _STORAGE_WORDS:
-        return
-    if "://" not in storage:
-        if storage.endswith((".journal", ".log")):
-            check_writable(storage, "--storage")
-            return
-        raise UserInputError(
-            f"storage {storage!r} is not allowed; allowed: journal (default), sqlite, a *.journal file "
-            "path, or an Optuna storage URL such as sqlite:///x.db or postgresql://user@host/db"
-        )
-    from autocompress.search.storage import check_database_url
-
-    check_database_url(storage, run_dir)
 
 
 def _jsonable(v: Any) -> Any:
