@@ -416,8 +416,8 @@ def run_classic_search(spec: ClassicSpec, progress: Callable[[int, int], None] |
 
     from autocompress.evaluators.base import EvalResult
     from autocompress.search.base import SearchContext
+    from autocompress.search.objectives import Objective
     from autocompress.search.pareto import pareto_report
-    from autocompress.search.spec import Objective
 
     run = spec.run_dir()
     stored = _stored_for_resume(spec) if spec.resume else None

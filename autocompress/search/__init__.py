@@ -15,11 +15,11 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    # spec and budgets
+    # spec, objectives and budgets
     "SearchSpec": "autocompress.search.spec",
-    "Objective": "autocompress.search.spec",
-    "parse_objective": "autocompress.search.spec",
-    "OBJECTIVE_METRICS": "autocompress.search.spec",
+    "Objective": "autocompress.search.objectives",
+    "parse_objective": "autocompress.search.objectives",
+    "OBJECTIVE_METRICS": "autocompress.search.objectives",
     "Budget": "autocompress.search.budgets",
     "parse_budget": "autocompress.search.budgets",
     "BUDGET_METRICS": "autocompress.search.budgets",

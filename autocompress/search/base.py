@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from autocompress.compression import CompressionPolicy, CompressionSpace
     from autocompress.evaluators import EvalResult
     from autocompress.metrics import Budget
-    from autocompress.search.spec import Objective
+    from autocompress.search.objectives import Objective
 
 #: Metrics the compression space predicts without building a model (cheap, monotone): the
 #: ``predicted`` metrics of ``autocompress.metrics.VOCABULARY``.

@@ -4,7 +4,7 @@
 Its admission rule (:meth:`SearchLoop.admit`: no model evaluated twice, the ledger's total shared
 with every process) and its recording of one evaluated candidate are what both backends apply;
 :meth:`SearchLoop.run` is the local backend's ask / evaluate / tell loop, and the Ray backend
-(``ray_backend.py``) drives Tune with the same admission. The rules themselves (counting,
+(``ray_backend/``) drives Tune with the same admission. The rules themselves (counting,
 duplicates, resume, multi-fidelity, failures) are described in ``runner.py``.
 """
 

@@ -34,7 +34,7 @@ Where each part lives: ``records.py`` (statuses, the candidate record, progress 
 JSON-lines file), ``session.py`` (``SearchSession``: set-up, the ledger view, recording;
 ``build_problem``), ``resume.py`` (which ledger a run keeps, its identity check, finishing the
 trials of killed processes), ``loop.py`` (``SearchLoop``: admission, evaluation, the local loop),
-``_interrupts.py`` (Ctrl-C held while the ledger is written), ``ray_backend.py`` (the Ray backend). The names below are
+``_interrupts.py`` (Ctrl-C held while the ledger is written), ``ray_backend/`` (the Ray backend). The names below are
 re-exported here, where callers have always imported them.
 """
 

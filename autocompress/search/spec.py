@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -25,14 +24,19 @@ from autocompress.compression.prune import IMPORTANCES
 from autocompress.devices import check_device_name, resolve_device
 from autocompress.errors import UserInputError, check_checkpoint_path, check_writable
 from autocompress.evaluators.config import EvaluatorConfig, check_backend_available
-from autocompress.metrics import DIRECTIONS, Budget, parse_budget, parse_metric
+from autocompress.metrics import Budget, parse_budget
+from autocompress.search._optuna_storage import check_storage, mask_url
+from autocompress.search._spec_rules import (
+    as_list,
+    budget_list,
+    check_bool,
+    check_float,
+    check_int,
+    check_str,
+    check_strategy_settings,
+)
 from autocompress.search.base import DEFAULT_STRATEGY
-
-#: Metrics that may be objectives (every evaluated metric of ``autocompress.metrics``), with their
-#: natural direction.
-OBJECTIVE_METRICS: dict[str, str] = {name: d.value for name, d in DIRECTIONS.items()}
-_DIRECTION_ALIASES = {"max": "maximize", "maximize": "maximize", "min": "minimize",
-                      "minimize": "minimize"}
+from autocompress.search.objectives import OBJECTIVE_METRICS, Objective, parse_objective
 
 #: Knobs a search may ask for: every registered knob type (``compression/knobs.py``).
 KNOBS: tuple[str, ...] = knob_names()
@@ -48,296 +52,6 @@ RUN_LEVEL_FIELDS: frozenset[str] = frozenset(
     {"trials", "workers", "backend", "ray_address", "resume", "force", "out", "threads",
      "finetune_top", "finetune_epochs", "device", "gpus_per_trial", "cpus_per_trial"}
 )
-
-
-@dataclass(frozen=True)
-class Objective:
-    """A metric to optimise and its direction (``maximize`` / ``minimize``)."""
-
-    name: str
-    direction: str
-
-    def __post_init__(self) -> None:
-        if self.name not in OBJECTIVE_METRICS:
-            raise UserInputError(
-                f"unknown objective {self.name!r}; allowed: {', '.join(OBJECTIVE_METRICS)}"
-            )
-        if self.direction not in ("maximize", "minimize"):
-            raise UserInputError(
-                f"objective {self.name!r} direction {self.direction!r}; allowed: maximize, minimize"
-            )
-
-    def to_dict(self) -> dict[str, str]:
-        """JSON form."""
-        return {"name": self.name, "direction": self.direction}
-
-
-def parse_objective(value: str | Mapping[str, Any] | Objective) -> Objective:
-    """``"acc"``, ``"macs:min"``, ``"latency"`` or ``{"name": ..., "direction": ...}`` -> Objective."""
-    if isinstance(value, Objective):
-        return value
-    if isinstance(value, Mapping):
-        unknown = set(value) - {"name", "direction"}
-        if unknown or "name" not in value:
-            raise UserInputError(
-                f"objective {dict(value)!r}: expected keys 'name' and optional 'direction'"
-            )
-        name, direction = str(value["name"]), value.get("direction")
-    elif isinstance(value, str):
-        name, _, direction = value.partition(":")
-        direction = direction or None
-    else:
-        raise UserInputError(f"objective {value!r} is not a metric name; allowed: {', '.join(OBJECTIVE_METRICS)}")
-    key = parse_metric(name, what="objective", allowed=OBJECTIVE_METRICS)
-    if direction is None:
-        return Objective(key, OBJECTIVE_METRICS[key])
-    d = _DIRECTION_ALIASES.get(str(direction).strip().lower())
-    if d is None:
-        raise UserInputError(f"objective {name!r} direction {direction!r}; allowed: max, min")
-    return Objective(key, d)
-
-
-def _check_int(key: str, v: Any, lo: int, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        if isinstance(v, str) and re.fullmatch(r"[-+]?\d+", v.strip()):
-            v = int(v)
-        elif isinstance(v, float) and v.is_integer():
-            v = int(v)
-        else:
-            raise UserInputError(f"{key}={v!r} is not an integer; allowed: an integer >= {lo}")
-    if v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"{lo}..{hi}"
-        raise UserInputError(f"{key}={v!r} is out of range; allowed: {rng}")
-    return int(v)
-
-
-def _check_float(key: str, v: Any, lo: float, hi: float, lo_open: bool = False) -> float:
-    if isinstance(v, str):
-        try:
-            v = float(v)
-        except ValueError:
-            raise UserInputError(f"{key}={v!r} is not a number") from None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise UserInputError(f"{key}={v!r} is not a number")
-    if (v <= lo if lo_open else v < lo) or v > hi:
-        left = "(" if lo_open else "["
-        raise UserInputError(f"{key}={v!r} is out of range; allowed: {left}{lo:g}, {hi:g}]")
-    return float(v)
-
-
-def _check_bool(key: str, v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.strip().lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-        return v.strip().lower() in ("true", "yes", "1", "on")
-    raise UserInputError(f"{key}={v!r} is not a boolean; allowed: true, false")
-
-
-def _check_str(key: str, v: Any, optional: bool = True) -> str | None:
-    if v is None and optional:
-        return None
-    if not isinstance(v, str) or not v.strip():
-        what = "a non-empty string" + (" or null" if optional else "")
-        raise UserInputError(f"{key}={v!r} is not allowed; expected {what}")
-    return v.strip()
-
-
-def _as_list(key: str, v: Any) -> list[Any]:
-    if v is None:
-        return []
-    if isinstance(v, str):
-        return [s for s in (x.strip() for x in v.split(",")) if s] if "," in v and "=" not in v else [v]
-    if isinstance(v, Mapping):
-        return [f"{k}={val}" for k, val in v.items()]
-    if isinstance(v, Sequence):
-        return list(v)
-    raise UserInputError(f"{key}={v!r} is not a list")
-
-
-def _budget_list(key: str, v: Any) -> tuple[Budget, ...]:
-    items = _as_list(key, v)
-    out = [parse_budget(x if isinstance(x, Budget) else str(x)) for x in items]
-    for b in out:
-        if b.relative and b.value > 1.0:
-            raise UserInputError(
-                f"{key}: budget {b.text!r} allows more than the uncompressed model; a relative "
-                "budget must be at most 100%"
-            )
-    names = [b.name for b in out]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise UserInputError(f"{key}: budget {sorted(dup)[0]!r} is given more than once")
-    return tuple(out)
-
-
-def _opt(check: Any) -> Any:
-    """A rule that also accepts null (the searcher's own default)."""
-    return lambda key, v: None if v is None else check(key, v)
-
-
-def _int_rule(lo: int, hi: int | None = None) -> Any:
-    return lambda key, v: _check_int(key, v, lo, hi)
-
-
-def _float_rule(lo: float, hi: float, lo_open: bool = False) -> Any:
-    return lambda key, v: _check_float(key, v, lo, hi, lo_open)
-
-
-def _str_rule(key: str, v: Any) -> str | None:
-    return _check_str(key, v, optional=False)
-
-
-def _choice_rule(*allowed: str) -> Any:
-    def check(key: str, v: Any) -> str:
-        if not isinstance(v, str) or v not in allowed:
-            raise UserInputError(f"{key}={v!r} is not allowed; allowed: {', '.join(allowed)}")
-        return v
-
-    return check
-
-
-def _device_rule(key: str, v: Any) -> str:
-    if not isinstance(v, str) or not re.fullmatch(r"cpu|auto|cuda(:\d+)?|mps", v):
-        raise UserInputError(f"{key}={v!r} is not allowed; allowed: cpu, cuda, cuda:N, auto")
-    return v
-
-
-def _net_arch_rule(key: str, v: Any) -> list[int]:
-    if isinstance(v, str | bytes) or not isinstance(v, Sequence) or not v:
-        raise UserInputError(f"{key}={v!r} is not allowed; allowed: a non-empty list of layer widths, e.g. [64, 64]")
-    return [_check_int(f"{key} width", x, 1, 65536) for x in v]
-
-
-def _levels_rule(key: str, v: Any) -> list[float]:
-    if isinstance(v, str | bytes) or not isinstance(v, Sequence) or not v:
-        raise UserInputError(f"{key}={v!r} is not allowed; allowed: a non-empty list of unit levels in (0, 1]")
-    return [_check_float(f"{key} level", x, 0.0, 1.0, lo_open=True) for x in v]
-
-
-def _budget_range_rule(key: str, v: Any) -> list[float]:
-    if isinstance(v, str | bytes) or not isinstance(v, Sequence) or len(v) != 2:
-        raise UserInputError(f"{key}={v!r} is not allowed; allowed: [low, high] with 0 < low <= high <= 1")
-    lo = _check_float(f"{key} low", v[0], 0.0, 1.0, lo_open=True)
-    hi = _check_float(f"{key} high", v[1], 0.0, 1.0, lo_open=True)
-    if lo > hi:
-        raise UserInputError(f"{key}={list(v)!r} is not allowed; allowed: [low, high] with 0 < low <= high <= 1")
-    return [lo, hi]
-
-
-def _mapping_rule(key: str, v: Any) -> dict[str, Any]:
-    if not isinstance(v, Mapping):
-        raise UserInputError(f"{key}={v!r} is not a mapping")
-    return dict(v)
-
-
-#: Value rules of strategy settings by name (the same name means the same thing in every
-#: searcher); each returns the normalised value or raises ``UserInputError`` naming it. A
-#: setting without a rule is checked against the type of its constructor default.
-_SETTING_RULES: dict[str, Any] = {
-    # Optuna NSGA-II / TPE
-    "population_size": _opt(_int_rule(2, 100_000)),
-    "mutation_prob": _opt(_float_rule(0.0, 1.0)),
-    "crossover_prob": _float_rule(0.0, 1.0),
-    "n_startup_trials": _opt(_int_rule(0, 1_000_000)),
-    "budget_projection": _check_bool,
-    "multivariate": _check_bool,
-    "constant_liar": _check_bool,
-    # baselines
-    "max_tries": _int_rule(1, 1_000_000),
-    "ladder_fraction": _float_rule(0.0, 1.0),
-    "sigma": _float_rule(0.0, 1.0),
-    "best_share": _float_rule(0.0, 1.0),
-    "cost_jitter": _float_rule(0.0, 1.0),
-    "points": _opt(_int_rule(1, 1_000_000)),
-    "levels": _levels_rule,
-    "steps": _int_rule(1, 1_000_000),
-    # RL adapters and agents
-    "reward": _choice_rule("acc", "r_flops", "lagrangian", "weighted"),
-    "reward_weights": _opt(_mapping_rule),
-    "warmup_episodes": _opt(_int_rule(0, 1_000_000)),
-    "total_episodes": _opt(_int_rule(1, 100_000_000)),
-    "budget_range": _opt(_budget_range_rule),
-    "net_arch": _net_arch_rule,
-    "actor_lr": _float_rule(0.0, 10.0, lo_open=True),
-    "critic_lr": _float_rule(0.0, 10.0, lo_open=True),
-    "learning_rate": _float_rule(0.0, 10.0, lo_open=True),
-    "tau": _float_rule(0.0, 1.0, lo_open=True),
-    "batch_size": _int_rule(1, 1_000_000),
-    "gamma": _float_rule(0.0, 1.0),
-    "noise_sigma": _float_rule(0.0, 100.0),
-    "noise_decay": _float_rule(0.0, 1.0, lo_open=True),
-    "action_sigma": _float_rule(0.0, 100.0),
-    "buffer_episodes": _int_rule(1, 10_000_000),
-    "baseline_alpha": _float_rule(0.0, 1.0),
-    "episodes_per_update": _int_rule(1, 1_000_000),
-    "n_epochs": _int_rule(1, 1_000_000),
-    "gae_lambda": _float_rule(0.0, 1.0),
-    "ent_coef": _float_rule(0.0, 100.0),
-    "verbose": _int_rule(0, 2),
-    "device": _device_rule,
-    "tensorboard_log": _opt(_str_rule),
-    "policy_kwargs": _opt(_mapping_rule),
-    "agent_settings": _opt(_mapping_rule),
-}
-
-
-def _default_type_rule(default: Any) -> Any:
-    """A rule from the type of a constructor default (for settings without an explicit rule)."""
-    if isinstance(default, bool):
-        return _check_bool
-    if isinstance(default, int):
-        return lambda key, v: _check_int(key, v, -(2**63), 2**63 - 1)
-    if isinstance(default, float):
-        return lambda key, v: _check_float(key, v, -math.inf, math.inf)
-    return None
-
-
-def _setting_defaults(cls: Any) -> dict[str, Any]:
-    import inspect
-
-    out: dict[str, Any] = {}
-    fns = [cls.__init__]
-    agent_name = getattr(cls, "agent_name", "")
-    if agent_name:
-        from autocompress.policies import agent_class
-
-        klass = agent_class(agent_name)
-        fns += [klass.__init__, getattr(klass, "_build", None)]
-    for fn in fns:
-        if fn is None:
-            continue
-        for n, p in inspect.signature(fn).parameters.items():
-            if p.kind is p.KEYWORD_ONLY and p.default is not p.empty:
-                out.setdefault(n, p.default)
-    return out
-
-
-def check_strategy_settings(strategy: str, settings: Mapping[str, Any],
-                            soft_budgets: Sequence[Budget] = ()) -> dict[str, Any]:
-    """Check the names *and values* of a strategy's settings; returns them normalised.
-
-    Runs while the spec is built, so a bad ``--set`` fails before anything is trained or
-    written (the searcher itself is only constructed once the run directory exists).
-    """
-    from autocompress.search.base import searcher_class
-
-    cls = searcher_class(strategy)
-    cls.check_settings(settings)
-    defaults: dict[str, Any] | None = None
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        rule = _SETTING_RULES.get(key)
-        if rule is None:
-            if defaults is None:
-                defaults = _setting_defaults(cls)
-            rule = _default_type_rule(defaults.get(key))
-        out[key] = value if rule is None else rule(key, value)
-    if "reward" in out or "reward_weights" in out:
-        from autocompress.envs._features import check_reward_settings
-
-        check_reward_settings(out.get("reward", "acc"), out.get("reward_weights"),
-                              {b.metric: 1.0 for b in soft_budgets})
-    return out
 
 
 @dataclass(frozen=True)
@@ -444,33 +158,33 @@ class SearchSpec:
     # -- validation ------------------------------------------------------------------------
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        set_("model", _check_str("model", self.model, optional=False))
-        set_("checkpoint", _check_str("checkpoint", self.checkpoint))
-        set_("data", _check_str("data", self.data, optional=False))
-        set_("data_root", _check_str("data_root", self.data_root))
-        knobs = tuple(str(k).strip() for k in _as_list("knobs", self.knobs))
+        set_("model", check_str("model", self.model, optional=False))
+        set_("checkpoint", check_str("checkpoint", self.checkpoint))
+        set_("data", check_str("data", self.data, optional=False))
+        set_("data_root", check_str("data_root", self.data_root))
+        knobs = tuple(str(k).strip() for k in as_list("knobs", self.knobs))
         if not knobs:
             raise UserInputError(f"knobs is empty; allowed: one or more of {', '.join(KNOBS)}")
         set_("knobs", check_knob_set(knobs))  # registered names, none excluding another
-        set_("max_prune", _check_float("max_prune", self.max_prune, 0.0, 0.99, lo_open=True))
+        set_("max_prune", check_float("max_prune", self.max_prune, 0.0, 0.99, lo_open=True))
         set_("round_to", check_round_to(self.round_to))
-        importance = _check_str("importance", self.importance, optional=False)
+        importance = check_str("importance", self.importance, optional=False)
         if importance not in IMPORTANCES:
             raise UserInputError(f"importance={importance!r}; allowed: {', '.join(IMPORTANCES)}")
         set_("importance", importance)
-        objectives = tuple(parse_objective(o) for o in _as_list("objectives", self.objectives))
+        objectives = tuple(parse_objective(o) for o in as_list("objectives", self.objectives))
         if not objectives:
             raise UserInputError("objectives is empty; give at least one, e.g. acc and macs")
         names = [o.name for o in objectives]
         if len(set(names)) != len(names):
             raise UserInputError(f"objectives {names} repeat a metric; each may appear once")
         set_("objectives", objectives)
-        set_("budgets", _budget_list("budgets", self.budgets))
-        set_("soft_budgets", _budget_list("soft_budgets", self.soft_budgets))
+        set_("budgets", budget_list("budgets", self.budgets))
+        set_("soft_budgets", budget_list("soft_budgets", self.soft_budgets))
         both = {b.name for b in self.budgets} & {b.name for b in self.soft_budgets}
         if both:
             raise UserInputError(f"budget {sorted(both)[0]!r} is both hard and soft; choose one")
-        strategy = _check_str("strategy", self.strategy, optional=False)
+        strategy = check_str("strategy", self.strategy, optional=False)
         from autocompress.search.base import list_searchers
 
         if strategy not in list_searchers():
@@ -480,10 +194,10 @@ class SearchSpec:
             raise UserInputError(f"strategy_settings={self.strategy_settings!r} is not a mapping")
         set_("strategy_settings", check_strategy_settings(strategy, dict(self.strategy_settings),
                                                            self.soft_budgets))
-        set_("trials", _check_int("trials", self.trials, 1))
-        set_("seed", _check_int("seed", self.seed, 0, 2**31 - 1))
-        set_("multi_fidelity", _check_bool("multi_fidelity", self.multi_fidelity))
-        set_("promote_fraction", _check_float("promote_fraction", self.promote_fraction, 0.0, 1.0, lo_open=True))
+        set_("trials", check_int("trials", self.trials, 1))
+        set_("seed", check_int("seed", self.seed, 0, 2**31 - 1))
+        set_("multi_fidelity", check_bool("multi_fidelity", self.multi_fidelity))
+        set_("promote_fraction", check_float("promote_fraction", self.promote_fraction, 0.0, 1.0, lo_open=True))
         ev = self.evaluator
         if isinstance(ev, Mapping):
             # Settings given override the search's defaults (not EvaluatorConfig's own).
@@ -496,33 +210,33 @@ class SearchSpec:
             # A latency objective or budget needs latency numbers: the cheap predicted kind.
             ev = replace(ev, latency="predicted")
         set_("evaluator", ev)
-        set_("storage", _check_str("storage", self.storage))
-        set_("study_name", _check_str("study_name", self.study_name, optional=False))
-        set_("out", _check_str("out", self.out))
-        backend = _check_str("backend", self.backend, optional=False)
+        set_("storage", check_str("storage", self.storage))
+        set_("study_name", check_str("study_name", self.study_name, optional=False))
+        set_("out", check_str("out", self.out))
+        backend = check_str("backend", self.backend, optional=False)
         if backend not in BACKENDS:
             raise UserInputError(f"backend={backend!r}; allowed: {', '.join(BACKENDS)}")
         set_("backend", backend)
-        set_("workers", _check_int("workers", self.workers, 1, 256))
-        address = _check_str("ray_address", self.ray_address)
+        set_("workers", check_int("workers", self.workers, 1, 256))
+        address = check_str("ray_address", self.ray_address)
         if address is not None and address != "auto" and not re.fullmatch(r"[\w.\-]+:\d{1,5}", address):
             raise UserInputError(f"ray_address={address!r}; allowed: HOST:PORT (e.g. 127.0.0.1:6379) or auto")
         set_("ray_address", address)
-        set_("resume", _check_bool("resume", self.resume))
-        set_("force", _check_bool("force", self.force))
+        set_("resume", check_bool("resume", self.resume))
+        set_("force", check_bool("force", self.force))
         if self.resume and self.force:
             raise UserInputError("resume and force were both given; choose one")
-        set_("cache", _check_bool("cache", self.cache))
+        set_("cache", check_bool("cache", self.cache))
         if self.train_epochs is not None:
-            set_("train_epochs", _check_int("train_epochs", self.train_epochs, 1))
-        set_("threads", _check_int("threads", self.threads, 1, 1024))
+            set_("train_epochs", check_int("train_epochs", self.train_epochs, 1))
+        set_("threads", check_int("threads", self.threads, 1, 1024))
         if self.finetune_top is not None:
-            set_("finetune_top", _check_int("finetune_top", self.finetune_top, 1))
-        set_("finetune_epochs", _check_int("finetune_epochs", self.finetune_epochs, 1))
+            set_("finetune_top", check_int("finetune_top", self.finetune_top, 1))
+        set_("finetune_epochs", check_int("finetune_epochs", self.finetune_epochs, 1))
         set_("device", check_device_name(self.device, "device"))
-        set_("gpus_per_trial", _check_float("gpus_per_trial", self.gpus_per_trial, 0.0, 256.0))
+        set_("gpus_per_trial", check_float("gpus_per_trial", self.gpus_per_trial, 0.0, 256.0))
         if self.cpus_per_trial is not None:
-            set_("cpus_per_trial", _check_float("cpus_per_trial", self.cpus_per_trial, 0.0, 1024.0,
+            set_("cpus_per_trial", check_float("cpus_per_trial", self.cpus_per_trial, 0.0, 1024.0,
                                                 lo_open=True))
         if self.backend == "local" and (self.gpus_per_trial > 0 or self.cpus_per_trial is not None):
             raise UserInputError("gpus_per_trial and cpus_per_trial reserve Ray resources; they "
@@ -600,8 +314,6 @@ class SearchSpec:
     def identity(self) -> dict[str, Any]:
         """The fields that define *what* is searched (everything but ``RUN_LEVEL_FIELDS``; a
         storage URL without its password, which spec.json does not keep)."""
-        from autocompress.search.storage import mask_url
-
         return {k: (mask_url(v) if k == "storage" and isinstance(v, str) else v)
                 for k, v in self.to_dict().items() if k not in RUN_LEVEL_FIELDS}
 
@@ -719,7 +431,7 @@ class SearchSpec:
                 continue
             if name in ("strategy_setting", "set", "evaluator_setting"):
                 target = "evaluator" if name == "evaluator_setting" else "strategy_settings"
-                pairs = _as_list(name, value)
+                pairs = as_list(name, value)
                 current = dict(ov.get(target) or base.get(target) or {})
                 for item in pairs:
                     if not isinstance(item, str) or "=" not in item:
@@ -735,35 +447,23 @@ class SearchSpec:
         return cls.from_dict(base, **ov)
 
 
-_STORAGE_WORDS = ("journal", "sqlite")
-
-
-def check_storage(storage: str | None, run_dir: Path) -> None:
-    """Refuse a storage that cannot work before the run directory is created.
-
-    ``journal``/``sqlite`` live in the run directory (checked with it); a ``*.journal`` /
-    ``*.log`` path needs a writable place; a ``sqlite:///`` URL an existing, writable directory
-    (or the run directory); any other URL is connected to once (an unreachable database is
-    named now, not after the base model has been trained).
-    """
-    if storage is None or storage in _STORAGE_WORDS:
-        return
-    if "://" not in storage:
-        if storage.endswith((".journal", ".log")):
-            check_writable(storage, "--storage")
-            return
-        raise UserInputError(
-            f"storage {storage!r} is not allowed; allowed: journal (default), sqlite, a *.journal file "
-            "path, or an Optuna storage URL such as sqlite:///x.db or postgresql://user@host/db"
-        )
-    from autocompress.search.storage import check_database_url
-
-    check_database_url(storage, run_dir)
-
-
 def _jsonable(v: Any) -> Any:
     if isinstance(v, Mapping):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
         return [_jsonable(x) for x in v]
     return v
+
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_EVALUATOR",
+    "KNOBS",
+    "OBJECTIVE_METRICS",
+    "RUN_LEVEL_FIELDS",
+    "Objective",
+    "SearchSpec",
+    "check_storage",
+    "check_strategy_settings",
+    "parse_objective",
+]

@@ -84,7 +84,7 @@ def tiny_context(space: CompressionSpace | None = None, *, budgets: Sequence[str
     problem and no evaluator: searchers are told results, here :func:`synthetic_result`.
     Optuna searchers get an in-memory study."""
     from autocompress.search.base import SearchContext
-    from autocompress.search.spec import Objective
+    from autocompress.search.objectives import Objective
 
     if space is None:
         space = tiny_space(("prune",))[2]
