@@ -30,7 +30,7 @@ _EXPORTS: dict[str, str] = {
     "CompressionPolicy": "autocompress.compression.policy",
     "LayerAction": "autocompress.compression.policy",
     "ActQuant": "autocompress.compression.quantize",
-    "LowRankRNN": "autocompress.compression.rnn",
+    "LowRankRNN": "autocompress.compression.lowrank_rnn",
     "FEATURE_NAMES": "autocompress.compression.space",
     "KNOB_NAMES": "autocompress.compression.space",
     "CompressionSpace": "autocompress.compression.space",

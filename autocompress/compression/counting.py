@@ -15,6 +15,13 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from autocompress.compression.knobs import weight_storage_bytes
+from autocompress.compression.lowrank import LowRank
+from autocompress.compression.lowrank_rnn import LowRankRNN
+from autocompress.compression.quantize import (
+    pow2_codebook_bytes,
+    quantized_weight_bytes,
+    weight_scale_count,
+)
 from autocompress.metrics import macs_from_flops
 
 __all__ = ["count_bops", "count_macs", "count_params", "count_size_bytes", "module_macs_formula"]
@@ -185,9 +192,6 @@ def _layer_bits(module: nn.Module) -> tuple[int, int] | None:
     its ``pow2_bits``). A ``LowRankRNN`` is one layer whose matrices share ``w_bits`` while only
     the first reads the quantized input sequence: the cost model counts all its MACs at that pair.
     """
-    from autocompress.compression.lowrank import LowRank
-    from autocompress.compression.rnn import LowRankRNN
-
     if isinstance(module, LowRankRNN):
         first = module.matrices()[0]
         first = first[0] if isinstance(first, LowRank) else first
@@ -268,12 +272,6 @@ def count_size_bytes(model: nn.Module) -> float:
     ``weight_codebook``) as log2(k)-bit indices plus its codebook (``knobs.weight_storage_bytes``).
     Buffers (BatchNorm running statistics, activation ranges, masks) are not counted.
     """
-    from autocompress.compression.quantize import (
-        pow2_codebook_bytes,
-        quantized_weight_bytes,
-        weight_scale_count,
-    )
-
     special: dict[int, float] = {}
     for m in model.modules():
         for p, nbytes in quantized_weight_bytes(m):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.compression import lowrank, prune, quantize, rnn
+from autocompress.compression import lowrank, lowrank_rnn, prune, quantize, rnn
 from autocompress.compression.counting import (
     _batch_size,
     _full_inputs,
@@ -142,7 +142,7 @@ def _record_layers(model: nn.Module, x: Any) -> dict[str, _Layer]:
     for rec in layers.values():  # which of the bits and rank knobs the module type allows
         module = model.get_submodule(rec.name)
         rec.quant = quantize.quantizable(module)
-        rec.rank = lowrank.can_factorise(module) or rnn.can_factorise(module)
+        rec.rank = lowrank.can_factorise(module) or lowrank_rnn.can_factorise(module)
     return layers
 
 
@@ -321,8 +321,8 @@ def channels_removed(
                     o, i = (per, whole) if m.transposed else (whole, per)
             elif isinstance(m, nn.Linear):
                 o, i = delta(f"{name}.weight", 0), delta(f"{name}.weight", 1)
-            elif type(m) in rnn.GATES:
-                o = [v / rnn.GATES[type(m)] for v in delta(f"{name}.weight_hh_l0", 0)]
+            elif type(m) in lowrank_rnn.GATES:
+                o = [v / lowrank_rnn.GATES[type(m)] for v in delta(f"{name}.weight_hh_l0", 0)]
                 i = delta(f"{name}.weight_ih_l0", 1)
             else:
                 continue

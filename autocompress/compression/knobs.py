@@ -17,19 +17,24 @@ A knob type (torchao's pattern: a registered config type dispatches to its trans
   factor ``count_bops`` reads from the layer's ``w_bits``);
 * how reports **show** it (``label``, ``format``).
 
+The four structural knobs (``prune``, ``w_bits``, ``a_bits``, ``rank``) are in ``structural.py``;
+the knobs that change each weight tensor on its own share :func:`apply_per_weight_` (and, for a
+weight code of ``b`` bits, :class:`WeightCodeKnob`). ``Knob`` is what a space offers at one layer.
+
 Adding a knob = one module with a ``KnobType`` subclass registered by ``register_knob`` (imported
 at the end of this file), a ``LayerAction`` field whose default is the identity value, and tests.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from autocompress.errors import UserInputError
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
     from autocompress.compression.policy import CompressionPolicy
@@ -38,7 +43,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ALLOWED_BITS",
     "KNOB_TYPES",
+    "WEIGHT_KINDS",
+    "Knob",
     "KnobType",
+    "WeightCodeKnob",
+    "apply_per_weight_",
     "check_knob_set",
     "cost_deltas",
     "default_knob_names",
@@ -50,6 +59,47 @@ __all__ = [
     "to_unit",
     "weight_storage_bytes",
 ]
+
+
+# --- a layer's knob --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Knob:
+    """One knob of a decision point: a continuous range (``prune``, ``rank``) or bit-width choices.
+
+    ``most_compressed`` / ``least_compressed`` are the values at the two ends (``least_compressed``
+    is also the identity value).
+    """
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[int, ...] | None = None
+    most_compressed: float | int = 0
+    least_compressed: float | int = 0
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` is allowed."""
+        if self.choices is not None:
+            return value in self.choices
+        assert self.low is not None and self.high is not None
+        if self.name == "rank":  # any fraction in (0, 1]; below `low` behaves as rank 1
+            return 0.0 < value <= self.high
+        return self.low - 1e-12 <= value <= self.high + 1e-12
+
+    def allowed(self) -> str:
+        """Human-readable description of the allowed values."""
+        if self.choices is not None:
+            return f"one of {tuple(self.choices)}"
+        if self.name == "rank":
+            return f"0 < rank <= {self.high:g} (below {self.low:.4g} acts as rank 1)"
+        return f"{self.low:g} <= {self.name} <= {self.high:g}"
+
+    def sample(self, rng: np.random.Generator) -> float | int:
+        """A uniformly random allowed value."""
+        if self.choices is not None:
+            return int(self.choices[int(rng.integers(len(self.choices)))])
+        assert self.low is not None and self.high is not None
+        return float(rng.uniform(self.low, self.high))
 
 
 # --- the one unit mapping ----------------------------------------------------------------------
@@ -301,134 +351,75 @@ def weight_storage_bytes(
     bitmap (``sparsity.sparse_bytes``, what the exported file stores) when that is smaller. ``rows``
     does not enter the bitmap layout (it is part of the signature the cost model calls).
     """
-    from autocompress.compression.sparsity import sparse_bytes
-
     dense = 4.0 * numel if bits >= 32 else min(numel * bits / 8.0 + 4.0 * scales, 4.0 * numel)
-    if nnz < numel:
-        dense = min(dense, sparse_bytes(nnz, numel, bits, scales))
+    if nnz < numel:  # _sparsity: imported at the end of this module, which registers its knob
+        dense = min(dense, _sparsity.sparse_bytes(nnz, numel, bits, scales))
     return dense + side
 
 
-# --- the four structural knobs -----------------------------------------------------------------
-class PruneKnob(KnobType):
-    """Structured channel pruning (``prune.py``): the fraction of a group's output channels removed."""
-
-    name = "prune"
-    identity = 0.0
-    stage = 10
-    costs = ("macs", "params", "size_bytes", "bops", "latency_ms")
-    restats = True
-    label = "prune"
-    allowed = "0 <= prune < 1"
-
-    def in_range(self, value: float) -> bool:
-        return math.isfinite(value) and 0.0 <= value < 1.0
-
-    def transform_(self, model: nn.Module, policy: CompressionPolicy, space: CompressionSpace,
-                   ctx: dict[str, Any]) -> None:
-        from autocompress.compression import prune
-
-        decisions = [(g, policy.get(g.point).prune) for g in space._pgroups
-                     if policy.get(g.point).prune > 0]
-        if not decisions:
-            return
-        graph = any(not g.own_pruner for g, _ in decisions)  # RNN hidden units need none
-        DG = prune.build_graph(model, space.example_input) if graph else None
-        _, out_removed = prune.prune_groups_(
-            model, DG, decisions, round_to=space.round_to,
-            importance=ctx.get("importance") or space.importance, calib=ctx.get("raw"),
-        )
-        del DG
-        if ctx.get("reconstruct"):
-            from autocompress.compression.apply import _reconstruct_
-
-            _reconstruct_(ctx["original"], model, out_removed, ctx["inputs"])
+# --- knobs that transform each weight tensor ---------------------------------------------------
+#: Layer kinds whose own weight tensor the per-weight knobs (sparsity, share_bits, pow2_bits) change.
+WEIGHT_KINDS: tuple[str, ...] = ("conv", "depthwise_conv", "grouped_conv", "linear")
 
 
-class RankKnob(KnobType):
-    """Low-rank factorisation by truncated SVD (``lowrank.py``; an RNN's input and recurrent matrices,
-    ``rnn.LowRankRNN``): the fraction of the rank kept."""
+def apply_per_weight_(
+    model: nn.Module, policy: CompressionPolicy, space: CompressionSpace, knob: str,
+    fn: Callable[[nn.Module, Any], None],
+) -> None:
+    """``fn(layer, value)`` on every weight layer of a point where ``knob`` is offered and set (not
+    at its identity), on both factors of a factorised layer: the one loop of the knobs that
+    transform each weight tensor on its own (``sparsity``, ``share_bits``, ``pow2_bits``)."""
+    # lowrank loads torch, which this module must not (policies and run-directory readers use it)
+    from autocompress.compression.lowrank import LowRank
 
-    name = "rank"
-    identity = 1.0
-    stage = 20
-    costs = ("macs", "params", "size_bytes", "bops", "latency_ms")
-    restats = True
-    label = "rank"
-    allowed = "0 < rank <= 1"
-
-    def in_range(self, value: float) -> bool:
-        return math.isfinite(value) and 0.0 < value <= 1.0
-
-    def transform_(self, model: nn.Module, policy: CompressionPolicy, space: CompressionSpace,
-                   ctx: dict[str, Any]) -> None:
-        from autocompress.compression import lowrank, rnn
-
-        for point in space.decision_points:
-            value = policy.get(point.name).rank
-            if "rank" not in point.knobs or value >= 1.0:
-                continue
-            module = model.get_submodule(point.name)
-            if rnn.can_factorise(module):  # its input and recurrent matrices, each by SVD
-                new = rnn.factorise_rnn(module, value)
-                if new is not None:
-                    _set_submodule(model, point.name, new)
-                continue
-            m, n = lowrank._dims(module)
-            r = lowrank.factorised_rank(m, n, value)
-            if r is not None:
-                _set_submodule(model, point.name, lowrank.factorise(module, r))
+    identity = KNOB_TYPES[knob].identity
+    for point in space.decision_points:
+        value = getattr(policy.get(point.name), knob)
+        if value == identity or knob not in point.knobs:
+            continue
+        module = model.get_submodule(point.name)
+        for m in (module[0], module[1]) if isinstance(module, LowRank) else (module,):
+            fn(m, value)
 
 
-#: Bit-widths a policy may ask for (32 means "leave in float").
-ALLOWED_BITS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 16, 32)
-
-
-class BitsKnob(KnobType):
-    """Weight (``w_bits``) or input-activation (``a_bits``) bit-width (``quantize.py``)."""
+class WeightCodeKnob(KnobType):
+    """A knob whose value is the bits of each stored weight's code (32 = off), applied to every
+    weight tensor on its own: ``share_bits`` (an index into a codebook), ``pow2_bits`` (a sign and
+    an exponent). Subclasses set ``name``, ``choices``, ``left_out`` and :meth:`encode_`."""
 
     identity = 32
     integer = True
-    stage = 40
-    allowed = f"one of {ALLOWED_BITS}"
+    default = False
+    restats = False
+    #: the bit-widths offered (32 among them)
+    choices: ClassVar[tuple[int, ...]]
+    #: why a layer of another kind offers no knob (after its kind: "are not shared")
+    left_out: ClassVar[str]
 
-    def __init__(self, name: str, costs: tuple[str, ...], label: str) -> None:
-        self.name = name  # type: ignore[misc]
-        self.costs = costs  # type: ignore[misc]
-        self.label = label  # type: ignore[misc]
-
-    def check(self, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-            raise UserInputError(
-                f"LayerAction.{self.name}={value!r} is not an integer bit-width; allowed: {ALLOWED_BITS}"
-            )
-        if int(value) not in ALLOWED_BITS:
-            raise UserInputError(
-                f"LayerAction.{self.name}={int(value)!r} is not supported; allowed: {ALLOWED_BITS}"
-            )
-        return int(value)
+    def in_range(self, value: float) -> bool:
+        return value in self.choices
 
     def format(self, value: float | int) -> str:
-        return "fp32" if value == 32 else str(int(value))
+        return "-" if value == 32 else str(int(value))
+
+    def layer_knob(self, kind: str, module: nn.Module) -> Any:
+        from torch import nn
+
+        if kind not in WEIGHT_KINDS or not isinstance(getattr(module, "weight", None), nn.Parameter):
+            return f"{kind} layers {self.left_out}"
+        return Knob(self.name, choices=self.choices, most_compressed=min(self.choices),
+                    least_compressed=32)
 
     def transform_(self, model: nn.Module, policy: CompressionPolicy, space: CompressionSpace,
                    ctx: dict[str, Any]) -> None:
-        # One quantized layer class carries both bit-widths: ``w_bits`` applies the pair.
-        if self.name != "w_bits":
-            return
-        from autocompress.compression import lowrank, quantize, rnn
+        apply_per_weight_(model, policy, space, self.name, lambda m, v: self.encode_(m, int(v)))
 
-        for point in space.decision_points:
-            action = policy.get(point.name)
-            if action.w_bits >= 32 and action.a_bits >= 32:
-                continue
-            module = model.get_submodule(point.name)
-            if isinstance(module, rnn.LowRankRNN):
-                module.quantize_(action.w_bits, action.a_bits)
-            elif isinstance(module, lowrank.LowRank):
-                quantize.quantize_factorised_(module[0], module[1], action.w_bits, action.a_bits)
-            else:
-                quantize.quantize_module_(module, action.w_bits, action.a_bits)
+    def encode_(self, module: nn.Module, bits: int) -> None:
+        """Store ``module``'s weight in codes of ``bits`` bits (in place)."""
+        raise NotImplementedError
+
+    def value_bits(self, value: float | int, bits: int) -> int:
+        return int(value) if value < 32 else bits
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -437,12 +428,12 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-register_knob(PruneKnob())
-register_knob(BitsKnob("w_bits", ("size_bytes", "bops", "latency_ms"), "w bits"))
-register_knob(BitsKnob("a_bits", ("bops", "latency_ms"), "a bits"))
-register_knob(RankKnob())
+#: Bit-widths a policy may ask for (32 means "leave in float").
+ALLOWED_BITS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 16, 32)
 
-# Registration order is the knobs' order in every list (env actions, policy JSON): sparsity first.
+# Registration order is the knobs' order in every list (env actions, policy JSON): the four
+# structural knobs, then sparsity first.
+from autocompress.compression import structural as _structural  # noqa: E402,F401,I001 - registers prune, w_bits, a_bits, rank
 from autocompress.compression import sparsity as _sparsity  # noqa: E402,F401,I001 - registers "sparsity"
 from autocompress.compression import sharing as _sharing  # noqa: E402,F401,I001 - registers "share_bits"
 from autocompress.compression import projection as _projection  # noqa: E402,F401,I001 - registers "proj_rank"

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import nn
 
+from autocompress.compression.knobs import Knob
+
 if TYPE_CHECKING:
     from autocompress.compression import prune
     from autocompress.compression.costmodel import CostModel
@@ -47,46 +49,6 @@ _KINDS: tuple[str, ...] = (
     "rnn",
     "attention",
 )
-
-
-@dataclass(frozen=True)
-class Knob:
-    """One knob of a decision point: a continuous range (``prune``, ``rank``) or bit-width choices.
-
-    ``most_compressed`` / ``least_compressed`` are the values at the two ends (``least_compressed``
-    is also the identity value).
-    """
-
-    name: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[int, ...] | None = None
-    most_compressed: float | int = 0
-    least_compressed: float | int = 0
-
-    def contains(self, value: float) -> bool:
-        """Whether ``value`` is allowed."""
-        if self.choices is not None:
-            return value in self.choices
-        assert self.low is not None and self.high is not None
-        if self.name == "rank":  # any fraction in (0, 1]; below `low` behaves as rank 1
-            return 0.0 < value <= self.high
-        return self.low - 1e-12 <= value <= self.high + 1e-12
-
-    def allowed(self) -> str:
-        """Human-readable description of the allowed values."""
-        if self.choices is not None:
-            return f"one of {tuple(self.choices)}"
-        if self.name == "rank":
-            return f"0 < rank <= {self.high:g} (below {self.low:.4g} acts as rank 1)"
-        return f"{self.low:g} <= {self.name} <= {self.high:g}"
-
-    def sample(self, rng: np.random.Generator) -> float | int:
-        """A uniformly random allowed value."""
-        if self.choices is not None:
-            return int(self.choices[int(rng.integers(len(self.choices)))])
-        assert self.low is not None and self.high is not None
-        return float(rng.uniform(self.low, self.high))
 
 
 @dataclass(frozen=True)

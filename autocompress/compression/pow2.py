@@ -26,71 +26,42 @@ multiplies by float32 codebook values and counts 32.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from autocompress.compression.knobs import KnobType, register_knob
+from autocompress.compression.knobs import WeightCodeKnob, register_knob
 
 # torch is imported where a layer is looked at: the knob's spec (range, identity, storage) is read
 # by policies and run-directory readers that never load torch.
 if TYPE_CHECKING:
     from torch import nn
 
-    from autocompress.compression.policy import CompressionPolicy
-    from autocompress.compression.space import CompressionSpace
 
 __all__ = ["POW2_BITS"]
 
 #: Bit-widths offered (32 = not on the powers-of-two grid); 2 bits is ``{0, +-2^n1}``.
 POW2_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 8, 32)
-_POW2_KINDS = ("conv", "depthwise_conv", "grouped_conv", "linear")
 
 
-class Pow2BitsKnob(KnobType):
+class Pow2BitsKnob(WeightCodeKnob):
     """Bits of a layer's powers-of-two weights (INQ's grid; 32 = not on it)."""
 
     name = "pow2_bits"
-    identity = 32
-    integer = True
-    default = False
+    choices = POW2_BITS
+    left_out = "have no powers-of-two weights"
     stage = 45  # after ``w_bits`` / ``a_bits`` (40), which may have made the layer quantized
     costs = ("size_bytes", "bops")
-    restats = False
     label = "pow2 bits"
     allowed = f"one of {POW2_BITS}"
     excludes = ("w_bits", "share_bits")
 
-    def in_range(self, value: float) -> bool:
-        return value in POW2_BITS
-
-    def format(self, value: float | int) -> str:
-        return "-" if value == 32 else str(int(value))
-
-    def layer_knob(self, kind: str, module: nn.Module) -> Any:
-        from torch import nn
-
-        from autocompress.compression.space import Knob
-
-        if kind not in _POW2_KINDS or not isinstance(getattr(module, "weight", None), nn.Parameter):
-            return f"{kind} layers have no powers-of-two weights"
-        return Knob(self.name, choices=POW2_BITS, most_compressed=min(POW2_BITS), least_compressed=32)
-
-    def transform_(self, model: nn.Module, policy: CompressionPolicy, space: CompressionSpace,
-                   ctx: dict[str, Any]) -> None:
-        from autocompress.compression.lowrank import LowRank
+    def encode_(self, module: nn.Module, bits: int) -> None:
+        # quantize loads torch, which the registry's modules must not at import
         from autocompress.compression.quantize import pow2_quantize_
 
-        for point in space.decision_points:
-            value = policy.get(point.name).pow2_bits
-            if value >= 32 or self.name not in point.knobs:
-                continue
-            module = model.get_submodule(point.name)
-            for m in (module[0], module[1]) if isinstance(module, LowRank) else (module,):
-                pow2_quantize_(m, int(value))
-
-    def value_bits(self, value: float | int, bits: int) -> int:
-        return int(value) if value < 32 else bits
+        pow2_quantize_(module, bits)
 
     def side_bytes(self, value: float | int) -> float:
+        # quantize loads torch, which the registry's modules must not at import
         from autocompress.compression.quantize import pow2_codebook_bytes
 
         return pow2_codebook_bytes(int(value)) if value < 32 else 0.0

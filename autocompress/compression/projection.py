@@ -4,12 +4,12 @@ In a stacked LSTM / GRU / RNN, layer ``l``'s recurrent matrix ``W_hh^l`` and lay
 matrix ``W_ih^(l+1)`` both multiply layer ``l``'s hidden state ``h^l``. ``proj_rank = s`` replaces
 the pair by one projection ``P`` (``r x H``, ``r = max(1, floor(s H + 0.5))``) and two thin matrices,
 ``W_hh^l ~ Z_h P`` and ``W_ih^(l+1) ~ Z_x P``, from the truncated SVD of the stacked
-``[W_hh^l; W_ih^(l+1)]`` (``rnn.shared_factors``; exact at ``r = H``). ``P h^l_t`` is computed once
+``[W_hh^l; W_ih^(l+1)]`` (``lowrank_rnn.shared_factors``; exact at ``r = H``). ``P h^l_t`` is computed once
 per step: layer ``l + 1`` reads it as its input and layer ``l`` as its next recurrent input. The
 last layer's ``W_hh`` has no partner and is factorised alone at the same fraction
 (``lowrank.factorised_rank``); the first layer's ``W_ih`` stays dense. A pair is shared only where
 ``r (H + 2 G H) < 2 G H^2`` (``G`` gates), so the knob never adds work. The compressed module is a
-``rnn.LowRankRNN`` (its steps unrolled in ONNX, like the ``rank`` knob's).
+``lowrank_rnn.LowRankRNN`` (its steps unrolled in ONNX, like the ``rank`` knob's).
 
 Cost model: ``cost_delta`` gives the change of MACs (per step: ``r H + 2 G H r`` instead of
 ``2 G H^2`` per pair, ``r (G H + H)`` instead of ``G H^2`` for the last ``W_hh``, times the steps),
@@ -25,6 +25,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from autocompress.compression.knobs import (
+    Knob,
     KnobType,
     _set_submodule,
     register_knob,
@@ -44,6 +45,7 @@ _RNN_KINDS = ("lstm", "gru", "rnn")
 
 def _stored(numel: int, rows: int, bits: int, folded: bool = False) -> float:
     """Bytes of one weight of ``numel`` entries in ``rows`` rows at ``bits`` (``count_size_bytes``)."""
+    # quantize loads torch, which the registry's modules must not at import
     from autocompress.compression.quantize import weight_scale_count
 
     scales = 0 if folded else weight_scale_count((rows,), bits)
@@ -56,7 +58,8 @@ def shared_projection_costs(
     """``macs`` (per sample), ``params`` and ``size_bytes`` saved (negative) by ``proj_rank =
     fraction`` on a module of ``num_layers`` layers of ``hidden`` units, against the dense matrices
     it replaces, with weights at ``bits``."""
-    from autocompress.compression.rnn import shared_ranks
+    # lowrank_rnn loads torch, which the registry's modules must not at import
+    from autocompress.compression.lowrank_rnn import shared_ranks
 
     out = {"macs": 0.0, "params": 0.0, "size_bytes": 0.0}
     found = shared_ranks(gates, hidden, num_layers, fraction)
@@ -101,12 +104,12 @@ class ProjRankKnob(KnobType):
         return math.isfinite(value) and 0.0 < value <= 1.0
 
     def layer_knob(self, kind: str, module: nn.Module) -> Any:
-        from autocompress.compression import rnn
-        from autocompress.compression.space import Knob
+        # lowrank_rnn loads torch, which the registry's modules must not at import
+        from autocompress.compression import lowrank_rnn
 
         if kind not in _RNN_KINDS:
             return f"{kind} layers have no recurrent matrices to share a projection"
-        if not rnn.can_factorise(module):
+        if not lowrank_rnn.can_factorise(module):
             return "bidirectional and proj_size layers are not factorised"
         if module.num_layers < 2:
             return "one layer: no pair of layers to share a projection (the rank knob factorises it)"
@@ -115,18 +118,20 @@ class ProjRankKnob(KnobType):
 
     def transform_(self, model: nn.Module, policy: CompressionPolicy, space: CompressionSpace,
                    ctx: dict[str, Any]) -> None:
-        from autocompress.compression import rnn
+        # lowrank_rnn loads torch, which the registry's modules must not at import
+        from autocompress.compression import lowrank_rnn
 
         for point in space.decision_points:
             value = policy.get(point.name).proj_rank
             if value >= 1.0 or self.name not in point.knobs:
                 continue
-            new = rnn.share_projections(model.get_submodule(point.name), value)
+            new = lowrank_rnn.share_projections(model.get_submodule(point.name), value)
             if new is not None:
                 _set_submodule(model, point.name, new)
 
     def cost_delta(self, value: float | int, space: CompressionSpace, name: str,
                    policy: CompressionPolicy) -> dict[str, float]:
+        # prune loads torch, which the registry's modules must not at import
         from autocompress.compression.prune import removed_units
 
         shapes, action = space._base_shapes, policy.get(name)

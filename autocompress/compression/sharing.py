@@ -27,23 +27,20 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from autocompress.compression.knobs import KnobType, register_knob, weight_storage_bytes
+from autocompress.compression.knobs import WeightCodeKnob, register_knob, weight_storage_bytes
 
 # torch is imported by the functions that touch tensors: the knob's spec (range, identity, storage)
 # is read by policies and run-directory readers that never load torch.
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-    from autocompress.compression.policy import CompressionPolicy
-    from autocompress.compression.space import CompressionSpace
 
 __all__ = ["SHARE_BITS", "eq10_ratio", "huffman_bits", "kmeans_share", "share_", "sharing_report"]
 
 #: Index bit-widths offered (32 = not shared).
 SHARE_BITS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 32)
-_SHARE_KINDS = ("conv", "depthwise_conv", "grouped_conv", "linear")
 
 
 def kmeans_share(w: Tensor, bits: int, iters: int = 100) -> tuple[Tensor, Tensor]:
@@ -121,50 +118,20 @@ def huffman_bits(symbols: Tensor) -> int:
     return int(total)
 
 
-class ShareBitsKnob(KnobType):
+class ShareBitsKnob(WeightCodeKnob):
     """Bits of a layer's shared-weight index: ``2^share_bits`` values per layer (32 = not shared)."""
 
     name = "share_bits"
-    identity = 32
-    integer = True
-    default = False
+    choices = SHARE_BITS
+    left_out = "are not shared"
     stage = 35
     costs = ("size_bytes",)
-    restats = False
     label = "share bits"
     allowed = f"one of {SHARE_BITS}"
     excludes = ("w_bits",)
 
-    def in_range(self, value: float) -> bool:
-        return value in SHARE_BITS
-
-    def format(self, value: float | int) -> str:
-        return "-" if value == 32 else str(int(value))
-
-    def layer_knob(self, kind: str, module: nn.Module) -> Any:
-        from torch import nn
-
-        from autocompress.compression.space import Knob
-
-        if kind not in _SHARE_KINDS or not isinstance(getattr(module, "weight", None), nn.Parameter):
-            return f"{kind} layers are not shared"
-        return Knob(self.name, choices=SHARE_BITS, most_compressed=min(SHARE_BITS),
-                    least_compressed=32)
-
-    def transform_(self, model: nn.Module, policy: CompressionPolicy, space: CompressionSpace,
-                   ctx: dict[str, Any]) -> None:
-        from autocompress.compression.lowrank import LowRank
-
-        for point in space.decision_points:
-            value = policy.get(point.name).share_bits
-            if value >= 32 or self.name not in point.knobs:
-                continue
-            module = model.get_submodule(point.name)
-            for m in (module[0], module[1]) if isinstance(module, LowRank) else (module,):
-                share_(m, int(value))
-
-    def value_bits(self, value: float | int, bits: int) -> int:
-        return int(value) if value < 32 else bits
+    def encode_(self, module: nn.Module, bits: int) -> None:
+        share_(module, bits)
 
     def side_bytes(self, value: float | int) -> float:
         return 4.0 * 2 ** int(value) if value < 32 else 0.0

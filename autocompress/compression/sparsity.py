@@ -21,7 +21,13 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from autocompress.compression.knobs import KnobType, register_knob
+from autocompress.compression.knobs import (
+    WEIGHT_KINDS,
+    Knob,
+    KnobType,
+    apply_per_weight_,
+    register_knob,
+)
 
 # torch is imported by the functions that touch tensors: the knob's spec (range, identity, storage)
 # is read by policies and run-directory readers that never load torch.
@@ -35,7 +41,6 @@ __all__ = ["MAX_SPARSITY", "magnitude_mask", "sparse_bytes", "zeroed"]
 
 #: Largest sparsity offered per layer (the survey's magnitude-pruning settings reach 0.9).
 MAX_SPARSITY = 0.95
-_SPARSE_KINDS = ("conv", "depthwise_conv", "grouped_conv", "linear")
 
 
 def zeroed(numel: int, sparsity: float) -> int:
@@ -90,24 +95,14 @@ class SparsityKnob(KnobType):
     def layer_knob(self, kind: str, module: nn.Module) -> Any:
         from torch import nn
 
-        from autocompress.compression.space import Knob
-
-        if kind not in _SPARSE_KINDS or not isinstance(getattr(module, "weight", None), nn.Parameter):
+        if kind not in WEIGHT_KINDS or not isinstance(getattr(module, "weight", None), nn.Parameter):
             return f"{kind} layers are not sparsified"
         return Knob(self.name, low=0.0, high=MAX_SPARSITY, most_compressed=MAX_SPARSITY,
                     least_compressed=0.0)
 
     def transform_(self, model: nn.Module, policy: CompressionPolicy, space: CompressionSpace,
                    ctx: dict[str, Any]) -> None:
-        from autocompress.compression.lowrank import LowRank
-
-        for point in space.decision_points:
-            value = policy.get(point.name).sparsity
-            if value <= 0.0 or self.name not in point.knobs:
-                continue
-            module = model.get_submodule(point.name)
-            for m in (module[0], module[1]) if isinstance(module, LowRank) else (module,):
-                sparsify_(m, value)
+        apply_per_weight_(model, policy, space, self.name, sparsify_)
 
     def stored_params(self, value: float | int, numel: int) -> int:
         return numel - zeroed(numel, float(value))
