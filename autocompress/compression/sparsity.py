@@ -8,7 +8,7 @@ after every optimizer step, and quantization (``quantize.requantize``) keeps mas
 Storage (:func:`sparse_bytes`): a sparse weight is stored as its nonzeros' values (at the layer's
 weight bit-width, 32 in float) plus a bitmap of the flattened weight, one bit per entry packed
 eight to a byte (``ceil(numel / 8)`` bytes); quantized layers keep their float32 scales. This is
-the layout the exported ONNX file holds (``deploy._encode``: a UINT8 bitmap, rebuilt with standard
+the layout the exported ONNX file holds (``deploy._lowbit_encode._encode``: a UINT8 bitmap, rebuilt with standard
 operators), so the reported size is the file's weight bytes. Unlike Deep Compression's relative
 indices with filler zeros for long gaps, its size depends on the nonzero count alone, so the cost
 model predicts it from the policy. A tensor is stored dense when that is smaller (sparsity above
