@@ -2,8 +2,8 @@
 
 ``SearchSession(spec)`` checks the run directory (``storage.prepare_run_dir``), builds the
 problem (``build_problem``), resolves the hard budgets (an unreachable one is refused before
-anything is written), opens the run's ledger (``resume.open_ledger``: the Optuna study,
-refusing one of another search), writes ``spec.json`` and ``base.json`` and registers this
+anything is written), opens the run's ledger (``resume.open_ledger``: ``ledger.jsonl`` or
+the Optuna study, refusing one of another search), writes ``spec.json`` and ``base.json`` and registers this
 process as a worker. It then reads the ledger (``view``), records candidates (``trials.jsonl``
 lines, trial attributes, ``pareto.json``) and builds the ``SearchResult``. Trials of killed
 processes are finished by ``resume.reconcile``; the loop that asks, evaluates and tells is
