@@ -195,7 +195,7 @@ def _search_progress(console: Any) -> tuple[Any, Callable[[Any], None]]:
 @click.option("--max-prune", default=None, type=float, help="largest prune ratio per layer [default: 0.8]")
 @click.option("--round-to", default=None, help="kept channel counts are multiples of this: auto = the CPU's SIMD width in floats (16 AVX-512, 8 AVX2), 1 = exact ratios [default: auto]")
 @click.option("--importance", default=None, help="which channels pruning removes: l1 (filter L1 norm), l2, taylor, bn (smallest BatchNorm |gamma|, network slimming) [default: l1]")
-@click.option("--storage", default=None, help="Optuna storage: journal (default), sqlite, a *.journal path, or a storage URL")
+@click.option("--storage", default=None, help="Optuna storage: journal, sqlite, a *.journal path, or a storage URL (default: RUN/ledger.jsonl, RUN/study.journal for nsga2/tpe)")
 @click.option("--study-name", default=None, help="Optuna study name (processes sharing storage and name share work)")
 @click.option("--out", default=None, help="run directory [default: runs/MODEL-DATA-STRATEGY-sSEED]")
 @click.option("--backend", default=None, type=click.Choice(["local", "ray"]), help="run trials here or as Ray Tune trials")

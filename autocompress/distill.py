@@ -1,7 +1,7 @@
 """Knowledge distillation: Hinton's loss and the one training loop every fine-tune runs.
 
 Both the evaluator's short fine-tune of a candidate (``evaluators.accuracy.kd_finetune``) and the
-fine-tune of a front point (``report.finetune.finetune_point``) train through ``distill``; they
+fine-tune of a front point (``point_finetune.finetune_point``) train through ``distill``; they
 differ only in the batches, optimizer and schedule they hand it. It imports only
 ``autocompress.devices`` (the lowest layer), so every layer may use it.
 """

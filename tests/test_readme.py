@@ -438,7 +438,7 @@ def test_ray_cluster_lines_run(tmp_path: Path, nodes: RayNodes, monkeypatch: pyt
         trials = int(_option(command, "--trials", "16") or 16)
         finals = _finals(run)
         assert len(finals) == trials and all(r["status"] == "ok" for r in finals)
-        for name in ("trials.jsonl", "study.journal", "pareto.json", "spec.json", "pareto.html"):
+        for name in ("trials.jsonl", "ledger.jsonl", "pareto.json", "spec.json", "pareto.html"):
             assert (run / name).is_file(), name
         assert list((run / "ray").glob("*/tuner.pkl"))  # Tune's own files, inside the run
     assert set(os.listdir(cwd)) - before == {"runs"}  # nothing else in the working directory

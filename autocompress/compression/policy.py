@@ -257,3 +257,20 @@ class CompressionPolicy:
 
 
 _IDENTITY = LayerAction()
+
+
+def read_policy(obj: Any) -> CompressionPolicy:
+    """A policy from what a run file holds: the serialised dict, a JSON string, or a bare
+    ``{name: knobs}`` mapping (optionally under ``layers``); the reader ``rundir.read_run`` is
+    given by ``report.run.load_run`` and the fine-tune of a run's point."""
+    if isinstance(obj, CompressionPolicy):
+        return obj
+    if isinstance(obj, str):
+        return CompressionPolicy.from_json(obj)
+    if isinstance(obj, Mapping) and "_type" in obj:
+        return CompressionPolicy.from_dict(obj)
+    if isinstance(obj, Mapping):
+        layers = obj.get("layers", obj)
+        if isinstance(layers, Mapping):
+            return CompressionPolicy(dict(layers))
+    raise UserInputError(f"cannot read a compression policy from {type(obj).__name__}")

@@ -7,13 +7,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
 from autocompress.errors import UserInputError
+from autocompress.point_finetune import scored_model  # noqa: F401 - re-exported for report callers
 from autocompress.rundir import recorded_checkpoint
 
 if TYPE_CHECKING:
-    from autocompress.compression import CompressionPolicy
     from autocompress.problem import Problem
     from autocompress.rundir import RunRecord
 
@@ -94,22 +92,3 @@ def _build_from_settings(run: RunRecord, progress: bool) -> Problem:
     accepted = set(inspect.signature(Problem.build).parameters)
     kwargs = {k: v for k, v in kwargs.items() if k in accepted}
     return Problem.build(spec["model"], progress=progress, **kwargs)
-
-
-def scored_model(problem: Problem, policy: CompressionPolicy) -> nn.Module:
-    """The compressed model the evaluator scored: compress, BN recalibration, its short fine-tune.
-
-    Mirrors ``CompressionEvaluator`` step by step so that an exported or fine-tuned point starts
-    from the model whose accuracy the front reports. The model is on the evaluator's device.
-    """
-    from autocompress.evaluators.accuracy import recalibrate_bn
-
-    ev = problem.evaluator
-    problem.space.validate(policy)
-    small = ev.compress(policy)
-    c = ev.config
-    if ev.needs_recalibration(policy, small):
-        recalibrate_bn(small, ev.calib_batches)
-    if c.finetune_steps > 0 and any(not a.is_identity for a in policy.layers.values()):
-        ev.finetune(small, c.finetune_steps)
-    return small.eval()

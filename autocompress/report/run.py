@@ -10,12 +10,9 @@ so that ``report`` callers keep one place to import them from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from autocompress.compression import CompressionPolicy
-from autocompress.errors import UserInputError
+from autocompress.compression.policy import read_policy  # noqa: F401 - re-exported
 from autocompress.rundir import (  # noqa: F401 - the reading side of the run directory, re-exported
     COST_METRICS,
     MAXIMIZED,
@@ -30,22 +27,6 @@ from autocompress.rundir import (  # noqa: F401 - the reading side of the run di
     resolve_point,
     safe_point_name,
 )
-
-
-def read_policy(obj: Any) -> CompressionPolicy:
-    """A policy from what a run file holds: the serialised dict, a JSON string, or a bare
-    ``{name: knobs}`` mapping (optionally under ``layers``)."""
-    if isinstance(obj, CompressionPolicy):
-        return obj
-    if isinstance(obj, str):
-        return CompressionPolicy.from_json(obj)
-    if isinstance(obj, Mapping) and "_type" in obj:
-        return CompressionPolicy.from_dict(obj)
-    if isinstance(obj, Mapping):
-        layers = obj.get("layers", obj)
-        if isinstance(layers, Mapping):
-            return CompressionPolicy(dict(layers))
-    raise UserInputError(f"cannot read a compression policy from {type(obj).__name__}")
 
 
 def load_run(run_dir: str | Path) -> RunRecord:

@@ -6,10 +6,11 @@ cannot drift apart:
 
 * ``spec.json``: the search spec (flat ``SearchSpec.to_dict()`` plus ``_schema_version``,
   ``_identity`` and ``num_classes``); a directory holding a different spec is refused.
-* ``study.journal`` (default) or ``study.db``: the Optuna study, the ledger of trials; none when
-  ``--storage`` names a database shared by several machines (``postgresql://...``), or when the
-  run records into ``ledger.jsonl`` instead (``search.file_ledger``, opt-in for strategies that
-  do not sample from Optuna).
+* ``ledger.jsonl``: the ledger of trials (``search.file_ledger``), the default for strategies
+  that do not sample from Optuna; ``study.journal`` or ``study.db``: the Optuna study instead
+  (Optuna samplers, ``--storage journal`` / ``sqlite``); none of them when ``--storage`` names a
+  database shared by several machines (``postgresql://...``) or a journal file elsewhere. A run
+  keeps the ledger it started with.
 * ``trials.jsonl``: one JSON line per evaluation, appended under an exclusive lock and fsync'd per
   line (``TrialLog``), so a kill leaves at most one torn last line.
 * ``base.json``: the uncompressed model's metrics; ``pareto.json``: the front.

@@ -4,7 +4,7 @@ Public surface::
 
     from autocompress.search import SearchSpec, run_search
     spec = SearchSpec.from_cli("configs/quick.yaml", {"budget": ["macs=50%"], "trials": 20})
-    result = run_search(spec, progress=print)   # RUN/{spec.json,trials.jsonl,pareto.json,study.journal}
+    result = run_search(spec, progress=print)   # RUN/{spec.json,trials.jsonl,pareto.json,ledger.jsonl}
 
 Heavy modules (torch, optuna, ray) load on first use of the names that need them.
 """

@@ -45,7 +45,8 @@ class SearchContext:
         soft_budgets: soft budgets (penalised by RL rewards, reported, never excluding).
         base_metrics: the uncompressed model's metrics.
         limits: budget name -> absolute bound on its metric (``acc-drop``: lowest accuracy).
-        storage: the Optuna storage of the study (Optuna searchers open the study on it).
+        storage: the Optuna storage of the study (Optuna searchers open the study on it; None
+            when the run records into ``ledger.jsonl``).
         study_name: the Optuna study's name.
         trials: candidates the study should evaluate in total.
         run_dir: the run directory (searchers may keep checkpoints under ``run_dir/searcher``).

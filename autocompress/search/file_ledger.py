@@ -7,8 +7,10 @@ sharing the file, as in Optuna's journal. A reader applies the complete lines it
 yet (a line without its newline is still being written, or was torn by a kill: the next writer,
 holding the lock, cuts it off before appending).
 
-Strategies that sample from an Optuna study (``nsga2``, ``tpe``) need ``OptunaLedger``; the others
-propose on their own and can record into this one (see ``resume.ledger_kind``).
+The ledger of a new run whose strategy proposes on its own (``ladder``, the default, ``uniform``,
+``random``, ``greedy``, the RL agents) and that names no ``--storage``; strategies that sample from
+an Optuna study (``nsga2``, ``tpe``) and runs given ``--storage`` keep ``OptunaLedger`` (see
+``resume.ledger_kind``).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ The session and the loop need little from it: create a pending trial (``ask``), 
 it with objective values (or as failed) and constraints (``finish``), list the trials with their
 attributes (``trials``; a trial's ``user_attrs`` hold its record, see ``records.record_from_trial``),
 take over an open trial of a killed process (``handle``), and keep study-level attributes (the
-search's identity, the registered workers). :class:`OptunaLedger` is the Optuna study behind it
-(the Optuna strategies sample from that same study, and ``--storage`` names where it lives).
+search's identity, the registered workers). ``file_ledger.FileLedger`` (``ledger.jsonl``) is the
+default; :class:`OptunaLedger` is the Optuna study behind it for the Optuna strategies (they sample
+from that same study) and for runs given ``--storage`` (it names where the study lives).
 
 Trial numbers are dense (``0 .. n-1`` in creation order) in every ledger, so ``trials()[n]`` is
 trial ``n``.

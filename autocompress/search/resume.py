@@ -1,8 +1,9 @@
 """Continuing a run: which ledger it keeps, its identity check, and the trials killed processes
 left open.
 
-``open_ledger`` opens the run's ledger (``ledger_kind``: the Optuna study, or ``ledger.jsonl``
-where a run started with one) and claims it for this search: a ledger of another search
+``open_ledger`` opens the run's ledger (``ledger_kind``: ``ledger.jsonl`` for a new run of a
+strategy that does not sample from Optuna and names no ``--storage``, the Optuna study for the
+others; an existing run keeps the one it started with) and claims it for this search: a ledger of another search
 is refused (or replaced under ``--force``), one written by an older autocompress whose settings
 are this search's with newer settings at their defaults is taken over. ``reconcile`` finishes
 the ``RUNNING`` trials of dead processes from their final ``trials.jsonl`` line, or marks them
@@ -21,6 +22,7 @@ from autocompress.compression.policy import CompressionPolicy
 from autocompress.errors import UserInputError
 from autocompress.search import storage as st
 from autocompress.search.base import searcher_class
+from autocompress.search.file_ledger import FileLedger
 from autocompress.search.ledger import Ledger, OptunaLedger
 from autocompress.search.spec import SearchSpec
 
@@ -32,16 +34,19 @@ if TYPE_CHECKING:
 IDENTITY_ATTR = "autocompress_identity"
 SPEC_ATTR = "autocompress_spec"
 
-#: Environment variable choosing the ledger of a new run: ``optuna`` (the default) or ``file``
-#: (``ledger.jsonl``; taken only by strategies that do not sample from Optuna, without
-#: ``--storage``). Not a user setting yet: the Optuna study stays the default.
+#: Environment variable overriding the ledger of a new run that could record into
+#: ``ledger.jsonl``: ``optuna`` keeps it in the Optuna study (``RUN/study.journal``, readable with
+#: Optuna's own tools) with the run's settings unchanged; ``file`` (or unset) is the default. It
+#: never changes an existing run (it keeps the ledger it started with) nor a run that needs the
+#: study (an Optuna sampler, or ``--storage``).
 LEDGER_ENV = "AUTOCOMPRESS_LEDGER"
 LEDGER_KINDS = ("optuna", "file")
 
 
 def requested_ledger() -> str:
-    """The ledger ``AUTOCOMPRESS_LEDGER`` asks for (``optuna`` when unset)."""
-    kind = os.environ.get(LEDGER_ENV, "").strip() or "optuna"
+    """The ledger ``AUTOCOMPRESS_LEDGER`` asks for (``file`` when unset); a value other than
+    ``LEDGER_KINDS`` is a one-line ``UserInputError``."""
+    kind = os.environ.get(LEDGER_ENV, "").strip() or "file"
     if kind not in LEDGER_KINDS:
         raise UserInputError(f"{LEDGER_ENV}={kind!r} is not allowed; allowed: {', '.join(LEDGER_KINDS)}")
     return kind
@@ -49,17 +54,27 @@ def requested_ledger() -> str:
 
 def ledger_kind(spec: SearchSpec) -> str:
     """The ledger ``spec``'s run records into: the one it started with (``ledger.jsonl`` present:
-    ``file``; an Optuna study file present: ``optuna``), else the requested one where the
-    strategy and storage allow it."""
+    ``file``; an Optuna study file present: ``optuna``); for a new run ``file`` unless the
+    strategy samples from the Optuna study, ``--storage`` names where the study lives, or
+    ``AUTOCOMPRESS_LEDGER=optuna`` asks for the study."""
     run = spec.run_dir
     if (run / st.LEDGER_FILE).is_file():
         return "file"
     if (run / st.JOURNAL_FILE).is_file() or (run / st.SQLITE_FILE).is_file():
         return "optuna"
-    if (requested_ledger() == "file" and spec.storage is None
-            and not searcher_class(spec.strategy).uses_optuna_study):
+    if (spec.storage is None and not searcher_class(spec.strategy).uses_optuna_study
+            and requested_ledger() == "file"):
         return "file"
     return "optuna"
+
+
+def run_ledger(spec: SearchSpec) -> Ledger:
+    """The run's ledger (``ledger_kind``) as it stands, not checked against ``spec``'s search
+    (what a reader of a finished run, or ``open_ledger`` before its check, opens)."""
+    if ledger_kind(spec) == "file":
+        return FileLedger.open(spec.run_dir / st.LEDGER_FILE, spec.study_name, spec.directions)
+    return OptunaLedger.open(st.open_storage(spec), spec.study_name, spec.directions,
+                             where=st.storage_url_for(spec))
 
 
 def same_search(stored_identity: Any, identity_hash: str) -> bool:
@@ -78,14 +93,7 @@ def same_search(stored_identity: Any, identity_hash: str) -> bool:
 
 def open_ledger(spec: SearchSpec) -> Ledger:
     """The run's ledger (``ledger_kind``), checked to hold this search."""
-    ledger: Ledger
-    if ledger_kind(spec) == "file":
-        from autocompress.search.file_ledger import FileLedger
-
-        ledger = FileLedger.open(spec.run_dir / st.LEDGER_FILE, spec.study_name, spec.directions)
-    else:
-        ledger = OptunaLedger.open(st.open_storage(spec), spec.study_name, spec.directions,
-                                   where=st.storage_url_for(spec))
+    ledger = run_ledger(spec)
     return claim(ledger, spec, ledger.where, reopen=lambda: open_ledger(spec))
 
 
@@ -194,4 +202,5 @@ def _policy(d: Mapping[str, Any]) -> CompressionPolicy:
     return CompressionPolicy.from_dict(d)
 
 
-__all__ = ["claim", "open_ledger", "reconcile", "same_search"]
+__all__ = ["LEDGER_ENV", "LEDGER_KINDS", "claim", "ledger_kind", "open_ledger", "reconcile",
+           "requested_ledger", "run_ledger", "same_search"]

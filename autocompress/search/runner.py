@@ -1,8 +1,8 @@
 """The search loop: ask, evaluate (cached), tell, record; resumable, shareable, multi-fidelity.
 
 ``run_search(spec, progress=None)`` is the one public entry point (the CLI calls it). One trial of
-the run's ledger (``ledger.py``: the Optuna study, or ``ledger.jsonl`` for strategies that do not
-sample from Optuna when asked for) is one evaluated candidate, whatever the strategy; the ledger
+the run's ledger (``ledger.py``: ``ledger.jsonl`` in the run directory, or the Optuna study for
+strategies that sample from it and runs given ``--storage``) is one evaluated candidate, whatever the strategy; the ledger
 is what several processes (or a resumed process) share:
 
 * **Counting.** ``spec.trials`` counts evaluated candidates (status ``ok`` or ``failed``) plus

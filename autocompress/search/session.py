@@ -2,8 +2,8 @@
 
 ``SearchSession(spec)`` checks the run directory (``storage.prepare_run_dir``), builds the
 problem (``build_problem``), resolves the hard budgets (an unreachable one is refused before
-anything is written), opens the run's ledger (``resume.open_ledger``: the Optuna study,
-refusing one of another search), writes ``spec.json`` and ``base.json`` and registers this
+anything is written), opens the run's ledger (``resume.open_ledger``: ``ledger.jsonl`` or
+the Optuna study, refusing one of another search), writes ``spec.json`` and ``base.json`` and registers this
 process as a worker. It then reads the ledger (``view``), records candidates (``trials.jsonl``
 lines, trial attributes, ``pareto.json``) and builds the ``SearchResult``. Trials of killed
 processes are finished by ``resume.reconcile``; the loop that asks, evaluates and tells is
@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from autocompress.errors import UserInputError
+from autocompress.point_finetune import finish_search
 from autocompress.search import storage as st
 from autocompress.search.base import SearchContext, searcher_class
 from autocompress.search.ledger import Ledger, LedgerTrial
@@ -389,9 +390,7 @@ class SearchSession:
 
     def result(self, stop_reason: str) -> SearchResult:
         """The ``SearchResult`` of the ledger as it stands (and ``pareto.json`` written), with the
-        front's test top-1 and the ``finetune_top`` fine-tunes (``report.finetune.finish_search``)."""
-        from autocompress.report.finetune import finish_search
-
+        front's test top-1 and the ``finetune_top`` fine-tunes (``point_finetune.finish_search``)."""
         records = self.view().records
         report = self.write_pareto(records)
         done = sum(r.status in COUNTED_STATUSES for r in records)

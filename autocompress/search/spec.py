@@ -88,7 +88,9 @@ class SearchSpec:
             ``promote_fraction`` to full fidelity (asynchronous successive halving; ASHA under Ray).
         promote_fraction: share of low-fidelity candidates promoted to full fidelity.
         evaluator: evaluator settings (``EvaluatorConfig`` fields).
-        storage: Optuna storage: None or ``"journal"`` (``RUN/study.journal``), ``"sqlite"``
+        storage: None (the run's own ledger: ``RUN/ledger.jsonl``, or ``RUN/study.journal`` for
+            strategies that sample from Optuna) or an Optuna storage: ``"journal"``
+            (``RUN/study.journal``), ``"sqlite"``
             (``RUN/study.db``), a journal file path (``*.journal``/``*.log``) or any Optuna storage
             URL (``sqlite:///x.db``, ``postgresql://...``).
         study_name: the Optuna study name (processes sharing storage and name share the work).

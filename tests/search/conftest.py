@@ -46,7 +46,11 @@ def search_problem(_isolated_cache: object) -> Problem:
 
 @pytest.fixture(params=["optuna", "file"])
 def ledger_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Runs a test once per ledger a new run can record into: the Optuna study, then
-    ``ledger.jsonl`` (``AUTOCOMPRESS_LEDGER``; taken by strategies that do not sample from Optuna)."""
-    monkeypatch.setenv("AUTOCOMPRESS_LEDGER", request.param)
+    """Runs a test once per ledger a new run can record into: the Optuna study
+    (``AUTOCOMPRESS_LEDGER=optuna``), then ``ledger.jsonl``, the default of strategies that do not
+    sample from Optuna (the variable unset)."""
+    if request.param == "optuna":
+        monkeypatch.setenv("AUTOCOMPRESS_LEDGER", "optuna")
+    else:
+        monkeypatch.delenv("AUTOCOMPRESS_LEDGER", raising=False)
     return str(request.param)

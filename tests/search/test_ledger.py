@@ -15,7 +15,7 @@ import pytest
 
 from autocompress.compression import CompressionPolicy
 from autocompress.problem import Problem
-from autocompress.search import SearchSpec, run_search
+from autocompress.search import SearchSpec, resume, run_search
 from autocompress.search.file_ledger import FileLedger
 from autocompress.search.ledger import Ledger, OptunaLedger
 from autocompress.search.resume import open_ledger
@@ -156,6 +156,53 @@ def test_an_optuna_strategy_keeps_the_optuna_study(search_problem: Problem, tmp_
     out = tmp_path / "run"
     run_search(tiny_spec(out, strategy="tpe", trials=2), problem=search_problem)
     assert (out / JOURNAL_FILE).is_file() and not (out / LEDGER_FILE).exists()
+
+
+@pytest.mark.parametrize(("strategy", "storage", "env", "kind"), [
+    ("ladder", None, None, "file"), ("uniform", None, None, "file"), ("random", None, None, "file"),
+    ("greedy", None, None, "file"), ("ddpg", None, None, "file"), ("ladder", None, "file", "file"),
+    ("nsga2", None, None, "optuna"), ("tpe", None, "file", "optuna"),  # they sample from the study
+    ("ladder", "journal", None, "optuna"), ("random", "sqlite", None, "optuna"),  # --storage given
+    ("ladder", None, "optuna", "optuna"),  # AUTOCOMPRESS_LEDGER=optuna asks for the study
+])
+def test_which_ledger_a_new_run_records_into(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            strategy: str, storage: str | None, env: str | None,
+                                            kind: str) -> None:
+    if env is None:
+        monkeypatch.delenv("AUTOCOMPRESS_LEDGER", raising=False)
+    else:
+        monkeypatch.setenv("AUTOCOMPRESS_LEDGER", env)
+    assert resume.ledger_kind(SearchSpec(out=str(tmp_path / "run"), strategy=strategy, storage=storage)) == kind
+
+
+@pytest.mark.parametrize("env", [None, "optuna", "file"])
+def test_an_existing_run_keeps_its_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         env: str | None) -> None:
+    if env is None:
+        monkeypatch.delenv("AUTOCOMPRESS_LEDGER", raising=False)
+    else:
+        monkeypatch.setenv("AUTOCOMPRESS_LEDGER", env)
+    for name, kind in ((JOURNAL_FILE, "optuna"), ("study.db", "optuna"), (LEDGER_FILE, "file")):
+        run = tmp_path / name
+        run.mkdir()
+        (run / name).write_text("")
+        assert resume.ledger_kind(SearchSpec(out=str(run), strategy="ladder")) == kind
+
+
+def test_a_run_started_in_the_optuna_study_resumes_in_it(
+        search_problem: Problem, tmp_path: Path, tiny_spec: Callable,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ladder run written before ``ledger.jsonl`` became the default (its trials in
+    ``study.journal``) continues there, without a second ledger."""
+    out = tmp_path / "run"
+    monkeypatch.setenv("AUTOCOMPRESS_LEDGER", "optuna")
+    first = run_search(tiny_spec(out, trials=2), problem=search_problem)
+    monkeypatch.delenv("AUTOCOMPRESS_LEDGER")
+    more = run_search(tiny_spec(out, trials=3), problem=search_problem)
+    assert (out / JOURNAL_FILE).is_file() and not (out / LEDGER_FILE).exists()
+    assert more.n_evaluated == 3
+    assert [t.policy for t in more.trials[:2]] == [t.policy for t in first.trials]
+    assert len([r for r in TrialLog(out / TRIALS_FILE).read() if r["final"]]) == 3
 
 
 def test_a_bad_ledger_choice_is_one_line_and_creates_nothing(

@@ -12,14 +12,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import optuna
 import pytest
 from _ray import RayNodes
 
 from autocompress.problem import Problem
 from autocompress.search import run_search
 from autocompress.search.ray_backend import RAY_ENV_DEFAULTS
-from autocompress.search.storage import TRIALS_FILE, TrialLog, open_storage
+from autocompress.search.resume import run_ledger
+from autocompress.search.spec import SearchSpec
+from autocompress.search.storage import TRIALS_FILE, TrialLog
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -38,13 +39,12 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
 
 
 def _check_run(spec_out: Path, trials: int, study_name: str = "autocompress") -> list[dict]:
+    """The run's ledger (``ledger.jsonl``, or the Optuna study of an Optuna sampler) and its log
+    agree, each trial ran on a Ray node, and the front is written."""
     finals = [r for r in TrialLog(spec_out / TRIALS_FILE).read()
               if r["final"] and r["status"] in ("ok", "failed")]
-    from autocompress.search import SearchSpec
-
-    spec = SearchSpec(out=str(spec_out))
-    study = optuna.load_study(study_name=study_name, storage=open_storage(spec))
-    counted = [t for t in study.get_trials() if t.user_attrs.get("status") in ("ok", "failed")]
+    ledger = run_ledger(SearchSpec(out=str(spec_out), study_name=study_name))  # found by its file
+    counted = [t for t in ledger.trials() if t.user_attrs.get("status") in ("ok", "failed")]
     assert len(counted) == trials
     assert sorted(r["id"] for r in finals) == sorted(t.number for t in counted)
     for r in finals:  # where each trial ran: this machine's host name and a Ray node id

@@ -18,6 +18,7 @@ import pytest
 from autocompress.errors import UserInputError
 from autocompress.problem import Problem
 from autocompress.search import SearchSpec, run_search
+from autocompress.search.resume import run_ledger
 from autocompress.search.storage import (
     JOURNAL_FILE,
     TRIALS_FILE,
@@ -101,7 +102,8 @@ def test_ctrl_c_then_sigkill_then_resume_loses_and_duplicates_nothing(
 @pytest.mark.timeout(300)
 def test_two_processes_share_one_journal_study(search_problem: Problem, tmp_path: Path,
                                                tiny_spec: Callable) -> None:
-    spec = tiny_spec(tmp_path / "run", strategy="random", trials=10)
+    # --storage journal: the Optuna study (ledger.jsonl, the default here, is shared in test_ledger)
+    spec = tiny_spec(tmp_path / "run", strategy="random", trials=10, storage="journal")
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     procs = [_spawn(spec, str(barrier), "2") for _ in range(2)]
@@ -186,22 +188,22 @@ def test_storage_settings(tmp_path: Path) -> None:
 
 
 def test_a_run_from_before_a_setting_existed_is_still_the_same_search(
-        search_problem: Problem, tmp_path: Path, tiny_spec: Callable) -> None:
+        search_problem: Problem, tmp_path: Path, tiny_spec: Callable, ledger_kind: str) -> None:
     spec = tiny_spec(tmp_path / "run", trials=2)
     first = run_search(spec, problem=search_problem)
-    study = optuna.load_study(study_name=spec.study_name, storage=open_storage(spec))
+    ledger = run_ledger(spec)  # the Optuna study or ledger.jsonl
 
     def as_written_before_importance_existed(**change: object) -> None:
-        stored = dict(study.user_attrs["autocompress_spec"])
+        stored = dict(ledger.user_attrs["autocompress_spec"])
         assert stored.pop("importance") == "l1"
-        study.set_user_attr("autocompress_spec", {**stored, **change})
-        study.set_user_attr("autocompress_identity", "hash of the older settings")
+        ledger.set_user_attr("autocompress_spec", {**stored, **change})
+        ledger.set_user_attr("autocompress_identity", "hash of the older settings")
 
     as_written_before_importance_existed()
     again = run_search(spec, problem=search_problem)  # the same command: the same run, reused
     assert [t.policy.key() for t in again.trials] == [t.policy.key() for t in first.trials]
-    assert optuna.load_study(study_name=spec.study_name, storage=open_storage(spec)).user_attrs[
-        "autocompress_identity"] == spec.identity_hash()  # upgraded once, then compared directly
+    # upgraded once, then compared directly
+    assert run_ledger(spec).user_attrs["autocompress_identity"] == spec.identity_hash()
 
     as_written_before_importance_existed(seed=spec.seed + 1)  # an older run of another search
     with pytest.raises(UserInputError, match="belongs to a different search"):
