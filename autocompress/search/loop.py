@@ -116,10 +116,20 @@ class SearchLoop:
         finally:
             guard.__exit__(None, None, None)
         searcher.close()
+        self._wait_for_others()
         out = self.session.result(stop_reason)
         view = self.session.view()
         self._finish_progress(view, started, done_here, stop_reason)
         return out
+
+    def _wait_for_others(self) -> None:
+        """Wait for the candidates other live processes are still evaluating (a full ledger
+        stops this one while they finish their last), so the front this run writes covers the
+        whole shared ledger, not only the part that was final when this process stopped."""
+        me = self.session.worker.uuid
+        for t in self.session.ledger.trials(running=True):
+            if t.user_attrs.get("worker") not in (None, me):
+                self._wait_for(t.number)
 
     def _finish_progress(self, view: StudyView, started: float, done_here: int, reason: str) -> None:
         if self.session.progress_cb is not None:
