@@ -174,15 +174,15 @@ class SearchLoop:
             prev = self._wait_for(view.running_by_key[key].number)
         elif prev is None and key in view.running_by_key:
             if otrial is not None:
-                otrial.set_user_attr("status", "duplicate")
                 otrial.set_user_attr("duplicate_of", view.running_by_key[key].number)
+                otrial.set_user_attr("status", "duplicate")
                 tell_ledger.finish(otrial, None)
                 searcher.discard(policy)
             return "skip", None
         if prev is not None:
             if otrial is not None:
-                otrial.set_user_attr("status", "duplicate")
                 otrial.set_user_attr("duplicate_of", prev.number)
+                otrial.set_user_attr("status", "duplicate")
             searcher.tell(policy, result_from_trial(prev))
             return "skip", None
 
@@ -195,9 +195,8 @@ class SearchLoop:
             shown = EvalResult(metrics=predicted, fidelity="low")
             violations = self.session.make_context().predicted_violations(policy)
             self._tag(trial, policy)
-            for k, v in self.session.trial_attrs(policy, shown, "infeasible", False, violations,
-                                                 fidelity="predicted").items():
-                trial.set_user_attr(k, v)
+            self.session.record_attrs(trial, policy, shown, "infeasible", False, violations,
+                                      fidelity="predicted")
             self.session.log_evaluation(trial.number, policy, shown, status="infeasible",
                                         final=True, feasible=False, violations=violations,
                                         fidelity="predicted")
@@ -218,8 +217,8 @@ class SearchLoop:
             return "surplus", None
         twin = self.earlier_twin(trial.number, key)
         if twin is not None:
-            trial.set_user_attr("status", "duplicate")
             trial.set_user_attr("duplicate_of", twin.number)
+            trial.set_user_attr("status", "duplicate")
             tell_ledger.finish(trial, None)
             searcher.discard(policy)
             if one_at_a_time:  # it needs this result before it can go on
@@ -342,8 +341,7 @@ class SearchLoop:
                                         feasible=f_ok and ev.fidelity == "full", violations=f_viol)
         self.session.log_evaluation(trial.number, policy, result, status=status, final=True,
                                     feasible=feasible, violations=violations)
-        for k, v in self.session.trial_attrs(policy, result, status, feasible, violations).items():
-            trial.set_user_attr(k, v)
+        self.session.record_attrs(trial, policy, result, status, feasible, violations)
         if optuna_owned:
             searcher.tell(policy, result)
         else:

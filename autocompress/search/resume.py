@@ -173,11 +173,11 @@ def reconcile(session: SearchSession, ledger: Ledger, requeue: bool, own: bool =
             policy = _policy(rec["policy"])
             metrics = {k: (math.nan if v is None else float(v))
                        for k, v in (rec.get("metrics") or {}).items()}
-            attrs = st.jsonable({
-                "status": rec["status"], "metrics": metrics,
+            attrs = st.jsonable({  # status last: readers take a counted status as final
+                "metrics": metrics,
                 "fidelity": rec.get("fidelity", "full"), "feasible": bool(rec.get("feasible")),
                 "violations": rec.get("violations") or {}, "error": rec.get("error"),
-                "timings": rec.get("timings") or {}, "recovered": True,
+                "timings": rec.get("timings") or {}, "recovered": True, "status": rec["status"],
             })
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)

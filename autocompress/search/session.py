@@ -292,12 +292,28 @@ class SearchSession:
     def trial_attrs(self, policy: CompressionPolicy, result: EvalResult, status: str,
                     feasible: bool, violations: Mapping[str, float], fidelity: str | None = None
                     ) -> dict[str, Any]:
-        """The user attributes a finished trial carries."""
+        """The user attributes a finished trial carries, ``status`` last (see ``record_attrs``)."""
         return st.jsonable({
-            "status": status, "metrics": dict(result.metrics), "fidelity": fidelity or result.fidelity,
+            "metrics": dict(result.metrics), "fidelity": fidelity or result.fidelity,
             "feasible": feasible, "violations": dict(violations),
             "error": result.error, "timings": dict(result.timings), "cached": result.cached,
+            "status": status,
         })
+
+    def record_attrs(self, trial: Any, policy: CompressionPolicy, result: EvalResult, status: str,
+                     feasible: bool, violations: Mapping[str, float], fidelity: str | None = None
+                     ) -> None:
+        """Write a finished trial's attributes, one ledger write each, ``status`` last.
+
+        Other processes on a shared ledger treat a trial as final as soon as its status is
+        counted (they stop waiting for it and write their front): written first, a reader in
+        between would see a final trial without metrics and leave it off its front.
+        """
+        attrs = self.trial_attrs(policy, result, status, feasible, violations, fidelity)
+        status_value = attrs.pop("status")
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        trial.set_user_attr("status", status_value)
 
     def objective_values(self, metrics: Mapping[str, float]) -> list[float] | None:
         """Objective values in order, None when one is missing or not finite."""

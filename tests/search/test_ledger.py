@@ -350,3 +350,23 @@ def test_the_view_memo_gives_the_same_view_and_follows_changed_trials(kind: str,
     assert rec.fidelity == "full" and rec.metrics["acc"] == 0.9
     assert study_view(ledger, "me", memo).records == study_view(ledger, "me").records
     assert study_view(ledger, "me", memo).counted == 4
+
+
+def test_a_trial_is_marked_final_only_after_its_metrics_are_written(
+        search_problem: Problem, tmp_path: Path, tiny_spec: Callable,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process on the ledger takes a counted status as final and writes its front at
+    once: a status written before the metrics would show it a final trial without metrics."""
+    monkeypatch.setenv("AUTOCOMPRESS_LEDGER", "file")
+    out = tmp_path / "run"
+    run_search(tiny_spec(out, strategy="random", trials=6), problem=search_problem)
+    writes: dict[int, list[str]] = {}
+    for line in (out / LEDGER_FILE).read_text().splitlines():
+        op = json.loads(line)
+        if op.get("op") == "set":
+            writes.setdefault(op["n"], []).append(op["key"])
+    finals = {n: keys for n, keys in writes.items() if "metrics" in keys}
+    assert len(finals) >= 6
+    for n, keys in finals.items():
+        assert keys[-1] == "status", (n, keys)
+        assert keys.count("status") == 1

@@ -54,8 +54,7 @@ class _Recorder:
             predicted = s.make_context().predicted_metrics(policy)
             shown = EvalResult(metrics=predicted, fidelity="low")
             viol = s.make_context().predicted_violations(policy)
-            for k, v in s.trial_attrs(policy, shown, "infeasible", False, viol, fidelity="predicted").items():
-                trial.set_user_attr(k, v)
+            s.record_attrs(trial, policy, shown, "infeasible", False, viol, fidelity="predicted")
             s.log_evaluation(trial.number, policy, shown, status="infeasible", final=True,
                              feasible=False, violations=viol, fidelity="predicted", where=_where(report))
             return res, status, s.objective_values(res.metrics)
@@ -63,8 +62,7 @@ class _Recorder:
         feasible = feasible and res.fidelity == "full"
         s.log_evaluation(trial.number, policy, res, status=status, final=True, feasible=feasible,
                          violations=viol, where=_where(report))
-        for k, v in s.trial_attrs(policy, res, status, feasible, viol).items():
-            trial.set_user_attr(k, v)
+        s.record_attrs(trial, policy, res, status, feasible, viol)
         values = s.objective_values(res.metrics) if status == "ok" else None
         return res, status, values
 
