@@ -99,7 +99,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--strategies", nargs="+", default=None,
                    help=f"default: {' '.join(DEFAULT_STRATEGIES)} (quick: ladder uniform); a variant "
                         "with settings as NAME:KEY=VALUE[,KEY=VALUE], e.g. ladder:polish_fraction=0")
-    p.add_argument("--budget", default="macs=50%")
+    p.add_argument("--budget", nargs="+", default=["macs=50%"],
+                   help="hard budgets of every search (macs=50%%); a latency budget, e.g. latency=58%%, "
+                        "turns on the predicted latency (per-layer table) at --latency-batch")
+    p.add_argument("--latency-batch", type=int, default=64,
+                   help="batch the predicted latency of a latency budget is for (64, the batch the "
+                        "table's b64 speed-up is measured at)")
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--finetune-fraction", type=float, default=None,
                    help="share of the training split each fine-tune epoch passes over (1.0; quick 0.05)")
@@ -144,7 +149,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserInputError("--checkpoint is missing; allowed: the weights written by `autocompress train "
                              "--out`, or --merge JSON... to merge earlier results")
     check_checkpoint_path(args.checkpoint)
-    for name in ("evals", "finetune_epochs", "val_samples", "threads", "latency_rounds", "fastnas_round_to"):
+    for name in ("evals", "finetune_epochs", "val_samples", "threads", "latency_rounds", "fastnas_round_to",
+                 "latency_batch"):
         v = getattr(args, name)
         if v < 1:
             raise UserInputError(f"--{name.replace('_', '-')}={v}; allowed: an integer >= 1")
@@ -154,6 +160,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserInputError(f"--finetune-eval-samples={args.finetune_eval_samples}; allowed: >= 1")
     for s in args.strategies:
         strategy_variant(s)  # a one-line error for an unknown strategy or setting
+    from autocompress.metrics import parse_budget
+
+    for b in args.budget:
+        parse_budget(b)  # a one-line error naming the budget and what is allowed
     if any(s < 0 for s in args.seeds):
         raise UserInputError(f"--seeds {args.seeds}; allowed: integers >= 0")
     if args.data.startswith("imagefolder:"):
@@ -213,10 +223,21 @@ def strategy_variant(text: str) -> tuple[str, dict[str, Any]]:
 def _spec(args: argparse.Namespace, **kw: Any) -> Any:
     from autocompress.search.spec import SearchSpec
 
+    evaluator: dict[str, Any] = {"val_samples": args.val_samples}
+    if uses_latency(args):  # the per-layer table, at the batch and clock the table is timed with
+        evaluator.update(latency="predicted", latency_batch=args.latency_batch, latency_threads=1,
+                         latency_clock=args.clock)
     base = dict(model=args.model, checkpoint=args.checkpoint, data=args.data,
-                evaluator={"val_samples": args.val_samples}, threads=args.threads)
+                evaluator=evaluator, threads=args.threads)
     base.update(kw)
     return SearchSpec(**base)
+
+
+def uses_latency(args: argparse.Namespace) -> bool:
+    """Whether a budget is on latency (then every search of the run predicts it)."""
+    from autocompress.metrics import budget_name
+
+    return any(budget_name(b.split("=", 1)[0]) == "latency" for b in args.budget)
 
 
 def build(args: argparse.Namespace, round_to: int | str = "auto") -> Any:
@@ -331,7 +352,7 @@ def _existing_finetune(run_dir: Path, point_id: str, epochs: int) -> dict[str, A
 
 
 def run_one(args: argparse.Namespace, problem: Any, ft_problem: Any, timer: Timer, strategy: str,
-            seed: int, budget: str, name: str) -> dict[str, Any]:
+            seed: int, budget: Sequence[str], name: str) -> dict[str, Any]:
     """One search, then the fine-tune, export and timing of its best feasible point."""
     from autocompress.report import finetune_point, load_run
     from autocompress.report.finetune import FinetuneResult, load_finetuned
@@ -340,14 +361,14 @@ def run_one(args: argparse.Namespace, problem: Any, ft_problem: Any, timer: Time
     strategy, settings = strategy_variant(strategy)
     out_dir = Path(args.out) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}-s{seed}"
     spec = _spec(args, strategy=strategy, strategy_settings=settings, seed=seed, trials=args.evals,
-                 budgets=[budget], round_to=problem.settings["round_to"], out=str(out_dir))
+                 budgets=list(budget), round_to=problem.settings["round_to"], out=str(out_dir))
     t0 = time.perf_counter()
     result = run_search(spec, problem=problem)
     search_s = time.perf_counter() - t0
     base_macs = result.base_metrics["macs"]
     base_params = result.base_metrics["params"]
     row: dict[str, Any] = {
-        "strategy": strategy, "settings": settings, "seed": seed, "budget": budget, "run_dir": str(out_dir),
+        "strategy": strategy, "settings": settings, "seed": seed, "budget": " ".join(budget), "run_dir": str(out_dir),
         "evaluated": result.n_evaluated, "feasible": result.n_feasible, "search_s": search_s,
         "hypervolume": result.hypervolume,
     }
@@ -459,8 +480,12 @@ def merge(paths: Sequence[str]) -> dict[str, Any]:
             raise UserInputError(f"--merge {path!r}: not a bench_cifar10.py --json result (no 'runs')")
     same = ("model", "data", "budget", "evals", "finetune_epochs", "finetune_fraction", "val_samples")
     first = loaded[0]
+    def setting(res: dict[str, Any], key: str) -> Any:
+        v = res.get("settings", {}).get(key)
+        return " ".join(v) if key == "budget" and isinstance(v, list) else v  # one budget was a string
+
     for path, res in zip(paths, loaded, strict=True):
-        diff = [k for k in same if res.get("settings", {}).get(k) != first.get("settings", {}).get(k)]
+        diff = [k for k in same if setting(res, k) != setting(first, k)]
         if diff:
             raise UserInputError(f"--merge {path!r} differs from {paths[0]!r} in {', '.join(diff)}; "
                                  "allowed: results of the same setting")
@@ -536,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         r = args.fastnas_round_to
         p_r = problem if problem.settings["round_to"] == r else build(args, round_to=r)
         groups[f"ladder @73%, ×{r} ch"] = [run_one(args, p_r, finetune_problem(p_r, args), timer, "ladder",
-                                                   args.seeds[0], "macs=73%", f"ladder-macs73-r{r}")]
+                                                   args.seeds[0], ["macs=73%"], f"ladder-macs73-r{r}")]
 
     # 5. Table
     ft_note = f" (on {100 * args.finetune_fraction:g}% of train)" if args.finetune_fraction < 1 else ""
@@ -544,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     load_end = load_avg()
     elapsed = time.time() - started
     print()
-    print(f"settings: {args.model} on {args.data}, budget {args.budget}, {args.evals} evaluated candidates "
+    print(f"settings: {args.model} on {args.data}, budget {' '.join(args.budget)}, {args.evals} evaluated candidates "
           f"per search, seeds {args.seeds}, {args.val_samples} validation samples per candidate, "
           f"KD fine-tune {args.finetune_epochs} epoch(s){ft_note}, torch threads {args.threads}, "
           f"ORT fp32 1 thread, {args.latency_rounds} interleaved rounds, {args.clock} clock"

@@ -161,6 +161,37 @@ def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:
                     "ladder:polish_fraction"])
     with pytest.raises(UserInputError, match="--evals=0"):
         bench.main(["--checkpoint", str(ckpt), "--data", f"imagefolder:{tmp_path}", "--evals", "0"])
+    with pytest.raises(UserInputError, match="unknown budget metric 'speed'"):
+        bench.main(["--checkpoint", str(ckpt), "--data", f"imagefolder:{tmp_path}", "--budget", "macs=50%",
+                    "speed=2x"])
+    with pytest.raises(UserInputError, match="--latency-batch=0"):
+        bench.main(["--checkpoint", str(ckpt), "--data", f"imagefolder:{tmp_path}", "--latency-batch", "0"])
     with pytest.raises(UserInputError, match="--checkpoint is missing"):
         bench.main(["--data", f"imagefolder:{tmp_path}"])
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_latency_budget_predicts_latency_at_the_batch_asked(
+        bench_run: tuple[dict[str, Any], str, Path]) -> None:
+    """``--budget macs=.. latency=..``: every search predicts latency (the per-layer table) at
+    ``--latency-batch`` and its fine-tuned point meets both budgets on the predicted figures."""
+    import contextlib
+    import io
+
+    root = bench_run[2].parent
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = _bench().main([
+            "--checkpoint", str(root / "base.pt"), "--data", f"imagefolder:{root / 'data'}",
+            "--model", "test_convnet", "--strategies", "uniform:points=3", "--evals", "3", "--seeds", "0",
+            "--budget", "macs=80%", "latency=95%", "--latency-batch", "4", "--finetune-epochs", "1",
+            "--val-samples", "40", "--threads", "1", "--latency-rounds", "1", "--out", str(root / "runs-lat")])
+    row = result["runs"]["uniform:points=3"][0]
+    assert row["budget"] == "macs=80% latency=95%"
+    spec = json.loads((Path(row["run_dir"]) / "spec.json").read_text())
+    assert spec["budgets"] == ["macs=80%", "latency=95%"]
+    assert (spec["evaluator"]["latency"], spec["evaluator"]["latency_batch"]) == ("predicted", 4)
+    base = json.loads((Path(row["run_dir"]) / "base.json").read_text())["metrics"]
+    pareto = json.loads((Path(row["run_dir"]) / "pareto.json").read_text())
+    point = next(p for p in pareto["points"] if str(p["id"]) == str(row["point_id"]))
+    assert point["metrics"]["latency_ms"] <= 0.95 * base["latency_ms"] + 1e-9
+    assert row["macs_ratio"] <= 0.8 + 1e-9
