@@ -10,6 +10,10 @@ from that same study) and for runs given ``--storage`` (it names where the study
 
 Trial numbers are dense (``0 .. n-1`` in creation order) in every ledger, so ``trials()[n]`` is
 trial ``n``.
+
+Each attribute is its own write, and other processes read between them: a trial's ``status`` is
+written after its record (``SearchSession.record_attrs``), because a counted status is what other
+processes take as "final, its result readable".
 """
 
 from __future__ import annotations
