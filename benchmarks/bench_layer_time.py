@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from autocompress.compression import CompressionSpace, compress
+from autocompress.deploy import ort_session
 from autocompress.deploy.onnx_export import onnx_node_module
 from autocompress.errors import UserInputError
 from autocompress.models import create_model, load_checkpoint
@@ -177,20 +178,6 @@ def macs_by_group(model: nn.Module, x: torch.Tensor, depth: int) -> dict[str, fl
     return dict(out)
 
 
-def profiled_session(blob: bytes, threads: int, prefix: str) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    so.enable_profiling = True
-    so.profile_file_prefix = prefix
-    return ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
-
-
 def node_medians(profile_path: str) -> tuple[dict[str, float], float]:
     """(median ms of each node over the profiled runs, median ms of a whole run)."""
     events = json.loads(Path(profile_path).read_text())
@@ -213,7 +200,7 @@ def measure(models: list[tuple[str, nn.Module]], x: torch.Tensor, args: argparse
         sessions = []
         for i, (label, m) in enumerate(models):
             blob = onnx_bytes(m, x)[0]
-            sessions.append((label, profiled_session(blob, args.threads, str(Path(tmp) / f"m{i}")),
+            sessions.append((label, ort_session(blob, args.threads, profile_prefix=str(Path(tmp) / f"m{i}")),
                              producers(blob)))
         for _label, sess, _w in sessions:  # warm-up: a few runs before the rounds
             for _ in range(2):

@@ -88,17 +88,23 @@ def quantize_int8(blob: bytes, calib: Sequence[Tensor | np.ndarray], *, exclude_
         return out.read_bytes()
 
 
-def ort_session(blob: bytes, threads: int) -> Any:
+def ort_session(blob: bytes, threads: int, *, profile_prefix: str | None = None) -> Any:
     """An ONNX Runtime CPU session with ``threads`` intra-op threads and full graph optimisation.
 
     ORT fuses a ``DequantizeLinear`` weight feeding a ``MatMul`` (a low-bit file's linear layer
     over a sequence, see ``store_lowbit_weights``) into ``MatMulNBits``, which by default
     quantizes its float input to int8 (accuracy level 4): 4e-4 off on ``test_lstm``'s embedding.
     Level 1 computes in float32, as the model does; files without such a pair are unaffected.
+
+    ``profile_prefix``: profile every node's run (``end_profiling()`` writes the JSON trace to a
+    file starting with it), the session otherwise the one that is timed.
     """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
