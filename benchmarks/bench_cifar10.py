@@ -8,7 +8,8 @@ figures). Steps:
    seconds, val / test top-1) and the base's ONNX Runtime fp32 latency at batch 1 and 64.
 2. ``run_search`` at ``--budget macs=50%`` for each strategy x seed, the same number of evaluated
    candidates each; per strategy (mean +- sd over seeds): hypervolume, best feasible proxy top-1
-   and its MACs ratio.
+   and its MACs ratio. ``--budget`` takes several budgets; a latency one (``macs=50% latency=58%``)
+   is checked on the predicted latency of the per-layer table at ``--latency-batch`` (64).
 3. The best feasible point of each run (highest search top-1, as ``--finetune-top 1`` picks it)
    is fine-tuned with the same KD schedule (``autocompress.report.finetune_point``); test top-1
    before / after, MACs and params ratio, and the fine-tuned model exported to ONNX (the engine's
