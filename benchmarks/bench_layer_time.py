@@ -8,7 +8,9 @@ at a large spatial size, a layout reorder around it). This script shows it per g
 1. Each point's policy is read from its run (``RUN:ID``, IDs as ``autocompress show`` prints
    them); the base model is the run's model with the run's ``round_to``, ``importance`` and input
    shape, and each point is compressed from it with ``compress`` (the shapes are what is timed; the
-   weights are the run's checkpoint when it has one, else the model's initialisation).
+   weights are the run's checkpoint when it has one, else the model's initialisation). Meant for
+   pruning and low-rank points: the export timed is the float one, so quantized layers run
+   their simulated quantization, not low-bit kernels.
 2. Every model is exported with the engine's ONNX export and run on ONNX Runtime (CPU, 1
    thread, full graph optimisation, as ``export`` times it) with per-node profiling on. The
    models run interleaved, round by round; each node's time is its median over all runs.
@@ -85,6 +87,12 @@ def split_point(text: str) -> tuple[Path, str]:
     return path, pid
 
 
+def _model_key(spec: dict[str, Any]) -> tuple[Any, ...]:
+    """What must agree for points of several runs to compress one base model."""
+    return (spec["model"], spec.get("num_classes"), tuple(spec["input_shape"]),
+            spec.get("round_to_used", spec["round_to"]))
+
+
 def load_points(texts: Sequence[str]) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
     """The runs' shared spec and the (label, policy) of each point."""
     spec: dict[str, Any] | None = None
@@ -92,11 +100,9 @@ def load_points(texts: Sequence[str]) -> tuple[dict[str, Any], list[tuple[str, A
     for text in texts:
         run_dir, pid = split_point(text)
         s = read_spec_dict(run_dir)
-        shape = (s["model"], s.get("num_classes"), tuple(s["input_shape"]), s.get("round_to_used", s["round_to"]))
-        if spec is not None and shape != (spec["model"], spec.get("num_classes"), tuple(spec["input_shape"]),
-                                          spec.get("round_to_used", spec["round_to"])):
-            raise UserInputError(f"point {text!r} is from a run of another model or round_to than "
-                                 f"{texts[0]!r}: {shape}")
+        if spec is not None and _model_key(s) != _model_key(spec):
+            raise UserInputError(f"point {text!r} is from a run of another model, input or round_to than "
+                                 f"{texts[0]!r}: {_model_key(s)} vs {_model_key(spec)}")
         spec = spec or s
         cand = {str(c.id): c for c in load_run(run_dir).trials}.get(pid)
         if cand is None:

@@ -82,3 +82,18 @@ def test_a_missing_point_id_is_named(tiny_run: Path, capsys: pytest.CaptureFixtu
         _bench().main(["--points", f"{tiny_run}:999"])
     assert exc.value.code == 2
     assert "has no candidate '999'" in capsys.readouterr().err
+
+
+def test_points_of_runs_of_another_model_are_refused(tiny_run: Path, tmp_path: Path) -> None:
+    """All points compress one base: a run of another input shape is named, not mixed in."""
+    import shutil
+
+    from autocompress.errors import UserInputError
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    spec = json.loads((other / "spec.json").read_text())
+    spec["input_shape"] = [1, 16, 16]
+    (other / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(UserInputError, match="another model, input or round_to"):
+        _bench().load_points([f"{tiny_run}:0", f"{other}:0"])
