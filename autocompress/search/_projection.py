@@ -5,8 +5,10 @@ MACs budget and prune ratios uniform in [0, 0.8], a typical draw keeps about a q
 so a short search never looks where accuracy is highest (just under the budget). With projection
 each trial also samples ``budget_fill`` in [``fill_low``, 1]; the values of the knobs the budget's
 metric depends on are read as *relative* compression (0 = untouched, 1 = most compressed) and
-scaled by one common factor λ so the policy's predicted cost on the primary hard budget is the
-target (largest cost not above it). The sampler still learns the per-layer allocation;
+scaled by one common factor λ so the policy's predicted cost on the hard budget is the
+target (largest cost not above it); with several budgets the cost is the largest share of its
+limit any of them uses, so the most binding one sets λ and their order does not matter
+(:func:`make_projector`). The sampler still learns the per-layer allocation;
 ``budget_fill`` gives it a direct handle on the cost axis.
 
 * **Only the knobs the metric depends on are projected.** A knob counts when setting it to its
@@ -191,8 +193,15 @@ def held_knobs(context: SearchContext) -> tuple[str, ...]:
 
 
 def make_projector(context: SearchContext, fill_low: float = 0.25) -> BudgetProjector | None:
-    """A projector onto the first hard budget the space can predict; None without one."""
+    """A projector onto the hard budgets the space can predict; None without one.
+
+    One such budget: its metric, in its own units. Several (``macs=50% latency=58%``): every one
+    at once, whatever their order: the cost is the largest share of its limit any of them uses
+    (``max(predicted / limit)``), the limit 1, so a projected policy meets them all and the most
+    binding one sets its scale (the bisection finds the largest scale at which none is broken).
+    """
     held = held_knobs(context)
+    budgets: list[tuple[str, float]] = []
     for budget in context.budgets:
         metric = budget.metric
         if metric not in PROJECTABLE or budget.name not in context.limits:
@@ -200,9 +209,20 @@ def make_projector(context: SearchContext, fill_low: float = 0.25) -> BudgetProj
         if metric == "latency_ms" and context.predict_latency is None:
             continue
         limit = float(context.limits[budget.name])
+        if limit > 0 and (metric, limit) not in budgets:
+            budgets.append((metric, limit))
+    if not budgets:
+        return None
+    if len(budgets) == 1:
+        metric, limit = budgets[0]
 
         def cost(policy: CompressionPolicy, _m: str = metric) -> float:
             return float(context.predicted_metrics(policy)[_m])
 
         return BudgetProjector(context.space, metric, limit, cost, fill_low, held=held)
-    return None
+
+    def usage(policy: CompressionPolicy) -> float:
+        predicted = context.predicted_metrics(policy)
+        return max(float(predicted[m]) / limit for m, limit in budgets)
+
+    return BudgetProjector(context.space, "+".join(m for m, _ in budgets), 1.0, usage, fill_low, held=held)

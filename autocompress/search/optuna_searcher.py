@@ -214,7 +214,7 @@ class NSGA2Searcher(_OptunaSearcher):
         population_size: individuals per generation (default: ``trials // 4`` clipped to 4..50).
         mutation_prob: per-parameter mutation probability (default ``1 / n_params``).
         crossover_prob: probability of crossover for a child.
-        budget_projection: place each sampled policy on the primary hard budget (see
+        budget_projection: place each sampled policy on the hard budgets (see
             ``_projection``); off samples every knob independently.
     """
 
@@ -248,7 +248,7 @@ class TPESearcher(_OptunaSearcher):
             clipped to 5..10).
         multivariate: model the knobs jointly.
         constant_liar: avoid proposing the same region to concurrent workers.
-        budget_projection: place each sampled policy on the primary hard budget (see
+        budget_projection: place each sampled policy on the hard budgets (see
             ``_projection``); off samples every knob independently.
     """
 
