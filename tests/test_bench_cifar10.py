@@ -3,32 +3,25 @@ a base trained by ``autocompress train``, 2 strategies x 3 evaluations x 1 seed,
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
+from _bench import load_benchmark
 from click.testing import CliRunner
 
 from autocompress.cli import main as cli_main
 from autocompress.errors import UserInputError
 
 pytestmark = pytest.mark.timeout(300)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_cifar10", ROOT / "benchmarks" / "bench_cifar10.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_cifar10"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_cifar10")
 
 
 def _image_folder(root: Path, per_class: int, seed: int, classes: int = 4) -> None:

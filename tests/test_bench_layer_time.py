@@ -4,28 +4,21 @@ every group is timed, and a bad point is a one-line error with exit code 2."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from _bench import load_benchmark
 
 from autocompress.compression import compress, count_macs
 from autocompress.search import SearchSpec, run_search
 
 pytestmark = pytest.mark.timeout(300)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_layer_time", ROOT / "benchmarks" / "bench_layer_time.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_layer_time"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_layer_time")
 
 
 @pytest.fixture(scope="module")

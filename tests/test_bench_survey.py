@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from _bench import load_benchmark
 
 from autocompress.errors import UserInputError
 
@@ -18,14 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench() -> ModuleType:
-    if "bench_survey" in sys.modules:
-        return sys.modules["bench_survey"]
-    spec = importlib.util.spec_from_file_location("bench_survey", ROOT / "benchmarks" / "bench_survey.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_survey"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_survey", fresh=False)
 
 
 RECIPES = sorted(p.stem for p in (ROOT / "configs" / "survey").glob("*.yaml"))
