@@ -26,6 +26,10 @@ magnitude pruning, network slimming (Table 5), training the pruned architecture 
    FLOPs counted on the compressed modules (FLOPs = 2 x MACs), top-1 / top-5 on the test split
    (the validation split when the data has none), and writes every figure to ``--json``.
 
+Each finished recipe's row is kept in ``OUT/rows/`` under a hash of its recipe, base checkpoint
+and settings, so a stopped run, started again with the same command, goes on with the recipe it
+stopped in (``--fresh`` recomputes every row).
+
 CIFAR-10 (hours on 2 cores; base models are trained once and kept in the checkpoint directory)::
 
     .venv/bin/python benchmarks/bench_survey.py --data imagefolder:~/.cache/autocompress/data/cifar10 \\
@@ -288,6 +292,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="/tmp/bench-survey", help="search run directories, evaluation cache")
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.add_argument("--quick", action="store_true", help="smoke run on digits with tiny epochs")
+    p.add_argument("--fresh", action="store_true",
+                   help="recompute every recipe (default: a recipe whose row OUT/rows/ holds for the same "
+                        "settings and base checkpoint is reused, so a stopped run goes on where it stopped)")
     args = p.parse_args(argv)
     q = args.quick
     defaults = {"data": "digits" if q else DEFAULT_DATA, "base_epochs": 4 if q else 30,
@@ -545,6 +552,41 @@ class Bench:
         small = compress(model.eval(), policy, space=problem.space)
         return small.eval(), time.perf_counter() - t0
 
+    # --- finished rows, kept per recipe ----------------------------------------------------------
+    def row_path(self, recipe: Recipe) -> Path:
+        """Where the recipe's row is kept: named by a hash of everything the row depends on (the
+        recipe, the base checkpoint's bytes, the settings), so a changed input never reuses it and
+        no earlier row is overwritten."""
+        import hashlib
+
+        ckpt = self.checkpoint(recipe)
+        digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+        a = self.args
+        settings = {k: getattr(a, k) for k in (
+            "data", "base_epochs", "finetune_epochs", "finetune_lr", "kd", "search_trials", "no_search",
+            "train_samples", "val_samples", "batch_size", "seed", "device")}
+        blob = json.dumps({"recipe": dataclasses.asdict(recipe), "base": digest, "settings": settings},
+                          sort_keys=True, default=str)
+        return self.out / "rows" / f"{recipe.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
+
+    def cached_row(self, recipe: Recipe) -> dict[str, Any] | None:
+        """The recipe's row from an earlier run with the same inputs, or None."""
+        if self.args.fresh:
+            return None
+        try:
+            row = json.loads(self.row_path(recipe).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return row if isinstance(row, dict) and row.get("recipe") == recipe.name else None
+
+    def keep_row(self, recipe: Recipe, row: Mapping[str, Any]) -> None:
+        """Write the finished row atomically (a stopped run loses at most the recipe in progress)."""
+        path = self.row_path(recipe)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(row, indent=2, default=str))
+        os.replace(tmp, path)
+
     # --- one recipe --------------------------------------------------------------------------
     def run_recipe(self, recipe: Recipe) -> dict[str, Any]:
         """The recipe's row: base, compressed before / after its schedule, and the searched policy."""
@@ -729,7 +771,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     rows = []
     for recipe in recipes:
-        row = bench.run_recipe(recipe)
+        row = bench.cached_row(recipe)
+        if row is None:
+            row = bench.run_recipe(recipe)
+            bench.keep_row(recipe, row)
+        else:
+            print(f"{recipe.name}: reusing {bench.row_path(recipe)}", flush=True)
         a, b = row["after"], row["base"]
         print(f"{recipe.name}: top-1 {b['top1']:.2f} -> {row['before']['top1']:.2f} -> {a['top1']:.2f}, "
               f"params {b['params'] / 1e6:.3f}M -> {a['params'] / 1e6:.3f}M, FLOPs {b['flops'] / 1e6:.2f}M -> "

@@ -205,3 +205,16 @@ def test_quick_run_prints_its_rows_and_really_compresses(tmp_path: Path, capsys:
     t6 = rows["t6_scratch_bnd_first0_other60"]
     assert t6["scratch"]["params"] == t6["after"]["params"] and "same architecture trained from scratch" in printed
     assert "**Table 5**" in printed and "**Table 6**" in printed and "**Table 7**" in printed
+    # a second run with the same settings reuses every finished row; another setting recomputes
+    kept = sorted(p.name for p in (tmp_path / "out" / "rows").glob("*.json"))
+    assert len(kept) == len(SUBSET)
+    again = bench.main([*quick, "--out", str(tmp_path / "out"), "--recipes", *SUBSET, "--base-epochs", "1",
+                        "--train-samples", "128", "--search-trials", "2"])
+    assert capsys.readouterr().out.count(": reusing ") == len(SUBSET)
+    assert again["rows"] == json.loads(json.dumps(result["rows"], default=str))
+    bench_args = bench.parse_args([*quick, "--out", str(tmp_path / "out"), "--base-epochs", "1",
+                                   "--train-samples", "128", "--search-trials", "3"])
+    bench.check_args(bench_args)
+    other = bench.Bench(bench_args)
+    recipe = bench.load_recipes([SUBSET[0]])[0]
+    assert other.row_path(recipe).name not in kept and other.cached_row(recipe) is None
