@@ -30,10 +30,12 @@ Each finished recipe's row is kept in ``OUT/rows/`` under a hash of its recipe, 
 and settings, so a stopped run, started again with the same command, goes on with the recipe it
 stopped in (``--fresh`` recomputes every row).
 
-CIFAR-10 (hours on 2 cores; base models are trained once and kept in the checkpoint directory)::
+CIFAR-10 as benchmarks/README.md reports it (about 30 minutes for the three base models, which are
+trained once and kept in the checkpoint directory, then about an hour on 2 cores)::
 
     .venv/bin/python benchmarks/bench_survey.py --data imagefolder:~/.cache/autocompress/data/cifar10 \\
-        --checkpoint-dir ~/.cache/autocompress/bench/survey --json /tmp/bench-survey.json
+        --checkpoint-dir ~/.cache/autocompress/bench/survey --base-epochs 20 --finetune-epochs 3 \\
+        --search-trials 100 --out ~/.cache/autocompress/bench/survey/out --json /tmp/bench-survey.json
 
 Smoke run on the bundled digits (about 10 minutes on 2 shared cores; tiny epochs, 3 candidates
 per search)::
