@@ -368,6 +368,7 @@ class Bench:
         self.ev_config = EvaluatorConfig(val_samples=args.val_samples, latency="none", seed=args.seed)
         self._problems: dict[tuple[str, str, tuple[str, ...]], Any] = {}
         self.bases: dict[str, dict[str, Any]] = {}
+        self._digests: dict[Path, str] = {}
         self.out = Path(args.out)
 
     # the data every training step sees: the problem's train split, cut to --train-samples
@@ -562,7 +563,9 @@ class Bench:
         import hashlib
 
         ckpt = self.checkpoint(recipe)
-        digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+        digest = self._digests.get(ckpt)
+        if digest is None:  # hashed once per base, not at every look-up
+            digest = self._digests[ckpt] = hashlib.sha256(ckpt.read_bytes()).hexdigest()
         a = self.args
         settings = {k: getattr(a, k) for k in (
             "data", "base_epochs", "finetune_epochs", "finetune_lr", "kd", "search_trials", "no_search",
